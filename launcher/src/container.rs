@@ -1,0 +1,353 @@
+//! Performing a plan: the one place that unshares, mounts, pivots and execs.
+//!
+//! The sequence, like Charliecloud's ch-run, reads top to bottom in [`build`]:
+//! 1. an outer user namespace where the caller is uid 0 (mapped to their own uid: no other uid
+//!    is reachable) and a private mount namespace;
+//! 2. a tmpfs staging area; the image as the overlay's lower layer (squashfuse_ll serving the
+//!    squashfs, or a bind of the extracted/directory rootfs) under a tmpfs upper layer, so
+//!    mount points can be made anywhere without touching the image;
+//! 3. the plan's mounts, resolved inside the new root with openat2(RESOLVE_IN_ROOT) so symlinks
+//!    and `..` in the image cannot point them elsewhere, and attached with the new mount API;
+//! 4. the root made read-only (unless `--writable`), pivot_root, the host root detached.
+//!
+//! [`enter_user`] then moves the process into an inner user namespace where it is the caller's
+//! own uid/gid again (files the image owns appear as theirs, as in extract mode), and [`exec`]
+//! sets no_new_privs and executes the command. The mount namespace's owner is the outer
+//! namespace, so the process cannot undo any of the mounts.
+
+use crate::cache;
+use crate::error::{Context, Error, Result};
+use crate::image_config::{ImageConfig, CONFIG_PATH};
+use crate::plan::{Action, Plan, Process, Rootfs, Step};
+use crate::sys;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// What must stay alive as long as the container does.
+pub struct Built {
+    /// Shared lock on the extract-cache entry (keeps `berth cache clean` away).
+    pub cache_lock: Option<File>,
+    /// The squashfuse_ll server (mount mode); it dies with its parent (PR_SET_PDEATHSIG).
+    pub fuse: Option<Child>,
+}
+
+fn write_id_maps(inside_uid: u32, outside_uid: u32, inside_gid: u32, outside_gid: u32) -> Result<()> {
+    sys::write_file("/proc/self/setgroups", "deny").ctx(|| "cannot write /proc/self/setgroups")?;
+    sys::write_file("/proc/self/uid_map", &format!("{inside_uid} {outside_uid} 1"))
+        .ctx(|| "cannot write the uid map")?;
+    sys::write_file("/proc/self/gid_map", &format!("{inside_gid} {outside_gid} 1"))
+        .ctx(|| "cannot write the gid map")?;
+    Ok(())
+}
+
+/// Build the container in the calling process (which must be single-threaded). On return the
+/// process's root is the container's root and it is uid 0 of the outer user namespace.
+pub fn build(plan: &Plan) -> Result<Built> {
+    let (uid, gid) = (plan.user.uid, plan.user.gid);
+    let staging = plan.state_dir.join("mnt");
+    crate::host::ensure_private_dir(&plan.state_dir, uid)?;
+    crate::host::ensure_private_dir(&staging, uid)?;
+
+    // Everything read from the host as the user happens before the namespaces exist.
+    let (cache_lock, lower_dir, image_file) = match plan.rootfs {
+        Rootfs::Extract => {
+            let entry = cache::ensure_extracted(&plan.image, &plan.state_dir)?;
+            (Some(entry.lock), Some(entry.rootfs), None)
+        }
+        Rootfs::Directory => (None, Some(plan.image.path.clone()), None),
+        Rootfs::Fuse => {
+            let f = File::open(&plan.image.path)
+                .ctx(|| format!("cannot open image {}", plan.image.path.display()))?;
+            (None, None, Some(f))
+        }
+    };
+
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
+    write_id_maps(0, uid, 0, gid)?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .ctx(|| "cannot make mounts private")?;
+    mount(
+        Some("berth"),
+        &staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .ctx(|| format!("cannot mount the staging tmpfs on {}", staging.display()))?;
+    std::env::set_current_dir(&staging).ctx(|| "cannot enter the staging area")?;
+    for d in ["lower", "upper", "work", "root"] {
+        std::fs::create_dir(d).ctx(|| format!("cannot create staging directory {d}"))?;
+    }
+
+    let mut fuse = None;
+    if let Some(image_file) = image_file {
+        fuse = Some(start_squashfuse(plan, &image_file)?);
+    } else if let Some(dir) = lower_dir {
+        let tree = sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
+        sys::mount_setattr(&tree, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, false)
+            .ctx(|| "cannot make the image read-only")?;
+        let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
+        sys::move_mount(&tree, &OwnedFd::from(target)).ctx(|| "cannot attach the image")?;
+    }
+
+    if let Err(e) = mount(
+        Some("berth"),
+        "root",
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("lowerdir=lower,upperdir=upper,workdir=work,userxattr"),
+    ) {
+        return Err(fuse_failure(&mut fuse).unwrap_or_else(|| Error::Sys {
+            context: "cannot mount the overlay root (Linux >= 5.11 is needed)".into(),
+            source: e.into(),
+        }));
+    }
+    let root = OwnedFd::from(
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open("root")
+            .ctx(|| "cannot open the container root")?,
+    );
+    for step in &plan.steps {
+        apply_step(&root, step).map_err(|e| match fuse_failure(&mut fuse) {
+            Some(fe) => fe,
+            None => e,
+        })?;
+    }
+    if !plan.writable {
+        sys::mount_setattr(&root, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, false)
+            .ctx(|| "cannot make the container root read-only")?;
+    }
+    nix::unistd::fchdir(root.as_raw_fd()).ctx(|| "cannot enter the container root")?;
+    sys::pivot_root_here().ctx(|| "pivot_root failed")?;
+    umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the host root")?;
+    std::env::set_current_dir("/").ctx(|| "cannot chdir to /")?;
+    Ok(Built { cache_lock, fuse })
+}
+
+/// If squashfuse_ll has died, say so with its exit status: that is the real cause.
+fn fuse_failure(fuse: &mut Option<Child>) -> Option<Error> {
+    let child = fuse.as_mut()?;
+    match child.try_wait() {
+        Ok(Some(status)) => Some(Error::Image(format!(
+            "squashfuse_ll could not serve the image ({status}); check the image with unsquashfs -s or use --mode extract"
+        ))),
+        _ => None,
+    }
+}
+
+/// Mount the FUSE filesystem ourselves (we hold CAP_SYS_ADMIN in the namespace) and hand the
+/// /dev/fuse fd to squashfuse_ll as `/dev/fd/N`, so the server needs no privilege and no
+/// fusermount. It dies with its parent.
+fn start_squashfuse(plan: &Plan, image: &File) -> Result<Child> {
+    let dev = File::options().read(true).write(true).open("/dev/fuse").map_err(|e| {
+        Error::Image(format!(
+            "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
+        ))
+    })?;
+    let opts = format!("fd={},rootmode=40000,user_id=0,group_id=0,allow_other", dev.as_raw_fd());
+    mount(
+        Some(plan.image.path.as_path()),
+        "lower",
+        Some("fuse.squashfuse"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .ctx(|| "cannot mount FUSE")?;
+    let (dev_fd, image_fd) = (dev.as_raw_fd(), image.as_raw_fd());
+    let mut cmd = Command::new("squashfuse_ll");
+    cmd.arg("-f")
+        .arg(format!("/proc/self/fd/{image_fd}"))
+        .arg(format!("/dev/fd/{dev_fd}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        cmd.pre_exec(move || {
+            sys::set_pdeathsig(libc::SIGKILL)?;
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            for fd in [dev_fd, image_fd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| {
+        Error::Image(format!("cannot start squashfuse_ll ({e}): install squashfuse or use --mode extract"))
+    })
+}
+
+/// Open the target of a mount inside `root`, creating it (directory, or empty file when `file`)
+/// if the image lacks it. Resolution stays inside the root whatever symlinks the image holds.
+fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
+    let rel = target.strip_prefix("/").unwrap_or(target);
+    if let Ok(fd) = sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0) {
+        return Ok(fd);
+    }
+    let parts: Vec<_> = rel.components().collect();
+    let mut prefix = PathBuf::new();
+    for (i, part) in parts.iter().enumerate() {
+        let parent = sys::open_in_root(root.as_raw_fd(), &prefix, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .ctx(|| format!("cannot open /{} in the container", prefix.display()))?;
+        prefix.push(part);
+        let last = i + 1 == parts.len();
+        if sys::open_in_root(root.as_raw_fd(), &prefix, libc::O_PATH, 0).is_ok() {
+            continue;
+        }
+        let name = CString::new(part.as_os_str().as_encoded_bytes()).unwrap();
+        let made = if last && file {
+            // A dangling symlink in the image (resolv.conf often is one) is replaced by a file.
+            unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) };
+            let fd = unsafe {
+                libc::openat(parent.as_raw_fd(), name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)
+            };
+            if fd >= 0 {
+                unsafe { libc::close(fd) };
+            }
+            fd
+        } else {
+            unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) }
+        };
+        if made < 0 {
+            return Err(std::io::Error::last_os_error())
+                .ctx(|| format!("cannot create mount point {} in the container", target.display()));
+        }
+    }
+    sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0)
+        .ctx(|| format!("cannot open mount point {} in the container", target.display()))
+}
+
+fn apply_step(root: &OwnedFd, step: &Step) -> Result<()> {
+    let target = &step.target;
+    match &step.action {
+        Action::Bind { source, recursive, readonly } => {
+            let meta = std::fs::metadata(source).ctx(|| format!("cannot bind {}", source.display()))?;
+            let tree = sys::open_tree_clone(source, *recursive).ctx(|| format!("cannot bind {}", source.display()))?;
+            let mut attrs = sys::MOUNT_ATTR_NOSUID;
+            if !target.starts_with("/dev") {
+                attrs |= sys::MOUNT_ATTR_NODEV;
+            }
+            if *readonly {
+                attrs |= sys::MOUNT_ATTR_RDONLY;
+            }
+            sys::mount_setattr(&tree, attrs, *recursive)
+                .ctx(|| format!("cannot set options on the mount of {}", source.display()))?;
+            let at = open_target(root, target, !meta.is_dir())?;
+            sys::move_mount(&tree, &at).ctx(|| format!("cannot mount {} on {}", source.display(), target.display()))?;
+        }
+        Action::Tmpfs => {
+            let at = open_target(root, target, false)?;
+            mount(
+                Some("tmpfs"),
+                sys::fd_path(&at).as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID,
+                Some("mode=0755"),
+            )
+            .ctx(|| format!("cannot mount tmpfs on {}", target.display()))?;
+        }
+        Action::Symlink { to } => {
+            let parent = target.parent().unwrap_or(Path::new("/"));
+            let dir = open_target(root, parent, false)?;
+            let name = target.file_name().unwrap_or_default();
+            nix::unistd::symlinkat(to.as_path(), Some(dir.as_raw_fd()), name)
+                .or_else(|e| if e == nix::errno::Errno::EEXIST { Ok(()) } else { Err(e) })
+                .ctx(|| format!("cannot create symlink {}", target.display()))?;
+        }
+        Action::AddEntry { line } => add_entry(root, target, line)?,
+    }
+    Ok(())
+}
+
+/// Append `line` to a passwd-style file unless an entry of that name is there already.
+fn add_entry(root: &OwnedFd, target: &Path, line: &str) -> Result<()> {
+    let rel = target.strip_prefix("/").unwrap_or(target);
+    let name = line.split(':').next().unwrap_or_default();
+    let mut content = String::new();
+    if let Ok(fd) = sys::open_in_root(root.as_raw_fd(), rel, libc::O_RDONLY, 0) {
+        let _ = File::from(fd).read_to_string(&mut content);
+    }
+    if content.lines().any(|l| l.split(':').next() == Some(name)) {
+        return Ok(());
+    }
+    if !content.is_empty() && !content.ends_with('\n') {
+        content.push('\n');
+    }
+    content.push_str(line);
+    content.push('\n');
+    let fd = sys::open_in_root(root.as_raw_fd(), rel, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
+        .ctx(|| format!("cannot write {} in the container", target.display()))?;
+    std::io::Write::write_all(&mut File::from(fd), content.as_bytes())
+        .ctx(|| format!("cannot write {} in the container", target.display()))
+}
+
+/// Move into the inner user namespace where the caller is their own uid/gid again.
+pub fn enter_user(plan: &Plan) -> Result<()> {
+    if plan.remap_root {
+        return Ok(());
+    }
+    unshare(CloneFlags::CLONE_NEWUSER).ctx(|| "cannot create the inner user namespace")?;
+    write_id_maps(plan.user.uid, 0, plan.user.gid, 0)
+}
+
+/// Read the image config from the container root (the current root after [`build`]). Images
+/// without one (plain directories, squashfs made by other tools) get the empty config.
+pub fn read_config(root: &Path) -> Result<ImageConfig> {
+    match std::fs::read_to_string(root.join(CONFIG_PATH)) {
+        Ok(text) => ImageConfig::parse(&text).map_err(Error::Image),
+        Err(_) => Ok(ImageConfig::default()),
+    }
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Become the command. Only returns on failure.
+pub fn exec(process: &Process) -> Error {
+    if let Err(e) = std::env::set_current_dir(&process.workdir) {
+        return Error::Usage(format!(
+            "working directory {} is not available in the container: {e} (use --workdir)",
+            process.workdir.display()
+        ));
+    }
+    if let Err(e) = sys::set_no_new_privs() {
+        return Error::Sys { context: "cannot set no_new_privs".into(), source: e };
+    }
+    let cstr = |s: &str| CString::new(s.as_bytes()).unwrap_or_default();
+    let argv: Vec<CString> = process.argv.iter().map(|a| cstr(a)).collect();
+    let envp: Vec<CString> = process.env.iter().map(|(k, v)| cstr(&format!("{k}={v}"))).collect();
+    let cmd = &process.argv[0];
+    let candidates: Vec<PathBuf> = if cmd.contains('/') {
+        vec![PathBuf::from(cmd)]
+    } else {
+        let path = process.env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(cmd)).collect()
+    };
+    let mut denied = None;
+    for candidate in candidates {
+        let Ok(c) = sys::cstr(&candidate) else { continue };
+        let err = nix::unistd::execve(&c, &argv, &envp).unwrap_err();
+        match err {
+            nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => continue,
+            nix::errno::Errno::EACCES => denied = Some((candidate, err)),
+            other => return Error::CommandNotExecutable(candidate.display().to_string(), other.into()),
+        }
+    }
+    match denied {
+        Some((path, e)) => Error::CommandNotExecutable(path.display().to_string(), e.into()),
+        None => Error::CommandNotFound(cmd.clone()),
+    }
+}

@@ -1,0 +1,58 @@
+//! One error type for the launcher. Every message is one line that says what is wrong and,
+//! where it helps, what to do; `main` prints it as `berth: <message>`.
+
+use std::io;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad option, mount spec, key or other user input.
+    #[error("{0}")]
+    Usage(String),
+    /// The image cannot be used (missing, not squashfs, truncated...).
+    #[error("{0}")]
+    Image(String),
+    /// A system call or helper failed while building the container.
+    #[error("{context}: {source}")]
+    Sys { context: String, source: io::Error },
+    /// The command does not exist inside the container (exit 127, like a shell).
+    #[error("command not found in the container: {0}")]
+    CommandNotFound(String),
+    /// The command exists but cannot be executed (exit 126, like a shell).
+    #[error("cannot execute {0}: {1}")]
+    CommandNotExecutable(String, io::Error),
+}
+
+impl Error {
+    /// berth's own failures exit 125 (as docker and podman do), so they differ from the
+    /// command's own exit codes; 126 and 127 follow the shell's convention.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::CommandNotFound(_) => 127,
+            Error::CommandNotExecutable(..) => 126,
+            _ => 125,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Attach a description of what was being done to an io::Error.
+pub trait Context<T> {
+    fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|source| Error::Sys { context: what().into(), source })
+    }
+}
+
+impl<T> Context<T> for nix::Result<T> {
+    fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| Error::Sys { context: what().into(), source: io::Error::from(e) })
+    }
+}
+
+pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error::Usage(msg.into()))
+}

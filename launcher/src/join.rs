@@ -1,0 +1,297 @@
+//! One container per node for the ranks of a job: `--join KEY` (or a key derived from the
+//! launcher's environment).
+//!
+//! The first rank to arrive forks a keeper: a detached berth process that builds the container
+//! (namespaces, mounts, the squashfuse server), then waits on a unix socket in the user's
+//! private state directory. Every rank, the first included, connects, is registered by its pid
+//! (taken from the kernel, SO_PEERCRED, and watched through a pidfd) and receives the
+//! namespace fds over SCM_RIGHTS; it then `setns`es into them and execs its command, so it
+//! stays the process the launcher started (signals and exit status need no relaying). When the
+//! last registered rank has exited, the keeper removes its socket and exits; the squashfuse
+//! server dies with it and the namespaces with their last process. No shell is needed in the
+//! image, and the lock is only held while connecting or creating, not while ranks run.
+
+use crate::container;
+use crate::error::{usage, Context, Error, Result};
+use crate::host::ensure_private_dir;
+use crate::plan::Plan;
+use crate::sys;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::socket::{getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::unistd::{fork, ForkResult};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A keeper nobody joined within this time was orphaned by a failed first rank: it exits.
+const FIRST_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+enum Reply {
+    Joined(Vec<OwnedFd>),
+    Closing,
+    Mismatch,
+}
+
+/// Enter the container registered under `key` on this node, creating it if needed. On success
+/// the calling process is inside its namespaces, as the user (or root with `--remap-root`).
+pub fn join(plan: &Plan, key: &str) -> Result<()> {
+    let dir = plan.state_dir.join("join");
+    ensure_private_dir(&plan.state_dir, plan.user.uid)?;
+    ensure_private_dir(&dir, plan.user.uid)?;
+    // Socket paths are limited to 108 bytes: name the files by a short hash of the key.
+    let name: String = Sha256::digest(key.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let sock_path = dir.join(format!("{name}.sock"));
+    let lock_file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(dir.join(format!("{name}.lock")))
+        .ctx(|| format!("cannot open the join lock in {}", dir.display()))?;
+    sys::flock(&lock_file, libc::LOCK_EX).ctx(|| "cannot take the join lock")?;
+    let fingerprint = plan.fingerprint();
+    let mut fds = None;
+    for _ in 0..50 {
+        match UnixStream::connect(&sock_path) {
+            Ok(stream) => match request(&stream, &fingerprint)? {
+                Reply::Joined(got) => {
+                    fds = Some(got);
+                    break;
+                }
+                Reply::Closing => std::thread::sleep(Duration::from_millis(20)),
+                Reply::Mismatch => {
+                    return usage(format!(
+                        "join key '{key}' is in use on this node by a container with another image, \
+                         mounts or options; use the same options or another key"
+                    ))
+                }
+            },
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                let _ = std::fs::remove_file(&sock_path);
+                spawn_keeper(plan, &sock_path, &dir)?;
+            }
+            Err(e) => return Err(e).ctx(|| format!("cannot reach the container keeper at {}", sock_path.display())),
+        }
+    }
+    drop(lock_file);
+    let fds = fds.ok_or_else(|| Error::Image(format!("could not join the container '{key}' (keeper kept closing)")))?;
+    setns(fds[0].as_fd(), CloneFlags::CLONE_NEWUSER).ctx(|| "cannot join the container's user namespace")?;
+    setns(fds[1].as_fd(), CloneFlags::CLONE_NEWNS).ctx(|| "cannot join the container's mount namespace")?;
+    if let Some(inner) = fds.get(2) {
+        setns(inner.as_fd(), CloneFlags::CLONE_NEWUSER).ctx(|| "cannot join the container's inner user namespace")?;
+    }
+    Ok(())
+}
+
+fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
+    (&*stream)
+        .write_all(format!("join {fingerprint}\n").as_bytes())
+        .ctx(|| "cannot talk to the container keeper")?;
+    let mut buf = [0u8; 64];
+    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .ctx(|| "cannot read the container keeper's answer")?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    Ok(match text.trim() {
+        "ok" if fds.len() >= 2 => Reply::Joined(fds),
+        "mismatch" => Reply::Mismatch,
+        _ => Reply::Closing,
+    })
+}
+
+/// Fork a detached keeper, wait until it has built the container (or failed, with its error).
+fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path) -> Result<()> {
+    let listener = UnixListener::bind(sock_path).ctx(|| format!("cannot create {}", sock_path.display()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
+    match unsafe { fork() }.ctx(|| "cannot fork the container keeper")? {
+        ForkResult::Child => {
+            drop(ready_r);
+            let _ = nix::unistd::setsid();
+            if let Ok(ForkResult::Child) = unsafe { fork() } {
+                let name = sock_path.file_name().map(PathBuf::from).unwrap_or_default();
+                let code = keeper_main(plan, listener, ready_w, dir, &name);
+                unsafe { libc::_exit(code) };
+            }
+            unsafe { libc::_exit(0) };
+        }
+        ForkResult::Parent { child } => {
+            drop(ready_w);
+            drop(listener);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut answer = String::new();
+            let _ = File::from(ready_r).read_to_string(&mut answer);
+            if answer == "ok" {
+                Ok(())
+            } else {
+                let _ = std::fs::remove_file(sock_path);
+                Err(Error::Image(if answer.is_empty() { "the container keeper died while starting".into() } else { answer }))
+            }
+        }
+    }
+}
+
+fn keeper_main(plan: &Plan, listener: UnixListener, ready: OwnedFd, dir: &Path, sock_name: &Path) -> i32 {
+    // The keeper outlives the first rank: it must not hold the job's stdout/stderr open.
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    let mut ready = File::from(ready);
+    let dirfd = match File::options().read(true).custom_flags_dir().open(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = write!(ready, "cannot open {}: {e}", dir.display());
+            return 1;
+        }
+    };
+    let built = container::build(plan).and_then(|built| {
+        let outer = File::open("/proc/self/ns/user").ctx(|| "cannot open the user namespace")?;
+        let mnt = File::open("/proc/self/ns/mnt").ctx(|| "cannot open the mount namespace")?;
+        let mut fds: Vec<OwnedFd> = vec![outer.into(), mnt.into()];
+        if !plan.remap_root {
+            fds.push(make_inner_userns(plan)?);
+        }
+        Ok((built, fds))
+    });
+    let (mut built, fds) = match built {
+        Ok(ok) => ok,
+        Err(e) => {
+            let _ = write!(ready, "{e}");
+            return 1;
+        }
+    };
+    let _ = ready.write_all(b"ok");
+    drop(ready);
+    let fuse_pidfd = built.fuse.as_ref().and_then(|c| sys::pidfd_open(c.id() as i32).ok());
+    serve(&listener, &fds, &plan.fingerprint(), fuse_pidfd.as_ref());
+    // Remove the socket before the last answers so a newcomer starts a fresh keeper.
+    if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
+        unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
+    }
+    let _ = listener.set_nonblocking(true);
+    while let Ok((mut conn, _)) = listener.accept() {
+        let _ = conn.write_all(b"closing\n");
+    }
+    if let Some(fuse) = built.fuse.as_mut() {
+        let _ = fuse.kill();
+        let _ = fuse.wait();
+    }
+    0
+}
+
+trait DirOpen {
+    fn custom_flags_dir(&mut self) -> &mut Self;
+}
+impl DirOpen for std::fs::OpenOptions {
+    fn custom_flags_dir(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+    }
+}
+
+/// The inner user namespace (the user's own uid/gid) shared by all ranks: made by a short-lived
+/// child, kept alive by the fd the keeper holds.
+fn make_inner_userns(plan: &Plan) -> Result<OwnedFd> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
+    match unsafe { fork() }.ctx(|| "fork")? {
+        ForkResult::Child => {
+            drop(r);
+            let ok = container::enter_user(plan).is_ok();
+            let _ = File::from(w).write_all(if ok { b"1" } else { b"0" });
+            loop {
+                unsafe { libc::pause() };
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            let mut byte = [0u8; 1];
+            let _ = File::from(r).read_exact(&mut byte);
+            let ns = File::open(format!("/proc/{child}/ns/user"));
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(child, None);
+            if byte[0] != b'1' {
+                return Err(Error::Image("cannot create the inner user namespace".into()));
+            }
+            Ok(ns.ctx(|| "cannot open the inner user namespace")?.into())
+        }
+    }
+}
+
+/// Register ranks until the last one has exited (or none came, or the FUSE server died).
+fn serve(listener: &UnixListener, fds: &[OwnedFd], fingerprint: &str, fuse: Option<&OwnedFd>) {
+    let started = Instant::now();
+    let mut ranks: Vec<OwnedFd> = Vec::new();
+    let mut joined_once = false;
+    loop {
+        let mut pollfds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if let Some(f) = fuse {
+            pollfds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        }
+        let first_rank = pollfds.len();
+        pollfds.extend(ranks.iter().map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)));
+        let timeout = if joined_once {
+            PollTimeout::NONE
+        } else {
+            let left = FIRST_JOIN_TIMEOUT.saturating_sub(started.elapsed());
+            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::ZERO)
+        };
+        match poll(&mut pollfds, timeout) {
+            Ok(0) if !joined_once => return,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        if fuse.is_some() && ready(&pollfds[1]) {
+            return;
+        }
+        let gone: Vec<usize> =
+            pollfds[first_rank..].iter().enumerate().filter(|(_, p)| ready(p)).map(|(i, _)| i).collect();
+        let accept = ready(&pollfds[0]);
+        drop(pollfds);
+        for i in gone.into_iter().rev() {
+            ranks.remove(i);
+        }
+        if accept {
+            if let Ok((conn, _)) = listener.accept() {
+                if let Some(pidfd) = register(&conn, fds, fingerprint) {
+                    ranks.push(pidfd);
+                    joined_once = true;
+                }
+            }
+        }
+        if joined_once && ranks.is_empty() {
+            return;
+        }
+    }
+}
+
+fn register(conn: &UnixStream, fds: &[OwnedFd], fingerprint: &str) -> Option<OwnedFd> {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = [0u8; 128];
+    let n = (&*conn).read(&mut line).ok()?;
+    let text = String::from_utf8_lossy(&line[..n]);
+    if text.trim() != format!("join {fingerprint}") {
+        let _ = (&*conn).write_all(b"mismatch\n");
+        return None;
+    }
+    let cred = getsockopt(&conn.as_fd(), sockopt::PeerCredentials).ok()?;
+    let pidfd = sys::pidfd_open(cred.pid()).ok()?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsg = [ControlMessage::ScmRights(&raw)];
+    sendmsg::<()>(conn.as_raw_fd(), &[IoSlice::new(b"ok\n")], &cmsg, MsgFlags::empty(), None).ok()?;
+    Some(pidfd)
+}

@@ -1,0 +1,14 @@
+//! berth's launcher: turns a request (image, command, options) into a plan, and performs it.
+//! See docs/architecture.md for the way a request flows.
+
+pub mod cache;
+pub mod container;
+pub mod error;
+pub mod host;
+pub mod image;
+pub mod image_config;
+pub mod join;
+pub mod options;
+pub mod plan;
+pub mod run;
+pub mod sys;

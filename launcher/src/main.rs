@@ -1,0 +1,173 @@
+//! The `berth` command line.
+
+use berth_launcher::error::Error;
+use berth_launcher::options::{check_join_key, parse_env, Join, Mode, MountSpec, RunOptions};
+use berth_launcher::{cache, host, run};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Run HPC jobs in squashfs container images, without setuid")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a command inside an image as yourself
+    Run(RunArgs),
+    /// See and evict the node-local extract cache
+    Cache {
+        #[command(subcommand)]
+        action: CacheCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List cached images: key, size, in use, source
+    List,
+    /// Remove cached images no container is using (all, or the keys given)
+    Clean { keys: Vec<String> },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// mount: FUSE-mount the squashfs; extract: unpack once per node into the cache
+    #[arg(long, env = "BERTH_MODE", default_value = "mount")]
+    mode: String,
+    /// Bind SRC at DST (default: same path); OPTS: ro, rw, bind, rbind (repeatable)
+    #[arg(short = 'm', long = "mount", value_name = "SRC[:DST[:OPTS]]")]
+    mounts: Vec<String>,
+    /// Working directory inside (default: the current directory when visible inside)
+    #[arg(short = 'w', long)]
+    workdir: Option<PathBuf>,
+    /// Set a variable inside (repeatable); wins over the host and the image
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Allow writes to the image's files (kept in memory, discarded at exit)
+    #[arg(long)]
+    writable: bool,
+    /// Run the image's entrypoint before the command (the default)
+    #[arg(long, overrides_with = "no_entrypoint")]
+    entrypoint: bool,
+    /// Ignore the image's entrypoint
+    #[arg(long)]
+    no_entrypoint: bool,
+    /// Be uid 0 inside (still your own uid outside)
+    #[arg(long)]
+    remap_root: bool,
+    /// Do not bind your home directory
+    #[arg(long)]
+    no_home: bool,
+    /// Share one container with other `berth run`s using this key on this node
+    #[arg(long, value_name = "KEY", env = "BERTH_JOIN")]
+    join: Option<String>,
+    /// Never join: a container of its own even under mpirun or srun
+    #[arg(long, conflicts_with = "join")]
+    no_join: bool,
+    /// Print the plan (mounts, identity, environment, command) and do nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// A squashfs file or a rootfs directory
+    image: PathBuf,
+    /// The command and its arguments (default: the image's Cmd)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let mode: Mode = a.mode.parse().map_err(Error::Usage)?;
+    let mounts = a.mounts.iter().map(|m| MountSpec::parse(m, &cwd)).collect::<Result<Vec<_>, _>>()?;
+    let env = a.env.iter().map(|e| parse_env(e)).collect::<Result<Vec<_>, _>>()?;
+    let join = match (a.no_join, a.join) {
+        (true, _) => Join::No,
+        (false, Some(key)) if key.is_empty() => Join::Auto,
+        (false, Some(key)) => {
+            check_join_key(&key)?;
+            Join::Key(key)
+        }
+        (false, None) => Join::Auto,
+    };
+    let mut argv = a.command;
+    if argv.first().is_some_and(|a| a == "--") {
+        argv.remove(0);
+    }
+    Ok((
+        RunOptions {
+            image: a.image,
+            argv,
+            mode,
+            mounts,
+            workdir: a.workdir,
+            env,
+            writable: a.writable,
+            entrypoint: !a.no_entrypoint,
+            remap_root: a.remap_root,
+            mount_home: !a.no_home,
+            join,
+        },
+        a.dry_run,
+    ))
+}
+
+fn fail(e: Error) -> ! {
+    eprintln!("berth: {e}");
+    std::process::exit(e.exit_code());
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line, not clap's page: what is wrong and where to look.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad command line").trim_start_matches("error: ");
+            eprintln!("berth: {first} (see 'berth --help')");
+            std::process::exit(125);
+        }
+    };
+    match cli.command {
+        Cmd::Run(args) => {
+            let (opts, dry_run) = options(args).unwrap_or_else(|e| fail(e));
+            if let Err(e) = run::run(&opts, dry_run) {
+                fail(e);
+            }
+        }
+        Cmd::Cache { action } => {
+            let uid = nix::unistd::Uid::current().as_raw();
+            let state = host::state_dir(uid);
+            match action {
+                CacheCmd::List => {
+                    let entries = cache::list(&state).unwrap_or_else(|e| fail(e));
+                    println!("{:<34} {:>10} {:<6} SOURCE", "KEY", "SIZE", "IN USE");
+                    for e in entries {
+                        println!(
+                            "{:<34} {:>9}M {:<6} {}",
+                            e.key,
+                            e.bytes / (1 << 20),
+                            if e.in_use { "yes" } else { "no" },
+                            e.source
+                        );
+                    }
+                }
+                CacheCmd::Clean { keys } => {
+                    let (removed, skipped) = cache::clean(&state, &keys).unwrap_or_else(|e| fail(e));
+                    for k in &removed {
+                        println!("removed {k}");
+                    }
+                    for k in &skipped {
+                        println!("kept {k} (in use)");
+                    }
+                    let missing: Vec<_> = keys.iter().filter(|k| !removed.contains(k) && !skipped.contains(k)).collect();
+                    if !missing.is_empty() {
+                        fail(Error::Usage(format!("no cached image with key {:?} (see 'berth cache list')", missing)));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `berth run`: the per-rank path, from options to exec. Kept short: it runs once per MPI rank.
+
+use crate::container;
+use crate::error::{Error, Result};
+use crate::host::{self, HostUser};
+use crate::image::Image;
+use crate::image_config::{ImageConfig, CONFIG_PATH};
+use crate::options::RunOptions;
+use crate::plan::{Plan, Rootfs};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Run the command in the container; returns only on failure (the process becomes the command).
+pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .collect();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let user = HostUser::current()?;
+    let image = Image::open(&opts.image)?;
+    let state_dir = host::state_dir(user.uid);
+    let plan = Plan::build(opts, image, user, &cwd, state_dir, &env)?;
+
+    if dry_run {
+        let config = config_without_container(&plan)?;
+        let process = plan.process(opts, &config, &env, &cwd)?;
+        print!("{}", plan.describe(Some(&process)));
+        return Ok(());
+    }
+
+    let built = match &plan.join_key {
+        Some(key) => {
+            crate::join::join(&plan, key)?;
+            None
+        }
+        None => {
+            let built = container::build(&plan)?;
+            container::enter_user(&plan)?;
+            Some(built)
+        }
+    };
+    let config = container::read_config(Path::new("/"))?;
+    let mut process = plan.process(opts, &config, &env, &cwd)?;
+    if std::env::set_current_dir(&process.workdir).is_err() && opts.workdir.is_none() {
+        eprintln!(
+            "berth: warning: {} is not in the container; starting in /",
+            process.workdir.display()
+        );
+        process.workdir = "/".into();
+        process.env.retain(|(k, _)| k != "PWD");
+        process.env.push(("PWD".into(), "/".into()));
+    }
+    // The cache lock stays open in the command so `berth cache clean` leaves a used image alone.
+    if let Some(lock) = built.as_ref().and_then(|b| b.cache_lock.as_ref()) {
+        unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_SETFD, 0) };
+    }
+    let err = container::exec(&process);
+    drop(built);
+    Err(err)
+}
+
+/// The image config for `--dry-run`, read without building a container.
+fn config_without_container(plan: &Plan) -> Result<ImageConfig> {
+    match plan.rootfs {
+        Rootfs::Directory => container::read_config(&plan.image.path),
+        Rootfs::Extract | Rootfs::Fuse => {
+            let out = std::process::Command::new("unsquashfs")
+                .args(["-cat"])
+                .arg(&plan.image.path)
+                .arg(CONFIG_PATH)
+                .stderr(std::process::Stdio::null())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    ImageConfig::parse(&String::from_utf8_lossy(&o.stdout)).map_err(Error::Image)
+                }
+                _ => Ok(ImageConfig::default()),
+            }
+        }
+    }
+}
