@@ -72,7 +72,7 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
             },
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
                 let _ = std::fs::remove_file(&sock_path);
-                spawn_keeper(plan, &sock_path, &dir)?;
+                spawn_keeper(plan, &sock_path, &dir, &lock_file)?;
             }
             Err(e) => return Err(e).ctx(|| format!("cannot reach the container keeper at {}", sock_path.display())),
         }
@@ -112,12 +112,14 @@ fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
 }
 
 /// Fork a detached keeper, wait until it has built the container (or failed, with its error).
-fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path) -> Result<()> {
+fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> Result<()> {
     let listener = UnixListener::bind(sock_path).ctx(|| format!("cannot create {}", sock_path.display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
     match unsafe { fork() }.ctx(|| "cannot fork the container keeper")? {
         ForkResult::Child => {
             drop(ready_r);
+            // The join lock's open file would otherwise stay locked for the keeper's life.
+            unsafe { libc::close(join_lock.as_raw_fd()) };
             let _ = nix::unistd::setsid();
             if let Ok(ForkResult::Child) = unsafe { fork() } {
                 let name = sock_path.file_name().map(PathBuf::from).unwrap_or_default();
