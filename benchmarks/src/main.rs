@@ -1,1 +1,79 @@
-fn main(){}
+//! berth-bench: berth measured side by side with its peers, in one run, as ratios.
+
+mod proc;
+mod startup;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "berth-bench",
+    version,
+    about = "Benchmarks for berth, side by side with its peers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start-up time and peak RSS of `berth run` vs ch-run, and image read throughput
+    Startup {
+        /// The berth launcher binary
+        #[arg(long)]
+        berth: PathBuf,
+        /// Charliecloud's ch-run (the peer)
+        #[arg(long, default_value = "ch-run")]
+        ch_run: PathBuf,
+        /// A squashfs image
+        #[arg(long)]
+        image: PathBuf,
+        /// The same image unpacked into a directory (for `ch-run DIR`)
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// Timed runs of each command (medians need at least 20)
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Untimed warm-up rounds before the timed ones
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Repetitions of the read-throughput test per mode
+        #[arg(long, default_value_t = 3)]
+        read_reps: usize,
+        /// Print the figures as JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Startup {
+            berth,
+            ch_run,
+            image,
+            rootfs,
+            runs,
+            warmup,
+            read_reps,
+            json,
+        } => startup::run(&startup::Args {
+            berth,
+            ch_run,
+            image,
+            rootfs,
+            runs,
+            warmup,
+            read_reps,
+            json,
+        }),
+    };
+    if let Err(e) = result {
+        eprintln!("berth-bench: {e}");
+        std::process::exit(1);
+    }
+}

@@ -223,8 +223,14 @@ fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
             unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) }
         };
         if made < 0 {
-            return Err(std::io::Error::last_os_error())
-                .ctx(|| format!("cannot create mount point {} in the container", target.display()));
+            let e = std::io::Error::last_os_error();
+            let hint = match e.raw_os_error() {
+                Some(libc::EACCES) | Some(libc::EOVERFLOW) | Some(libc::EPERM) => {
+                    " (a directory image must be owned by you; use a squashfs image otherwise)"
+                }
+                _ => "",
+            };
+            return Err(e).ctx(|| format!("cannot create mount point {} in the container{hint}", target.display()));
         }
     }
     sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0)

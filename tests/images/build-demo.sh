@@ -34,6 +34,24 @@ install -m 0755 "$stage/mpi-hello" "$rootfs/usr/local/bin/mpi-hello"
 # A setuid-root program: inside the container it must not gain privileges (nosuid, no_new_privs).
 install -m 4755 -o root -g root "$stage/suid-probe" "$rootfs/usr/local/bin/suid-probe"
 
+# The image config berth reads (same schema berth-image writes): an entrypoint that marks the
+# environment and runs the command, a default command, an image variable and a working dir.
+install -m 0755 "$here/demo-entrypoint.sh" "$rootfs/usr/local/bin/demo-entrypoint"
+mkdir -p "$rootfs/.berth" "$rootfs/srv/demo"
+cat > "$rootfs/.berth/image.json" <<'JSON'
+{
+  "schemaVersion": 1,
+  "config": {
+    "Env": ["PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin", "DEMO_IMAGE=berth-demo"],
+    "Entrypoint": ["/usr/local/bin/demo-entrypoint"],
+    "Cmd": ["cat", "/etc/os-release"],
+    "WorkingDir": "/srv/demo",
+    "Labels": {"org.opencontainers.image.title": "berth demo"}
+  },
+  "source": {"built-by": "tests/images/build-demo.sh"}
+}
+JSON
+
 # A clean image has an empty /dev (the runtime provides it), like OCI images.
 rm -rf "$rootfs/dev" && mkdir -m 0755 "$rootfs/dev"
 tmp="$out.tmp.$$"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what berth needs to build, run and be tested on Debian 12, and prepare the host the
+# way a cluster node is prepared: /dev/fuse usable by users (the distro default, 0666), and a
+# non-root test user with a supplementary group. Run as root. Idempotent.
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "install-deps: run as root (sudo $0)" >&2; exit 1; }
+
+packages=(
+  squashfs-tools squashfuse fuse3     # images: mksquashfs/unsquashfs, the FUSE server
+  openmpi-bin libopenmpi-dev          # MPI jobs in the demo and the tests (mpicc builds mpi-hello)
+  debootstrap                         # the demo image (Debian minbase)
+  util-linux procps                   # setpriv, ps
+  build-essential pkg-config libclang-dev  # Rust crates with C parts; bindgen for the Slurm glue
+  charliecloud-runtime hyperfine      # peers and tools for benchmarks/
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Unprivileged FUSE (mount mode) needs /dev/fuse open to users, as Debian's default udev rule has it.
+[ -e /dev/fuse ] && chmod 0666 /dev/fuse
+
+# The non-root user tests and the demo run as, with a supplementary group.
+user=${BERTH_TEST_USER:-berthtest}
+getent group berthgrp >/dev/null || groupadd berthgrp
+id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash -G berthgrp "$user"
+id -nG "$user" | grep -qw berthgrp || usermod -aG berthgrp "$user"
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found: install a Rust toolchain (rustup) and re-run" >&2
+  exit 1
+fi
+echo "install-deps: ok" >&2
