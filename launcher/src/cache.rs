@@ -33,7 +33,9 @@ pub fn ensure_extracted(image: &Image, state_dir: &Path) -> Result<Entry> {
     match fs::create_dir(&root) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).ctx(|| format!("cannot create cache directory {}", root.display())),
+        Err(e) => {
+            return Err(e).ctx(|| format!("cannot create cache directory {}", root.display()))
+        }
     }
     let key = image.identity()?;
     let entry = root.join(&key);
@@ -51,14 +53,20 @@ pub fn ensure_extracted(image: &Image, state_dir: &Path) -> Result<Entry> {
     lock(&lock_file, libc::LOCK_SH).ctx(|| "cannot lock the cache entry")?;
     if rootfs.is_dir() {
         let _ = filetime_touch(&entry);
-        return Ok(Entry { rootfs, lock: lock_file });
+        return Ok(Entry {
+            rootfs,
+            lock: lock_file,
+        });
     }
     lock(&lock_file, libc::LOCK_EX).ctx(|| "cannot lock the cache entry")?;
     if !rootfs.is_dir() {
         extract(image, &root, &key)?;
     }
     lock(&lock_file, libc::LOCK_SH).ctx(|| "cannot lock the cache entry")?;
-    Ok(Entry { rootfs, lock: lock_file })
+    Ok(Entry {
+        rootfs,
+        lock: lock_file,
+    })
 }
 
 fn filetime_touch(path: &Path) -> std::io::Result<()> {
@@ -75,14 +83,24 @@ fn filetime_touch(path: &Path) -> std::io::Result<()> {
 /// Unpack into `<root>/.tmp-<key>-<pid>` and rename into place. Called with the exclusive lock
 /// held, so any leftover temporary directory of this key is from a killed run.
 fn extract(image: &Image, root: &Path, key: &str) -> Result<()> {
-    for stale in fs::read_dir(root).ctx(|| format!("cannot list {}", root.display()))?.flatten() {
-        if stale.file_name().to_string_lossy().starts_with(&format!(".tmp-{key}-")) {
+    for stale in fs::read_dir(root)
+        .ctx(|| format!("cannot list {}", root.display()))?
+        .flatten()
+    {
+        if stale
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!(".tmp-{key}-"))
+        {
             remove_tree(&stale.path());
         }
     }
     let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
     fs::create_dir(&tmp).ctx(|| format!("cannot create {}", tmp.display()))?;
-    eprintln!("berth: unpacking {} into the node cache (once per node)", image.path.display());
+    eprintln!(
+        "berth: unpacking {} into the node cache (once per node)",
+        image.path.display()
+    );
     let result = Command::new("unsquashfs")
         .args(["-no-xattrs", "-quiet", "-no-progress", "-d"])
         .arg(tmp.join("rootfs"))
@@ -112,7 +130,11 @@ fn extract(image: &Image, root: &Path, key: &str) -> Result<()> {
         }
         _ => {
             remove_tree(&tmp);
-            let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("failed");
+            let why = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("failed");
             return Err(Error::Image(format!(
                 "cannot unpack {} into the cache: {why}",
                 image.path.display()
@@ -164,16 +186,23 @@ pub struct Listed {
 }
 
 fn tree_size(p: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(p) else { return 0 };
+    let Ok(meta) = fs::symlink_metadata(p) else {
+        return 0;
+    };
     if meta.is_dir() {
-        fs::read_dir(p).map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum()).unwrap_or(0) + meta.blocks() * 512
+        fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum())
+            .unwrap_or(0)
+            + meta.blocks() * 512
     } else {
         meta.blocks() * 512
     }
 }
 
 fn in_use(root: &Path, key: &str) -> bool {
-    let Ok(f) = File::open(root.join(format!("{key}.lock"))) else { return false };
+    let Ok(f) = File::open(root.join(format!("{key}.lock"))) else {
+        return false;
+    };
     if lock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
         let _ = lock(&f, libc::LOCK_UN);
         false
@@ -185,7 +214,9 @@ fn in_use(root: &Path, key: &str) -> bool {
 pub fn list(state_dir: &Path) -> Result<Vec<Listed>> {
     let root = cache_root(state_dir);
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(&root) else { return Ok(out) };
+    let Ok(rd) = fs::read_dir(&root) else {
+        return Ok(out);
+    };
     for e in rd.flatten() {
         let key = e.file_name().to_string_lossy().into_owned();
         if key.starts_with('.') || key.ends_with(".lock") || !e.path().is_dir() {
@@ -196,7 +227,12 @@ pub fn list(state_dir: &Path) -> Result<Vec<Listed>> {
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["source"].as_str().map(String::from))
             .unwrap_or_default();
-        out.push(Listed { bytes: tree_size(&e.path()), in_use: in_use(&root, &key), key, source });
+        out.push(Listed {
+            bytes: tree_size(&e.path()),
+            in_use: in_use(&root, &key),
+            key,
+            source,
+        });
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
@@ -212,7 +248,9 @@ pub fn clean(state_dir: &Path, only: &[String]) -> Result<(Vec<String>, Vec<Stri
             continue;
         }
         let lock_path = root.join(format!("{}.lock", entry.key));
-        let Ok(f) = File::open(&lock_path) else { continue };
+        let Ok(f) = File::open(&lock_path) else {
+            continue;
+        };
         if lock(&f, libc::LOCK_EX | libc::LOCK_NB).is_err() {
             skipped.push(entry.key);
             continue;
@@ -228,8 +266,12 @@ pub fn clean(state_dir: &Path, only: &[String]) -> Result<(Vec<String>, Vec<Stri
         // Leftovers of killed unpacks, unless an unpack of that image is running now.
         for e in fs::read_dir(&root).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()) else { continue };
-            let Ok(f) = File::open(root.join(format!("{key}.lock"))) else { continue };
+            let Some(key) = name.strip_prefix(".tmp-").and_then(|r| r.split('-').next()) else {
+                continue;
+            };
+            let Ok(f) = File::open(root.join(format!("{key}.lock"))) else {
+                continue;
+            };
             if lock(&f, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
                 remove_tree(&e.path());
             }

@@ -39,12 +39,23 @@ pub struct Built {
     pub fuse: Option<Child>,
 }
 
-fn write_id_maps(inside_uid: u32, outside_uid: u32, inside_gid: u32, outside_gid: u32) -> Result<()> {
+fn write_id_maps(
+    inside_uid: u32,
+    outside_uid: u32,
+    inside_gid: u32,
+    outside_gid: u32,
+) -> Result<()> {
     sys::write_file("/proc/self/setgroups", "deny").ctx(|| "cannot write /proc/self/setgroups")?;
-    sys::write_file("/proc/self/uid_map", &format!("{inside_uid} {outside_uid} 1"))
-        .ctx(|| "cannot write the uid map")?;
-    sys::write_file("/proc/self/gid_map", &format!("{inside_gid} {outside_gid} 1"))
-        .ctx(|| "cannot write the gid map")?;
+    sys::write_file(
+        "/proc/self/uid_map",
+        &format!("{inside_uid} {outside_uid} 1"),
+    )
+    .ctx(|| "cannot write the uid map")?;
+    sys::write_file(
+        "/proc/self/gid_map",
+        &format!("{inside_gid} {outside_gid} 1"),
+    )
+    .ctx(|| "cannot write the gid map")?;
     Ok(())
 }
 
@@ -73,8 +84,14 @@ pub fn build(plan: &Plan) -> Result<Built> {
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
     write_id_maps(0, uid, 0, gid)?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .ctx(|| "cannot make mounts private")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ctx(|| "cannot make mounts private")?;
     mount(
         Some("berth"),
         &staging,
@@ -92,9 +109,14 @@ pub fn build(plan: &Plan) -> Result<Built> {
     if let Some(image_file) = image_file {
         fuse = Some(start_squashfuse(plan, &image_file)?);
     } else if let Some(dir) = lower_dir {
-        let tree = sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
-        sys::mount_setattr(&tree, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, false)
-            .ctx(|| "cannot make the image read-only")?;
+        let tree =
+            sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
+        sys::mount_setattr(
+            &tree,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            false,
+        )
+        .ctx(|| "cannot make the image read-only")?;
         let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
         sys::move_mount(&tree, &OwnedFd::from(target)).ctx(|| "cannot attach the image")?;
     }
@@ -125,8 +147,12 @@ pub fn build(plan: &Plan) -> Result<Built> {
         })?;
     }
     if !plan.writable {
-        sys::mount_setattr(&root, sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV, false)
-            .ctx(|| "cannot make the container root read-only")?;
+        sys::mount_setattr(
+            &root,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            false,
+        )
+        .ctx(|| "cannot make the container root read-only")?;
     }
     nix::unistd::fchdir(root.as_raw_fd()).ctx(|| "cannot enter the container root")?;
     sys::pivot_root_here().ctx(|| "pivot_root failed")?;
@@ -155,7 +181,10 @@ fn start_squashfuse(plan: &Plan, image: &File) -> Result<Child> {
             "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
         ))
     })?;
-    let opts = format!("fd={},rootmode=40000,user_id=0,group_id=0,allow_other", dev.as_raw_fd());
+    let opts = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+        dev.as_raw_fd()
+    );
     mount(
         Some(plan.image.path.as_path()),
         "lower",
@@ -187,7 +216,9 @@ fn start_squashfuse(plan: &Plan, image: &File) -> Result<Child> {
         });
     }
     cmd.spawn().map_err(|e| {
-        Error::Image(format!("cannot start squashfuse_ll ({e}): install squashfuse or use --mode extract"))
+        Error::Image(format!(
+            "cannot start squashfuse_ll ({e}): install squashfuse or use --mode extract"
+        ))
     })
 }
 
@@ -201,8 +232,13 @@ fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
     let parts: Vec<_> = rel.components().collect();
     let mut prefix = PathBuf::new();
     for (i, part) in parts.iter().enumerate() {
-        let parent = sys::open_in_root(root.as_raw_fd(), &prefix, libc::O_PATH | libc::O_DIRECTORY, 0)
-            .ctx(|| format!("cannot open /{} in the container", prefix.display()))?;
+        let parent = sys::open_in_root(
+            root.as_raw_fd(),
+            &prefix,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .ctx(|| format!("cannot open /{} in the container", prefix.display()))?;
         prefix.push(part);
         let last = i + 1 == parts.len();
         if sys::open_in_root(root.as_raw_fd(), &prefix, libc::O_PATH, 0).is_ok() {
@@ -213,7 +249,12 @@ fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
             // A dangling symlink in the image (resolv.conf often is one) is replaced by a file.
             unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) };
             let fd = unsafe {
-                libc::openat(parent.as_raw_fd(), name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)
+                libc::openat(
+                    parent.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                )
             };
             if fd >= 0 {
                 unsafe { libc::close(fd) };
@@ -230,19 +271,34 @@ fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
                 }
                 _ => "",
             };
-            return Err(e).ctx(|| format!("cannot create mount point {} in the container{hint}", target.display()));
+            return Err(e).ctx(|| {
+                format!(
+                    "cannot create mount point {} in the container{hint}",
+                    target.display()
+                )
+            });
         }
     }
-    sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0)
-        .ctx(|| format!("cannot open mount point {} in the container", target.display()))
+    sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0).ctx(|| {
+        format!(
+            "cannot open mount point {} in the container",
+            target.display()
+        )
+    })
 }
 
 fn apply_step(root: &OwnedFd, step: &Step) -> Result<()> {
     let target = &step.target;
     match &step.action {
-        Action::Bind { source, recursive, readonly } => {
-            let meta = std::fs::metadata(source).ctx(|| format!("cannot bind {}", source.display()))?;
-            let tree = sys::open_tree_clone(source, *recursive).ctx(|| format!("cannot bind {}", source.display()))?;
+        Action::Bind {
+            source,
+            recursive,
+            readonly,
+        } => {
+            let meta =
+                std::fs::metadata(source).ctx(|| format!("cannot bind {}", source.display()))?;
+            let tree = sys::open_tree_clone(source, *recursive)
+                .ctx(|| format!("cannot bind {}", source.display()))?;
             let mut attrs = sys::MOUNT_ATTR_NOSUID;
             if !target.starts_with("/dev") {
                 attrs |= sys::MOUNT_ATTR_NODEV;
@@ -253,7 +309,8 @@ fn apply_step(root: &OwnedFd, step: &Step) -> Result<()> {
             sys::mount_setattr(&tree, attrs, *recursive)
                 .ctx(|| format!("cannot set options on the mount of {}", source.display()))?;
             let at = open_target(root, target, !meta.is_dir())?;
-            sys::move_mount(&tree, &at).ctx(|| format!("cannot mount {} on {}", source.display(), target.display()))?;
+            sys::move_mount(&tree, &at)
+                .ctx(|| format!("cannot mount {} on {}", source.display(), target.display()))?;
         }
         Action::Tmpfs => {
             let at = open_target(root, target, false)?;
@@ -271,7 +328,13 @@ fn apply_step(root: &OwnedFd, step: &Step) -> Result<()> {
             let dir = open_target(root, parent, false)?;
             let name = target.file_name().unwrap_or_default();
             nix::unistd::symlinkat(to.as_path(), Some(dir.as_raw_fd()), name)
-                .or_else(|e| if e == nix::errno::Errno::EEXIST { Ok(()) } else { Err(e) })
+                .or_else(|e| {
+                    if e == nix::errno::Errno::EEXIST {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .ctx(|| format!("cannot create symlink {}", target.display()))?;
         }
         Action::AddEntry { line } => add_entry(root, target, line)?,
@@ -295,8 +358,13 @@ fn add_entry(root: &OwnedFd, target: &Path, line: &str) -> Result<()> {
     }
     content.push_str(line);
     content.push('\n');
-    let fd = sys::open_in_root(root.as_raw_fd(), rel, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644)
-        .ctx(|| format!("cannot write {} in the container", target.display()))?;
+    let fd = sys::open_in_root(
+        root.as_raw_fd(),
+        rel,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        0o644,
+    )
+    .ctx(|| format!("cannot write {} in the container", target.display()))?;
     std::io::Write::write_all(&mut File::from(fd), content.as_bytes())
         .ctx(|| format!("cannot write {} in the container", target.display()))
 }
@@ -330,26 +398,44 @@ pub fn exec(process: &Process) -> Error {
         ));
     }
     if let Err(e) = sys::set_no_new_privs() {
-        return Error::Sys { context: "cannot set no_new_privs".into(), source: e };
+        return Error::Sys {
+            context: "cannot set no_new_privs".into(),
+            source: e,
+        };
     }
     let cstr = |s: &str| CString::new(s.as_bytes()).unwrap_or_default();
     let argv: Vec<CString> = process.argv.iter().map(|a| cstr(a)).collect();
-    let envp: Vec<CString> = process.env.iter().map(|(k, v)| cstr(&format!("{k}={v}"))).collect();
+    let envp: Vec<CString> = process
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect();
     let cmd = &process.argv[0];
     let candidates: Vec<PathBuf> = if cmd.contains('/') {
         vec![PathBuf::from(cmd)]
     } else {
-        let path = process.env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-        path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(cmd)).collect()
+        let path = process
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(cmd))
+            .collect()
     };
     let mut denied = None;
     for candidate in candidates {
-        let Ok(c) = sys::cstr(&candidate) else { continue };
+        let Ok(c) = sys::cstr(&candidate) else {
+            continue;
+        };
         let err = nix::unistd::execve(&c, &argv, &envp).unwrap_err();
         match err {
             nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => continue,
             nix::errno::Errno::EACCES => denied = Some((candidate, err)),
-            other => return Error::CommandNotExecutable(candidate.display().to_string(), other.into()),
+            other => {
+                return Error::CommandNotExecutable(candidate.display().to_string(), other.into())
+            }
         }
     }
     match denied {

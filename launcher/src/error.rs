@@ -43,13 +43,19 @@ pub trait Context<T> {
 
 impl<T> Context<T> for io::Result<T> {
     fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
-        self.map_err(|source| Error::Sys { context: what().into(), source })
+        self.map_err(|source| Error::Sys {
+            context: what().into(),
+            source,
+        })
     }
 }
 
 impl<T> Context<T> for nix::Result<T> {
     fn ctx<S: Into<String>>(self, what: impl FnOnce() -> S) -> Result<T> {
-        self.map_err(|e| Error::Sys { context: what().into(), source: io::Error::from(e) })
+        self.map_err(|e| Error::Sys {
+            context: what().into(),
+            source: io::Error::from(e),
+        })
     }
 }
 

@@ -30,7 +30,11 @@ impl HostUser {
             if g == gid {
                 continue;
             }
-            let name = Group::from_gid(g).ok().flatten().map(|g| g.name).unwrap_or_default();
+            let name = Group::from_gid(g)
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+                .unwrap_or_default();
             groups.push((g.as_raw(), name));
         }
         Ok(HostUser {

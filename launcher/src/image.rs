@@ -40,13 +40,21 @@ impl Image {
             _ => Error::Image(format!("cannot open image {}: {e}", path.display())),
         })?;
         if meta.is_dir() {
-            return Ok(Image { path: abs, kind: ImageKind::Directory });
+            return Ok(Image {
+                path: abs,
+                kind: ImageKind::Directory,
+            });
         }
         let mut file = File::open(&abs)
             .map_err(|e| Error::Image(format!("cannot open image {}: {e}", path.display())))?;
         let sb = read_superblock(&mut file, meta.len())
             .map_err(|why| Error::Image(format!("image {}: {why}", path.display())))?;
-        Ok(Image { path: abs, kind: ImageKind::Squashfs { bytes_used: sb.bytes_used } })
+        Ok(Image {
+            path: abs,
+            kind: ImageKind::Squashfs {
+                bytes_used: sb.bytes_used,
+            },
+        })
     }
 
     /// A key that names this image's content, for the extract cache: a hash of the squashfs
@@ -54,7 +62,9 @@ impl Image {
     /// whenever any file's content, size or place changes). Reads about 64 KiB.
     pub fn identity(&self) -> Result<String> {
         let ImageKind::Squashfs { bytes_used } = self.kind else {
-            return Err(Error::Image("only squashfs images have a cache identity".into()));
+            return Err(Error::Image(
+                "only squashfs images have a cache identity".into(),
+            ));
         };
         let file = File::open(&self.path)
             .map_err(|e| Error::Image(format!("cannot open image {}: {e}", self.path.display())))?;
@@ -113,12 +123,16 @@ pub fn parse_superblock(sb: &[u8], file_len: u64) -> std::result::Result<Superbl
     }
     let (major, minor) = (le16(sb, 28), le16(sb, 30));
     if (major, minor) != (4, 0) {
-        return Err(format!("squashfs version {major}.{minor} is not supported, only 4.0 ({HINT})"));
+        return Err(format!(
+            "squashfs version {major}.{minor} is not supported, only 4.0 ({HINT})"
+        ));
     }
     let block_size = le32(sb, 12);
     let block_log = le16(sb, 22);
     if block_log > 20 || block_size != 1 << block_log {
-        return Err(format!("corrupt squashfs superblock (block size {block_size}) ({HINT})"));
+        return Err(format!(
+            "corrupt squashfs superblock (block size {block_size}) ({HINT})"
+        ));
     }
     let bytes_used = le64(sb, 40);
     if bytes_used > file_len {
@@ -129,9 +143,14 @@ pub fn parse_superblock(sb: &[u8], file_len: u64) -> std::result::Result<Superbl
     }
     let table_starts = [le64(sb, 48), le64(sb, 64), le64(sb, 72)];
     if bytes_used < SUPERBLOCK_LEN as u64 || table_starts.iter().any(|&t| t >= bytes_used) {
-        return Err(format!("corrupt squashfs superblock (tables beyond the end) ({HINT})"));
+        return Err(format!(
+            "corrupt squashfs superblock (tables beyond the end) ({HINT})"
+        ));
     }
-    Ok(Superblock { bytes_used, block_size })
+    Ok(Superblock {
+        bytes_used,
+        block_size,
+    })
 }
 
 #[cfg(test)]
@@ -160,16 +179,26 @@ mod tests {
 
     #[test]
     fn refuses_wrong_magic_short_truncated_and_old_versions() {
-        assert!(parse_superblock(b"#!/bin/sh\n", 10).unwrap_err().contains("not a squashfs"));
+        assert!(parse_superblock(b"#!/bin/sh\n", 10)
+            .unwrap_err()
+            .contains("not a squashfs"));
         let mut bad = good_superblock(4096);
         bad[0] = b'x';
-        assert!(parse_superblock(&bad, 8192).unwrap_err().contains("not a squashfs"));
-        assert!(parse_superblock(&good_superblock(4096), 2000).unwrap_err().contains("truncated"));
+        assert!(parse_superblock(&bad, 8192)
+            .unwrap_err()
+            .contains("not a squashfs"));
+        assert!(parse_superblock(&good_superblock(4096), 2000)
+            .unwrap_err()
+            .contains("truncated"));
         let mut v3 = good_superblock(4096);
         v3[28] = 3;
-        assert!(parse_superblock(&v3, 8192).unwrap_err().contains("version 3.0"));
+        assert!(parse_superblock(&v3, 8192)
+            .unwrap_err()
+            .contains("version 3.0"));
         let mut blk = good_superblock(4096);
         blk[22] = 3;
-        assert!(parse_superblock(&blk, 8192).unwrap_err().contains("block size"));
+        assert!(parse_superblock(&blk, 8192)
+            .unwrap_err()
+            .contains("block size"));
     }
 }

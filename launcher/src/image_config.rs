@@ -29,11 +29,19 @@ fn one() -> u32 {
 pub struct RuntimeConfig {
     #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
-    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub entrypoint: Option<Vec<String>>,
     #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub working_dir: Option<String>,
     #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -41,8 +49,8 @@ pub struct RuntimeConfig {
 
 impl ImageConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let config: ImageConfig =
-            serde_json::from_str(text).map_err(|e| format!("invalid image config {CONFIG_PATH}: {e}"))?;
+        let config: ImageConfig = serde_json::from_str(text)
+            .map_err(|e| format!("invalid image config {CONFIG_PATH}: {e}"))?;
         if config.schema_version != 1 {
             return Err(format!(
                 "image config {CONFIG_PATH} has schemaVersion {}, this berth reads 1; upgrade berth",
@@ -67,14 +75,21 @@ mod tests {
             "Entrypoint":["/entry.sh"],"Cmd":["run"],"WorkingDir":"/work","Labels":{"k":"v"}}}"#;
         let c = ImageConfig::parse(text).unwrap();
         assert_eq!(c.config.env, vec!["PATH=/usr/bin", "A=b"]);
-        assert_eq!(c.config.entrypoint.as_deref(), Some(&["/entry.sh".to_string()][..]));
+        assert_eq!(
+            c.config.entrypoint.as_deref(),
+            Some(&["/entry.sh".to_string()][..])
+        );
         assert_eq!(c.config.working_dir.as_deref(), Some("/work"));
         assert_eq!(ImageConfig::parse(&c.to_json()).unwrap(), c);
     }
 
     #[test]
     fn rejects_unknown_schema_and_bad_json() {
-        assert!(ImageConfig::parse(r#"{"schemaVersion":2}"#).unwrap_err().contains("schemaVersion 2"));
-        assert!(ImageConfig::parse("{").unwrap_err().contains("invalid image config"));
+        assert!(ImageConfig::parse(r#"{"schemaVersion":2}"#)
+            .unwrap_err()
+            .contains("schemaVersion 2"));
+        assert!(ImageConfig::parse("{")
+            .unwrap_err()
+            .contains("invalid image config"));
     }
 }

@@ -18,7 +18,9 @@ use crate::plan::Plan;
 use crate::sys;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
-use nix::sys::socket::{getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{
+    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+};
 use nix::unistd::{fork, ForkResult};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -44,12 +46,17 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
     ensure_private_dir(&plan.state_dir, plan.user.uid)?;
     ensure_private_dir(&dir, plan.user.uid)?;
     // Socket paths are limited to 108 bytes: name the files by a short hash of the key.
-    let name: String = Sha256::digest(key.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let name: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let sock_path = dir.join(format!("{name}.sock"));
     let lock_file = File::options()
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .open(dir.join(format!("{name}.lock")))
         .ctx(|| format!("cannot open the join lock in {}", dir.display()))?;
     sys::flock(&lock_file, libc::LOCK_EX).ctx(|| "cannot take the join lock")?;
@@ -63,26 +70,43 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
                     break;
                 }
                 Reply::Closing => std::thread::sleep(Duration::from_millis(20)),
-                Reply::Mismatch => {
-                    return usage(format!(
-                        "join key '{key}' is in use on this node by a container with another image, \
+                Reply::Mismatch => return usage(format!(
+                    "join key '{key}' is in use on this node by a container with another image, \
                          mounts or options; use the same options or another key"
-                    ))
-                }
+                )),
             },
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 let _ = std::fs::remove_file(&sock_path);
                 spawn_keeper(plan, &sock_path, &dir, &lock_file)?;
             }
-            Err(e) => return Err(e).ctx(|| format!("cannot reach the container keeper at {}", sock_path.display())),
+            Err(e) => {
+                return Err(e).ctx(|| {
+                    format!(
+                        "cannot reach the container keeper at {}",
+                        sock_path.display()
+                    )
+                })
+            }
         }
     }
     drop(lock_file);
-    let fds = fds.ok_or_else(|| Error::Image(format!("could not join the container '{key}' (keeper kept closing)")))?;
-    setns(fds[0].as_fd(), CloneFlags::CLONE_NEWUSER).ctx(|| "cannot join the container's user namespace")?;
-    setns(fds[1].as_fd(), CloneFlags::CLONE_NEWNS).ctx(|| "cannot join the container's mount namespace")?;
+    let fds = fds.ok_or_else(|| {
+        Error::Image(format!(
+            "could not join the container '{key}' (keeper kept closing)"
+        ))
+    })?;
+    setns(fds[0].as_fd(), CloneFlags::CLONE_NEWUSER)
+        .ctx(|| "cannot join the container's user namespace")?;
+    setns(fds[1].as_fd(), CloneFlags::CLONE_NEWNS)
+        .ctx(|| "cannot join the container's mount namespace")?;
     if let Some(inner) = fds.get(2) {
-        setns(inner.as_fd(), CloneFlags::CLONE_NEWUSER).ctx(|| "cannot join the container's inner user namespace")?;
+        setns(inner.as_fd(), CloneFlags::CLONE_NEWUSER)
+            .ctx(|| "cannot join the container's inner user namespace")?;
     }
     Ok(())
 }
@@ -94,12 +118,20 @@ fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
     let mut buf = [0u8; 64];
     let mut cmsg = nix::cmsg_space!([RawFd; 3]);
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .ctx(|| "cannot read the container keeper's answer")?;
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ctx(|| "cannot read the container keeper's answer")?;
     let mut fds = Vec::new();
     for c in msg.cmsgs().into_iter().flatten() {
         if let ControlMessageOwned::ScmRights(raw) = c {
-            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     let n = msg.bytes;
@@ -113,7 +145,8 @@ fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
 
 /// Fork a detached keeper, wait until it has built the container (or failed, with its error).
 fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> Result<()> {
-    let listener = UnixListener::bind(sock_path).ctx(|| format!("cannot create {}", sock_path.display()))?;
+    let listener =
+        UnixListener::bind(sock_path).ctx(|| format!("cannot create {}", sock_path.display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
     match unsafe { fork() }.ctx(|| "cannot fork the container keeper")? {
         ForkResult::Child => {
@@ -138,13 +171,23 @@ fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> 
                 Ok(())
             } else {
                 let _ = std::fs::remove_file(sock_path);
-                Err(Error::Image(if answer.is_empty() { "the container keeper died while starting".into() } else { answer }))
+                Err(Error::Image(if answer.is_empty() {
+                    "the container keeper died while starting".into()
+                } else {
+                    answer
+                }))
             }
         }
     }
 }
 
-fn keeper_main(plan: &Plan, listener: UnixListener, ready: OwnedFd, dir: &Path, sock_name: &Path) -> i32 {
+fn keeper_main(
+    plan: &Plan,
+    listener: UnixListener,
+    ready: OwnedFd,
+    dir: &Path,
+    sock_name: &Path,
+) -> i32 {
     // The keeper outlives the first rank: it must not hold the job's stdout/stderr open.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
@@ -177,7 +220,10 @@ fn keeper_main(plan: &Plan, listener: UnixListener, ready: OwnedFd, dir: &Path, 
     };
     let _ = ready.write_all(b"ok");
     drop(ready);
-    let fuse_pidfd = built.fuse.as_ref().and_then(|c| sys::pidfd_open(c.id() as i32).ok());
+    let fuse_pidfd = built
+        .fuse
+        .as_ref()
+        .and_then(|c| sys::pidfd_open(c.id() as i32).ok());
     serve(&listener, &fds, &plan.fingerprint(), fuse_pidfd.as_ref());
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.
     if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
@@ -225,7 +271,9 @@ fn make_inner_userns(plan: &Plan) -> Result<OwnedFd> {
             let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(child, None);
             if byte[0] != b'1' {
-                return Err(Error::Image("cannot create the inner user namespace".into()));
+                return Err(Error::Image(
+                    "cannot create the inner user namespace".into(),
+                ));
             }
             Ok(ns.ctx(|| "cannot open the inner user namespace")?.into())
         }
@@ -243,12 +291,17 @@ fn serve(listener: &UnixListener, fds: &[OwnedFd], fingerprint: &str, fuse: Opti
             pollfds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
         }
         let first_rank = pollfds.len();
-        pollfds.extend(ranks.iter().map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)));
+        pollfds.extend(
+            ranks
+                .iter()
+                .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)),
+        );
         let timeout = if joined_once {
             PollTimeout::NONE
         } else {
             let left = FIRST_JOIN_TIMEOUT.saturating_sub(started.elapsed());
-            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::ZERO)
+            PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::ZERO)
         };
         match poll(&mut pollfds, timeout) {
             Ok(0) if !joined_once => return,
@@ -260,8 +313,12 @@ fn serve(listener: &UnixListener, fds: &[OwnedFd], fingerprint: &str, fuse: Opti
         if fuse.is_some() && ready(&pollfds[1]) {
             return;
         }
-        let gone: Vec<usize> =
-            pollfds[first_rank..].iter().enumerate().filter(|(_, p)| ready(p)).map(|(i, _)| i).collect();
+        let gone: Vec<usize> = pollfds[first_rank..]
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| ready(p))
+            .map(|(i, _)| i)
+            .collect();
         let accept = ready(&pollfds[0]);
         drop(pollfds);
         for i in gone.into_iter().rev() {
@@ -294,6 +351,13 @@ fn register(conn: &UnixStream, fds: &[OwnedFd], fingerprint: &str) -> Option<Own
     let pidfd = sys::pidfd_open(cred.pid()).ok()?;
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
-    sendmsg::<()>(conn.as_raw_fd(), &[IoSlice::new(b"ok\n")], &cmsg, MsgFlags::empty(), None).ok()?;
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(b"ok\n")],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .ok()?;
     Some(pidfd)
 }

@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "berth", version, about = "Run HPC jobs in squashfs container images, without setuid")]
+#[command(
+    name = "berth",
+    version,
+    about = "Run HPC jobs in squashfs container images, without setuid"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -80,8 +84,16 @@ struct RunArgs {
 fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let mode: Mode = a.mode.parse().map_err(Error::Usage)?;
-    let mounts = a.mounts.iter().map(|m| MountSpec::parse(m, &cwd)).collect::<Result<Vec<_>, _>>()?;
-    let env = a.env.iter().map(|e| parse_env(e)).collect::<Result<Vec<_>, _>>()?;
+    let mounts = a
+        .mounts
+        .iter()
+        .map(|m| MountSpec::parse(m, &cwd))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = a
+        .env
+        .iter()
+        .map(|e| parse_env(e))
+        .collect::<Result<Vec<_>, _>>()?;
     let join = match (a.no_join, a.join) {
         (true, _) => Join::No,
         (false, Some(key)) if key.is_empty() => Join::Auto,
@@ -125,7 +137,11 @@ fn main() {
         Err(e) => {
             // One line, not clap's page: what is wrong and where to look.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("bad command line").trim_start_matches("error: ");
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("bad command line")
+                .trim_start_matches("error: ");
             eprintln!("berth: {first} (see 'berth --help')");
             std::process::exit(125);
         }
@@ -155,16 +171,23 @@ fn main() {
                     }
                 }
                 CacheCmd::Clean { keys } => {
-                    let (removed, skipped) = cache::clean(&state, &keys).unwrap_or_else(|e| fail(e));
+                    let (removed, skipped) =
+                        cache::clean(&state, &keys).unwrap_or_else(|e| fail(e));
                     for k in &removed {
                         println!("removed {k}");
                     }
                     for k in &skipped {
                         println!("kept {k} (in use)");
                     }
-                    let missing: Vec<_> = keys.iter().filter(|k| !removed.contains(k) && !skipped.contains(k)).collect();
+                    let missing: Vec<_> = keys
+                        .iter()
+                        .filter(|k| !removed.contains(k) && !skipped.contains(k))
+                        .collect();
                     if !missing.is_empty() {
-                        fail(Error::Usage(format!("no cached image with key {:?} (see 'berth cache list')", missing)));
+                        fail(Error::Usage(format!(
+                            "no cached image with key {:?} (see 'berth cache list')",
+                            missing
+                        )));
                     }
                 }
             }

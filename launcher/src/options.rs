@@ -63,22 +63,38 @@ impl MountSpec {
     pub fn parse(spec: &str, cwd: &Path) -> Result<MountSpec> {
         let parts: Vec<&str> = spec.split(':').collect();
         if parts.len() > 3 || parts.iter().take(2).any(|p| p.is_empty()) {
-            return usage(format!("bad mount '{spec}': expected SRC[:DST[:ro|rw|bind|rbind,...]]"));
+            return usage(format!(
+                "bad mount '{spec}': expected SRC[:DST[:ro|rw|bind|rbind,...]]"
+            ));
         }
         let source = cwd.join(parts[0]);
         let target = PathBuf::from(parts.get(1).copied().unwrap_or(parts[0]));
-        let mut m = MountSpec { source, target, readonly: false, recursive: true };
-        for opt in parts.get(2).map(|o| o.split(',').collect()).unwrap_or_else(Vec::new) {
+        let mut m = MountSpec {
+            source,
+            target,
+            readonly: false,
+            recursive: true,
+        };
+        for opt in parts
+            .get(2)
+            .map(|o| o.split(',').collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             match opt {
                 "ro" => m.readonly = true,
                 "rw" => m.readonly = false,
                 "rbind" => m.recursive = true,
                 "bind" => m.recursive = false,
                 "" => {}
-                _ => return usage(format!("bad mount '{spec}': unknown option '{opt}' (use ro, rw, bind, rbind)")),
+                _ => {
+                    return usage(format!(
+                        "bad mount '{spec}': unknown option '{opt}' (use ro, rw, bind, rbind)"
+                    ))
+                }
             }
         }
-        check_target(&m.target).map_err(|why| crate::error::Error::Usage(format!("bad mount '{spec}': {why}")))?;
+        check_target(&m.target)
+            .map_err(|why| crate::error::Error::Usage(format!("bad mount '{spec}': {why}")))?;
         Ok(m)
     }
 }
@@ -86,9 +102,14 @@ impl MountSpec {
 /// A mount target must be absolute and normalized, and not one of the places berth provides.
 pub fn check_target(target: &Path) -> std::result::Result<(), String> {
     if !target.is_absolute() {
-        return Err(format!("target {} is not an absolute path", target.display()));
+        return Err(format!(
+            "target {} is not an absolute path",
+            target.display()
+        ));
     }
-    if target.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    if target
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
         || target.to_string_lossy().contains("/./")
     {
         return Err(format!("target {} contains '.' or '..'", target.display()));
@@ -116,7 +137,9 @@ pub fn parse_env(spec: &str) -> Result<(String, String)> {
         && !k.starts_with(|c: char| c.is_ascii_digit())
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return usage(format!("bad --env '{spec}': '{k}' is not a valid variable name"));
+        return usage(format!(
+            "bad --env '{spec}': '{k}' is not a valid variable name"
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }
@@ -126,7 +149,9 @@ pub fn check_join_key(key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && key.len() <= 100
         && !key.starts_with('.')
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if !ok {
         return usage(format!(
             "bad join key '{key}': use 1-100 letters, digits, '.', '_' or '-', not starting with '.'"
@@ -143,13 +168,19 @@ mod tests {
     fn parses_mount_specs() {
         let cwd = Path::new("/home/u");
         let m = MountSpec::parse("/data:/mnt/data:ro", cwd).unwrap();
-        assert_eq!((m.source.as_path(), m.target.as_path(), m.readonly), (Path::new("/data"), Path::new("/mnt/data"), true));
+        assert_eq!(
+            (m.source.as_path(), m.target.as_path(), m.readonly),
+            (Path::new("/data"), Path::new("/mnt/data"), true)
+        );
         let m = MountSpec::parse("rel", cwd).unwrap_err().to_string();
         assert!(m.contains("not an absolute path"), "{m}");
         let m = MountSpec::parse("rel:/x:bind", cwd).unwrap();
         assert_eq!(m.source, Path::new("/home/u/rel"));
         assert!(!m.recursive);
-        assert_eq!(MountSpec::parse("/scratch", cwd).unwrap().target, Path::new("/scratch"));
+        assert_eq!(
+            MountSpec::parse("/scratch", cwd).unwrap().target,
+            Path::new("/scratch")
+        );
     }
 
     #[test]

@@ -24,7 +24,11 @@ pub enum Rootfs {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Bind a host path (file or directory) onto the target.
-    Bind { source: PathBuf, recursive: bool, readonly: bool },
+    Bind {
+        source: PathBuf,
+        recursive: bool,
+        readonly: bool,
+    },
     /// A fresh tmpfs.
     Tmpfs,
     /// A symlink created in the container's /dev.
@@ -79,7 +83,11 @@ const SYSTEM_DIRS: &[&str] = &[
 fn bind(source: &Path, target: &Path, origin: &'static str) -> Step {
     Step {
         target: target.to_path_buf(),
-        action: Action::Bind { source: source.to_path_buf(), recursive: true, readonly: false },
+        action: Action::Bind {
+            source: source.to_path_buf(),
+            recursive: true,
+            readonly: false,
+        },
         origin,
     }
 }
@@ -103,10 +111,18 @@ impl Plan {
             bind(Path::new("/proc"), Path::new("/proc"), "default"),
             Step {
                 target: "/sys".into(),
-                action: Action::Bind { source: "/sys".into(), recursive: true, readonly: true },
+                action: Action::Bind {
+                    source: "/sys".into(),
+                    recursive: true,
+                    readonly: true,
+                },
                 origin: "default",
             },
-            Step { target: "/dev".into(), action: Action::Tmpfs, origin: "default" },
+            Step {
+                target: "/dev".into(),
+                action: Action::Tmpfs,
+                origin: "default",
+            },
         ];
         for node in DEV_NODES {
             let path = Path::new("/dev").join(node);
@@ -126,15 +142,21 @@ impl Plan {
             ("/dev/stdout", "/proc/self/fd/1"),
             ("/dev/stderr", "/proc/self/fd/2"),
         ] {
-            steps.push(Step { target: link.into(), action: Action::Symlink { to: to.into() }, origin: "default" });
+            steps.push(Step {
+                target: link.into(),
+                action: Action::Symlink { to: to.into() },
+                origin: "default",
+            });
         }
         steps.push(bind(Path::new("/tmp"), Path::new("/tmp"), "default"));
         if opts.mount_home && user.home != Path::new("/") && exists(&user.home) {
             steps.push(bind(&user.home, &user.home, "home"));
         }
         let covered = |p: &Path| {
-            steps.iter().any(|s| matches!(&s.action, Action::Bind { source, recursive: true, .. }
-                if source == &s.target && p.starts_with(&s.target)))
+            steps.iter().any(|s| {
+                matches!(&s.action, Action::Bind { source, recursive: true, .. }
+                if source == &s.target && p.starts_with(&s.target))
+            })
         };
         let top_is_system = cwd
             .components()
@@ -164,8 +186,16 @@ impl Plan {
                 user.shell
             );
             let group = format!("{}:x:{}:", user.primary_group_name(), user.gid);
-            steps.push(Step { target: "/etc/passwd".into(), action: Action::AddEntry { line: passwd }, origin: "user" });
-            steps.push(Step { target: "/etc/group".into(), action: Action::AddEntry { line: group }, origin: "user" });
+            steps.push(Step {
+                target: "/etc/passwd".into(),
+                action: Action::AddEntry { line: passwd },
+                origin: "user",
+            });
+            steps.push(Step {
+                target: "/etc/group".into(),
+                action: Action::AddEntry { line: group },
+                origin: "user",
+            });
         }
         for m in &opts.mounts {
             if !exists(&m.source) {
@@ -178,7 +208,11 @@ impl Plan {
             }
             steps.push(Step {
                 target: m.target.clone(),
-                action: Action::Bind { source: m.source.clone(), recursive: m.recursive, readonly: m.readonly },
+                action: Action::Bind {
+                    source: m.source.clone(),
+                    recursive: m.recursive,
+                    readonly: m.readonly,
+                },
                 origin: "--mount",
             });
         }
@@ -208,7 +242,10 @@ impl Plan {
             "{:?}|{:?}|{}|{}|{:?}|{}",
             self.image.path, self.rootfs, self.writable, self.remap_root, self.steps, self.user.uid
         );
-        Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The uid and gid the process has inside.
@@ -240,7 +277,9 @@ impl Plan {
             argv.extend(cmd.iter().cloned());
         }
         if argv.is_empty() {
-            return usage("no command given and the image has no default command (give one after the image)");
+            return usage(
+                "no command given and the image has no default command (give one after the image)",
+            );
         }
         let mut env: Vec<(String, String)> = host_env.to_vec();
         let mut set = |k: &str, v: &str| {
@@ -271,7 +310,13 @@ impl Plan {
             set("USER", "root");
             set("LOGNAME", "root");
         }
-        Ok(Process { argv, env, workdir, uid, gid })
+        Ok(Process {
+            argv,
+            env,
+            workdir,
+            uid,
+            gid,
+        })
     }
 
     /// The plan in words, for `--dry-run`.
@@ -286,10 +331,19 @@ impl Plan {
         let _ = writeln!(
             out,
             "root:     overlay on the image, {} (changes discarded at exit)",
-            if self.writable { "writable" } else { "read-only" }
+            if self.writable {
+                "writable"
+            } else {
+                "read-only"
+            }
         );
         let (uid, gid) = self.inner_ids();
-        let groups: Vec<String> = self.user.groups.iter().map(|(g, n)| format!("{g}({n})")).collect();
+        let groups: Vec<String> = self
+            .user
+            .groups
+            .iter()
+            .map(|(g, n)| format!("{g}({n})"))
+            .collect();
         let _ = writeln!(
             out,
             "identity: uid {uid} gid {gid} inside = {}({}) gid {} on the host; supplementary groups kept: {}",
@@ -302,12 +356,20 @@ impl Plan {
         let _ = writeln!(
             out,
             "join:     {}",
-            self.join_key.as_deref().map_or("no (a container of its own)".to_string(), |k| format!("key {k}"))
+            self.join_key
+                .as_deref()
+                .map_or("no (a container of its own)".to_string(), |k| format!(
+                    "key {k}"
+                ))
         );
         let _ = writeln!(out, "mounts (in order):");
         for s in &self.steps {
             let what = match &s.action {
-                Action::Bind { source, recursive, readonly } => format!(
+                Action::Bind {
+                    source,
+                    recursive,
+                    readonly,
+                } => format!(
                     "<- {} ({}{}, nosuid)",
                     source.display(),
                     if *recursive { "rbind" } else { "bind" },
@@ -323,7 +385,11 @@ impl Plan {
             let _ = writeln!(out, "process:");
             let _ = writeln!(out, "  argv:    {:?}", p.argv);
             let _ = writeln!(out, "  workdir: {}", p.workdir.display());
-            let _ = writeln!(out, "  uid/gid: {}/{} (no_new_privs set, all mounts nosuid)", p.uid, p.gid);
+            let _ = writeln!(
+                out,
+                "  uid/gid: {}/{} (no_new_privs set, all mounts nosuid)",
+                p.uid, p.gid
+            );
             let _ = writeln!(out, "  env:");
             for (k, v) in &p.env {
                 let _ = writeln!(out, "    {k}={v}");
@@ -338,9 +404,22 @@ impl Plan {
 pub fn auto_join_key(env: &[(String, String)]) -> Option<String> {
     let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
     let clean = |s: &str| -> String {
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).take(40).collect()
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect()
     };
-    let many = |k: &str| get(k).and_then(|v| v.parse::<u32>().ok()).is_some_and(|n| n > 1);
+    let many = |k: &str| {
+        get(k)
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n > 1)
+    };
     if many("OMPI_COMM_WORLD_LOCAL_SIZE") {
         let job = get("PMIX_NAMESPACE").or(get("OMPI_MCA_ess_base_jobid"))?;
         return Some(format!("ompi-{}", clean(job)));
@@ -387,48 +466,100 @@ mod tests {
     }
 
     fn image() -> Image {
-        Image { path: "/img.sqsh".into(), kind: ImageKind::Squashfs { bytes_used: 4096 } }
+        Image {
+            path: "/img.sqsh".into(),
+            kind: ImageKind::Squashfs { bytes_used: 4096 },
+        }
     }
 
     fn plan(o: &RunOptions, cwd: &str) -> Plan {
-        Plan::build(o, image(), user(), Path::new(cwd), "/tmp/berth-1000".into(), &[]).unwrap()
+        Plan::build(
+            o,
+            image(),
+            user(),
+            Path::new(cwd),
+            "/tmp/berth-1000".into(),
+            &[],
+        )
+        .unwrap()
     }
 
     #[test]
     fn default_plan_has_system_mounts_in_order() {
         let p = plan(&opts(), "/");
-        let targets: Vec<_> = p.steps.iter().map(|s| s.target.to_string_lossy().into_owned()).collect();
-        let pos = |t: &str| targets.iter().position(|x| x == t).unwrap_or_else(|| panic!("{t} missing"));
-        assert!(pos("/proc") < pos("/dev") && pos("/dev") < pos("/dev/null") && pos("/dev/null") < pos("/tmp"));
+        let targets: Vec<_> = p
+            .steps
+            .iter()
+            .map(|s| s.target.to_string_lossy().into_owned())
+            .collect();
+        let pos = |t: &str| {
+            targets
+                .iter()
+                .position(|x| x == t)
+                .unwrap_or_else(|| panic!("{t} missing"))
+        };
+        assert!(
+            pos("/proc") < pos("/dev")
+                && pos("/dev") < pos("/dev/null")
+                && pos("/dev/null") < pos("/tmp")
+        );
         assert!(pos("/etc/passwd") > pos("/tmp"));
         assert_eq!(p.rootfs, Rootfs::Fuse);
         assert!(!p.cwd_visible, "cwd / is the image's own root");
-        let passwd = p.steps.iter().find(|s| s.target == Path::new("/etc/passwd")).unwrap();
-        assert_eq!(passwd.action, Action::AddEntry { line: "alice:x:1000:1000::/tmp:/bin/bash".into() });
+        let passwd = p
+            .steps
+            .iter()
+            .find(|s| s.target == Path::new("/etc/passwd"))
+            .unwrap();
+        assert_eq!(
+            passwd.action,
+            Action::AddEntry {
+                line: "alice:x:1000:1000::/tmp:/bin/bash".into()
+            }
+        );
     }
 
     #[test]
     fn cwd_is_bound_unless_covered_or_system() {
         let p = plan(&opts(), "/tmp/work");
-        assert!(p.cwd_visible && !p.steps.iter().any(|s| s.origin == "cwd"), "covered by /tmp");
+        assert!(
+            p.cwd_visible && !p.steps.iter().any(|s| s.origin == "cwd"),
+            "covered by /tmp"
+        );
         let p = plan(&opts(), "/etc");
         assert!(!p.cwd_visible && !p.steps.iter().any(|s| s.origin == "cwd"));
         let p = plan(&opts(), "/srv");
         assert!(p.cwd_visible);
-        assert!(p.steps.iter().any(|s| s.origin == "cwd" && s.target == Path::new("/srv")));
+        assert!(p
+            .steps
+            .iter()
+            .any(|s| s.origin == "cwd" && s.target == Path::new("/srv")));
     }
 
     #[test]
     fn user_mounts_come_last_and_missing_sources_are_refused() {
         let mut o = opts();
-        o.mounts.push(MountSpec::parse("/tmp:/data:ro", Path::new("/")).unwrap());
+        o.mounts
+            .push(MountSpec::parse("/tmp:/data:ro", Path::new("/")).unwrap());
         let p = plan(&o, "/");
         let last = p.steps.last().unwrap();
         assert_eq!(last.origin, "--mount");
-        assert_eq!(last.action, Action::Bind { source: "/tmp".into(), recursive: true, readonly: true });
-        o.mounts.push(MountSpec::parse("/does/not/exist:/x", Path::new("/")).unwrap());
+        assert_eq!(
+            last.action,
+            Action::Bind {
+                source: "/tmp".into(),
+                recursive: true,
+                readonly: true
+            }
+        );
+        o.mounts
+            .push(MountSpec::parse("/does/not/exist:/x", Path::new("/")).unwrap());
         let err = Plan::build(&o, image(), user(), Path::new("/"), "/s".into(), &[]).unwrap_err();
-        assert!(err.to_string().contains("mount source /does/not/exist does not exist"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("mount source /does/not/exist does not exist"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -439,12 +570,20 @@ mod tests {
         cfg.config.entrypoint = Some(vec!["/entry".into()]);
         cfg.config.cmd = Some(vec!["default".into()]);
         cfg.config.working_dir = Some("/work".into());
-        let host = vec![("PATH".to_string(), "/host/bin".to_string()), ("B".into(), "host".into())];
+        let host = vec![
+            ("PATH".to_string(), "/host/bin".to_string()),
+            ("B".into(), "host".into()),
+        ];
         let mut o = opts();
         o.env = vec![("A".into(), "user".into())];
         let pr = p.process(&o, &cfg, &host, Path::new("/tmp/w")).unwrap();
         assert_eq!(pr.argv, vec!["/entry", "true"]);
-        let get = |k: &str| pr.env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
+        let get = |k: &str| {
+            pr.env
+                .iter()
+                .find(|(ek, _)| ek == k)
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(get("PATH").as_deref(), Some("/img/bin"));
         assert_eq!(get("A").as_deref(), Some("user"));
         assert_eq!(get("B").as_deref(), Some("host"));
@@ -457,7 +596,12 @@ mod tests {
         assert!(p.process(&o, &cfg, &host, Path::new("/")).is_err());
         let p = plan(&opts(), "/etc");
         cfg.config.cmd = Some(vec!["x".into()]);
-        assert_eq!(p.process(&o, &cfg, &host, Path::new("/etc")).unwrap().workdir, Path::new("/work"));
+        assert_eq!(
+            p.process(&o, &cfg, &host, Path::new("/etc"))
+                .unwrap()
+                .workdir,
+            Path::new("/work")
+        );
     }
 
     #[test]
@@ -466,19 +610,42 @@ mod tests {
         o.remap_root = true;
         let p = plan(&o, "/");
         assert_eq!(p.inner_ids(), (0, 0));
-        assert!(!p.steps.iter().any(|s| matches!(s.action, Action::AddEntry { .. })));
+        assert!(!p
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::AddEntry { .. })));
     }
 
     #[test]
     fn auto_join_keys_from_launchers() {
-        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
-            auto_join_key(&env(&[("OMPI_COMM_WORLD_LOCAL_SIZE", "2"), ("PMIX_NAMESPACE", "123@1")])).as_deref(),
+            auto_join_key(&env(&[
+                ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
+                ("PMIX_NAMESPACE", "123@1")
+            ]))
+            .as_deref(),
             Some("ompi-123_1")
         );
-        assert_eq!(auto_join_key(&env(&[("OMPI_COMM_WORLD_LOCAL_SIZE", "1"), ("PMIX_NAMESPACE", "1")])), None);
         assert_eq!(
-            auto_join_key(&env(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0"), ("SLURM_STEP_NUM_TASKS", "4")])).as_deref(),
+            auto_join_key(&env(&[
+                ("OMPI_COMM_WORLD_LOCAL_SIZE", "1"),
+                ("PMIX_NAMESPACE", "1")
+            ])),
+            None
+        );
+        assert_eq!(
+            auto_join_key(&env(&[
+                ("SLURM_JOB_ID", "7"),
+                ("SLURM_STEP_ID", "0"),
+                ("SLURM_STEP_NUM_TASKS", "4")
+            ]))
+            .as_deref(),
             Some("slurm-7.0")
         );
         assert_eq!(auto_join_key(&env(&[("SLURM_JOB_ID", "7")])), None);
@@ -488,7 +655,8 @@ mod tests {
     fn fingerprint_changes_with_mounts() {
         let a = plan(&opts(), "/");
         let mut o = opts();
-        o.mounts.push(MountSpec::parse("/tmp:/data", Path::new("/")).unwrap());
+        o.mounts
+            .push(MountSpec::parse("/tmp:/data", Path::new("/")).unwrap());
         let b = plan(&o, "/");
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), plan(&opts(), "/").fingerprint());

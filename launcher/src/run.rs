@@ -13,7 +13,12 @@ use std::path::Path;
 /// Run the command in the container; returns only on failure (the process becomes the command).
 pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
     let env: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
         .collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let user = HostUser::current()?;

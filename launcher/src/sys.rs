@@ -62,15 +62,19 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     if recursive {
         flags |= AT_RECURSIVE;
     }
-    let fd = check(unsafe {
-        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags)
-    })?;
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Set mount attributes (ro, nosuid, nodev...) on a detached or attached mount fd.
 pub fn mount_setattr(fd: &OwnedFd, set: u64, recursive: bool) -> io::Result<()> {
-    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {
         flags |= AT_RECURSIVE;
@@ -106,7 +110,11 @@ pub fn move_mount(from: &OwnedFd, to: &OwnedFd) -> io::Result<()> {
 /// openat2 with RESOLVE_IN_ROOT: `path` is resolved as if `root` were `/`, so `..` and absolute
 /// symlinks in the image cannot lead outside it.
 pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let c = if path.as_os_str().is_empty() { c".".to_owned() } else { cstr(path)? };
+    let c = if path.as_os_str().is_empty() {
+        c".".to_owned()
+    } else {
+        cstr(path)?
+    };
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: mode as u64,
@@ -145,7 +153,10 @@ pub fn write_file(path: &str, data: &str) -> io::Result<()> {
 }
 
 pub fn set_pdeathsig(sig: libc::c_int) -> io::Result<()> {
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) } as libc::c_long)?;
+    check(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }
+            as libc::c_long,
+    )?;
     Ok(())
 }
 

@@ -28,7 +28,13 @@ fn getent(db: &str, key: &str) -> Option<Vec<String>> {
     if !out.status.success() {
         return None;
     }
-    Some(String::from_utf8_lossy(&out.stdout).trim().split(':').map(String::from).collect())
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(':')
+            .map(String::from)
+            .collect(),
+    )
 }
 
 pub fn is_root() -> bool {
@@ -44,8 +50,9 @@ pub fn user() -> &'static TestUser {
         } else {
             std::env::var("USER").expect("USER is set")
         };
-        let pw = getent("passwd", &name)
-            .unwrap_or_else(|| panic!("test user {name} does not exist: run tests/run as root (it creates it)"));
+        let pw = getent("passwd", &name).unwrap_or_else(|| {
+            panic!("test user {name} does not exist: run tests/run as root (it creates it)")
+        });
         TestUser {
             uid: pw[2].parse().unwrap(),
             gid: pw[3].parse().unwrap(),
@@ -59,7 +66,10 @@ pub fn user() -> &'static TestUser {
 pub const TEST_GROUP: &str = "berthgrp";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A directory every user can traverse, holding copies of the binaries under test (the
@@ -87,7 +97,11 @@ pub fn berth_bin() -> &'static PathBuf {
                 target.join("debug/berth")
             }
         };
-        assert!(built.exists(), "{} is missing: run tests/run (it builds berth first)", built.display());
+        assert!(
+            built.exists(),
+            "{} is missing: run tests/run (it builds berth first)",
+            built.display()
+        );
         let copy = shared_bin_dir().join("berth");
         fs::copy(&built, &copy).unwrap();
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
@@ -98,15 +112,26 @@ pub fn berth_bin() -> &'static PathBuf {
 /// The demo image: Debian 12 minbase + Open MPI + test programs, built by
 /// tests/images/build-demo.sh.
 pub fn demo_image() -> PathBuf {
-    let p = PathBuf::from(std::env::var("BERTH_DEMO_IMAGE").unwrap_or_else(|_| "/var/cache/berth-test/demo.sqsh".into()));
-    assert!(p.exists(), "demo image {} is missing: run tests/run as root (it builds it)", p.display());
+    let p = PathBuf::from(
+        std::env::var("BERTH_DEMO_IMAGE")
+            .unwrap_or_else(|_| "/var/cache/berth-test/demo.sqsh".into()),
+    );
+    assert!(
+        p.exists(),
+        "demo image {} is missing: run tests/run as root (it builds it)",
+        p.display()
+    );
     p
 }
 
 /// The unpacked tree the demo image was made from (a directory image for tests).
 pub fn demo_rootfs() -> PathBuf {
     let p = demo_image().parent().unwrap().join("demo-rootfs");
-    assert!(p.join("etc/os-release").exists(), "{} is missing: run tests/run as root", p.display());
+    assert!(
+        p.join("etc/os-release").exists(),
+        "{} is missing: run tests/run as root",
+        p.display()
+    );
     p
 }
 
@@ -149,7 +174,14 @@ impl Sandbox {
         let u = user();
         let mut cmd = if is_root() {
             let mut c = Command::new("setpriv");
-            c.args(["--reuid", &u.name, "--regid", &u.name, "--init-groups", "--"]);
+            c.args([
+                "--reuid",
+                &u.name,
+                "--regid",
+                &u.name,
+                "--init-groups",
+                "--",
+            ]);
             c.args(argv);
             c
         } else {
@@ -203,7 +235,12 @@ impl Sandbox {
 fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
-        let rel = e.path().strip_prefix(base).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(base)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         // Do not descend into unpacked images.
         if e.path().is_dir() && !rel.starts_with("images/") {
             walk(base, &e.path(), out);
@@ -231,7 +268,14 @@ impl Run {
     }
     /// Panic with everything useful when a run that should work did not.
     pub fn expect_ok(self, what: &str) -> Run {
-        assert!(self.ok(), "{what}: exit {:?} signal {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.signal, self.stdout, self.stderr);
+        assert!(
+            self.ok(),
+            "{what}: exit {:?} signal {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.code,
+            self.signal,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }
@@ -251,14 +295,24 @@ pub fn run(mut cmd: Command) -> Run {
 pub fn live_processes(uid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(meta) = fs::metadata(e.path()) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(meta) = fs::metadata(e.path()) else {
+            continue;
+        };
         if meta.uid() != uid {
             continue;
         }
         // PID 1 here reaps orphans lazily: a zombie is not a leftover.
         let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
         if state == "Z" || state == "X" || state.is_empty() {
             continue;
         }
@@ -285,5 +339,8 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// The processes whose command line mentions `marker` (the tests put a unique marker in the
 /// commands they start).
 pub fn processes_with(marker: &str) -> Vec<(i32, String)> {
-    live_processes(user().uid).into_iter().filter(|(_, c)| c.contains(marker)).collect()
+    live_processes(user().uid)
+        .into_iter()
+        .filter(|(_, c)| c.contains(marker))
+        .collect()
 }

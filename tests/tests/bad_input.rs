@@ -6,14 +6,35 @@ use berth_tests::*;
 fn refused(sb: &Sandbox, args: &[&str], code: i32, says: &str) {
     let before = sb.state_entries();
     let r = run(sb.berth(args));
-    assert_eq!(r.code, Some(code), "{args:?}: stdout={} stderr={}", r.stdout, r.stderr);
-    assert_eq!(r.stderr.lines().count(), 1, "{args:?}: one line, got: {}", r.stderr);
+    assert_eq!(
+        r.code,
+        Some(code),
+        "{args:?}: stdout={} stderr={}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.lines().count(),
+        1,
+        "{args:?}: one line, got: {}",
+        r.stderr
+    );
     assert!(r.stderr.starts_with("berth: "), "{}", r.stderr);
-    assert!(r.stderr.contains(says), "{args:?}: expected '{says}' in: {}", r.stderr);
-    let after: Vec<String> = sb.state_entries().into_iter().filter(|e| !before.contains(e)).collect();
+    assert!(
+        r.stderr.contains(says),
+        "{args:?}: expected '{says}' in: {}",
+        r.stderr
+    );
+    let after: Vec<String> = sb
+        .state_entries()
+        .into_iter()
+        .filter(|e| !before.contains(e))
+        .collect();
     let allowed = |e: &String| e == "mnt" || e == "images" || e == "join";
     assert!(after.iter().all(allowed), "{args:?} left files: {after:?}");
-    let none_left = eventually(std::time::Duration::from_secs(10), || sb.processes().is_empty());
+    let none_left = eventually(std::time::Duration::from_secs(10), || {
+        sb.processes().is_empty()
+    });
     assert!(none_left, "{args:?} left processes: {:?}", sb.processes());
 }
 
@@ -25,9 +46,38 @@ fn bad_images_are_refused() {
     let full = std::fs::read(demo_image()).unwrap();
     let truncated = sb.user_file("truncated.sqsh", &full[..full.len() / 2]);
     for mode in ["mount", "extract"] {
-        refused(&sb, &["run", "--mode", mode, missing.to_str().unwrap(), "--", "true"], 125, "image not found");
-        refused(&sb, &["run", "--mode", mode, text.to_str().unwrap(), "--", "true"], 125, "not a squashfs image");
-        refused(&sb, &["run", "--mode", mode, truncated.to_str().unwrap(), "--", "true"], 125, "truncated");
+        refused(
+            &sb,
+            &[
+                "run",
+                "--mode",
+                mode,
+                missing.to_str().unwrap(),
+                "--",
+                "true",
+            ],
+            125,
+            "image not found",
+        );
+        refused(
+            &sb,
+            &["run", "--mode", mode, text.to_str().unwrap(), "--", "true"],
+            125,
+            "not a squashfs image",
+        );
+        refused(
+            &sb,
+            &[
+                "run",
+                "--mode",
+                mode,
+                truncated.to_str().unwrap(),
+                "--",
+                "true",
+            ],
+            125,
+            "truncated",
+        );
     }
 }
 
@@ -41,10 +91,25 @@ fn bad_commands_are_refused() {
     for mode in ["mount", "extract"] {
         // Without the image's entrypoint (a shell script that would report it itself).
         let run = ["run", "--no-entrypoint", "--mode", mode, img, "--"];
-        refused(&sb, &[&run[..], &["no-such-command"]].concat(), 127, "command not found in the container: no-such-command");
-        refused(&sb, &[&run[..], &["/etc/os-release"]].concat(), 126, "cannot execute /etc/os-release");
+        refused(
+            &sb,
+            &[&run[..], &["no-such-command"]].concat(),
+            127,
+            "command not found in the container: no-such-command",
+        );
+        refused(
+            &sb,
+            &[&run[..], &["/etc/os-release"]].concat(),
+            126,
+            "cannot execute /etc/os-release",
+        );
         // On the host but not in the image.
-        refused(&sb, &[&run[..], &["cargo"]].concat(), 127, "command not found");
+        refused(
+            &sb,
+            &[&run[..], &["cargo"]].concat(),
+            127,
+            "command not found",
+        );
     }
 }
 
@@ -53,22 +118,79 @@ fn bad_mounts_are_refused() {
     let sb = Sandbox::new("bad-mount");
     let image = demo_image();
     let img = image.to_str().unwrap();
-    refused(&sb, &["run", "--mount", "/no/such/dir:/data", img, "--", "true"], 125, "mount source /no/such/dir does not exist");
-    refused(&sb, &["run", "--mount", "/tmp:data", img, "--", "true"], 125, "not an absolute path");
-    refused(&sb, &["run", "--mount", "/tmp:/data/../../etc", img, "--", "true"], 125, "contains '.' or '..'");
-    refused(&sb, &["run", "--mount", "/tmp:/proc", img, "--", "true"], 125, "reserved");
-    refused(&sb, &["run", "--mount", "/tmp:/data:rx", img, "--", "true"], 125, "unknown option 'rx'");
-    refused(&sb, &["run", "--env", "1BAD=x", img, "--", "true"], 125, "not a valid variable name");
-    refused(&sb, &["run", "--join", "../escape", img, "--", "true"], 125, "bad join key");
-    refused(&sb, &["run", "--workdir", "/no/such/dir", img, "--", "true"], 125, "working directory /no/such/dir");
+    refused(
+        &sb,
+        &["run", "--mount", "/no/such/dir:/data", img, "--", "true"],
+        125,
+        "mount source /no/such/dir does not exist",
+    );
+    refused(
+        &sb,
+        &["run", "--mount", "/tmp:data", img, "--", "true"],
+        125,
+        "not an absolute path",
+    );
+    refused(
+        &sb,
+        &["run", "--mount", "/tmp:/data/../../etc", img, "--", "true"],
+        125,
+        "contains '.' or '..'",
+    );
+    refused(
+        &sb,
+        &["run", "--mount", "/tmp:/proc", img, "--", "true"],
+        125,
+        "reserved",
+    );
+    refused(
+        &sb,
+        &["run", "--mount", "/tmp:/data:rx", img, "--", "true"],
+        125,
+        "unknown option 'rx'",
+    );
+    refused(
+        &sb,
+        &["run", "--env", "1BAD=x", img, "--", "true"],
+        125,
+        "not a valid variable name",
+    );
+    refused(
+        &sb,
+        &["run", "--join", "../escape", img, "--", "true"],
+        125,
+        "bad join key",
+    );
+    refused(
+        &sb,
+        &["run", "--workdir", "/no/such/dir", img, "--", "true"],
+        125,
+        "working directory /no/such/dir",
+    );
 }
 
 #[test]
 fn bad_options_are_refused() {
     let sb = Sandbox::new("bad-opt");
     let image = demo_image();
-    refused(&sb, &["run", "--frobnicate", image.to_str().unwrap(), "--", "true"], 125, "unexpected argument '--frobnicate'");
-    refused(&sb, &["run", "--mode", "copy", image.to_str().unwrap(), "--", "true"], 125, "unknown mode 'copy'");
+    refused(
+        &sb,
+        &["run", "--frobnicate", image.to_str().unwrap(), "--", "true"],
+        125,
+        "unexpected argument '--frobnicate'",
+    );
+    refused(
+        &sb,
+        &[
+            "run",
+            "--mode",
+            "copy",
+            image.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        125,
+        "unknown mode 'copy'",
+    );
     refused(&sb, &["launch"], 125, "unrecognized subcommand 'launch'");
 }
 
@@ -76,10 +198,37 @@ fn bad_options_are_refused() {
 fn dry_run_prints_the_plan_and_does_nothing() {
     let sb = Sandbox::new("dry-run");
     let image = demo_image();
-    let r = run(sb.berth(&["run", "--dry-run", "--mode", "extract", "-m", "/tmp:/data:ro", "-e", "A=1", image.to_str().unwrap(), "--", "hostname"]))
-        .expect_ok("dry-run");
-    for want in ["extract mode", "/data", "<- /tmp (rbind, ro, nosuid)", "[--mount]", "/proc", "/etc/passwd", "\"/usr/local/bin/demo-entrypoint\", \"hostname\"", "A=1", "DEMO_IMAGE=berth-demo", &format!("uid {} gid {}", user().uid, user().gid)] {
-        assert!(r.stdout.contains(want), "missing '{want}' in:\n{}", r.stdout);
+    let r = run(sb.berth(&[
+        "run",
+        "--dry-run",
+        "--mode",
+        "extract",
+        "-m",
+        "/tmp:/data:ro",
+        "-e",
+        "A=1",
+        image.to_str().unwrap(),
+        "--",
+        "hostname",
+    ]))
+    .expect_ok("dry-run");
+    for want in [
+        "extract mode",
+        "/data",
+        "<- /tmp (rbind, ro, nosuid)",
+        "[--mount]",
+        "/proc",
+        "/etc/passwd",
+        "\"/usr/local/bin/demo-entrypoint\", \"hostname\"",
+        "A=1",
+        "DEMO_IMAGE=berth-demo",
+        &format!("uid {} gid {}", user().uid, user().gid),
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "missing '{want}' in:\n{}",
+            r.stdout
+        );
     }
     assert!(!sb.state.join("images").exists(), "dry-run must not unpack");
 }

@@ -19,10 +19,17 @@ fn sees_the_image_os_release_its_ids_home_and_cwd() {
     ]))
     .expect_ok("berth run");
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines[0], "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"", "{}", r.stdout);
+    assert_eq!(
+        lines[0], "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"",
+        "{}",
+        r.stdout
+    );
     assert_eq!(lines[1], u.uid.to_string(), "uid inside");
     assert_eq!(lines[2], u.gid.to_string(), "gid inside");
-    assert_eq!(lines[3], u.name, "the user's passwd entry is visible inside");
+    assert_eq!(
+        lines[3], u.name,
+        "the user's passwd entry is visible inside"
+    );
     assert_eq!(lines[4], format!("home={}", u.home.display()));
     assert_eq!(lines[5], sb.work.to_str().unwrap(), "cwd is kept");
     assert_eq!(lines[6], "home-ok");
@@ -49,17 +56,30 @@ fn host_files_keep_host_permissions_shadow_is_visible_not_readable() {
 #[test]
 fn supplementary_groups_still_grant_access() {
     if !is_root() {
-        panic!("this test needs to run as root: it makes a file readable only by group {TEST_GROUP}");
+        panic!(
+            "this test needs to run as root: it makes a file readable only by group {TEST_GROUP}"
+        );
     }
     let sb = Sandbox::new("groups");
     let secret = sb.root.join("group-secret");
     std::fs::write(&secret, "for the group\n").unwrap();
-    let gid = nix::unistd::Group::from_name(TEST_GROUP).unwrap().expect("group made by tests/run").gid;
+    let gid = nix::unistd::Group::from_name(TEST_GROUP)
+        .unwrap()
+        .expect("group made by tests/run")
+        .gid;
     nix::unistd::chown(&secret, Some(nix::unistd::Uid::from_raw(0)), Some(gid)).unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
     let image = demo_image();
     let spec = format!("{}:/secret", secret.display());
-    let r = run(sb.berth(&["run", "--mount", &spec, image.to_str().unwrap(), "--", "cat", "/secret"]));
+    let r = run(sb.berth(&[
+        "run",
+        "--mount",
+        &spec,
+        image.to_str().unwrap(),
+        "--",
+        "cat",
+        "/secret",
+    ]));
     let r = r.expect_ok("reading a file through a supplementary group");
     assert_eq!(r.stdout, "for the group\n");
 }
@@ -68,12 +88,24 @@ fn supplementary_groups_still_grant_access() {
 fn remap_root_makes_the_user_uid_zero_inside_only() {
     let sb = Sandbox::new("remap");
     let image = demo_image();
-    let r = run(sb.berth(&["run", "--remap-root", image.to_str().unwrap(), "--", "sh", "-c", "id -u; id -g; echo $HOME; cat /proc/self/uid_map"]))
-        .expect_ok("remap-root");
+    let r = run(sb.berth(&[
+        "run",
+        "--remap-root",
+        image.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; echo $HOME; cat /proc/self/uid_map",
+    ]))
+    .expect_ok("remap-root");
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(&lines[..3], &["0", "0", "/root"]);
     let map: Vec<&str> = lines[3].split_whitespace().collect();
-    assert_eq!(map, vec!["0", &user().uid.to_string(), "1"], "uid 0 inside is the user outside, nothing else is mapped");
+    assert_eq!(
+        map,
+        vec!["0", &user().uid.to_string(), "1"],
+        "uid 0 inside is the user outside, nothing else is mapped"
+    );
 }
 
 #[test]
@@ -81,14 +113,40 @@ fn environment_entrypoint_and_workdir_follow_the_image_config() {
     let sb = Sandbox::new("config");
     let image = demo_image();
     let img = image.to_str().unwrap();
-    let r = run(sb.berth(&["run", "--env", "MINE=1", img, "--", "sh", "-c", "echo $DEMO_IMAGE $DEMO_ENTRYPOINT $MINE"]))
-        .expect_ok("entrypoint");
-    assert_eq!(r.stdout, "berth-demo ran 1\n", "image Env, entrypoint and --env apply");
-    let r = run(sb.berth(&["run", "--no-entrypoint", img, "--", "sh", "-c", "echo ${DEMO_ENTRYPOINT:-none}"])).expect_ok("no-entrypoint");
+    let r = run(sb.berth(&[
+        "run",
+        "--env",
+        "MINE=1",
+        img,
+        "--",
+        "sh",
+        "-c",
+        "echo $DEMO_IMAGE $DEMO_ENTRYPOINT $MINE",
+    ]))
+    .expect_ok("entrypoint");
+    assert_eq!(
+        r.stdout, "berth-demo ran 1\n",
+        "image Env, entrypoint and --env apply"
+    );
+    let r = run(sb.berth(&[
+        "run",
+        "--no-entrypoint",
+        img,
+        "--",
+        "sh",
+        "-c",
+        "echo ${DEMO_ENTRYPOINT:-none}",
+    ]))
+    .expect_ok("no-entrypoint");
     assert_eq!(r.stdout, "none\n");
     let r = run(sb.berth(&["run", img])).expect_ok("default command");
-    assert!(r.stdout.contains("PRETTY_NAME=\"Debian GNU/Linux 12"), "image Cmd runs by default: {}", r.stdout);
-    let r = run(sb.berth(&["run", "--workdir", "/usr/share", img, "--", "pwd"])).expect_ok("workdir");
+    assert!(
+        r.stdout.contains("PRETTY_NAME=\"Debian GNU/Linux 12"),
+        "image Cmd runs by default: {}",
+        r.stdout
+    );
+    let r =
+        run(sb.berth(&["run", "--workdir", "/usr/share", img, "--", "pwd"])).expect_ok("workdir");
     assert_eq!(r.stdout, "/usr/share\n");
     // From a host directory that is not visible inside, the image's WorkingDir is used.
     let mut cmd = sb.berth(&["run", img, "--", "pwd"]);
@@ -104,10 +162,26 @@ fn writable_keeps_changes_in_memory_and_read_only_refuses() {
     let r = run(sb.berth(&["run", img, "--", "sh", "-c", "echo x > /etc/new-file"]));
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
-    let r = run(sb.berth(&["run", "--writable", img, "--", "sh", "-c", "echo x > /etc/new-file && cat /etc/new-file"]))
-        .expect_ok("writable");
+    let r = run(sb.berth(&[
+        "run",
+        "--writable",
+        img,
+        "--",
+        "sh",
+        "-c",
+        "echo x > /etc/new-file && cat /etc/new-file",
+    ]))
+    .expect_ok("writable");
     assert_eq!(r.stdout, "x\n");
-    let r = run(sb.berth(&["run", img, "--", "sh", "-c", "test -e /etc/new-file && echo kept || echo discarded"])).expect_ok("after");
+    let r = run(sb.berth(&[
+        "run",
+        img,
+        "--",
+        "sh",
+        "-c",
+        "test -e /etc/new-file && echo kept || echo discarded",
+    ]))
+    .expect_ok("after");
     assert_eq!(r.stdout, "discarded\n");
 }
 
@@ -129,7 +203,15 @@ fn user_mounts_ro_and_rw_and_files() {
         "cat /mnt/ro/in.txt; cat /etc/one-file.txt; echo w > /opt/rw/out.txt && echo rw-ok; (echo w > /mnt/ro/x) 2>&1 || true",
     ]))
     .expect_ok("mounts");
-    assert!(r.stdout.starts_with("hello\nhello\nrw-ok\n"), "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with("hello\nhello\nrw-ok\n"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("Read-only file system"), "{}", r.stdout);
-    assert_eq!(std::fs::read_to_string(data.join("out.txt")).unwrap(), "w\n", "rw mount writes reach the host");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out.txt")).unwrap(),
+        "w\n",
+        "rw mount writes reach the host"
+    );
 }

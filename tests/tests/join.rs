@@ -6,7 +6,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 fn ns(out: &str, name: &str) -> String {
-    out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {out}")).to_string()
+    out.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+        .to_string()
 }
 
 #[test]
@@ -15,25 +18,57 @@ fn two_runs_with_the_same_key_share_namespaces() {
     let image = demo_image();
     let img = image.to_str().unwrap();
     // The first holds the container while the second joins; each prints its namespaces.
-    let first = sb
-        .berth(&["run", "--join", "pair", img, "--", "sh", "-c", "readlink /proc/self/ns/mnt /proc/self/ns/user; read x"])
+    let mut first = sb
+        .berth(&[
+            "run",
+            "--join",
+            "pair",
+            img,
+            "--",
+            "sh",
+            "-c",
+            "readlink /proc/self/ns/mnt /proc/self/ns/user; read x",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let second = run(sb.berth(&["run", "--join", "pair", img, "--", "readlink", "/proc/self/ns/mnt", "/proc/self/ns/user"]))
-        .expect_ok("second");
+    let second = run(sb.berth(&[
+        "run",
+        "--join",
+        "pair",
+        img,
+        "--",
+        "readlink",
+        "/proc/self/ns/mnt",
+        "/proc/self/ns/user",
+    ]))
+    .expect_ok("second");
     // A run of its own, while the shared one still exists, differs.
-    let alone = run(sb.berth(&["run", "--no-join", img, "--", "readlink", "/proc/self/ns/mnt"])).expect_ok("alone");
-    drop(first.stdin);
+    let alone = run(sb.berth(&[
+        "run",
+        "--no-join",
+        img,
+        "--",
+        "readlink",
+        "/proc/self/ns/mnt",
+    ]))
+    .expect_ok("alone");
+    drop(first.stdin.take());
     let mut out = String::new();
-    std::io::Read::read_to_string(&mut first.stdout.unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(&mut first.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(first.wait().unwrap().success());
     assert!(out.contains("mnt:"), "first: {out}");
     assert_eq!(ns(&out, "mnt:"), ns(&second.stdout, "mnt:"));
     assert_eq!(ns(&out, "user:"), ns(&second.stdout, "user:"));
     assert_ne!(ns(&alone.stdout, "mnt:"), ns(&out, "mnt:"));
     // The keeper is gone once both have exited.
-    assert!(eventually(Duration::from_secs(10), || processes_with("--join pair").is_empty()), "{:?}", processes_with("--join pair"));
+    assert!(
+        eventually(Duration::from_secs(10), || processes_with("--join pair")
+            .is_empty()),
+        "{:?}",
+        processes_with("--join pair")
+    );
 }
 
 #[test]
@@ -41,12 +76,29 @@ fn a_key_in_use_with_other_mounts_is_refused() {
     let sb = Sandbox::new("join-mismatch");
     let image = demo_image();
     let img = image.to_str().unwrap();
-    let mut first = sb.berth(&["run", "--join", "k", img, "--", "sleep", "20"]).spawn().unwrap();
+    let mut first = sb
+        .berth(&["run", "--join", "k", img, "--", "sleep", "20"])
+        .spawn()
+        .unwrap();
     let ready = eventually(Duration::from_secs(20), || {
-        std::fs::read_dir(sb.state.join("join")).map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".sock"))).unwrap_or(false)
+        std::fs::read_dir(sb.state.join("join"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".sock"))
+            })
+            .unwrap_or(false)
     });
     assert!(ready);
-    let r = run(sb.berth(&["run", "--join", "k", "--mount", "/tmp:/other", img, "--", "true"]));
+    let r = run(sb.berth(&[
+        "run",
+        "--join",
+        "k",
+        "--mount",
+        "/tmp:/other",
+        img,
+        "--",
+        "true",
+    ]));
     assert_eq!(r.code, Some(125));
     assert!(r.stderr.contains("join key 'k' is in use"), "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1);
@@ -56,10 +108,20 @@ fn a_key_in_use_with_other_mounts_is_refused() {
 
 fn mpirun(sb: &Sandbox, extra: &[&str]) -> Run {
     let image = demo_image();
-    let mut argv: Vec<String> = ["mpirun", "-np", "2", "--mca", "btl", "self,vader", "--mca", "btl_vader_single_copy_mechanism", "cma"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut argv: Vec<String> = [
+        "mpirun",
+        "-np",
+        "2",
+        "--mca",
+        "btl",
+        "self,vader",
+        "--mca",
+        "btl_vader_single_copy_mechanism",
+        "cma",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     argv.push(berth_bin().to_string_lossy().into_owned());
     argv.push("run".into());
     argv.extend(extra.iter().map(|s| s.to_string()));
@@ -73,16 +135,40 @@ fn mpirun(sb: &Sandbox, extra: &[&str]) -> Run {
 fn mpirun_ranks_share_one_container_and_cma_works() {
     let sb = Sandbox::new("mpi-join");
     let r = mpirun(&sb, &[]).expect_ok("mpirun in one container");
-    let ranks: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("rank ")).collect();
+    let ranks: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("rank "))
+        .collect();
     assert_eq!(ranks.len(), 2, "{}", r.stdout);
     for l in &ranks {
-        assert!(l.contains("allreduce=ok") && l.contains("ring=ok") && l.contains("bookworm"), "{l}");
+        assert!(
+            l.contains("allreduce=ok") && l.contains("ring=ok") && l.contains("bookworm"),
+            "{l}"
+        );
         assert!(l.contains(&format!("uid={}", user().uid)));
     }
-    let field = |l: &str, f: &str| l.split_whitespace().find(|w| w.starts_with(f)).unwrap().to_string();
-    assert_eq!(field(ranks[0], "mnt="), field(ranks[1], "mnt="), "one mount namespace");
-    assert_eq!(field(ranks[0], "user="), field(ranks[1], "user="), "one user namespace");
-    assert!(!r.stderr.contains("cma-different-user-namespace"), "{}", r.stderr);
+    let field = |l: &str, f: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with(f))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        field(ranks[0], "mnt="),
+        field(ranks[1], "mnt="),
+        "one mount namespace"
+    );
+    assert_eq!(
+        field(ranks[0], "user="),
+        field(ranks[1], "user="),
+        "one user namespace"
+    );
+    assert!(
+        !r.stderr.contains("cma-different-user-namespace"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -91,7 +177,13 @@ fn without_join_open_mpi_sees_different_namespaces() {
     let sb = Sandbox::new("mpi-nojoin");
     let r = mpirun(&sb, &["--no-join"]);
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(!r.ok(), "forcing CMA across user namespaces must fail: {all}");
+    assert!(
+        !r.ok(),
+        "forcing CMA across user namespaces must fail: {all}"
+    );
     // Open MPI explains why (when its help message gets through) and aborts in vader.
-    assert!(all.contains("different user namespaces") || all.contains("vader BTL is aborting"), "{all}");
+    assert!(
+        all.contains("different user namespaces") || all.contains("vader BTL is aborting"),
+        "{all}"
+    );
 }

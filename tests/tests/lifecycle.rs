@@ -13,30 +13,70 @@ fn exit_codes_pass_through() {
     let image = demo_image();
     for mode in ["mount", "extract"] {
         for code in [0, 1, 42] {
-            let r = run(sb.berth(&["run", "--mode", mode, image.to_str().unwrap(), "--", "sh", "-c", &format!("exit {code}")]));
+            let r = run(sb.berth(&[
+                "run",
+                "--mode",
+                mode,
+                image.to_str().unwrap(),
+                "--",
+                "sh",
+                "-c",
+                &format!("exit {code}"),
+            ]));
             assert_eq!(r.code, Some(code), "{mode}: {}", r.stderr);
         }
         // A command killed by a signal: berth *is* the command, so the shell sees 128+signal.
-        let r = run(sb.berth(&["run", "--mode", mode, image.to_str().unwrap(), "--", "sh", "-c", "kill -USR1 $$"]));
-        assert_eq!(r.signal, Some(libc::SIGUSR1), "{mode}: {:?} {}", r.code, r.stderr);
+        let r = run(sb.berth(&[
+            "run",
+            "--mode",
+            mode,
+            image.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "kill -USR1 $$",
+        ]));
+        assert_eq!(
+            r.signal,
+            Some(libc::SIGUSR1),
+            "{mode}: {:?} {}",
+            r.code,
+            r.stderr
+        );
         let shell = run(sb.as_user(&[
             "sh".into(),
             "-c".into(),
-            format!("{} run --mode {mode} {} -- sh -c 'kill -TERM $$'; echo status=$?", berth_bin().display(), image.display()),
+            format!(
+                "{} run --mode {mode} {} -- sh -c 'kill -TERM $$'; echo status=$?",
+                berth_bin().display(),
+                image.display()
+            ),
         ]));
-        assert_eq!(shell.stdout.trim(), "status=143", "{mode}: {}", shell.stderr);
+        assert_eq!(
+            shell.stdout.trim(),
+            "status=143",
+            "{mode}: {}",
+            shell.stderr
+        );
     }
 }
 
 fn children(pid: i32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
         let after = stat.rsplit(')').next().unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
         if fields.len() > 2 && fields[1].parse::<i32>().ok() == Some(pid) && fields[0] != "Z" {
-            let comm = stat.split('(').nth(1).and_then(|s| s.split(')').next()).unwrap_or("").to_string();
+            let comm = stat
+                .split('(')
+                .nth(1)
+                .and_then(|s| s.split(')').next())
+                .unwrap_or("")
+                .to_string();
             out.push((p, comm));
         }
     }
@@ -48,7 +88,14 @@ fn sigterm_to_berth_reaches_the_command() {
     let sb = Sandbox::new("sigterm");
     let image = demo_image();
     let mut child = sb
-        .berth(&["run", image.to_str().unwrap(), "--", "sh", "-c", "trap 'echo got-TERM; exit 42' TERM; echo ready; while :; do sleep 0.1; done"])
+        .berth(&[
+            "run",
+            image.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-TERM; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -79,30 +126,60 @@ fn sigkill_of_berth_leaves_no_mount_and_no_helper() {
         let pid = child.id() as i32;
         // Wait for the container to be up: the command is `sleep` and squashfuse serves it.
         let up = eventually(Duration::from_secs(20), || {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "sleep").unwrap_or(false)
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim() == "sleep")
+                .unwrap_or(false)
         });
         assert!(up, "container did not start ({join:?})");
         let helpers: Vec<i32> = if join[0] == "--no-join" {
-            children(pid).into_iter().filter(|(_, c)| c.starts_with("squashfuse")).map(|(p, _)| p).collect()
+            children(pid)
+                .into_iter()
+                .filter(|(_, c)| c.starts_with("squashfuse"))
+                .map(|(p, _)| p)
+                .collect()
         } else {
-            processes_with("--join killed").into_iter().map(|(p, _)| p).filter(|p| *p != pid).collect()
+            processes_with("--join killed")
+                .into_iter()
+                .map(|(p, _)| p)
+                .filter(|p| *p != pid)
+                .collect()
         };
-        assert!(!helpers.is_empty(), "a helper process exists while running ({join:?})");
+        assert!(
+            !helpers.is_empty(),
+            "a helper process exists while running ({join:?})"
+        );
         let mnt_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
         kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
         child.wait().unwrap();
         let gone = eventually(Duration::from_secs(20), || {
-            helpers.iter().all(|h| !live_processes(user().uid).iter().any(|(p, _)| p == h))
+            helpers
+                .iter()
+                .all(|h| !live_processes(user().uid).iter().any(|(p, _)| p == h))
         });
-        assert!(gone, "helpers left after SIGKILL ({join:?}): {:?}", live_processes(user().uid));
+        assert!(
+            gone,
+            "helpers left after SIGKILL ({join:?}): {:?}",
+            live_processes(user().uid)
+        );
         // No live process of the user is still in the container's mount namespace, so its
         // mounts (FUSE, overlay, binds) are gone with it.
         let left: Vec<_> = live_processes(user().uid)
             .into_iter()
-            .filter(|(p, _)| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok().as_ref() == Some(&mnt_ns))
+            .filter(|(p, _)| {
+                std::fs::read_link(format!("/proc/{p}/ns/mnt"))
+                    .ok()
+                    .as_ref()
+                    == Some(&mnt_ns)
+            })
             .collect();
-        assert!(left.is_empty(), "processes still in the container ({join:?}): {left:?}");
+        assert!(
+            left.is_empty(),
+            "processes still in the container ({join:?}): {left:?}"
+        );
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains("squashfuse") && !mounts.contains(sb.state.to_str().unwrap()), "host mount table changed");
+        assert!(
+            !mounts.contains("squashfuse") && !mounts.contains(sb.state.to_str().unwrap()),
+            "host mount table changed"
+        );
     }
 }

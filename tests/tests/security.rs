@@ -13,12 +13,34 @@ fn host_root_bind_cannot_delete_what_the_user_could_not() {
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
     let image = demo_image();
     let inside = format!("/host{}", victim.display());
-    let r = run(sb.berth(&["run", "--mount", "/:/host", image.to_str().unwrap(), "--", "rm", "-rf", &inside]));
+    let r = run(sb.berth(&[
+        "run",
+        "--mount",
+        "/:/host",
+        image.to_str().unwrap(),
+        "--",
+        "rm",
+        "-rf",
+        &inside,
+    ]));
     assert_ne!(r.code, Some(0), "rm must fail");
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(victim.join("precious")).unwrap(), "keep me\n");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("precious")).unwrap(),
+        "keep me\n"
+    );
     // The system's own files too.
-    let r = run(sb.berth(&["run", "--mount", "/:/host", image.to_str().unwrap(), "--", "rm", "-f", "/host/usr/bin/env", "/host/etc/passwd"]));
+    let r = run(sb.berth(&[
+        "run",
+        "--mount",
+        "/:/host",
+        image.to_str().unwrap(),
+        "--",
+        "rm",
+        "-f",
+        "/host/usr/bin/env",
+        "/host/etc/passwd",
+    ]));
     assert_ne!(r.code, Some(0));
     assert!(std::path::Path::new("/usr/bin/env").exists());
     assert!(std::path::Path::new("/etc/passwd").exists());
@@ -31,12 +53,38 @@ fn no_way_to_another_uid() {
     // No option switches identity.
     let r = run(sb.berth(&["run", "-u", "0", image.to_str().unwrap(), "--", "id"]));
     assert_ne!(r.code, Some(0));
-    assert!(r.stderr.contains("unexpected argument '-u'"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unexpected argument '-u'"),
+        "{}",
+        r.stderr
+    );
     // Inside, only the user's own uid is mapped: setuid to anything else fails.
-    let r = run(sb.berth(&["run", image.to_str().unwrap(), "--", "setpriv", "--reuid=0", "--regid=0", "--clear-groups", "id", "-u"]));
+    let r = run(sb.berth(&[
+        "run",
+        image.to_str().unwrap(),
+        "--",
+        "setpriv",
+        "--reuid=0",
+        "--regid=0",
+        "--clear-groups",
+        "id",
+        "-u",
+    ]));
     assert_ne!(r.code, Some(0), "setuid(0) must fail inside: {}", r.stdout);
-    let r = run(sb.berth(&["run", image.to_str().unwrap(), "--", "cat", "/proc/self/uid_map"])).expect_ok("uid_map");
-    assert_eq!(r.stdout.lines().count(), 1, "exactly one uid mapped: {}", r.stdout);
+    let r = run(sb.berth(&[
+        "run",
+        image.to_str().unwrap(),
+        "--",
+        "cat",
+        "/proc/self/uid_map",
+    ]))
+    .expect_ok("uid_map");
+    assert_eq!(
+        r.stdout.lines().count(),
+        1,
+        "exactly one uid mapped: {}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -50,13 +98,37 @@ fn setuid_binaries_do_not_raise_privileges() {
             .expect_ok(mode);
         let lines: Vec<&str> = r.stdout.lines().collect();
         if mode == "mount" {
-            assert_eq!(lines[0], "-rwsr-xr-x", "the image keeps its setuid bit ({mode})");
+            assert_eq!(
+                lines[0], "-rwsr-xr-x",
+                "the image keeps its setuid bit ({mode})"
+            );
         }
-        assert_eq!(lines[1], format!("ruid={uid} euid={uid}"), "setuid did not apply ({mode})");
-        assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), vec!["NoNewPrivs:", "1"]);
+        assert_eq!(
+            lines[1],
+            format!("ruid={uid} euid={uid}"),
+            "setuid did not apply ({mode})"
+        );
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            vec!["NoNewPrivs:", "1"]
+        );
     }
     // Every mount of the container's own is nosuid.
-    let r = run(sb.berth(&["run", image.to_str().unwrap(), "--", "cat", "/proc/self/mountinfo"])).expect_ok("mountinfo");
-    let root = r.stdout.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).expect("root mount");
-    assert!(root.contains("nosuid") && root.contains("ro"), "root mount: {root}");
+    let r = run(sb.berth(&[
+        "run",
+        image.to_str().unwrap(),
+        "--",
+        "cat",
+        "/proc/self/mountinfo",
+    ]))
+    .expect_ok("mountinfo");
+    let root = r
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .expect("root mount");
+    assert!(
+        root.contains("nosuid") && root.contains("ro"),
+        "root mount: {root}"
+    );
 }
