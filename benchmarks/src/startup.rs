@@ -384,6 +384,12 @@ impl Report<'_> {
             a.runs, a.warmup
         );
         println!();
+        println!("Commands");
+        for s in self.subjects {
+            let argv: Vec<_> = s.argv.iter().map(|p| p.to_string_lossy()).collect();
+            println!("  {:<22} {}", s.label, argv.join(" "));
+        }
+        println!();
         println!("Start-up wall time of `true` (ms)     median      p10      p90");
         for s in self.subjects {
             let m = s.summary();
@@ -396,7 +402,7 @@ impl Report<'_> {
         println!("Ratios of medians                      value   target   result");
         for (_, label, value, target) in self.ratios() {
             println!(
-                "  {:<34} {:>6.2}   <= {:<4} {}",
+                "  {:<34} {:>6.3}   <= {:<4} {}",
                 label,
                 value,
                 target,

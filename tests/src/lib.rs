@@ -110,7 +110,7 @@ pub fn berth_bin() -> &'static PathBuf {
 }
 
 /// The demo image: Debian 12 minbase + Open MPI + test programs, built by
-/// tests/images/build-demo.sh.
+/// tests/images/build-demo.sh into `$BERTH_IMAGE_CACHE` (default /var/cache/berth-test).
 pub fn demo_image() -> PathBuf {
     let p = PathBuf::from(
         std::env::var("BERTH_DEMO_IMAGE")
