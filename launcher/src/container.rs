@@ -141,7 +141,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
             .ctx(|| "cannot open the container root")?,
     );
     for step in &plan.steps {
-        apply_step(&root, step).map_err(|e| match fuse_failure(&mut fuse) {
+        apply_step(&root, step, &staging).map_err(|e| match fuse_failure(&mut fuse) {
             Some(fe) => fe,
             None => e,
         })?;
@@ -287,7 +287,7 @@ fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
     })
 }
 
-fn apply_step(root: &OwnedFd, step: &Step) -> Result<()> {
+fn apply_step(root: &OwnedFd, step: &Step, staging: &Path) -> Result<()> {
     let target = &step.target;
     match &step.action {
         Action::Bind {
@@ -311,6 +311,18 @@ fn apply_step(root: &OwnedFd, step: &Step) -> Result<()> {
             let at = open_target(root, target, !meta.is_dir())?;
             sys::move_mount(&tree, &at)
                 .ctx(|| format!("cannot mount {} on {}", source.display(), target.display()))?;
+            // A recursive bind of an ancestor of the staging area (/tmp, /, a home holding
+            // BERTH_STATE_DIR) copied the staging mounts too: detach that copy.
+            if *recursive {
+                if let Ok(rel) = staging.strip_prefix(source) {
+                    let inner = target.strip_prefix("/").unwrap_or(target).join(rel);
+                    if let Ok(fd) = sys::open_in_root(root.as_raw_fd(), &inner, libc::O_PATH, 0) {
+                        umount2(sys::fd_path(&fd).as_str(), MntFlags::MNT_DETACH).ctx(|| {
+                            format!("cannot hide the staging area under {}", target.display())
+                        })?;
+                    }
+                }
+            }
         }
         Action::Tmpfs => {
             let at = open_target(root, target, false)?;

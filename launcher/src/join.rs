@@ -70,10 +70,12 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
                     break;
                 }
                 Reply::Closing => std::thread::sleep(Duration::from_millis(20)),
-                Reply::Mismatch => return usage(format!(
+                Reply::Mismatch => {
+                    return usage(format!(
                     "join key '{key}' is in use on this node by a container with another image, \
                          mounts or options; use the same options or another key"
-                )),
+                ))
+                }
             },
             Err(e)
                 if matches!(
@@ -224,7 +226,14 @@ fn keeper_main(
         .fuse
         .as_ref()
         .and_then(|c| sys::pidfd_open(c.id() as i32).ok());
-    serve(&listener, &fds, &plan.fingerprint(), fuse_pidfd.as_ref());
+    let linger = Duration::from_secs(plan.linger_secs);
+    serve(
+        &listener,
+        &fds,
+        &plan.fingerprint(),
+        fuse_pidfd.as_ref(),
+        linger,
+    );
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.
     if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
         unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
@@ -280,9 +289,16 @@ fn make_inner_userns(plan: &Plan) -> Result<OwnedFd> {
     }
 }
 
-/// Register ranks until the last one has exited (or none came, or the FUSE server died).
-fn serve(listener: &UnixListener, fds: &[OwnedFd], fingerprint: &str, fuse: Option<&OwnedFd>) {
-    let started = Instant::now();
+/// Register ranks until the last one has exited and `linger` has passed without a newcomer (or
+/// none came at all, or the FUSE server died).
+fn serve(
+    listener: &UnixListener,
+    fds: &[OwnedFd],
+    fingerprint: &str,
+    fuse: Option<&OwnedFd>,
+    linger: Duration,
+) {
+    let mut started = Instant::now();
     let mut ranks: Vec<OwnedFd> = Vec::new();
     let mut joined_once = false;
     loop {
@@ -296,15 +312,21 @@ fn serve(listener: &UnixListener, fds: &[OwnedFd], fingerprint: &str, fuse: Opti
                 .iter()
                 .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)),
         );
-        let timeout = if joined_once {
+        // Idle: wait for the first rank, or linger after the last one.
+        let idle_limit = if joined_once {
+            linger
+        } else {
+            FIRST_JOIN_TIMEOUT
+        };
+        let timeout = if !ranks.is_empty() {
             PollTimeout::NONE
         } else {
-            let left = FIRST_JOIN_TIMEOUT.saturating_sub(started.elapsed());
+            let left = idle_limit.saturating_sub(started.elapsed());
             PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
                 .unwrap_or(PollTimeout::ZERO)
         };
         match poll(&mut pollfds, timeout) {
-            Ok(0) if !joined_once => return,
+            Ok(0) if ranks.is_empty() => return,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return,
@@ -333,7 +355,10 @@ fn serve(listener: &UnixListener, fds: &[OwnedFd], fingerprint: &str, fuse: Opti
             }
         }
         if joined_once && ranks.is_empty() {
-            return;
+            if linger.is_zero() {
+                return;
+            }
+            started = Instant::now();
         }
     }
 }

@@ -71,6 +71,15 @@ struct RunArgs {
     /// Never join: a container of its own even under mpirun or srun
     #[arg(long, conflicts_with = "join")]
     no_join: bool,
+    /// Keep the container, its FUSE mount warm, for SECONDS after its last process, so later
+    /// runs of the same image and mounts on this node start in it (never for --writable)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "BERTH_LINGER",
+        default_value_t = 0
+    )]
+    linger: u64,
     /// Print the plan (mounts, identity, environment, command) and do nothing
     #[arg(long)]
     dry_run: bool,
@@ -120,6 +129,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             remap_root: a.remap_root,
             mount_home: !a.no_home,
             join,
+            linger_secs: a.linger,
         },
         a.dry_run,
     ))

@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub remap_root: bool,
     pub mount_home: bool,
     pub join: Join,
+    /// Keep the container (and its FUSE mount, warm) this long after its last process, for
+    /// later runs of the same image and mounts on this node. 0: gone with the command.
+    pub linger_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

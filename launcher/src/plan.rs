@@ -59,6 +59,8 @@ pub struct Plan {
     /// The host working directory is visible at the same path inside.
     pub cwd_visible: bool,
     pub join_key: Option<String>,
+    /// Seconds the keeper stays after its last rank (see `RunOptions::linger_secs`).
+    pub linger_secs: u64,
 }
 
 /// The process started in the container, resolved once the image config is known.
@@ -226,12 +228,23 @@ impl Plan {
             state_dir,
             cwd_visible,
             join_key: None,
+            linger_secs: opts.linger_secs,
         };
+        let fingerprint = plan.fingerprint();
         plan.join_key = match &opts.join {
             Join::No => None,
             Join::Key(key) => Some(key.clone()),
-            Join::Auto => auto_join_key(env).map(|k| format!("{k}-{}", &plan.fingerprint()[..12])),
+            Join::Auto => auto_join_key(env).map(|k| format!("{k}-{}", &fingerprint[..12])),
         };
+        // A lingering container is found again by what it is. Never a writable one: its
+        // changes would leak into the next, unrelated run.
+        if plan.join_key.is_none()
+            && plan.linger_secs > 0
+            && !plan.writable
+            && opts.join != Join::No
+        {
+            plan.join_key = Some(format!("node-{}", &fingerprint[..16]));
+        }
         Ok(plan)
     }
 
@@ -346,7 +359,7 @@ impl Plan {
             .collect();
         let _ = writeln!(
             out,
-            "identity: uid {uid} gid {gid} inside = {}({}) gid {} on the host; supplementary groups kept: {}",
+            "identity: uid {uid} gid {gid} inside = {}({}) gid {} on the host; supplementary groups still grant access (unnamed inside): {}",
             self.user.name,
             self.user.uid,
             self.user.gid,
@@ -362,6 +375,13 @@ impl Plan {
                     "key {k}"
                 ))
         );
+        if self.linger_secs > 0 {
+            let _ = writeln!(
+                out,
+                "linger:   {} s after the last process",
+                self.linger_secs
+            );
+        }
         let _ = writeln!(out, "mounts (in order):");
         for s in &self.steps {
             let what = match &s.action {
@@ -462,6 +482,7 @@ mod tests {
             remap_root: false,
             mount_home: true,
             join: Join::No,
+            linger_secs: 0,
         }
     }
 
@@ -649,6 +670,20 @@ mod tests {
             Some("slurm-7.0")
         );
         assert_eq!(auto_join_key(&env(&[("SLURM_JOB_ID", "7")])), None);
+    }
+
+    #[test]
+    fn linger_shares_by_fingerprint_but_never_a_writable_root() {
+        let mut o = opts();
+        o.join = Join::Auto;
+        o.linger_secs = 30;
+        let p = plan(&o, "/");
+        assert_eq!(p.join_key, Some(format!("node-{}", &p.fingerprint()[..16])));
+        o.writable = true;
+        assert_eq!(plan(&o, "/").join_key, None);
+        o.writable = false;
+        o.join = Join::No;
+        assert_eq!(plan(&o, "/").join_key, None);
     }
 
     #[test]

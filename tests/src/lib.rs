@@ -124,17 +124,6 @@ pub fn demo_image() -> PathBuf {
     p
 }
 
-/// The unpacked tree the demo image was made from (a directory image for tests).
-pub fn demo_rootfs() -> PathBuf {
-    let p = demo_image().parent().unwrap().join("demo-rootfs");
-    assert!(
-        p.join("etc/os-release").exists(),
-        "{} is missing: run tests/run as root",
-        p.display()
-    );
-    p
-}
-
 /// A per-test world: a state directory (BERTH_STATE_DIR) and a work directory owned by the
 /// test user, removed at the end.
 pub struct Sandbox {

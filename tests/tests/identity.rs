@@ -33,6 +33,21 @@ fn sees_the_image_os_release_its_ids_home_and_cwd() {
     assert_eq!(lines[4], format!("home={}", u.home.display()));
     assert_eq!(lines[5], sb.work.to_str().unwrap(), "cwd is kept");
     assert_eq!(lines[6], "home-ok");
+    // The host's name resolution files are the ones inside.
+    let r = run(sb.berth(&[
+        "run",
+        image.to_str().unwrap(),
+        "--",
+        "cat",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+    ]))
+    .expect_ok("hosts");
+    let host = ["/etc/hosts", "/etc/resolv.conf"]
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+        .collect::<String>();
+    assert_eq!(r.stdout, host);
 }
 
 #[test]

@@ -27,7 +27,7 @@ fn two_runs_with_the_same_key_share_namespaces() {
             "--",
             "sh",
             "-c",
-            "readlink /proc/self/ns/mnt /proc/self/ns/user; read x",
+            "readlink /proc/self/ns/mnt /proc/self/ns/user; read x || true",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -185,5 +185,61 @@ fn without_join_open_mpi_sees_different_namespaces() {
     assert!(
         all.contains("different user namespaces") || all.contains("vader BTL is aborting"),
         "{all}"
+    );
+}
+
+#[test]
+fn linger_keeps_a_warm_container_for_the_next_run_then_goes() {
+    let sb = Sandbox::new("linger");
+    let image = demo_image();
+    let img = image.to_str().unwrap();
+    let args = [
+        "run",
+        "--linger",
+        "3",
+        img,
+        "--",
+        "readlink",
+        "/proc/self/ns/mnt",
+    ];
+    let first = run(sb.berth(&args)).expect_ok("first");
+    let keepers = sb.processes();
+    assert_eq!(
+        keepers.len(),
+        2,
+        "keeper and its squashfuse stay after the command: {keepers:?}"
+    );
+    let second = run(sb.berth(&args)).expect_ok("second");
+    assert_eq!(
+        first.stdout, second.stdout,
+        "the second run started in the same container"
+    );
+    assert_eq!(sb.processes(), keepers, "same keeper");
+    // Other mounts: another container.
+    let other = run(sb.berth(&[
+        "run",
+        "--linger",
+        "3",
+        "-m",
+        "/tmp:/x",
+        img,
+        "--",
+        "readlink",
+        "/proc/self/ns/mnt",
+    ]))
+    .expect_ok("other");
+    assert_ne!(other.stdout, first.stdout);
+    assert!(
+        eventually(Duration::from_secs(30), || sb.processes().is_empty()),
+        "keepers leave after lingering: {:?}",
+        sb.processes()
+    );
+    // A writable container is never kept for another run.
+    run(sb.berth(&["run", "--linger", "30", "--writable", img, "--", "true"]))
+        .expect_ok("writable");
+    assert!(
+        eventually(Duration::from_secs(10), || sb.processes().is_empty()),
+        "{:?}",
+        sb.processes()
     );
 }
