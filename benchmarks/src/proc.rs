@@ -34,8 +34,8 @@ pub fn become_subreaper() -> io::Result<()> {
 /// Make `cmd` spawn with fork() rather than posix_spawn's vfork-style clone, for an honest
 /// ru_maxrss. A child execs out of a memory image it started with: after vfork that image is
 /// ours, and its whole high-water mark (our binary's pages included) is charged to the child;
-/// after fork only our anonymous pages are (file mappings are not copied at fork), about
-/// 0.2 MiB. A pre_exec hook is what makes std use fork.
+/// after fork only our anonymous pages are (file mappings are not copied at fork), which is
+/// negligible. A pre_exec hook is what makes std use fork.
 pub fn force_fork(cmd: &mut Command) {
     unsafe { cmd.pre_exec(|| Ok(())) };
 }

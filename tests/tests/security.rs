@@ -131,4 +131,10 @@ fn setuid_binaries_do_not_raise_privileges() {
         root.contains("nosuid") && root.contains("ro"),
         "root mount: {root}"
     );
+    // berth's staging area (under /tmp here) is not visible through the /tmp bind.
+    assert!(
+        !r.stdout.contains(sb.state.to_str().unwrap()),
+        "staging visible inside:\n{}",
+        r.stdout
+    );
 }
