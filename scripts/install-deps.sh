@@ -9,7 +9,7 @@ packages=(
   squashfs-tools squashfuse fuse3     # images: mksquashfs/unsquashfs, the FUSE server
   openmpi-bin libopenmpi-dev          # MPI jobs in the demo and the tests (mpicc builds mpi-hello)
   debootstrap                         # the demo image (Debian minbase)
-  util-linux procps                   # setpriv, ps
+  util-linux procps openssh-client    # setpriv, ps; mpirun wants an rsh agent even on one node
   build-essential pkg-config libclang-dev  # Rust crates with C parts; bindgen for the Slurm glue
   charliecloud-runtime hyperfine      # peers and tools for benchmarks/
 )
@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # Unprivileged FUSE (mount mode) needs /dev/fuse open to users, as Debian's default udev rule has it.

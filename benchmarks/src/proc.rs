@@ -25,7 +25,13 @@ pub struct Orphan {
 }
 
 pub fn become_subreaper() -> io::Result<()> {
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+    set_subreaper(true)
+}
+
+/// Turn the subreaper role on or off (off while starting a process that must outlive the
+/// rounds, such as a lingering berth keeper).
+pub fn set_subreaper(on: bool) -> io::Result<()> {
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, on as libc::c_ulong, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
