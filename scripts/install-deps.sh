@@ -12,6 +12,7 @@ packages=(
   util-linux procps openssh-client    # setpriv, ps; mpirun wants an rsh agent even on one node
   build-essential pkg-config libclang-dev  # Rust crates with C parts; bindgen for the Slurm glue
   charliecloud-runtime hyperfine      # peers and tools for benchmarks/
+  libmpich12                          # an MPICH library for the MPI ABI-check tests (library only, no mpirun)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -18,7 +18,8 @@
 use crate::cache;
 use crate::error::{Context, Error, Result};
 use crate::image_config::{ImageConfig, CONFIG_PATH};
-use crate::plan::{Action, Plan, Process, Rootfs, Step};
+use crate::plan::{Action, MpiPlan, Plan, Process, Rootfs, Step};
+use crate::policy::{parse_version, Compatibility, MpiFamily, OnMismatch};
 use crate::sys;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -37,6 +38,8 @@ pub struct Built {
     pub cache_lock: Option<File>,
     /// The squashfuse_ll server (mount mode); it dies with its parent (PR_SET_PDEATHSIG).
     pub fuse: Option<Child>,
+    /// Things the user should know (an MPI left as the image's own...).
+    pub warnings: Vec<String>,
 }
 
 fn write_id_maps(
@@ -146,6 +149,28 @@ pub fn build(plan: &Plan) -> Result<Built> {
             None => e,
         })?;
     }
+    let mut warnings = Vec::new();
+    if let Some(mpi) = &plan.mpi {
+        match mpi_check(&root, mpi, &plan.state_dir) {
+            MpiCheck::NoMpi => {}
+            MpiCheck::Compatible => {
+                for step in &mpi.steps {
+                    apply_step(&root, step, &staging)?;
+                }
+            }
+            MpiCheck::Incompatible(why) => match mpi.on_mismatch {
+                OnMismatch::Error => {
+                    return Err(Error::Image(format!(
+                        "{why}; use --no-mpi to run with the image's own MPI [{}]",
+                        mpi.origin
+                    )))
+                }
+                OnMismatch::Image => {
+                    warnings.push(format!("{why}; running with the image's own MPI"))
+                }
+            },
+        }
+    }
     if !plan.writable {
         sys::mount_setattr(
             &root,
@@ -158,7 +183,125 @@ pub fn build(plan: &Plan) -> Result<Built> {
     sys::pivot_root_here().ctx(|| "pivot_root failed")?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the host root")?;
     std::env::set_current_dir("/").ctx(|| "cannot chdir to /")?;
-    Ok(Built { cache_lock, fuse })
+    Ok(Built {
+        cache_lock,
+        fuse,
+        warnings,
+    })
+}
+
+enum MpiCheck {
+    NoMpi,
+    Compatible,
+    Incompatible(String),
+}
+
+/// Where images keep their MPI library.
+const LIB_DIRS: &[&str] = &[
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib64",
+    "usr/lib",
+    "usr/local/lib",
+    "lib/x86_64-linux-gnu",
+    "lib64",
+];
+
+/// The ABI check: is the image's MPI (if any) of the host's family and a compatible version?
+fn mpi_check(root: &OwnedFd, host: &MpiPlan, state_dir: &Path) -> MpiCheck {
+    let Some((path, family)) = find_image_mpi(root) else {
+        return MpiCheck::NoMpi;
+    };
+    let version = image_mpi_version(root, &path, state_dir).unwrap_or_else(|| "unknown".into());
+    let host_desc = format!("the host's MPI ({} {})", host.family, host.version);
+    let image_desc = format!("the image's MPI ({family} {version}, /{})", path.display());
+    if family != host.family {
+        return MpiCheck::Incompatible(format!(
+            "{image_desc} is not ABI-compatible with {host_desc}: different MPI families"
+        ));
+    }
+    let (Some(i), Some(h)) = (parse_version(&version), parse_version(&host.version)) else {
+        return MpiCheck::Incompatible(format!(
+            "cannot tell the version of {image_desc} to compare with {host_desc}"
+        ));
+    };
+    let compatible = match host.compatibility {
+        Compatibility::Major => i.0 == h.0,
+        Compatibility::Full => (i.0, i.1) == (h.0, h.1),
+        Compatibility::Strict => i == h,
+    };
+    if compatible {
+        MpiCheck::Compatible
+    } else {
+        MpiCheck::Incompatible(format!(
+            "{image_desc} is not compatible with {host_desc} under the site's '{:?}' rule",
+            host.compatibility
+        ))
+    }
+}
+
+/// The image's MPI library: Open MPI's libmpi.so.40, or an MPICH-ABI libmpi.so.12/libmpich.so.12.
+fn find_image_mpi(root: &OwnedFd) -> Option<(PathBuf, MpiFamily)> {
+    for dir in LIB_DIRS {
+        let Ok(fd) = sys::open_in_root(
+            root.as_raw_fd(),
+            Path::new(dir),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        ) else {
+            continue;
+        };
+        let Ok(mut entries) = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(fd))
+        else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .iter()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let family = if name.starts_with("libmpi.so.40") {
+                MpiFamily::Openmpi
+            } else if name.starts_with("libmpi.so.12") || name.starts_with("libmpich.so.12") {
+                MpiFamily::Mpich
+            } else {
+                continue;
+            };
+            return Some((Path::new(dir).join(name), family));
+        }
+    }
+    None
+}
+
+/// The version string built into an MPI library: the first NUL-delimited `[v]X.Y.Z` string
+/// (Open MPI's and MPICH's version constants come first). Scanning a large library takes a
+/// while, so the answer is cached in the state directory by the file's identity.
+fn image_mpi_version(root: &OwnedFd, path: &Path, state_dir: &Path) -> Option<String> {
+    let fd = sys::open_in_root(root.as_raw_fd(), path, libc::O_RDONLY, 0).ok()?;
+    let file = File::from(fd);
+    let meta = file.metadata().ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let cache_dir = state_dir.join("mpi-versions");
+    let key = cache_dir.join(format!("{}-{}-{}", meta.size(), meta.mtime(), meta.ino()));
+    if let Ok(v) = std::fs::read_to_string(&key) {
+        return Some(v);
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
+    let version = bytes.split(|b| *b == 0).find_map(|s| {
+        let s = std::str::from_utf8(s).ok()?;
+        let v = s.strip_prefix('v').unwrap_or(s);
+        let parts: Vec<&str> = v.split('.').collect();
+        (parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+        .then(|| v.to_string())
+    })?;
+    let _ = std::fs::create_dir_all(&cache_dir);
+    let _ = std::fs::write(&key, &version);
+    Some(version)
 }
 
 /// If squashfuse_ll has died, say so with its exit status: that is the real cause.

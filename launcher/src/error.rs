@@ -8,6 +8,9 @@ pub enum Error {
     /// A bad option, mount spec, key or other user input.
     #[error("{0}")]
     Usage(String),
+    /// The site policy is broken (`file:line: ...`).
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
     /// The image cannot be used (missing, not squashfs, truncated...).
     #[error("{0}")]
     Image(String),

@@ -58,11 +58,14 @@ impl HostUser {
 }
 
 /// The per-user state directory on this node: the extract cache, the staging mount point and
-/// the join sockets live here. `/tmp` is node-local on clusters; `BERTH_STATE_DIR` overrides.
-pub fn state_dir(uid: u32) -> PathBuf {
+/// the join sockets live here. `/tmp` is node-local on clusters; the policy's
+/// `runtime.cache_dir` replaces `/tmp`, and `BERTH_STATE_DIR` overrides both.
+pub fn state_dir(uid: u32, site_cache_dir: Option<&Path>) -> PathBuf {
     match std::env::var_os("BERTH_STATE_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(format!("/tmp/berth-{uid}")),
+        _ => site_cache_dir
+            .unwrap_or(Path::new("/tmp"))
+            .join(format!("berth-{uid}")),
     }
 }
 

@@ -169,7 +169,10 @@ fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> 
             let _ = nix::sys::wait::waitpid(child, None);
             let mut answer = String::new();
             let _ = File::from(ready_r).read_to_string(&mut answer);
-            if answer == "ok" {
+            if let Some(rest) = answer.strip_prefix("ok") {
+                for line in rest.lines().filter(|l| !l.is_empty()) {
+                    eprintln!("berth: {line}");
+                }
                 Ok(())
             } else {
                 let _ = std::fs::remove_file(sock_path);
@@ -220,7 +223,11 @@ fn keeper_main(
             return 1;
         }
     };
-    let _ = ready.write_all(b"ok");
+    let mut answer = String::from("ok");
+    for w in &built.warnings {
+        answer.push_str(&format!("\nwarning: {w}"));
+    }
+    let _ = ready.write_all(answer.as_bytes());
     drop(ready);
     let fuse_pidfd = built
         .fuse

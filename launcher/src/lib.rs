@@ -10,5 +10,6 @@ pub mod image_config;
 pub mod join;
 pub mod options;
 pub mod plan;
+pub mod policy;
 pub mod run;
 pub mod sys;

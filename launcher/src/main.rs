@@ -2,6 +2,7 @@
 
 use berth_launcher::error::Error;
 use berth_launcher::options::{check_join_key, parse_env, Join, Mode, MountSpec, RunOptions};
+use berth_launcher::policy::Policy;
 use berth_launcher::{cache, host, run};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,6 +27,17 @@ enum Cmd {
         #[command(subcommand)]
         action: CacheCmd,
     },
+    /// Check the site policy and print the effective one
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate the policy (FILE and its conf.d, or the installed one) and print the result
+    Check { file: Option<PathBuf> },
 }
 
 #[derive(Subcommand)]
@@ -39,8 +51,9 @@ enum CacheCmd {
 #[derive(Args)]
 struct RunArgs {
     /// mount: FUSE-mount the squashfs; extract: unpack once per node into the cache
-    #[arg(long, env = "BERTH_MODE", default_value = "mount")]
-    mode: String,
+    /// (default: the site policy's, else mount)
+    #[arg(long, env = "BERTH_MODE")]
+    mode: Option<String>,
     /// Bind SRC at DST (default: same path); OPTS: ro, rw, bind, rbind (repeatable)
     #[arg(short = 'm', long = "mount", value_name = "SRC[:DST[:OPTS]]")]
     mounts: Vec<String>,
@@ -73,13 +86,11 @@ struct RunArgs {
     no_join: bool,
     /// Keep the container, its FUSE mount warm, for SECONDS after its last process, so later
     /// runs of the same image and mounts on this node start in it (never for --writable)
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        env = "BERTH_LINGER",
-        default_value_t = 0
-    )]
-    linger: u64,
+    #[arg(long, value_name = "SECONDS", env = "BERTH_LINGER")]
+    linger: Option<u64>,
+    /// Do not inject the host's MPI even if the site policy does: use the image's own
+    #[arg(long)]
+    no_mpi: bool,
     /// Print the plan (mounts, identity, environment, command) and do nothing
     #[arg(long)]
     dry_run: bool,
@@ -92,7 +103,11 @@ struct RunArgs {
 
 fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    let mode: Mode = a.mode.parse().map_err(Error::Usage)?;
+    let mode: Option<Mode> = a
+        .mode
+        .map(|m| m.parse())
+        .transpose()
+        .map_err(Error::Usage)?;
     let mounts = a
         .mounts
         .iter()
@@ -130,6 +145,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             mount_home: !a.no_home,
             join,
             linger_secs: a.linger,
+            mpi: !a.no_mpi,
         },
         a.dry_run,
     ))
@@ -163,9 +179,16 @@ fn main() {
                 fail(e);
             }
         }
+        Cmd::Policy {
+            action: PolicyCmd::Check { file },
+        } => {
+            let policy = Policy::load(file.as_deref()).unwrap_or_else(|e| fail(e.into()));
+            print!("{}", policy.describe());
+        }
         Cmd::Cache { action } => {
             let uid = nix::unistd::Uid::current().as_raw();
-            let state = host::state_dir(uid);
+            let policy = Policy::load(None).unwrap_or_else(|e| fail(e.into()));
+            let state = host::state_dir(uid, policy.cache_dir.as_deref());
             match action {
                 CacheCmd::List => {
                     let entries = cache::list(&state).unwrap_or_else(|e| fail(e));

@@ -37,7 +37,8 @@ pub enum Join {
 pub struct RunOptions {
     pub image: PathBuf,
     pub argv: Vec<String>,
-    pub mode: Mode,
+    /// None: the site policy's mode, else mount.
+    pub mode: Option<Mode>,
     pub mounts: Vec<MountSpec>,
     pub workdir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
@@ -49,7 +50,9 @@ pub struct RunOptions {
     pub join: Join,
     /// Keep the container (and its FUSE mount, warm) this long after its last process, for
     /// later runs of the same image and mounts on this node. 0: gone with the command.
-    pub linger_secs: u64,
+    pub linger_secs: Option<u64>,
+    /// Inject the host's MPI when the site policy says so (`--no-mpi` turns it off).
+    pub mpi: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,7 @@ use crate::host::HostUser;
 use crate::image::{Image, ImageKind};
 use crate::image_config::ImageConfig;
 use crate::options::{Join, Mode, RunOptions};
+use crate::policy::{self, Compatibility, EnvRules, MpiFamily, OnMismatch, Policy, Rule};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -42,9 +43,25 @@ pub enum Action {
 pub struct Step {
     pub target: PathBuf,
     pub action: Action,
-    /// Why this step is there: "default", "home", "cwd", "--mount"...
-    pub origin: &'static str,
+    /// Why this step is there: "default", "home", "cwd", "--mount", or the policy rule's
+    /// `file:line`.
+    pub origin: String,
 }
+
+/// Host MPI injection, applied only if the image's MPI passes the ABI check at build time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MpiPlan {
+    pub family: MpiFamily,
+    pub version: String,
+    pub compatibility: Compatibility,
+    pub on_mismatch: OnMismatch,
+    pub steps: Vec<Step>,
+    pub origin: String,
+}
+
+/// Host libraries berth injects (MPI, verbs providers, GPU driver) are bound here, and this
+/// directory is put first in LD_LIBRARY_PATH.
+pub const HOST_LIB_DIR: &str = "/.berth/host-lib";
 
 /// The container: what is shared by every rank that joins it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +78,11 @@ pub struct Plan {
     pub join_key: Option<String>,
     /// Seconds the keeper stays after its last rank (see `RunOptions::linger_secs`).
     pub linger_secs: u64,
+    pub mpi: Option<MpiPlan>,
+    /// The site's environment rules.
+    pub env_rules: EnvRules,
+    /// What the plan left out and why (optional site mounts absent on this node...).
+    pub notes: Vec<String>,
 }
 
 /// The process started in the container, resolved once the image config is known.
@@ -82,7 +104,7 @@ const SYSTEM_DIRS: &[&str] = &[
     "usr", "var",
 ];
 
-fn bind(source: &Path, target: &Path, origin: &'static str) -> Step {
+fn bind(source: &Path, target: &Path, origin: &str) -> Step {
     Step {
         target: target.to_path_buf(),
         action: Action::Bind {
@@ -90,7 +112,7 @@ fn bind(source: &Path, target: &Path, origin: &'static str) -> Step {
             recursive: true,
             readonly: false,
         },
-        origin,
+        origin: origin.to_string(),
     }
 }
 
@@ -102,8 +124,10 @@ impl Plan {
         cwd: &Path,
         state_dir: PathBuf,
         env: &[(String, String)],
+        policy: &Policy,
     ) -> Result<Plan> {
-        let rootfs = match (&image.kind, opts.mode) {
+        let mode = opts.mode.or(policy.mode).unwrap_or(Mode::Mount);
+        let rootfs = match (&image.kind, mode) {
             (ImageKind::Directory, _) => Rootfs::Directory,
             (ImageKind::Squashfs { .. }, Mode::Mount) => Rootfs::Fuse,
             (ImageKind::Squashfs { .. }, Mode::Extract) => Rootfs::Extract,
@@ -118,12 +142,12 @@ impl Plan {
                     recursive: true,
                     readonly: true,
                 },
-                origin: "default",
+                origin: "default".into(),
             },
             Step {
                 target: "/dev".into(),
                 action: Action::Tmpfs,
-                origin: "default",
+                origin: "default".into(),
             },
         ];
         for node in DEV_NODES {
@@ -147,7 +171,7 @@ impl Plan {
             steps.push(Step {
                 target: link.into(),
                 action: Action::Symlink { to: to.into() },
-                origin: "default",
+                origin: "default".into(),
             });
         }
         steps.push(bind(Path::new("/tmp"), Path::new("/tmp"), "default"));
@@ -191,13 +215,147 @@ impl Plan {
             steps.push(Step {
                 target: "/etc/passwd".into(),
                 action: Action::AddEntry { line: passwd },
-                origin: "user",
+                origin: "user".into(),
             });
             steps.push(Step {
                 target: "/etc/group".into(),
                 action: Action::AddEntry { line: group },
-                origin: "user",
+                origin: "user".into(),
             });
+        }
+        let mut notes = Vec::new();
+        let (user_name, user_home, uid) = (user.name.clone(), user.home.clone(), user.uid);
+        let expand = |p: &str| policy::expand(p, &user_name, &user_home, uid);
+        for m in &policy.mounts {
+            let source = PathBuf::from(expand(&m.source));
+            let target = PathBuf::from(expand(&m.target));
+            if !exists(&source) {
+                if m.optional {
+                    notes.push(format!(
+                        "site mount {} skipped: {} is absent on this node [{}]",
+                        target.display(),
+                        source.display(),
+                        m.origin
+                    ));
+                    continue;
+                }
+                return usage(format!(
+                    "site mount source {} does not exist on this node [{}]; the admin can mark it optional = true",
+                    source.display(),
+                    m.origin
+                ));
+            }
+            steps.push(Step {
+                target,
+                action: Action::Bind {
+                    source,
+                    recursive: m.recursive,
+                    readonly: m.readonly,
+                },
+                origin: format!("policy {}", m.origin),
+            });
+        }
+        let mut host_libs: Vec<(PathBuf, String)> = Vec::new();
+        let mut devices_found = false;
+        for rule in &policy.device_paths {
+            let pattern = expand(&rule.path);
+            for path in glob_paths(&pattern) {
+                devices_found = true;
+                let target = device_target(&pattern, &path);
+                steps.push(Step {
+                    target,
+                    action: Action::Bind {
+                        source: path,
+                        recursive: true,
+                        readonly: false,
+                    },
+                    origin: format!("devices {}", rule.origin),
+                });
+            }
+        }
+        if devices_found {
+            for rule in &policy.device_config {
+                let pattern = expand(&rule.path);
+                for path in glob_paths(&pattern) {
+                    steps.push(Step {
+                        target: device_target(&pattern, &path),
+                        action: Action::Bind {
+                            source: path,
+                            recursive: true,
+                            readonly: true,
+                        },
+                        origin: format!("devices {}", rule.origin),
+                    });
+                }
+            }
+            for rule in &policy.device_libraries {
+                for lib in find_libraries(&expand(&rule.path)) {
+                    host_libs.push((lib, format!("devices {}", rule.origin)));
+                }
+            }
+        }
+        if policy.gpu_enabled {
+            let visible = gpu_visible(env);
+            let mut gpu_found = false;
+            for rule in &policy.gpu_devices {
+                for path in glob_paths(&expand(&rule.path)) {
+                    if !gpu_device_visible(&path, visible.as_deref()) {
+                        continue;
+                    }
+                    gpu_found = true;
+                    steps.push(Step {
+                        target: path.clone(),
+                        action: Action::Bind {
+                            source: path,
+                            recursive: false,
+                            readonly: false,
+                        },
+                        origin: format!("gpu {}", rule.origin),
+                    });
+                }
+            }
+            if gpu_found {
+                for rule in &policy.gpu_libraries {
+                    for lib in find_libraries(&expand(&rule.path)) {
+                        host_libs.push((lib, format!("gpu {}", rule.origin)));
+                    }
+                }
+            }
+        }
+        let env_get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
+        if policy.pmix_server_dir {
+            if let Some(dir) = env_get("PMIX_SERVER_TMPDIR").map(PathBuf::from) {
+                if dir.is_absolute() && dir.is_dir() && !covered_by(&steps, &dir) {
+                    steps.push(bind(&dir, &dir, "pmix PMIX_SERVER_TMPDIR"));
+                }
+            }
+        }
+        if let Some(rule) = &policy.munge_socket_dir {
+            let dir = PathBuf::from(expand(&rule.path));
+            if dir.is_dir() && !covered_by(&steps, &dir) {
+                steps.push(bind(&dir, &dir, &format!("pmix munge {}", rule.origin)));
+            }
+        }
+        for (lib, origin) in host_libs {
+            let name = lib.file_name().unwrap_or_default().to_owned();
+            let source = std::fs::canonicalize(&lib).unwrap_or(lib);
+            steps.push(Step {
+                target: Path::new(HOST_LIB_DIR).join(name),
+                action: Action::Bind {
+                    source,
+                    recursive: false,
+                    readonly: true,
+                },
+                origin,
+            });
+        }
+        if !opts.mounts.is_empty() && !policy.user_mounts.enabled {
+            return usage(
+                "user mounts are disabled by the site policy (user_mounts.enabled = false)",
+            );
+        }
+        for m in &opts.mounts {
+            check_user_mount(&m.source, &m.target, policy, &user)?;
         }
         for m in &opts.mounts {
             if !exists(&m.source) {
@@ -211,11 +369,11 @@ impl Plan {
             steps.push(Step {
                 target: m.target.clone(),
                 action: Action::Bind {
-                    source: m.source.clone(),
+                    source: std::fs::canonicalize(&m.source).unwrap_or_else(|_| m.source.clone()),
                     recursive: m.recursive,
                     readonly: m.readonly,
                 },
-                origin: "--mount",
+                origin: "--mount".into(),
             });
         }
         let mut plan = Plan {
@@ -228,8 +386,51 @@ impl Plan {
             state_dir,
             cwd_visible,
             join_key: None,
-            linger_secs: opts.linger_secs,
+            linger_secs: opts.linger_secs.or(policy.linger).unwrap_or(0),
+            mpi: None,
+            env_rules: policy.env.clone(),
+            notes,
         };
+        if let Some(m) = policy.mpi.as_ref().filter(|m| m.enabled && opts.mpi) {
+            let origin = format!("mpi {}", m.origin);
+            let mut mpi_steps = Vec::new();
+            for rule in &m.bind {
+                for path in glob_paths(&expand(&rule.path)) {
+                    mpi_steps.push(Step {
+                        target: path.clone(),
+                        action: Action::Bind {
+                            source: path,
+                            recursive: true,
+                            readonly: true,
+                        },
+                        origin: format!("mpi {}", rule.origin),
+                    });
+                }
+            }
+            for rule in &m.libraries {
+                for lib in find_libraries(&expand(&rule.path)) {
+                    let name = lib.file_name().unwrap_or_default().to_owned();
+                    let source = std::fs::canonicalize(&lib).unwrap_or(lib);
+                    mpi_steps.push(Step {
+                        target: Path::new(HOST_LIB_DIR).join(name),
+                        action: Action::Bind {
+                            source,
+                            recursive: false,
+                            readonly: true,
+                        },
+                        origin: format!("mpi {}", rule.origin),
+                    });
+                }
+            }
+            plan.mpi = Some(MpiPlan {
+                family: m.family,
+                version: m.version.clone(),
+                compatibility: m.compatibility,
+                on_mismatch: m.on_mismatch,
+                steps: mpi_steps,
+                origin,
+            });
+        }
         let fingerprint = plan.fingerprint();
         plan.join_key = match &opts.join {
             Join::No => None,
@@ -252,8 +453,14 @@ impl Plan {
     /// built from the same image with the same mounts.
     pub fn fingerprint(&self) -> String {
         let text = format!(
-            "{:?}|{:?}|{}|{}|{:?}|{}",
-            self.image.path, self.rootfs, self.writable, self.remap_root, self.steps, self.user.uid
+            "{:?}|{:?}|{}|{}|{:?}|{}|{:?}",
+            self.image.path,
+            self.rootfs,
+            self.writable,
+            self.remap_root,
+            self.steps,
+            self.user.uid,
+            self.mpi
         );
         Sha256::digest(text.as_bytes())
             .iter()
@@ -278,6 +485,7 @@ impl Plan {
         config: &ImageConfig,
         host_env: &[(String, String)],
         cwd: &Path,
+        host_libs: bool,
     ) -> Result<Process> {
         let c = &config.config;
         let mut argv: Vec<String> = match (&c.entrypoint, opts.entrypoint) {
@@ -294,18 +502,36 @@ impl Plan {
                 "no command given and the image has no default command (give one after the image)",
             );
         }
-        let mut env: Vec<(String, String)> = host_env.to_vec();
-        let mut set = |k: &str, v: &str| {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.to_string(), v.to_string()));
+        // Host variables (filtered by the site's passthrough patterns), then the image's Env,
+        // then the site's rules, then the user's --env.
+        let mut env: Vec<(String, String)> = match &self.env_rules.passthrough {
+            Some(patterns) => host_env
+                .iter()
+                .filter(|(k, _)| patterns.iter().any(|p| policy::name_matches(p, k)))
+                .cloned()
+                .collect(),
+            None => host_env.to_vec(),
         };
         for kv in &c.env {
             if let Some((k, v)) = kv.split_once('=') {
-                set(k, v);
+                set_var(&mut env, k, v);
             }
         }
+        let rules = &self.env_rules;
+        for (k, v) in &rules.set {
+            set_var(&mut env, k, v);
+        }
+        for (k, v) in &rules.prepend {
+            let joined = join_paths(v, get_var(&env, k));
+            set_var(&mut env, k, &joined);
+        }
+        for (k, v) in &rules.append {
+            let joined = join_paths(get_var(&env, k).unwrap_or_default(), Some(v));
+            set_var(&mut env, k, &joined);
+        }
+        env.retain(|(k, _)| !rules.unset.contains(k));
         for (k, v) in &opts.env {
-            set(k, v);
+            set_var(&mut env, k, v);
         }
         let workdir = match (&opts.workdir, self.cwd_visible, &c.working_dir) {
             (Some(w), _, _) if !w.is_absolute() => {
@@ -316,12 +542,16 @@ impl Plan {
             (None, false, Some(w)) if !w.is_empty() => PathBuf::from(w),
             _ => PathBuf::from("/"),
         };
-        set("PWD", &workdir.to_string_lossy());
+        set_var(&mut env, "PWD", &workdir.to_string_lossy());
+        if host_libs {
+            let joined = join_paths(HOST_LIB_DIR, get_var(&env, "LD_LIBRARY_PATH"));
+            set_var(&mut env, "LD_LIBRARY_PATH", &joined);
+        }
         let (uid, gid) = self.inner_ids();
         if self.remap_root {
-            set("HOME", "/root");
-            set("USER", "root");
-            set("LOGNAME", "root");
+            for (k, v) in [("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root")] {
+                set_var(&mut env, k, v);
+            }
         }
         Ok(Process {
             argv,
@@ -401,6 +631,34 @@ impl Plan {
             };
             let _ = writeln!(out, "  {:<20} {what}  [{}]", s.target.display(), s.origin);
         }
+        if let Some(mpi) = &self.mpi {
+            let _ = writeln!(
+                out,
+                "host MPI ({} {}, {:?} compatibility) if the image's MPI passes the ABI check, else {} [{}]:",
+                mpi.family,
+                mpi.version,
+                mpi.compatibility,
+                match mpi.on_mismatch {
+                    OnMismatch::Error => "refuse to run",
+                    OnMismatch::Image => "the image's own MPI",
+                },
+                mpi.origin
+            );
+            for s in &mpi.steps {
+                if let Action::Bind { source, .. } = &s.action {
+                    let _ = writeln!(
+                        out,
+                        "  {:<20} <- {} (ro, nosuid)  [{}]",
+                        s.target.display(),
+                        source.display(),
+                        s.origin
+                    );
+                }
+            }
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "note:     {note}");
+        }
         if let Some(p) = process {
             let _ = writeln!(out, "process:");
             let _ = writeln!(out, "  argv:    {:?}", p.argv);
@@ -417,6 +675,161 @@ impl Plan {
         }
         out
     }
+}
+
+fn get_var<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str())
+}
+
+fn set_var(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    env.retain(|(ek, _)| ek != k);
+    env.push((k.to_string(), v.to_string()));
+}
+
+/// `first:second`, or just `first` when there is no second.
+fn join_paths(first: &str, second: Option<&str>) -> String {
+    match second.filter(|s| !s.is_empty()) {
+        Some(s) if !first.is_empty() => format!("{first}:{s}"),
+        Some(s) => s.to_string(),
+        None => first.to_string(),
+    }
+}
+
+/// Host paths matching a pattern (`*`, `?`, `[..]`); a plain path if it exists.
+pub fn glob_paths(pattern: &str) -> Vec<PathBuf> {
+    let src = pattern.split_once(':').map_or(pattern, |(s, _)| s);
+    match glob::glob(src) {
+        Ok(paths) => paths.flatten().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Where a device rule `HOST[:CONTAINER]` puts a host path inside.
+fn device_target(rule: &str, path: &Path) -> PathBuf {
+    match rule.split_once(':') {
+        Some((_, dst)) => PathBuf::from(dst),
+        None => path.to_path_buf(),
+    }
+}
+
+/// Host library files for a pattern: a path glob, or a bare name glob looked up in the
+/// host's loader cache (`ldconfig -p`), as the host's own programs would find them.
+pub fn find_libraries(pattern: &str) -> Vec<PathBuf> {
+    if pattern.contains('/') {
+        return glob_paths(pattern)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+    }
+    static CACHE: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        let out = std::process::Command::new("/sbin/ldconfig")
+            .arg("-p")
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("x86-64") || !l.contains('('))
+            .filter_map(|l| l.split(" => ").nth(1).map(|p| PathBuf::from(p.trim())))
+            .collect()
+    });
+    let Ok(pat) = glob::Pattern::new(pattern) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| pat.matches(&n.to_string_lossy()))
+        })
+        .cloned()
+        .collect();
+    found.dedup();
+    found
+}
+
+/// The GPU indices a job may see (`NVIDIA_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES`);
+/// None means all (unset, `all`, or ids berth cannot map to device files such as UUIDs).
+pub fn gpu_visible(env: &[(String, String)]) -> Option<Vec<u32>> {
+    let value = get_var(env, "NVIDIA_VISIBLE_DEVICES").or(get_var(env, "CUDA_VISIBLE_DEVICES"))?;
+    match value.trim() {
+        "all" => None,
+        "" | "none" | "void" | "NoDevFiles" => Some(Vec::new()),
+        list => list.split(',').map(|i| i.trim().parse().ok()).collect(),
+    }
+}
+
+/// `/dev/nvidiaN` is carried in only when N is visible; control devices always.
+fn gpu_device_visible(path: &Path, visible: Option<&[u32]>) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    match (
+        name.strip_prefix("nvidia")
+            .and_then(|n| n.parse::<u32>().ok()),
+        visible,
+    ) {
+        (Some(index), Some(list)) => list.contains(&index),
+        _ => true,
+    }
+}
+
+/// A host path already visible inside through an identity rbind.
+fn covered_by(steps: &[Step], path: &Path) -> bool {
+    steps.iter().any(|s| {
+        matches!(&s.action, Action::Bind { source, recursive: true, .. }
+            if source == &s.target && path.starts_with(&s.target))
+    })
+}
+
+/// A user mount must pass the site's rules; a refusal names the rule and where it is written.
+fn check_user_mount(source: &Path, target: &Path, policy: &Policy, user: &HostUser) -> Result<()> {
+    let expand =
+        |r: &Rule| PathBuf::from(policy::expand(&r.path, &user.name, &user.home, user.uid));
+    // Judge the real path, so a symlink cannot lead past the rules.
+    let real = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+    let rules = &policy.user_mounts;
+    if let Some(rule) = rules
+        .denied_sources
+        .iter()
+        .find(|r| real.starts_with(expand(r)))
+    {
+        return usage(format!(
+            "mount source {} is denied by the site policy (denied_sources {} at {})",
+            source.display(),
+            rule.path,
+            rule.origin
+        ));
+    }
+    if let Some(allowed) = &rules.allowed_sources {
+        if !allowed.iter().any(|r| real.starts_with(expand(r))) {
+            let list: Vec<String> = allowed
+                .iter()
+                .map(|r| expand(r).display().to_string())
+                .collect();
+            let at = allowed
+                .first()
+                .map(|r| r.origin.to_string())
+                .unwrap_or_default();
+            return usage(format!(
+                "mount source {} is outside the sources the site allows ({}; allowed_sources at {at})",
+                source.display(),
+                list.join(", ")
+            ));
+        }
+    }
+    if let Some(rule) = rules
+        .denied_targets
+        .iter()
+        .find(|r| target.starts_with(expand(r)))
+    {
+        return usage(format!(
+            "mount target {} is denied by the site policy (denied_targets {} at {})",
+            target.display(),
+            rule.path,
+            rule.origin
+        ));
+    }
+    Ok(())
 }
 
 /// A join key from the environment of a parallel launcher, so that the ranks one launcher
@@ -473,7 +886,7 @@ mod tests {
         RunOptions {
             image: "/img.sqsh".into(),
             argv: vec!["true".into()],
-            mode: Mode::Mount,
+            mode: Some(Mode::Mount),
             mounts: vec![],
             workdir: None,
             env: vec![],
@@ -482,7 +895,8 @@ mod tests {
             remap_root: false,
             mount_home: true,
             join: Join::No,
-            linger_secs: 0,
+            linger_secs: None,
+            mpi: true,
         }
     }
 
@@ -494,6 +908,10 @@ mod tests {
     }
 
     fn plan(o: &RunOptions, cwd: &str) -> Plan {
+        plan_with(o, cwd, &Policy::default()).unwrap()
+    }
+
+    fn plan_with(o: &RunOptions, cwd: &str, policy: &Policy) -> Result<Plan> {
         Plan::build(
             o,
             image(),
@@ -501,8 +919,14 @@ mod tests {
             Path::new(cwd),
             "/tmp/berth-1000".into(),
             &[],
+            policy,
         )
-        .unwrap()
+    }
+
+    fn policy(text: &str) -> Policy {
+        let mut p = Policy::default();
+        p.merge(Path::new("site.toml"), text).unwrap();
+        p
     }
 
     #[test]
@@ -575,7 +999,16 @@ mod tests {
         );
         o.mounts
             .push(MountSpec::parse("/does/not/exist:/x", Path::new("/")).unwrap());
-        let err = Plan::build(&o, image(), user(), Path::new("/"), "/s".into(), &[]).unwrap_err();
+        let err = Plan::build(
+            &o,
+            image(),
+            user(),
+            Path::new("/"),
+            "/s".into(),
+            &[],
+            &Policy::default(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .contains("mount source /does/not/exist does not exist"),
@@ -597,7 +1030,9 @@ mod tests {
         ];
         let mut o = opts();
         o.env = vec![("A".into(), "user".into())];
-        let pr = p.process(&o, &cfg, &host, Path::new("/tmp/w")).unwrap();
+        let pr = p
+            .process(&o, &cfg, &host, Path::new("/tmp/w"), false)
+            .unwrap();
         assert_eq!(pr.argv, vec!["/entry", "true"]);
         let get = |k: &str| {
             pr.env
@@ -611,14 +1046,16 @@ mod tests {
         assert_eq!(pr.workdir, Path::new("/tmp/w"));
         o.entrypoint = false;
         o.argv.clear();
-        let pr = p.process(&o, &cfg, &host, Path::new("/tmp/w")).unwrap();
+        let pr = p
+            .process(&o, &cfg, &host, Path::new("/tmp/w"), false)
+            .unwrap();
         assert_eq!(pr.argv, vec!["default"]);
         cfg.config.cmd = None;
-        assert!(p.process(&o, &cfg, &host, Path::new("/")).is_err());
+        assert!(p.process(&o, &cfg, &host, Path::new("/"), false).is_err());
         let p = plan(&opts(), "/etc");
         cfg.config.cmd = Some(vec!["x".into()]);
         assert_eq!(
-            p.process(&o, &cfg, &host, Path::new("/etc"))
+            p.process(&o, &cfg, &host, Path::new("/etc"), false)
                 .unwrap()
                 .workdir,
             Path::new("/work")
@@ -676,7 +1113,7 @@ mod tests {
     fn linger_shares_by_fingerprint_but_never_a_writable_root() {
         let mut o = opts();
         o.join = Join::Auto;
-        o.linger_secs = 30;
+        o.linger_secs = Some(30);
         let p = plan(&o, "/");
         assert_eq!(p.join_key, Some(format!("node-{}", &p.fingerprint()[..16])));
         o.writable = true;
@@ -684,6 +1121,130 @@ mod tests {
         o.writable = false;
         o.join = Join::No;
         assert_eq!(plan(&o, "/").join_key, None);
+    }
+
+    #[test]
+    fn site_mounts_apply_optional_ones_are_skipped_and_missing_ones_refused() {
+        let pol = policy(
+            "[[mount]]\nsource = \"/tmp\"\ntarget = \"/lustre\"\noptions = [\"ro\"]\n\
+             [[mount]]\nsource = \"/nonexistent/${USER}\"\ntarget = \"/scratch\"\noptional = true\n",
+        );
+        let p = plan_with(&opts(), "/", &pol).unwrap();
+        let lustre = p
+            .steps
+            .iter()
+            .find(|s| s.target == Path::new("/lustre"))
+            .unwrap();
+        assert_eq!(
+            lustre.action,
+            Action::Bind {
+                source: "/tmp".into(),
+                recursive: true,
+                readonly: true
+            }
+        );
+        assert_eq!(lustre.origin, "policy site.toml:1");
+        assert!(!p.steps.iter().any(|s| s.target == Path::new("/scratch")));
+        assert!(
+            p.notes[0].contains("/nonexistent/alice is absent"),
+            "{:?}",
+            p.notes
+        );
+        let pol = policy("[[mount]]\nsource = \"/nonexistent\"\n");
+        let err = plan_with(&opts(), "/", &pol).unwrap_err().to_string();
+        assert!(
+            err.contains("site mount source /nonexistent does not exist")
+                && err.contains("site.toml:1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn user_mounts_are_checked_against_the_site_rules() {
+        let pol = policy(
+            "[user_mounts]\nallowed_sources = [\"${HOME}\", \"/usr\"]\ndenied_sources = [\"/usr/lib\"]\n\
+             denied_targets = [\"/etc\"]\n",
+        );
+        let with = |spec: &str| {
+            let mut o = opts();
+            o.mounts
+                .push(MountSpec::parse(spec, Path::new("/")).unwrap());
+            plan_with(&o, "/", &pol)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert!(with("/usr/share:/data").is_ok());
+        let e = with("/var:/data").unwrap_err();
+        assert!(
+            e.contains("outside the sources the site allows (/tmp, /usr")
+                && e.contains("site.toml:2"),
+            "{e}"
+        );
+        let e = with("/usr/lib:/data").unwrap_err();
+        assert!(
+            e.contains("denied by the site policy (denied_sources /usr/lib at site.toml:3)"),
+            "{e}"
+        );
+        let e = with("/usr/share:/etc/x").unwrap_err();
+        assert!(
+            e.contains("mount target /etc/x is denied") && e.contains("site.toml:4"),
+            "{e}"
+        );
+        let off = policy("[user_mounts]\nenabled = false\n");
+        let mut o = opts();
+        o.mounts
+            .push(MountSpec::parse("/usr", Path::new("/")).unwrap());
+        assert!(plan_with(&o, "/", &off)
+            .unwrap_err()
+            .to_string()
+            .contains("disabled"));
+    }
+
+    #[test]
+    fn env_rules_sit_between_image_and_user() {
+        let pol = policy(
+            "[env]\npassthrough = [\"SLURM_*\", \"PATH\"]\nset = { SITE = \"1\", A = \"site\" }\n\
+             unset = [\"SLURM_SECRET\"]\nprepend = { PATH = \"/site/bin\" }\nappend = { MANPATH = \"/site/man\" }\n",
+        );
+        let p = plan_with(&opts(), "/", &pol).unwrap();
+        let host: Vec<(String, String)> = [
+            ("PATH", "/host/bin"),
+            ("SLURM_JOB_ID", "7"),
+            ("SLURM_SECRET", "x"),
+            ("OTHER", "y"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut cfg = ImageConfig::default();
+        cfg.config.env = vec!["A=image".into(), "B=image".into()];
+        let mut o = opts();
+        o.env = vec![("B".into(), "user".into())];
+        let pr = p.process(&o, &cfg, &host, Path::new("/"), true).unwrap();
+        let get = |k: &str| get_var(&pr.env, k).map(String::from);
+        assert_eq!(get("OTHER"), None, "not in passthrough");
+        assert_eq!(get("SLURM_JOB_ID").as_deref(), Some("7"));
+        assert_eq!(get("SLURM_SECRET"), None, "unset");
+        assert_eq!(get("A").as_deref(), Some("site"), "policy over image");
+        assert_eq!(get("B").as_deref(), Some("user"), "user over image");
+        assert_eq!(get("PATH").as_deref(), Some("/site/bin:/host/bin"));
+        assert_eq!(get("MANPATH").as_deref(), Some("/site/man"));
+        assert_eq!(get("LD_LIBRARY_PATH").as_deref(), Some(HOST_LIB_DIR));
+    }
+
+    #[test]
+    fn gpu_visibility() {
+        let env = |v: &str| vec![("CUDA_VISIBLE_DEVICES".to_string(), v.to_string())];
+        assert_eq!(gpu_visible(&[]), None);
+        assert_eq!(gpu_visible(&env("0,2")), Some(vec![0, 2]));
+        assert_eq!(gpu_visible(&env("none")), Some(vec![]));
+        assert_eq!(gpu_visible(&env("GPU-1234")), None);
+        assert!(gpu_device_visible(Path::new("/dev/nvidia2"), Some(&[0, 2])));
+        assert!(!gpu_device_visible(
+            Path::new("/dev/nvidia1"),
+            Some(&[0, 2])
+        ));
+        assert!(gpu_device_visible(Path::new("/dev/nvidiactl"), Some(&[])));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use crate::host::{self, HostUser};
 use crate::image::Image;
 use crate::image_config::{ImageConfig, CONFIG_PATH};
 use crate::options::RunOptions;
-use crate::plan::{Plan, Rootfs};
+use crate::plan::{Plan, Rootfs, HOST_LIB_DIR};
+use crate::policy::Policy;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -21,14 +22,21 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
         })
         .collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    // A broken policy stops here: berth never runs without the site's rules.
+    let policy = Policy::load(None)?;
     let user = HostUser::current()?;
     let image = Image::open(&opts.image)?;
-    let state_dir = host::state_dir(user.uid);
-    let plan = Plan::build(opts, image, user, &cwd, state_dir, &env)?;
+    let state_dir = host::state_dir(user.uid, policy.cache_dir.as_deref());
+    let plan = Plan::build(opts, image, user, &cwd, state_dir, &env, &policy)?;
 
     if dry_run {
         let config = config_without_container(&plan)?;
-        let process = plan.process(opts, &config, &env, &cwd)?;
+        let host_libs = plan.mpi.is_some()
+            || plan
+                .steps
+                .iter()
+                .any(|s| s.target.starts_with(HOST_LIB_DIR));
+        let process = plan.process(opts, &config, &env, &cwd, host_libs)?;
         print!("{}", plan.describe(Some(&process)));
         return Ok(());
     }
@@ -40,12 +48,16 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
         }
         None => {
             let built = container::build(&plan)?;
+            for w in &built.warnings {
+                eprintln!("berth: warning: {w}");
+            }
             container::enter_user(&plan)?;
             Some(built)
         }
     };
     let config = container::read_config(Path::new("/"))?;
-    let mut process = plan.process(opts, &config, &env, &cwd)?;
+    let host_libs = Path::new(HOST_LIB_DIR).is_dir();
+    let mut process = plan.process(opts, &config, &env, &cwd, host_libs)?;
     if std::env::set_current_dir(&process.workdir).is_err() && opts.workdir.is_none() {
         eprintln!(
             "berth: warning: {} is not in the container; starting in /",

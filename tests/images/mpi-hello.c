@@ -13,6 +13,23 @@ static void ns_id(const char *name, char *out, size_t n) {
     out[r < 0 ? 0 : r] = 0;
 }
 
+/* The file this process mapped libmpi from: shows whose MPI library the rank runs with. */
+static void libmpi_path(char *out, size_t n) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    snprintf(out, n, "none");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        char *p = strchr(line, '/');
+        if (p && strstr(p, "/libmpi.so")) {
+            p[strcspn(p, "\n")] = 0;
+            snprintf(out, n, "%s", p);
+            break;
+        }
+    }
+    fclose(f);
+}
+
 static void os_name(char *out, size_t n) {
     FILE *f = fopen("/etc/os-release", "r");
     char line[256];
@@ -34,11 +51,12 @@ int main(int argc, char **argv) {
     int rank, size;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    char host[256], mnt[64], user[64], os[128];
+    char host[256], mnt[64], user[64], os[128], lib[256];
     gethostname(host, sizeof host);
     ns_id("mnt", mnt, sizeof mnt);
     ns_id("user", user, sizeof user);
     os_name(os, sizeof os);
+    libmpi_path(lib, sizeof lib);
 
     int sum = 0;
     MPI_Allreduce(&rank, &sum, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
@@ -55,8 +73,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++)
         if (recvbuf[i] != prev * 7 + i) { ring_ok = 0; break; }
 
-    printf("rank %d/%d host=%s os=\"%s\" uid=%d mnt=%s user=%s allreduce=%s ring=%s\n", rank, size,
-           host, os, (int)getuid(), mnt, user, sum == expect ? "ok" : "BAD", ring_ok ? "ok" : "BAD");
+    printf("rank %d/%d host=%s os=\"%s\" uid=%d mnt=%s user=%s allreduce=%s ring=%s libmpi=%s\n", rank,
+           size, host, os, (int)getuid(), mnt, user, sum == expect ? "ok" : "BAD", ring_ok ? "ok" : "BAD", lib);
     fflush(stdout);
     MPI_Finalize();
     return (sum == expect && ring_ok) ? 0 : 1;
