@@ -1,5 +1,6 @@
 //! berth-bench: berth measured side by side with its peers, in one run, as ratios.
 
+mod policy_cost;
 mod proc;
 mod startup;
 mod stats;
@@ -47,6 +48,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What a site policy costs on the per-rank start-up path (empty vs given policy)
+    Policy {
+        /// The berth launcher binary
+        #[arg(long)]
+        berth: PathBuf,
+        /// A squashfs image (ideally one with an MPI the policy injects over)
+        #[arg(long)]
+        image: PathBuf,
+        /// The site policy to measure (e.g. benchmarks/site-policy.toml)
+        #[arg(long)]
+        policy: PathBuf,
+        /// Timed runs of each (medians need at least 20)
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Untimed warm-up rounds before the timed ones
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
 }
 
 fn main() {
@@ -70,6 +89,19 @@ fn main() {
             warmup,
             read_reps,
             json,
+        }),
+        Cmd::Policy {
+            berth,
+            image,
+            policy,
+            runs,
+            warmup,
+        } => policy_cost::run(&policy_cost::Args {
+            berth,
+            image,
+            policy,
+            runs,
+            warmup,
         }),
     };
     if let Err(e) = result {

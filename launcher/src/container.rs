@@ -239,36 +239,20 @@ fn mpi_check(root: &OwnedFd, host: &MpiPlan, state_dir: &Path) -> MpiCheck {
     }
 }
 
-/// The image's MPI library: Open MPI's libmpi.so.40, or an MPICH-ABI libmpi.so.12/libmpich.so.12.
+/// The image's MPI library: Open MPI's libmpi.so.40, or an MPICH-ABI libmpi.so.12/libmpich.so.12
+/// (their SONAME links), probed by name rather than by listing large library directories.
 fn find_image_mpi(root: &OwnedFd) -> Option<(PathBuf, MpiFamily)> {
+    const NAMES: &[(&str, MpiFamily)] = &[
+        ("libmpi.so.40", MpiFamily::Openmpi),
+        ("libmpi.so.12", MpiFamily::Mpich),
+        ("libmpich.so.12", MpiFamily::Mpich),
+    ];
     for dir in LIB_DIRS {
-        let Ok(fd) = sys::open_in_root(
-            root.as_raw_fd(),
-            Path::new(dir),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        ) else {
-            continue;
-        };
-        let Ok(mut entries) = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(fd))
-        else {
-            continue;
-        };
-        let mut names: Vec<String> = entries
-            .iter()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        for name in names {
-            let family = if name.starts_with("libmpi.so.40") {
-                MpiFamily::Openmpi
-            } else if name.starts_with("libmpi.so.12") || name.starts_with("libmpich.so.12") {
-                MpiFamily::Mpich
-            } else {
-                continue;
-            };
-            return Some((Path::new(dir).join(name), family));
+        for (name, family) in NAMES {
+            let path = Path::new(dir).join(name);
+            if sys::open_in_root(root.as_raw_fd(), &path, libc::O_PATH, 0).is_ok() {
+                return Some((path, *family));
+            }
         }
     }
     None

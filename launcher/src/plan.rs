@@ -698,10 +698,58 @@ fn join_paths(first: &str, second: Option<&str>) -> String {
 /// Host paths matching a pattern (`*`, `?`, `[..]`); a plain path if it exists.
 pub fn glob_paths(pattern: &str) -> Vec<PathBuf> {
     let src = pattern.split_once(':').map_or(pattern, |(s, _)| s);
-    match glob::glob(src) {
-        Ok(paths) => paths.flatten().collect(),
-        Err(_) => Vec::new(),
+    let wild = |s: &str| s.contains(['*', '?', '[']);
+    let path = Path::new(src);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().map(|n| n.to_string_lossy()))
+    else {
+        return Vec::new();
+    };
+    if !wild(src) {
+        return if path.exists() {
+            vec![path.to_path_buf()]
+        } else {
+            Vec::new()
+        };
     }
+    if wild(&dir.to_string_lossy()) {
+        return glob::glob(src)
+            .map(|paths| paths.flatten().collect())
+            .unwrap_or_default();
+    }
+    // The common case, a pattern in the last part only: one directory listing, no stat per
+    // entry (this runs on every rank's start-up).
+    let Ok(pat) = glob::Pattern::new(&name) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = list_dir(dir)
+        .iter()
+        .filter(|n| pat.matches(n))
+        .map(|n| dir.join(n))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Directory listings, memoised for the life of the process: several library patterns of a
+/// policy usually look into the same large directory (/usr/lib/x86_64-linux-gnu).
+fn list_dir(dir: &Path) -> Vec<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static MEMO: std::sync::OnceLock<Mutex<HashMap<PathBuf, Vec<String>>>> =
+        std::sync::OnceLock::new();
+    let memo = MEMO.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut memo = memo.lock().unwrap_or_else(|e| e.into_inner());
+    memo.entry(dir.to_path_buf())
+        .or_insert_with(|| {
+            std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 /// Where a device rule `HOST[:CONTAINER]` puts a host path inside.
@@ -716,9 +764,27 @@ fn device_target(rule: &str, path: &Path) -> PathBuf {
 /// host's loader cache (`ldconfig -p`), as the host's own programs would find them.
 pub fn find_libraries(pattern: &str) -> Vec<PathBuf> {
     if pattern.contains('/') {
-        return glob_paths(pattern)
+        // Libraries are found by SONAME, as the loader does: `libmpi.so.40*` is the file
+        // `libmpi.so.40` when it exists, without listing a directory of thousands of files.
+        if let Some((literal, _)) = pattern.split_once('*').filter(|(_, rest)| rest.is_empty()) {
+            if !literal.contains(['?', '[']) && Path::new(literal).is_file() {
+                return vec![PathBuf::from(literal)];
+            }
+        }
+        // Otherwise the pattern may match the SONAME link and the file it points to: a file
+        // some matched link already names is left out.
+        let matched = glob_paths(pattern);
+        let named: Vec<PathBuf> = matched
+            .iter()
+            .filter_map(|p| {
+                std::fs::read_link(p)
+                    .ok()
+                    .map(|t| p.parent().unwrap_or(Path::new("/")).join(t))
+            })
+            .collect();
+        return matched
             .into_iter()
-            .filter(|p| p.is_file())
+            .filter(|p| !named.contains(p) && p.exists())
             .collect();
     }
     static CACHE: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
