@@ -477,8 +477,73 @@ fn apply_step(root: &OwnedFd, step: &Step, staging: &Path) -> Result<()> {
                 .ctx(|| format!("cannot create symlink {}", target.display()))?;
         }
         Action::AddEntry { line } => add_entry(root, target, line)?,
+        Action::Libraries { files } => {
+            let state_dir = staging.parent().unwrap_or(Path::new("/"));
+            let dir = library_copy(state_dir, files)?;
+            let tree = sys::open_tree_clone(&dir, false)
+                .ctx(|| format!("cannot bind {}", dir.display()))?;
+            sys::mount_setattr(
+                &tree,
+                sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                false,
+            )
+            .ctx(|| "cannot make the host libraries read-only")?;
+            let at = open_target(root, target, false)?;
+            sys::move_mount(&tree, &at)
+                .ctx(|| format!("cannot mount host libraries on {}", target.display()))?;
+        }
     }
     Ok(())
+}
+
+/// A directory holding copies of `files` under their own (SONAME) names, made once per node
+/// and kept in the state directory under a key of the files' identities, so a changed host
+/// library gets a new copy.
+fn library_copy(state_dir: &Path, files: &[PathBuf]) -> Result<PathBuf> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    for f in files {
+        let m = std::fs::metadata(f).ctx(|| format!("cannot read host library {}", f.display()))?;
+        h.update(
+            format!(
+                "{}|{}|{}|{}|{}\n",
+                f.display(),
+                m.dev(),
+                m.ino(),
+                m.size(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000
+            )
+            .as_bytes(),
+        );
+    }
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let root = state_dir.join("host-libs");
+    let dir = root.join(&key);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let _ = std::fs::create_dir(&root);
+    let tmp = root.join(format!(".tmp-{key}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).ctx(|| format!("cannot create {}", tmp.display()))?;
+    for f in files {
+        let name = f.file_name().unwrap_or_default();
+        if let Err(e) = std::fs::copy(f, tmp.join(name)) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e).ctx(|| format!("cannot copy host library {}", f.display()));
+        }
+    }
+    // Another rank may have made the same copy meanwhile: either is good.
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(dir)
 }
 
 /// Append `line` to a passwd-style file unless an entry of that name is there already.

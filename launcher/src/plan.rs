@@ -37,6 +37,9 @@ pub enum Action {
     /// Add a line to an image file (/etc/passwd, /etc/group) unless an entry with the same name
     /// already exists.
     AddEntry { line: String },
+    /// Host libraries, copied once per node into the state directory (named by their SONAME)
+    /// and that directory bound read-only: one mount however many libraries a site injects.
+    Libraries { files: Vec<PathBuf> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -62,6 +65,8 @@ pub struct MpiPlan {
 /// Host libraries berth injects (MPI, verbs providers, GPU driver) are bound here, and this
 /// directory is put first in LD_LIBRARY_PATH.
 pub const HOST_LIB_DIR: &str = "/.berth/host-lib";
+/// The same for the host's MPI libraries (only when the ABI check passes).
+pub const MPI_LIB_DIR: &str = "/.berth/mpi-lib";
 
 /// The container: what is shared by every rank that joins it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,15 +341,16 @@ impl Plan {
                 steps.push(bind(&dir, &dir, &format!("pmix munge {}", rule.origin)));
             }
         }
-        for (lib, origin) in host_libs {
-            let name = lib.file_name().unwrap_or_default().to_owned();
-            let source = std::fs::canonicalize(&lib).unwrap_or(lib);
+        if !host_libs.is_empty() {
+            let origin = host_libs
+                .iter()
+                .map(|(_, o)| o.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
             steps.push(Step {
-                target: Path::new(HOST_LIB_DIR).join(name),
-                action: Action::Bind {
-                    source,
-                    recursive: false,
-                    readonly: true,
+                target: HOST_LIB_DIR.into(),
+                action: Action::Libraries {
+                    files: host_libs.iter().map(|(l, _)| l.clone()).collect(),
                 },
                 origin,
             });
@@ -407,20 +413,19 @@ impl Plan {
                     });
                 }
             }
-            for rule in &m.libraries {
-                for lib in find_libraries(&expand(&rule.path)) {
-                    let name = lib.file_name().unwrap_or_default().to_owned();
-                    let source = std::fs::canonicalize(&lib).unwrap_or(lib);
-                    mpi_steps.push(Step {
-                        target: Path::new(HOST_LIB_DIR).join(name),
-                        action: Action::Bind {
-                            source,
-                            recursive: false,
-                            readonly: true,
-                        },
-                        origin: format!("mpi {}", rule.origin),
-                    });
-                }
+            let libs: Vec<PathBuf> = m
+                .libraries
+                .iter()
+                .flat_map(|r| find_libraries(&expand(&r.path)))
+                .collect();
+            if !libs.is_empty() {
+                let origins: Vec<String> =
+                    m.libraries.iter().map(|r| r.origin.to_string()).collect();
+                mpi_steps.push(Step {
+                    target: MPI_LIB_DIR.into(),
+                    action: Action::Libraries { files: libs },
+                    origin: format!("mpi {}", origins.join(", ")),
+                });
             }
             plan.mpi = Some(MpiPlan {
                 family: m.family,
@@ -485,7 +490,7 @@ impl Plan {
         config: &ImageConfig,
         host_env: &[(String, String)],
         cwd: &Path,
-        host_libs: bool,
+        lib_dirs: &[&str],
     ) -> Result<Process> {
         let c = &config.config;
         let mut argv: Vec<String> = match (&c.entrypoint, opts.entrypoint) {
@@ -543,8 +548,8 @@ impl Plan {
             _ => PathBuf::from("/"),
         };
         set_var(&mut env, "PWD", &workdir.to_string_lossy());
-        if host_libs {
-            let joined = join_paths(HOST_LIB_DIR, get_var(&env, "LD_LIBRARY_PATH"));
+        if !lib_dirs.is_empty() {
+            let joined = join_paths(&lib_dirs.join(":"), get_var(&env, "LD_LIBRARY_PATH"));
             set_var(&mut env, "LD_LIBRARY_PATH", &joined);
         }
         let (uid, gid) = self.inner_ids();
@@ -628,6 +633,7 @@ impl Plan {
                 Action::Tmpfs => "tmpfs (nosuid)".to_string(),
                 Action::Symlink { to } => format!("symlink -> {}", to.display()),
                 Action::AddEntry { line } => format!("add entry '{line}'"),
+                Action::Libraries { files } => format!("<- host libraries {}", lib_names(files)),
             };
             let _ = writeln!(out, "  {:<20} {what}  [{}]", s.target.display(), s.origin);
         }
@@ -675,6 +681,22 @@ impl Plan {
         }
         out
     }
+}
+
+fn lib_names(files: &[PathBuf]) -> String {
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    format!(
+        "{} (copied once into the state directory, bound ro)",
+        names.join(" ")
+    )
 }
 
 fn get_var<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
@@ -1097,7 +1119,7 @@ mod tests {
         let mut o = opts();
         o.env = vec![("A".into(), "user".into())];
         let pr = p
-            .process(&o, &cfg, &host, Path::new("/tmp/w"), false)
+            .process(&o, &cfg, &host, Path::new("/tmp/w"), &[])
             .unwrap();
         assert_eq!(pr.argv, vec!["/entry", "true"]);
         let get = |k: &str| {
@@ -1113,15 +1135,15 @@ mod tests {
         o.entrypoint = false;
         o.argv.clear();
         let pr = p
-            .process(&o, &cfg, &host, Path::new("/tmp/w"), false)
+            .process(&o, &cfg, &host, Path::new("/tmp/w"), &[])
             .unwrap();
         assert_eq!(pr.argv, vec!["default"]);
         cfg.config.cmd = None;
-        assert!(p.process(&o, &cfg, &host, Path::new("/"), false).is_err());
+        assert!(p.process(&o, &cfg, &host, Path::new("/"), &[]).is_err());
         let p = plan(&opts(), "/etc");
         cfg.config.cmd = Some(vec!["x".into()]);
         assert_eq!(
-            p.process(&o, &cfg, &host, Path::new("/etc"), false)
+            p.process(&o, &cfg, &host, Path::new("/etc"), &[])
                 .unwrap()
                 .workdir,
             Path::new("/work")
@@ -1286,7 +1308,15 @@ mod tests {
         cfg.config.env = vec!["A=image".into(), "B=image".into()];
         let mut o = opts();
         o.env = vec![("B".into(), "user".into())];
-        let pr = p.process(&o, &cfg, &host, Path::new("/"), true).unwrap();
+        let pr = p
+            .process(
+                &o,
+                &cfg,
+                &host,
+                Path::new("/"),
+                &[MPI_LIB_DIR, HOST_LIB_DIR],
+            )
+            .unwrap();
         let get = |k: &str| get_var(&pr.env, k).map(String::from);
         assert_eq!(get("OTHER"), None, "not in passthrough");
         assert_eq!(get("SLURM_JOB_ID").as_deref(), Some("7"));
@@ -1295,7 +1325,10 @@ mod tests {
         assert_eq!(get("B").as_deref(), Some("user"), "user over image");
         assert_eq!(get("PATH").as_deref(), Some("/site/bin:/host/bin"));
         assert_eq!(get("MANPATH").as_deref(), Some("/site/man"));
-        assert_eq!(get("LD_LIBRARY_PATH").as_deref(), Some(HOST_LIB_DIR));
+        assert_eq!(
+            get("LD_LIBRARY_PATH").as_deref(),
+            Some("/.berth/mpi-lib:/.berth/host-lib")
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::host::{self, HostUser};
 use crate::image::Image;
 use crate::image_config::{ImageConfig, CONFIG_PATH};
 use crate::options::RunOptions;
-use crate::plan::{Plan, Rootfs, HOST_LIB_DIR};
+use crate::plan::{Action, Plan, Rootfs, HOST_LIB_DIR, MPI_LIB_DIR};
 use crate::policy::Policy;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -31,12 +31,24 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
 
     if dry_run {
         let config = config_without_container(&plan)?;
-        let host_libs = plan.mpi.is_some()
-            || plan
-                .steps
-                .iter()
-                .any(|s| s.target.starts_with(HOST_LIB_DIR));
-        let process = plan.process(opts, &config, &env, &cwd, host_libs)?;
+        // As planned: the MPI libraries are injected only if the ABI check passes.
+        let mut lib_dirs = Vec::new();
+        if plan
+            .mpi
+            .iter()
+            .flat_map(|m| &m.steps)
+            .any(|s| matches!(s.action, Action::Libraries { .. }))
+        {
+            lib_dirs.push(MPI_LIB_DIR);
+        }
+        if plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.action, Action::Libraries { .. }))
+        {
+            lib_dirs.push(HOST_LIB_DIR);
+        }
+        let process = plan.process(opts, &config, &env, &cwd, &lib_dirs)?;
         print!("{}", plan.describe(Some(&process)));
         return Ok(());
     }
@@ -56,8 +68,12 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
         }
     };
     let config = container::read_config(Path::new("/"))?;
-    let host_libs = Path::new(HOST_LIB_DIR).is_dir();
-    let mut process = plan.process(opts, &config, &env, &cwd, host_libs)?;
+    // Whatever the keeper or build injected is what is there now.
+    let lib_dirs: Vec<&str> = [MPI_LIB_DIR, HOST_LIB_DIR]
+        .into_iter()
+        .filter(|d| Path::new(d).is_dir())
+        .collect();
+    let mut process = plan.process(opts, &config, &env, &cwd, &lib_dirs)?;
     if std::env::set_current_dir(&process.workdir).is_err() && opts.workdir.is_none() {
         eprintln!(
             "berth: warning: {} is not in the container; starting in /",

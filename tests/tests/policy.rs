@@ -249,7 +249,7 @@ fn host_open_mpi_is_injected_into_an_open_mpi_image() {
     for l in &ranks {
         assert!(l.contains("allreduce=ok") && l.contains("ring=ok"), "{l}");
         assert!(
-            l.ends_with("libmpi=/.berth/host-lib/libmpi.so.40"),
+            l.ends_with("libmpi=/.berth/mpi-lib/libmpi.so.40"),
             "the rank maps the host's libmpi: {l}"
         );
     }
