@@ -1,10 +1,186 @@
 //! `berth-image`: turns OCI/Docker images into squashfs files that `berth run` runs.
 //!
-//! Not built yet: the importer (registry, docker-archive, OCI layouts, verified layers) is
-//! issue 3. Images for berth are made today with `mksquashfs ROOTFS IMG.sqsh`, optionally with
-//! an image config at `/.berth/image.json` (schema: `berth_launcher::image_config`).
+//! Every error is one line on stderr, `berth-image: ...`, with exit status 1 (2 for usage
+//! errors, from clap); an import that fails or is interrupted leaves no output and no temp files.
+
+mod cache;
+mod cleanup;
+mod import;
+mod inspect;
+mod oci;
+mod registry;
+mod source;
+mod unpack;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "berth-image",
+    version,
+    about = "Make squashfs images for berth from OCI/Docker images"
+)]
+struct Cli {
+    /// Print results as JSON on stdout (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    /// No progress or warnings on stderr; errors only.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Import an image into a squashfs file.
+    ///
+    /// SOURCE: docker://[USER@]REGISTRY/REPO[:TAG|@sha256:DIGEST], [USER@][REGISTRY#]IMAGE[:TAG],
+    /// oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, or a rootfs directory.
+    Import {
+        source: String,
+        /// The squashfs file to write (replaced atomically if it exists).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Platform to pick from a multi-arch image: OS/ARCH[/VARIANT] (default linux/<host arch>).
+        #[arg(long)]
+        platform: Option<String>,
+        /// squashfs compression: zstd, gzip, xz, lzo, lz4.
+        #[arg(long, default_value = "zstd")]
+        comp: String,
+        /// Compression level (zstd 1-22, gzip 1-9).
+        #[arg(long)]
+        level: Option<u32>,
+        /// Allow plain http to a non-loopback registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Layer cache directory (default $BERTH_LAYER_CACHE or ~/.cache/berth/layers).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
+    /// Show an image's config, size, source digest and layers.
+    Inspect { image: PathBuf },
+    /// Check that an image is readable throughout and carries a valid berth config.
+    Verify { image: PathBuf },
+    /// The per-user layer cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheCmd,
+        #[arg(long, global = true)]
+        cache: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// List cached layers.
+    List,
+    /// Remove cached layers (all, or those unused for --older-than DAYS).
+    Prune {
+        #[arg(long, default_value_t = 0)]
+        older_than: u64,
+    },
+}
 
 fn main() {
-    eprintln!("berth-image: not available yet (the importer is issue 3); make images with mksquashfs ROOTFS IMG.sqsh");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("berth-image: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn json_out(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serializable"));
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        Cmd::Import {
+            source,
+            output,
+            platform,
+            comp,
+            level,
+            insecure,
+            cache,
+        } => {
+            cleanup::install_signal_handlers()?;
+            let opts = import::Options {
+                source: source::parse_source(&source)?,
+                source_text: source,
+                output,
+                platform,
+                comp,
+                level,
+                insecure,
+                cache_dir: cache,
+                quiet: cli.quiet || cli.json,
+            };
+            let summary = import::import(&opts)?;
+            if cli.json {
+                json_out(&summary);
+            } else if !cli.quiet {
+                eprintln!(
+                    "berth-image: wrote {} ({:.1} MiB{})",
+                    summary.output.display(),
+                    summary.size as f64 / 1048576.0,
+                    summary
+                        .manifest_digest
+                        .as_deref()
+                        .map(|d| format!(", from {d}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Cmd::Inspect { image } => {
+            let info = inspect::inspect(&image)?;
+            if cli.json {
+                json_out(&info);
+            } else {
+                inspect::print(&info);
+            }
+        }
+        Cmd::Verify { image } => {
+            let info = inspect::verify(&image)?;
+            if cli.json {
+                json_out(&info);
+            } else if !cli.quiet {
+                println!("{}: ok", image.display());
+            }
+        }
+        Cmd::Cache { action, cache } => {
+            let c = cache::Cache::open(match cache {
+                Some(d) => d,
+                None => cache::default_dir()?,
+            })?;
+            match action {
+                CacheCmd::List => {
+                    let blobs = c.list()?;
+                    if cli.json {
+                        let v: Vec<_> = blobs
+                            .iter()
+                            .map(|(d, s, _)| serde_json::json!({"digest": d, "size": s}))
+                            .collect();
+                        json_out(&v);
+                    } else {
+                        for (d, s, _) in &blobs {
+                            println!("{d} {s}");
+                        }
+                    }
+                }
+                CacheCmd::Prune { older_than } => {
+                    let (n, bytes) = c.prune(Duration::from_secs(older_than * 86400))?;
+                    if cli.json {
+                        json_out(&serde_json::json!({"removed": n, "bytes": bytes}));
+                    } else if !cli.quiet {
+                        println!("removed {n} layers ({:.1} MiB)", bytes as f64 / 1048576.0);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,8 @@
 //! image, the `berth` binary. A missing prerequisite fails the test with a message saying so;
 //! nothing is skipped silently.
 
+pub mod registry;
+
 use std::fs;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

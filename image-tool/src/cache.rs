@@ -1,0 +1,128 @@
+//! The per-user layer cache: compressed blobs by digest, `<cache>/blobs/sha256/<hex>`.
+//! A blob enters the cache only once its digest is verified (temp name + rename), and is
+//! verified again whenever it is applied.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub struct Cache {
+    pub dir: PathBuf,
+}
+
+/// `--cache`, else `$BERTH_LAYER_CACHE`, else `$XDG_CACHE_HOME/berth/layers`, else `~/.cache/berth/layers`.
+pub fn default_dir() -> Result<PathBuf, String> {
+    if let Some(d) = std::env::var_os("BERTH_LAYER_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("berth/layers"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".cache/berth/layers")),
+        None => Err("no cache directory: set HOME, BERTH_LAYER_CACHE or --cache".into()),
+    }
+}
+
+impl Cache {
+    /// Open (creating, mode 0700) the cache; refuse one that another user owns.
+    pub fn open(dir: PathBuf) -> Result<Cache, String> {
+        let blobs = dir.join("blobs/sha256");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&blobs)
+            .map_err(|e| {
+                format!(
+                    "cannot create the layer cache {}: {e}; choose another with --cache",
+                    blobs.display()
+                )
+            })?;
+        let meta = fs::metadata(&dir).map_err(|e| format!("layer cache {}: {e}", dir.display()))?;
+        if meta.uid() != unsafe { libc::geteuid() } {
+            return Err(format!(
+                "layer cache {} belongs to uid {}, not you; choose another with --cache",
+                dir.display(),
+                meta.uid()
+            ));
+        }
+        Ok(Cache { dir })
+    }
+
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf, String> {
+        let hex = crate::oci::check_digest(digest)?;
+        Ok(self.dir.join("blobs/sha256").join(hex))
+    }
+
+    /// A private temp name in the cache for a download in progress.
+    pub fn temp_path(&self, digest: &str) -> Result<PathBuf, String> {
+        let hex = crate::oci::check_digest(digest)?;
+        Ok(self
+            .dir
+            .join("blobs/sha256")
+            .join(format!(".tmp-{hex}-{}", std::process::id())))
+    }
+
+    /// Mark a blob as used now (prune --older-than goes by this).
+    pub fn touch(&self, path: &Path) {
+        if let Ok(f) = fs::File::options().append(true).open(path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    /// (digest, size, last used) of every cached blob.
+    pub fn list(&self) -> Result<Vec<(String, u64, SystemTime)>, String> {
+        let dir = self.dir.join("blobs/sha256");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let m = e.metadata().map_err(|e| e.to_string())?;
+            out.push((
+                format!("sha256:{name}"),
+                m.len(),
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            ));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Remove blobs unused for `older_than` (all with zero), and leftovers of dead imports.
+    pub fn prune(&self, older_than: Duration) -> Result<(u64, u64), String> {
+        let dir = self.dir.join("blobs/sha256");
+        let (mut n, mut bytes) = (0, 0);
+        let now = SystemTime::now();
+        for e in fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))? {
+            let e = e.map_err(|e| e.to_string())?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let m = e.metadata().map_err(|e| e.to_string())?;
+            let stale_temp = name.starts_with(".tmp-") && !temp_owner_alive(&name);
+            let old = !name.starts_with('.')
+                && now
+                    .duration_since(m.modified().unwrap_or(SystemTime::UNIX_EPOCH))
+                    .unwrap_or_default()
+                    >= older_than;
+            if stale_temp || old {
+                fs::remove_file(e.path())
+                    .map_err(|err| format!("cannot remove {}: {err}", e.path().display()))?;
+                n += 1;
+                bytes += m.len();
+            }
+        }
+        let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700));
+        Ok((n, bytes))
+    }
+}
+
+/// `.tmp-<hex>-<pid>`: is that import still running?
+fn temp_owner_alive(name: &str) -> bool {
+    name.rsplit('-')
+        .next()
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}

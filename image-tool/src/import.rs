@@ -1,0 +1,816 @@
+//! `berth-image import`: plan (resolve the source to a config and an ordered list of verified
+//! layers), fetch (registry layers into the cache), then assemble (apply the layers into a
+//! private temp rootfs next to the output, add the image config, mksquashfs, rename).
+
+use crate::cache::Cache;
+use crate::cleanup::{cancelled, TempGuard};
+use crate::oci::{self, ConfigBlob, Document};
+use crate::registry::Client;
+use crate::source::{RegistryRef, Source};
+use crate::unpack::{LayerStats, Unpacker};
+use berth_launcher::image_config::{ImageConfig, CONFIG_PATH};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub struct Options {
+    pub source: Source,
+    pub source_text: String,
+    pub output: PathBuf,
+    pub platform: Option<String>,
+    pub comp: String,
+    pub level: Option<u32>,
+    pub insecure: bool,
+    pub cache_dir: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// What an import did (printed as JSON with `--json`).
+#[derive(Debug, serde::Serialize)]
+pub struct Summary {
+    pub output: PathBuf,
+    pub size: u64,
+    pub source: String,
+    pub manifest_digest: Option<String>,
+    pub layers: Vec<LayerSummary>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayerSummary {
+    pub digest: String,
+    pub size: u64,
+    pub cached: bool,
+    pub entries: u64,
+}
+
+/// Where a layer's bytes are.
+enum Loc {
+    Cache(PathBuf),
+    /// A file, or a slice of one (a member of a tar archive).
+    Slice {
+        file: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+struct Layer {
+    /// The digest the raw bytes must have (descriptor digest; diff_id for docker-archive).
+    digest: String,
+    size: u64,
+    loc: Loc,
+    cached: bool,
+}
+
+/// The plan: everything needed to assemble, nothing written yet except the layer cache.
+struct Plan {
+    config: ImageConfig,
+    layers: Vec<Layer>,
+    manifest_digest: Option<String>,
+}
+
+/// Progress, for people: only on a terminal (scripts get errors and warnings only).
+fn say(quiet: bool, msg: &str) {
+    use std::io::IsTerminal;
+    if !quiet && io::stderr().is_terminal() {
+        eprintln!("berth-image: {msg}");
+    }
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
+/// Refuse outputs we cannot write before doing any work.
+fn check_output(out: &Path) -> Result<PathBuf, String> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| format!("output '{}' is not a file name", out.display()))?;
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "output directory {} does not exist; create it first",
+            dir.display()
+        ));
+    }
+    if out.is_dir() {
+        return Err(format!(
+            "output {} is a directory; give a file name such as IMG.sqsh",
+            out.display()
+        ));
+    }
+    Ok(dir.join(format!(
+        ".{}.berth-tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
+pub fn import(opts: &Options) -> Result<Summary, String> {
+    let work_path = check_output(&opts.output)?;
+    let (level, comp) = compression(opts)?;
+    if let Source::Rootfs(dir) = &opts.source {
+        return import_rootfs(opts, dir, &work_path, &comp, level);
+    }
+    let plan = match &opts.source {
+        Source::Registry(r) => plan_registry(opts, r)?,
+        Source::OciDir { dir, tag } => {
+            let store = Store::dir(dir)?;
+            plan_oci(
+                &store,
+                tag.as_deref(),
+                opts,
+                &format!("oci:{}", dir.display()),
+            )?
+        }
+        Source::OciArchive { file, tag } => {
+            let store = Store::tar(file)?;
+            plan_oci(
+                &store,
+                tag.as_deref(),
+                opts,
+                &format!("oci-archive:{}", file.display()),
+            )?
+        }
+        Source::DockerArchive { file } => plan_docker_archive(file)?,
+        Source::Rootfs(_) => unreachable!("handled above"),
+    };
+    assemble(opts, plan, &work_path, &comp, level)
+}
+
+fn compression(opts: &Options) -> Result<(Option<u32>, String), String> {
+    let range = match opts.comp.as_str() {
+        "zstd" => Some(1..=22),
+        "gzip" => Some(1..=9),
+        "xz" | "lzo" | "lz4" => None,
+        other => {
+            return Err(format!(
+                "unknown compression '{other}'; use zstd, gzip, xz, lzo or lz4"
+            ))
+        }
+    };
+    match (opts.level, range) {
+        (Some(l), Some(r)) if !r.contains(&l) => Err(format!(
+            "--level {l} is out of range for {} ({}..={})",
+            opts.comp,
+            r.start(),
+            r.end()
+        )),
+        (Some(_), None) => Err(format!("--level is not supported for {}", opts.comp)),
+        (l, _) => Ok((l, opts.comp.clone())),
+    }
+}
+
+fn open_cache(opts: &Options) -> Result<Cache, String> {
+    let dir = match &opts.cache_dir {
+        Some(d) => d.clone(),
+        None => crate::cache::default_dir()?,
+    };
+    Cache::open(dir)
+}
+
+fn runtime_config(config: &ConfigBlob, source: BTreeMap<String, String>) -> ImageConfig {
+    ImageConfig {
+        schema_version: 1,
+        config: config.runtime(),
+        source,
+    }
+}
+
+fn plan_registry(opts: &Options, r: &RegistryRef) -> Result<Plan, String> {
+    let cache = open_cache(opts)?;
+    let client = Client::new(r, opts.insecure)?;
+    let (_, mut digest, mut doc) = client.manifest(r.reference())?;
+    let want = oci::wanted_platform(opts.platform.as_deref())?;
+    let mut platform = None;
+    if doc.is_index() {
+        let d = oci::select_platform(&doc, &want)?.clone();
+        oci::check_digest(&d.digest)?;
+        let (_, d2, doc2) = client.manifest(&d.digest)?;
+        if doc2.is_index() {
+            return Err(format!(
+                "{} is an index inside an index; not supported",
+                d.digest
+            ));
+        }
+        platform = d.platform.as_ref().map(oci::Platform::describe);
+        (digest, doc) = (d2, doc2);
+    }
+    let cdesc = doc
+        .config
+        .clone()
+        .ok_or_else(|| format!("manifest {digest} has no config"))?;
+    let config = ConfigBlob::parse(&client.small_blob(&cdesc.digest)?)?;
+    check_layer_media_types(&doc)?;
+
+    // Fetch missing layers, a few at a time; each is verified before it enters the cache.
+    let total = doc.layers.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<bool, String>>>> =
+        (0..total).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..total.clamp(1, 3) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= total {
+                    break;
+                }
+                let l = &doc.layers[i];
+                let res = client.fetch_layer(&l.digest, &cache, &|_| {});
+                if let Ok(false) = res {
+                    say(
+                        opts.quiet,
+                        &format!(
+                            "layer {}/{total} {} ({}) downloaded",
+                            i + 1,
+                            short(&l.digest),
+                            mib(l.size)
+                        ),
+                    );
+                }
+                let failed = res.is_err();
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
+                if failed {
+                    break;
+                }
+            });
+        }
+    });
+    let mut layers = Vec::new();
+    for (l, res) in doc.layers.iter().zip(results) {
+        match res.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(cached)) => layers.push(Layer {
+                digest: l.digest.clone(),
+                size: l.size,
+                loc: Loc::Cache(cache.blob_path(&l.digest)?),
+                cached,
+            }),
+            Some(Err(e)) => return Err(e),
+            None => return Err("a layer download was abandoned after an earlier failure".into()),
+        }
+    }
+    let mut source = BTreeMap::new();
+    source.insert("reference".into(), format!("docker://{}", r.display()));
+    source.insert("manifest_digest".into(), digest.clone());
+    source.insert("config_digest".into(), cdesc.digest.clone());
+    if let Some(p) = platform {
+        source.insert("platform".into(), p);
+    }
+    source.insert("layers".into(), layer_list(&layers));
+    Ok(Plan {
+        config: runtime_config(&config, source),
+        layers,
+        manifest_digest: Some(digest),
+    })
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(19)]
+}
+
+fn layer_list(layers: &[Layer]) -> String {
+    layers
+        .iter()
+        .map(|l| l.digest.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn check_layer_media_types(doc: &Document) -> Result<(), String> {
+    for l in &doc.layers {
+        oci::check_digest(&l.digest)?;
+        let mt = l.media_type.as_str();
+        let ok = mt.is_empty()
+            || mt.contains("tar")
+            || mt == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            || mt == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+        if !ok {
+            return Err(format!(
+                "layer {} has media type {mt}, which is not a filesystem layer",
+                l.digest
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The files of an OCI layout or docker archive: a directory, or members of a tar file.
+enum Store {
+    Dir(PathBuf),
+    Tar {
+        file: PathBuf,
+        members: HashMap<String, (u64, u64)>,
+    },
+}
+
+impl Store {
+    fn dir(dir: &Path) -> Result<Store, String> {
+        if !dir.join("index.json").is_file() {
+            return Err(format!(
+                "{} is not an OCI image layout (no index.json)",
+                dir.display()
+            ));
+        }
+        Ok(Store::Dir(dir.to_path_buf()))
+    }
+
+    /// Index the members of a tar file (names -> data offset and size); the data is read later.
+    fn tar(file: &Path) -> Result<Store, String> {
+        let f = File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        let not_tar =
+            |e: &dyn std::fmt::Display| format!("{} is not a tar archive ({e})", file.display());
+        let mut archive = tar::Archive::new(BufReader::new(f));
+        let mut members = HashMap::new();
+        for entry in archive.entries().map_err(|e| not_tar(&e))? {
+            let entry = entry.map_err(|e| not_tar(&e))?;
+            if entry.header().entry_type().is_file() {
+                let name = entry.path().map_err(|e| not_tar(&e))?;
+                let name = name.to_string_lossy().trim_start_matches("./").to_string();
+                members.insert(name, (entry.raw_file_position(), entry.size()));
+            }
+        }
+        if members.is_empty() {
+            return Err(not_tar(&"no files in it"));
+        }
+        Ok(Store::Tar {
+            file: file.to_path_buf(),
+            members,
+        })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Store::Dir(d) => d.display().to_string(),
+            Store::Tar { file, .. } => file.display().to_string(),
+        }
+    }
+
+    fn locate(&self, name: &str) -> Result<Loc, String> {
+        match self {
+            Store::Dir(d) => {
+                let p = d.join(name);
+                let len = std::fs::metadata(&p)
+                    .map_err(|e| format!("{} in {}: {e}", name, d.display()))?
+                    .len();
+                Ok(Loc::Slice {
+                    file: p,
+                    offset: 0,
+                    len,
+                })
+            }
+            Store::Tar { file, members } => {
+                let (offset, len) = members
+                    .get(name)
+                    .ok_or_else(|| format!("{} has no {name}", file.display()))?;
+                Ok(Loc::Slice {
+                    file: file.clone(),
+                    offset: *offset,
+                    len: *len,
+                })
+            }
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<u8>, String> {
+        let loc = self.locate(name)?;
+        if let Loc::Slice { len, .. } = &loc {
+            if *len > 8 << 20 {
+                return Err(format!(
+                    "{name} in {} is too large for a manifest or config",
+                    self.describe()
+                ));
+            }
+        }
+        let mut buf = Vec::new();
+        open_loc(&loc)?
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read {name} in {}: {e}", self.describe()))?;
+        Ok(buf)
+    }
+
+    fn blob(&self, digest: &str) -> Result<Vec<u8>, String> {
+        let hex = oci::check_digest(digest)?;
+        let bytes = self.read(&format!("blobs/sha256/{hex}"))?;
+        oci::verify_bytes(&bytes, digest, "blob")?;
+        Ok(bytes)
+    }
+}
+
+fn open_loc(loc: &Loc) -> Result<Box<dyn Read>, String> {
+    match loc {
+        Loc::Cache(p) => {
+            Ok(Box::new(File::open(p).map_err(|e| {
+                format!("cannot open {}: {e}", p.display())
+            })?))
+        }
+        Loc::Slice { file, offset, len } => {
+            let mut f =
+                File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+            f.seek(SeekFrom::Start(*offset))
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            Ok(Box::new(f.take(*len)))
+        }
+    }
+}
+
+fn plan_oci(store: &Store, tag: Option<&str>, opts: &Options, what: &str) -> Result<Plan, String> {
+    let index = Document::parse(&store.read("index.json")?, &format!("{what} index.json"))?;
+    let desc = match tag {
+        Some(t) => index
+            .manifests
+            .iter()
+            .find(|d| {
+                d.annotations
+                    .get("org.opencontainers.image.ref.name")
+                    .map(String::as_str)
+                    == Some(t)
+            })
+            .ok_or_else(|| format!("{what} has no image tagged '{t}'"))?,
+        None if index.manifests.len() == 1 => &index.manifests[0],
+        None => {
+            return Err(format!(
+                "{what} holds {} images; name one as {what}:TAG",
+                index.manifests.len()
+            ))
+        }
+    };
+    let mut digest = desc.digest.clone();
+    let mut doc = Document::parse(&store.blob(&digest)?, &digest)?;
+    let mut platform = None;
+    if doc.is_index() {
+        let want = oci::wanted_platform(opts.platform.as_deref())?;
+        let d = oci::select_platform(&doc, &want)?.clone();
+        platform = d.platform.as_ref().map(oci::Platform::describe);
+        digest = d.digest.clone();
+        doc = Document::parse(&store.blob(&digest)?, &digest)?;
+    }
+    let cdesc = doc
+        .config
+        .clone()
+        .ok_or_else(|| format!("manifest {digest} has no config"))?;
+    let config = ConfigBlob::parse(&store.blob(&cdesc.digest)?)?;
+    check_layer_media_types(&doc)?;
+    let mut layers = Vec::new();
+    for l in &doc.layers {
+        let hex = oci::check_digest(&l.digest)?;
+        layers.push(Layer {
+            digest: l.digest.clone(),
+            size: l.size,
+            loc: store.locate(&format!("blobs/sha256/{hex}"))?,
+            cached: false,
+        });
+    }
+    let mut source = BTreeMap::new();
+    source.insert(
+        "reference".into(),
+        match tag {
+            Some(t) => format!("{what}:{t}"),
+            None => what.to_string(),
+        },
+    );
+    source.insert("manifest_digest".into(), digest.clone());
+    if let Some(p) = platform {
+        source.insert("platform".into(), p);
+    }
+    source.insert("layers".into(), layer_list(&layers));
+    Ok(Plan {
+        config: runtime_config(&config, source),
+        layers,
+        manifest_digest: Some(digest),
+    })
+}
+
+/// `docker save` output: manifest.json names the config and the layers (uncompressed tars,
+/// verified against the config's diff_ids).
+fn plan_docker_archive(file: &Path) -> Result<Plan, String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(rename = "Config")]
+        config: String,
+        #[serde(rename = "Layers")]
+        layers: Vec<String>,
+        #[serde(rename = "RepoTags", default)]
+        repo_tags: Option<Vec<String>>,
+    }
+    let store = Store::tar(file)?;
+    let what = format!("docker-archive:{}", file.display());
+    let manifest = store.read("manifest.json").map_err(|_| {
+        format!(
+            "{} is not a docker-archive (no manifest.json); make one with docker save",
+            file.display()
+        )
+    })?;
+    let entries: Vec<Entry> = serde_json::from_slice(&manifest)
+        .map_err(|e| format!("{what}: manifest.json is invalid: {e}"))?;
+    let entry = match entries.as_slice() {
+        [one] => one,
+        _ => {
+            return Err(format!(
+                "{what} holds {} images; save one image per archive",
+                entries.len()
+            ))
+        }
+    };
+    let config_bytes = store.read(&entry.config)?;
+    // The config is named by its digest (`<hex>.json` or `blobs/sha256/<hex>`).
+    let config_digest = oci::sha256_digest(&config_bytes);
+    let named = entry
+        .config
+        .trim_end_matches(".json")
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if format!("sha256:{named}") != config_digest {
+        return Err(format!(
+            "{what}: config {} failed verification: its content has digest {config_digest}",
+            entry.config
+        ));
+    }
+    let config = ConfigBlob::parse(&config_bytes)?;
+    let diff_ids = config.rootfs.clone().unwrap_or_default().diff_ids;
+    if diff_ids.len() != entry.layers.len() {
+        return Err(format!(
+            "{what}: {} layers but the config lists {} diff_ids",
+            entry.layers.len(),
+            diff_ids.len()
+        ));
+    }
+    let mut layers = Vec::new();
+    for (name, diff_id) in entry.layers.iter().zip(&diff_ids) {
+        oci::check_digest(diff_id)?;
+        let loc = store.locate(name)?;
+        let size = match &loc {
+            Loc::Slice { len, .. } => *len,
+            Loc::Cache(_) => 0,
+        };
+        layers.push(Layer {
+            digest: diff_id.clone(),
+            size,
+            loc,
+            cached: false,
+        });
+    }
+    let mut source = BTreeMap::new();
+    source.insert("reference".into(), what);
+    source.insert("config_digest".into(), config_digest);
+    if let Some(t) = entry.repo_tags.as_ref().and_then(|t| t.first()) {
+        source.insert("tag".into(), t.clone());
+    }
+    source.insert("layers".into(), layer_list(&layers));
+    Ok(Plan {
+        config: runtime_config(&config, source),
+        layers,
+        manifest_digest: None,
+    })
+}
+
+/// Hashes what passes through, so a layer is verified in the same read that applies it.
+struct HashReader<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Decompress (gzip, zstd or none, told by the magic bytes), apply, then verify the digest of
+/// every raw byte. A mismatch fails the import, whose temp rootfs is then discarded.
+fn apply_layer(unpacker: &mut Unpacker, layer: &Layer) -> Result<LayerStats, String> {
+    let mut hr = HashReader {
+        inner: open_loc(&layer.loc)?,
+        hash: Sha256::new(),
+    };
+    let fail = |e: String| format!("layer {}: {e}", layer.digest);
+    let stats = {
+        let mut buf = BufReader::with_capacity(256 << 10, &mut hr);
+        let magic = buf
+            .fill_buf()
+            .map_err(|e| fail(format!("cannot read: {e}")))?
+            .to_vec();
+        let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(buf))
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(buf)
+                    .map_err(|e| fail(format!("zstd: {e}")))?,
+            )
+        } else {
+            Box::new(buf)
+        };
+        let mut decoded = decoded;
+        let stats = unpacker.apply(&mut decoded, &cancelled);
+        // A tar stream can end before its input does: drain, so the digest covers everything.
+        let drained = io::copy(&mut decoded, &mut io::sink());
+        match (stats, drained) {
+            (Ok(s), Ok(_)) => Ok(s),
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(format!("corrupt data: {e}")),
+        }
+    };
+    let stats = stats.map_err(|e| fail_with_digest(layer, &mut hr, e))?;
+    io::copy(&mut hr, &mut io::sink()).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let got = format!("sha256:{:x}", hr.hash.finalize());
+    if got != layer.digest {
+        return Err(format!(
+            "layer {} failed verification: the content has digest {got}; refusing it",
+            layer.digest
+        ));
+    }
+    Ok(stats)
+}
+
+/// On an apply error, a digest mismatch is the better explanation when there is one.
+fn fail_with_digest(layer: &Layer, hr: &mut HashReader<Box<dyn Read>>, err: String) -> String {
+    if io::copy(hr, &mut io::sink()).is_ok() {
+        let got = format!("sha256:{:x}", std::mem::take(&mut hr.hash).finalize());
+        if got != layer.digest {
+            return format!(
+                "layer {} failed verification: the content has digest {got}; refusing it",
+                layer.digest
+            );
+        }
+    }
+    format!("layer {}: {err}", layer.digest)
+}
+
+fn assemble(
+    opts: &Options,
+    plan: Plan,
+    work_path: &Path,
+    comp: &str,
+    level: Option<u32>,
+) -> Result<Summary, String> {
+    let work = TempGuard::new(work_path.to_path_buf());
+    let rootfs = work.path().join("rootfs");
+    std::fs::create_dir_all(&rootfs)
+        .map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
+    let mut unpacker = Unpacker::new(&rootfs)?;
+    let mut summaries = Vec::new();
+    let n = plan.layers.len();
+    for (i, layer) in plan.layers.iter().enumerate() {
+        if cancelled() {
+            return Err("interrupted".into());
+        }
+        say(
+            opts.quiet,
+            &format!(
+                "applying layer {}/{n} {} ({})",
+                i + 1,
+                short(&layer.digest),
+                mib(layer.size)
+            ),
+        );
+        let stats = apply_layer(&mut unpacker, layer)?;
+        summaries.push(LayerSummary {
+            digest: layer.digest.clone(),
+            size: layer.size,
+            cached: layer.cached,
+            entries: stats.entries,
+        });
+    }
+    unpacker.write_file(Path::new(CONFIG_PATH), plan.config.to_json().as_bytes())?;
+    let warnings = std::mem::take(&mut unpacker.warnings);
+    if !opts.quiet {
+        warnings
+            .iter()
+            .for_each(|w| eprintln!("berth-image: warning: {w}"));
+    }
+    drop(unpacker);
+    let size = mksquashfs(opts, &rootfs, &[], work.path(), comp, level)?;
+    Ok(Summary {
+        output: opts.output.clone(),
+        size,
+        source: opts.source_text.clone(),
+        manifest_digest: plan.manifest_digest,
+        layers: summaries,
+        warnings,
+    })
+}
+
+/// A rootfs directory as is; the image config is added (as a pseudo file) unless it has one.
+fn import_rootfs(
+    opts: &Options,
+    dir: &Path,
+    work_path: &Path,
+    comp: &str,
+    level: Option<u32>,
+) -> Result<Summary, String> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory (a rootfs to import); for images use docker://, oci:, docker-archive:", dir.display()));
+    }
+    let work = TempGuard::new(work_path.to_path_buf());
+    std::fs::create_dir_all(work.path())
+        .map_err(|e| format!("cannot create {}: {e}", work.path().display()))?;
+    let mut pseudo = Vec::new();
+    if std::fs::symlink_metadata(dir.join(CONFIG_PATH)).is_err()
+        && std::fs::symlink_metadata(dir.join(".berth")).is_err()
+    {
+        let mut source = BTreeMap::new();
+        source.insert("reference".into(), format!("dir:{}", dir.display()));
+        let config = ImageConfig {
+            schema_version: 1,
+            config: Default::default(),
+            source,
+        };
+        let cfg = work.path().join("image.json");
+        std::fs::write(&cfg, config.to_json())
+            .map_err(|e| format!("cannot write {}: {e}", cfg.display()))?;
+        let pf = work.path().join("pseudo");
+        // Pseudo definitions: the file content comes from `cat` of our temp copy.
+        std::fs::write(
+            &pf,
+            format!(
+                ".berth d 755 0 0\n{CONFIG_PATH} f 644 0 0 cat {}\n",
+                cfg.display()
+            ),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", pf.display()))?;
+        pseudo = vec!["-pf".to_string(), pf.to_string_lossy().into_owned()];
+    }
+    let size = mksquashfs(opts, dir, &pseudo, work.path(), comp, level)?;
+    Ok(Summary {
+        output: opts.output.clone(),
+        size,
+        source: opts.source_text.clone(),
+        manifest_digest: None,
+        layers: Vec::new(),
+        warnings: Vec::new(),
+    })
+}
+
+/// mksquashfs into the work directory, then rename over the output: never a half image.
+fn mksquashfs(
+    opts: &Options,
+    root: &Path,
+    extra: &[String],
+    work: &Path,
+    comp: &str,
+    level: Option<u32>,
+) -> Result<u64, String> {
+    let part = work.join("image.sqsh");
+    say(
+        opts.quiet,
+        &format!("writing {} ({comp})", opts.output.display()),
+    );
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(root)
+        .arg(&part)
+        .args([
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+            "-no-xattrs",
+            "-comp",
+            comp,
+        ])
+        .args(extra);
+    if let Some(l) = level {
+        cmd.args(["-Xcompression-level", &l.to_string()]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run mksquashfs ({e}); install squashfs-tools"))?;
+    crate::cleanup::set_child(child.id());
+    let out = child.wait_with_output();
+    crate::cleanup::clear_child();
+    let out = out.map_err(|e| format!("mksquashfs: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
+        return Err(format!(
+            "mksquashfs failed writing {}: {}",
+            opts.output.display(),
+            last.trim()
+        ));
+    }
+    if cancelled() {
+        return Err("interrupted".into());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o644));
+    std::fs::rename(&part, &opts.output)
+        .map_err(|e| format!("cannot move the image to {}: {e}", opts.output.display()))?;
+    Ok(std::fs::metadata(&opts.output)
+        .map(|m| m.len())
+        .unwrap_or(0))
+}

@@ -1,0 +1,752 @@
+//! `berth-image import` against a real local registry (Debian's docker-registry), with images
+//! pushed by skopeo from OCI layouts built here; results run with `berth run` as the test user.
+
+use berth_tests::registry::*;
+use berth_tests::{run, Run, Sandbox};
+use serde_json::json;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const DEMO_ROOTFS: &str = "/var/cache/berth-test/demo-rootfs";
+
+/// `berth-image ARGS` as the test user, with a per-sandbox layer cache.
+fn berth_image(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut argv = vec![berth_image_bin().to_string_lossy().into_owned()];
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let mut cmd = sb.as_user(&argv);
+    cmd.env("BERTH_LAYER_CACHE", sb.work.join("cache"));
+    cmd
+}
+
+fn import_ok(sb: &Sandbox, source: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["import", "--json", source, "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = run(berth_image(sb, &args)).expect_ok(&format!("import {source}"));
+    serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("bad --json output {e}: {}", r.stdout))
+}
+
+/// A failed import: exit 1, exactly one line `berth-image: ...` containing `needle`, no
+/// output file, no temp files left next to it.
+fn expect_clean_failure(r: &Run, out: &Path, needle: &str) {
+    assert_eq!(
+        r.code,
+        Some(1),
+        "expected failure, got {:?}\nstderr: {}",
+        r.code,
+        r.stderr
+    );
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of error expected:\n{}", r.stderr);
+    assert!(lines[0].starts_with("berth-image: "), "{}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "error should mention '{needle}': {}",
+        lines[0]
+    );
+    assert!(!out.exists(), "partial output {} left", out.display());
+    if let Some(dir) = out.parent().filter(|d| d.is_dir()) {
+        let leftovers: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("berth-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    }
+}
+
+fn cat_in_image(img: &Path, path: &str) -> Option<String> {
+    let out = Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(img)
+        .arg(path)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A layer with /bin/sh and cat and their libraries from the demo rootfs (a few MB).
+fn shell_layer() -> Vec<u8> {
+    assert!(
+        Path::new(DEMO_ROOTFS).join("usr/bin/dash").exists(),
+        "{DEMO_ROOTFS} is missing: run tests/run as root (it builds the demo image)"
+    );
+    let host = [
+        "usr/bin/dash",
+        "usr/bin/cat",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ];
+    let links = [
+        Entry::Symlink("bin", "usr/bin"),
+        Entry::Symlink("lib", "usr/lib"),
+        Entry::Symlink("lib64", "usr/lib64"),
+        Entry::Symlink("usr/bin/sh", "dash"),
+        Entry::Dir("usr/lib64/", 0o755),
+        Entry::Symlink(
+            "usr/lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ),
+    ];
+    tar_with_host_files(Path::new(DEMO_ROOTFS), &host, &links)
+}
+
+fn layout_dir(sb: &Sandbox, name: &str) -> PathBuf {
+    sb.root.join(format!("layout-{name}"))
+}
+
+#[test]
+fn import_by_tag_and_by_digest_runs_with_berth() {
+    let sb = Sandbox::new("img-tag-digest");
+    let reg = Registry::start("tag-digest", None);
+    let mut layout = Layout::new(&layout_dir(&sb, "app"));
+    let base = shell_layer();
+    let app = tar_layer(&[
+        Entry::Dir("srv/", 0o755),
+        Entry::File("srv/hello.txt", b"the app layer", 0o644),
+    ]);
+    layout.image(
+        "v1",
+        &[(gzip(&base), LAYER_GZIP), (zstd(&app), LAYER_ZSTD)],
+        &[base.clone(), app.clone()],
+        json!({"Env": ["GREETING=hello from berth-image", "PATH=/usr/bin:/bin"],
+               "Cmd": ["/bin/sh", "-c", "echo $GREETING; cat /srv/hello.txt"],
+               "WorkingDir": "/srv", "Labels": {"org.example": "yes"}}),
+    );
+    reg.push(&layout.dir, "v1", "demo/app:v1", &[]);
+
+    // By tag, the docker:// form.
+    let img = sb.work.join("app.sqsh");
+    let src = format!("docker://{}/demo/app:v1", reg.addr);
+    let s = import_ok(&sb, &src, &img, &[]);
+    let digest = s["manifest_digest"].as_str().unwrap().to_string();
+    assert_eq!(s["layers"].as_array().unwrap().len(), 2);
+    assert!(s["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["cached"] == false));
+
+    // The result runs: image Env, Cmd and WorkingDir come from the imported config.
+    let r = run(sb.berth(&["run", img.to_str().unwrap()])).expect_ok("berth run imported image");
+    assert_eq!(r.stdout, "hello from berth-image\nthe app layer");
+
+    // inspect shows the source digest and the layers.
+    let r = run(berth_image(
+        &sb,
+        &["inspect", "--json", img.to_str().unwrap()],
+    ))
+    .expect_ok("inspect");
+    let info: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(info["config"]["source"]["manifest_digest"], digest.as_str());
+    assert_eq!(info["config"]["config"]["Labels"]["org.example"], "yes");
+    assert_eq!(
+        info["config"]["source"]["layers"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        2
+    );
+    run(berth_image(&sb, &["verify", img.to_str().unwrap()])).expect_ok("verify");
+
+    // By digest, the enroot form; every layer now comes from the cache.
+    let img2 = sb.work.join("app2.sqsh");
+    let s2 = import_ok(&sb, &format!("{}#demo/app@{digest}", reg.addr), &img2, &[]);
+    assert_eq!(s2["manifest_digest"], digest.as_str());
+    assert!(s2["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["cached"] == true));
+    let r = run(sb.berth(&["run", img2.to_str().unwrap(), "--", "cat", "/srv/hello.txt"]))
+        .expect_ok("run by digest");
+    assert_eq!(r.stdout, "the app layer");
+
+    let r = run(berth_image(&sb, &["cache", "list"])).expect_ok("cache list");
+    assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    run(berth_image(&sb, &["cache", "prune"])).expect_ok("cache prune");
+    let r = run(berth_image(&sb, &["cache", "list"])).expect_ok("cache list");
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn multi_arch_index_picks_the_platform() {
+    let sb = Sandbox::new("img-index");
+    let reg = Registry::start("index", None);
+    let mut layout = Layout::new(&layout_dir(&sb, "multi"));
+    let mut descs = Vec::new();
+    for arch in ["arm64", "amd64"] {
+        let l = tar_layer(&[Entry::File("arch", arch.as_bytes(), 0o644)]);
+        let (desc, _) = layout.manifest(
+            arch,
+            &[(gzip(&l), LAYER_GZIP)],
+            std::slice::from_ref(&l),
+            json!({}),
+        );
+        descs.push(desc);
+    }
+    layout.index("multi", &descs);
+    reg.push(&layout.dir, "multi", "demo/multi:1", &["--all"]);
+    let src = format!("docker://{}/demo/multi:1", reg.addr);
+    let amd = sb.work.join("amd.sqsh");
+    import_ok(&sb, &src, &amd, &[]);
+    assert_eq!(cat_in_image(&amd, "arch").as_deref(), Some("amd64"));
+    let arm = sb.work.join("arm.sqsh");
+    import_ok(&sb, &src, &arm, &["--platform", "linux/arm64"]);
+    assert_eq!(cat_in_image(&arm, "arch").as_deref(), Some("arm64"));
+    let none = sb.work.join("none.sqsh");
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &src,
+            "-o",
+            none.to_str().unwrap(),
+            "--platform",
+            "linux/s390x",
+        ],
+    ));
+    expect_clean_failure(&r, &none, "no linux/s390x image");
+}
+
+#[test]
+fn docker_format_behind_basic_auth() {
+    let sb = Sandbox::new("img-auth");
+    let reg = Registry::start("auth", Some(("alice", "s3cret")));
+    let mut layout = Layout::new(&layout_dir(&sb, "auth"));
+    let l = tar_layer(&[Entry::File("secret.txt", b"members only", 0o644)]);
+    layout.image(
+        "v1",
+        &[(gzip(&l), LAYER_GZIP)],
+        std::slice::from_ref(&l),
+        json!({"Cmd": ["true"]}),
+    );
+    reg.push(
+        &layout.dir,
+        "v1",
+        "private/app:v1",
+        &["--format", "v2s2", "--dest-creds", "alice:s3cret"],
+    );
+    let src = format!("docker://{}/private/app:v1", reg.addr);
+    let out = sb.work.join("auth.sqsh");
+
+    let r = run(berth_image(
+        &sb,
+        &["import", &src, "-o", out.to_str().unwrap()],
+    ));
+    expect_clean_failure(&r, &out, "requires credentials");
+
+    let mut cmd = berth_image(&sb, &["import", &src, "-o", out.to_str().unwrap()]);
+    cmd.env("BERTH_REGISTRY_USER", "alice")
+        .env("BERTH_REGISTRY_PASSWORD", "wrong");
+    expect_clean_failure(&run(cmd), &out, "rejected the credentials");
+
+    // A netrc-style credentials file.
+    let creds = sb.user_file(
+        "creds",
+        format!("machine {} login alice password s3cret\n", reg.addr).as_bytes(),
+    );
+    let mut cmd = berth_image(&sb, &["import", "-q", &src, "-o", out.to_str().unwrap()]);
+    cmd.env("BERTH_CREDENTIALS", &creds);
+    let r = run(cmd).expect_ok("import with credentials");
+    assert_eq!(r.stderr, "", "--quiet prints nothing");
+    assert_eq!(
+        cat_in_image(&out, "secret.txt").as_deref(),
+        Some("members only")
+    );
+}
+
+/// Relative paths, types and contents of a tree (symlink targets, file bytes).
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.file_type().is_symlink() {
+                out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+            } else if m.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(base, &p, out);
+            } else {
+                out.push(format!(
+                    "{rel} = {}",
+                    String::from_utf8_lossy(&fs::read(&p).unwrap())
+                ));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn whiteouts_and_opaque_dirs_match_umoci() {
+    need_tool("umoci", "umoci");
+    let sb = Sandbox::new("img-whiteout");
+    let reg = Registry::start("whiteout", None);
+    let mut layout = Layout::new(&layout_dir(&sb, "wh"));
+    let l1 = tar_layer(&[
+        Entry::Dir("etc/", 0o755),
+        Entry::File("etc/keep", b"keep", 0o644),
+        Entry::File("etc/gone", b"gone", 0o644),
+        Entry::Dir("opt/", 0o755),
+        Entry::Dir("opt/app/", 0o755),
+        Entry::File("opt/app/old", b"old", 0o644),
+        Entry::Dir("opt/app/sub/", 0o755),
+        Entry::File("opt/app/sub/deep", b"deep", 0o644),
+        Entry::Dir("var/", 0o755),
+        Entry::File("var/x", b"x", 0o644),
+        Entry::Symlink("link", "etc/keep"),
+    ]);
+    let l2 = tar_layer(&[
+        Entry::File("etc/.wh.gone", b"", 0o644),
+        Entry::Dir("opt/app/", 0o755),
+        Entry::File("opt/app/.wh..wh..opq", b"", 0o644),
+        Entry::File("opt/app/new", b"new", 0o644),
+        Entry::File(".wh.var", b"", 0o644),
+        Entry::File("link", b"now a file", 0o644),
+    ]);
+    let l3 = tar_layer(&[Entry::Dir("var/", 0o755), Entry::File("var/y", b"y", 0o644)]);
+    layout.image(
+        "v1",
+        // umoci 0.4.7 reads no zstd: gzip and plain tar here (zstd is covered above).
+        &[
+            (gzip(&l1), LAYER_GZIP),
+            (l2.clone(), LAYER_TAR),
+            (gzip(&l3), LAYER_GZIP),
+        ],
+        &[l1.clone(), l2.clone(), l3.clone()],
+        json!({}),
+    );
+    reg.push(&layout.dir, "v1", "demo/wh:v1", &[]);
+    let img = sb.work.join("wh.sqsh");
+    import_ok(&sb, &format!("docker://{}/demo/wh:v1", reg.addr), &img, &[]);
+
+    let ours = sb.root.join("ours");
+    let out = Command::new("unsquashfs")
+        .arg("-d")
+        .arg(&ours)
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "unsquashfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::remove_dir_all(ours.join(".berth")).unwrap();
+    let bundle = sb.root.join("bundle");
+    let out = Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:v1", layout.dir.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs = tree(&bundle.join("rootfs"));
+    assert_eq!(tree(&ours), theirs);
+    assert!(
+        theirs.contains(&"opt/app/new = new".to_string())
+            && !theirs.iter().any(|p| p.contains("old"))
+    );
+}
+
+/// Push a one-layer image made of `entries` and import it; returns (result, output path).
+fn import_layer(sb: &Sandbox, reg: &Registry, name: &str, layer: Vec<u8>) -> (Run, PathBuf) {
+    let mut layout = Layout::new(&layout_dir(sb, name));
+    layout.image(
+        "v1",
+        &[(gzip(&layer), LAYER_GZIP)],
+        std::slice::from_ref(&layer),
+        json!({}),
+    );
+    reg.push(&layout.dir, "v1", &format!("hostile/{name}:v1"), &[]);
+    let out = sb.work.join(format!("{name}.sqsh"));
+    let src = format!("docker://{}/hostile/{name}:v1", reg.addr);
+    (
+        run(berth_image(
+            sb,
+            &["import", &src, "-o", out.to_str().unwrap()],
+        )),
+        out,
+    )
+}
+
+#[test]
+fn hostile_layers_are_refused_or_neutralised() {
+    let sb = Sandbox::new("img-hostile");
+    let reg = Registry::start("hostile", None);
+    let passwd = fs::read("/etc/passwd").unwrap();
+    // A directory the test user could write to: a write through a symlink would land here.
+    let outside = sb.work.join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::chown(
+        &outside,
+        Some(berth_tests::user().uid),
+        Some(berth_tests::user().gid),
+    )
+    .unwrap();
+    let escape_up = "../../../../../../../../../tmp/berth-escape";
+
+    // `..` entry: refused.
+    let (r, out) = import_layer(
+        &sb,
+        &reg,
+        "dotdot",
+        tar_layer(&[Entry::File(escape_up, b"x", 0o644)]),
+    );
+    expect_clean_failure(&r, &out, "escapes the image root");
+    assert!(!Path::new("/tmp/berth-escape").exists());
+
+    // Hardlink to /etc/passwd (absolute and via ..): refused.
+    let (r, out) = import_layer(
+        &sb,
+        &reg,
+        "hardlink",
+        tar_layer(&[Entry::Hardlink("pw", "/etc/passwd")]),
+    );
+    expect_clean_failure(&r, &out, "absolute path");
+    let (r, out) = import_layer(
+        &sb,
+        &reg,
+        "hardlink2",
+        tar_layer(&[Entry::Hardlink("pw", "../../../../../../etc/passwd")]),
+    );
+    expect_clean_failure(&r, &out, "escapes the image root");
+
+    // Absolute symlink to a writable host directory, then a write through it: stays inside.
+    let target = outside.to_str().unwrap();
+    let (r, out) = import_layer(
+        &sb,
+        &reg,
+        "symlink",
+        tar_layer(&[
+            Entry::Symlink("esc", target),
+            Entry::File("esc/pwned", b"pwned", 0o644),
+        ]),
+    );
+    let r = r.expect_ok("symlink layer (confined)");
+    assert!(
+        fs::read_dir(&outside).unwrap().next().is_none(),
+        "wrote outside through a symlink"
+    );
+    // The dangling link was replaced by a directory inside the image: the file is there.
+    assert_eq!(
+        cat_in_image(&out, "esc/pwned").as_deref(),
+        Some("pwned"),
+        "{}",
+        r.stderr
+    );
+
+    // Device node, fifo: skipped with a warning. setuid/setgid: dropped.
+    let (r, out) = import_layer(
+        &sb,
+        &reg,
+        "special",
+        tar_layer(&[
+            Entry::CharDev("dev-mem", 1, 1),
+            Entry::Fifo("fifo"),
+            Entry::File("suid", b"#!/bin/sh\n", 0o6755),
+        ]),
+    );
+    let r = r.expect_ok("special files layer");
+    assert!(
+        r.stderr.contains("skipped device node or fifo /dev-mem"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("dropped setuid/setgid bits of /suid"),
+        "{}",
+        r.stderr
+    );
+    let ls = Command::new("unsquashfs")
+        .arg("-lls")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(!ls.contains("dev-mem") && !ls.contains("fifo"), "{ls}");
+    let suid = ls.lines().find(|l| l.ends_with("/suid")).unwrap();
+    assert!(suid.starts_with("-rwxr-xr-x root/root"), "{suid}");
+
+    // A 0-byte blob served for a layer digest: refused, with the digest named, nothing cached.
+    let mut layout = Layout::new(&layout_dir(&sb, "zero"));
+    let l = tar_layer(&[Entry::File("a", b"a", 0o644)]);
+    let gz = gzip(&l);
+    let digest = sha256(&gz);
+    layout.image("v1", &[(gz, LAYER_GZIP)], &[l], json!({}));
+    reg.push(&layout.dir, "v1", "hostile/zero:v1", &[]);
+    fs::write(reg.blob_data(&digest), b"").unwrap();
+    let out = sb.work.join("zero.sqsh");
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("docker://{}/hostile/zero:v1", reg.addr),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ));
+    expect_clean_failure(&r, &out, &digest);
+    let cached = sb
+        .work
+        .join("cache/blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap());
+    assert!(!cached.exists(), "a bad blob entered the cache");
+
+    assert_eq!(
+        fs::read("/etc/passwd").unwrap(),
+        passwd,
+        "/etc/passwd changed"
+    );
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_and_no_output() {
+    let sb = Sandbox::new("img-bad");
+    let reg = Registry::start("bad", None);
+    let out = sb.work.join("out.sqsh");
+    let o = out.to_str().unwrap();
+
+    let r = run(berth_image(
+        &sb,
+        &["import", "docker://registry.invalid/x/y:1", "-o", o],
+    ));
+    expect_clean_failure(&r, &out, "cannot reach registry registry.invalid");
+
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("docker://{}/no/such:tag", reg.addr),
+            "-o",
+            o,
+        ],
+    ));
+    expect_clean_failure(&r, &out, "not found");
+
+    let not_archive = sb.user_file("notes.tar", b"this is not a tar file at all\n");
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("docker-archive:{}", not_archive.display()),
+            "-o",
+            o,
+        ],
+    ));
+    expect_clean_failure(&r, &out, "not a tar archive");
+
+    let missing = sb.work.join("no/such/dir/out.sqsh");
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("docker://{}/no/such:tag", reg.addr),
+            "-o",
+            missing.to_str().unwrap(),
+        ],
+    ));
+    expect_clean_failure(&r, &missing, "does not exist");
+
+    // A layer that claims gzip but is not: the digest is right, the content is garbage.
+    let mut layout = Layout::new(&layout_dir(&sb, "corrupt"));
+    let mut bad = gzip(&tar_layer(&[Entry::File("a", &[7u8; 4096], 0o644)]));
+    let mid = bad.len() / 2;
+    bad[mid..].iter_mut().for_each(|b| *b = !*b);
+    layout.image(
+        "v1",
+        &[(bad, LAYER_GZIP)],
+        &[b"unknown".to_vec()],
+        json!({}),
+    );
+    reg.push(&layout.dir, "v1", "bad/corrupt:v1", &[]);
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("docker://{}/bad/corrupt:v1", reg.addr),
+            "-o",
+            o,
+        ],
+    ));
+    expect_clean_failure(&r, &out, "layer sha256:");
+
+    // Disk full: the output directory is a 1 MiB tmpfs, the image needs more.
+    let small = sb.root.join("small");
+    fs::create_dir_all(&small).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "mounting a small tmpfs failed (the tests run as root)"
+    );
+    let mut layout = Layout::new(&layout_dir(&sb, "big"));
+    let big = shell_layer();
+    layout.image(
+        "v1",
+        &[(gzip(&big), LAYER_GZIP)],
+        std::slice::from_ref(&big),
+        json!({}),
+    );
+    reg.push(&layout.dir, "v1", "bad/big:v1", &[]);
+    let full = small.join("big.sqsh");
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("docker://{}/bad/big:v1", reg.addr),
+            "-o",
+            full.to_str().unwrap(),
+        ],
+    ));
+    let leftovers = fs::read_dir(&small).unwrap().count();
+    let _ = Command::new("umount").arg(&small).status();
+    expect_clean_failure(&r, &full, "No space left on device");
+    assert_eq!(leftovers, 0, "files left on the full filesystem");
+}
+
+#[test]
+fn local_sources_oci_layout_docker_archive_and_rootfs() {
+    let sb = Sandbox::new("img-local");
+    let layer = tar_layer(&[
+        Entry::Dir("etc/", 0o755),
+        Entry::File("etc/motd", b"local", 0o644),
+    ]);
+    let run_cfg = json!({"Cmd": ["/bin/true"], "Env": ["A=b"]});
+
+    // oci:DIR:TAG
+    let mut layout = Layout::new(&layout_dir(&sb, "local"));
+    let digest = layout.image(
+        "v1",
+        &[(zstd(&layer), LAYER_ZSTD)],
+        std::slice::from_ref(&layer),
+        run_cfg.clone(),
+    );
+    let out = sb.work.join("oci.sqsh");
+    let s = import_ok(&sb, &format!("oci:{}:v1", layout.dir.display()), &out, &[]);
+    assert_eq!(s["manifest_digest"], digest.as_str());
+    assert_eq!(cat_in_image(&out, "etc/motd").as_deref(), Some("local"));
+
+    // docker-archive: what `docker save` writes (config named by its digest, plain tar layers).
+    let config = json!({"architecture": "amd64", "os": "linux", "config": run_cfg,
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}})
+    .to_string();
+    let config_name = format!(
+        "{}.json",
+        sha256(config.as_bytes()).trim_start_matches("sha256:")
+    );
+    let manifest =
+        json!([{"Config": config_name, "RepoTags": ["local:v1"], "Layers": ["abc/layer.tar"]}])
+            .to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        ("manifest.json", manifest.as_bytes()),
+        (config_name.as_str(), config.as_bytes()),
+        ("abc/layer.tar", &layer[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+    let archive = sb.user_file("saved.tar", &b.into_inner().unwrap());
+    let out = sb.work.join("archive.sqsh");
+    import_ok(
+        &sb,
+        &format!("docker-archive:{}", archive.display()),
+        &out,
+        &[],
+    );
+    assert_eq!(cat_in_image(&out, "etc/motd").as_deref(), Some("local"));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&cat_in_image(&out, ".berth/image.json").unwrap()).unwrap();
+    assert_eq!(cfg["config"]["Env"][0], "A=b");
+
+    // A plain rootfs directory, with a config added; runs with berth.
+    let rootfs = sb.root.join("rootfs");
+    let tar = shell_layer();
+    fs::create_dir_all(&rootfs).unwrap();
+    let mut a = tar::Archive::new(&tar[..]);
+    a.unpack(&rootfs).unwrap();
+    let out = sb.work.join("dir.sqsh");
+    import_ok(&sb, rootfs.to_str().unwrap(), &out, &["--level", "3"]);
+    let r = run(sb.berth(&["run", out.to_str().unwrap(), "--", "sh", "-c", "echo ok"]))
+        .expect_ok("run imported rootfs");
+    assert_eq!(r.stdout, "ok\n");
+    assert!(cat_in_image(&out, ".berth/image.json").is_some());
+}
+
+#[test]
+fn truncated_downloads_are_retried_then_refused() {
+    let sb = Sandbox::new("img-truncated");
+    let reg = Registry::start("truncated", None);
+    let mut layout = Layout::new(&layout_dir(&sb, "trunc"));
+    // Incompressible data, so the blob stays large (and gzip, so skopeo keeps it as is).
+    let data: Vec<u8> = (0u32..50_000)
+        .flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes())
+        .collect();
+    let layer = tar_layer(&[Entry::File("data", &data, 0o644)]);
+    let blob = gzip(&layer);
+    assert!(blob.len() > 150_000, "test layer compressed too well");
+    layout.image(
+        "v1",
+        &[(blob.clone(), LAYER_GZIP)],
+        std::slice::from_ref(&layer),
+        json!({}),
+    );
+    reg.push(&layout.dir, "v1", "demo/trunc:v1", &[]);
+
+    // The connection drops once in the middle of the layer: the import resumes and succeeds.
+    let once = CuttingProxy::start(&reg.addr, 1, 65536);
+    let out = sb.work.join("once.sqsh");
+    import_ok(
+        &sb,
+        &format!("docker://{}/demo/trunc:v1", once.addr),
+        &out,
+        &[],
+    );
+    let got = Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(&out)
+        .arg("data")
+        .output()
+        .unwrap();
+    assert!(got.stdout == data, "the resumed layer is not the original");
+
+    // It drops every time (each resumed request gets half of what is left): a one-line error naming the layer, no output, nothing cached.
+    let always = CuttingProxy::start(&reg.addr, usize::MAX, 1024);
+    let out = sb.work.join("always.sqsh");
+    let mut cmd = berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("docker://{}/demo/trunc:v1", always.addr),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    cmd.env("BERTH_LAYER_CACHE", sb.work.join("cache2"));
+    let r = run(cmd);
+    expect_clean_failure(&r, &out, &format!("download of layer {}", sha256(&blob)));
+    let cached: Vec<_> = fs::read_dir(sb.work.join("cache2/blobs/sha256"))
+        .unwrap()
+        .collect();
+    assert!(cached.is_empty(), "partial downloads left in the cache");
+}
