@@ -6,7 +6,7 @@ use crate::host::{self, HostUser};
 use crate::image::Image;
 use crate::image_config::{ImageConfig, CONFIG_PATH};
 use crate::options::RunOptions;
-use crate::plan::{Action, Plan, Rootfs, HOST_LIB_DIR, MPI_LIB_DIR};
+use crate::plan::{Action, Plan, Process, Rootfs, HOST_LIB_DIR, MPI_LIB_DIR};
 use crate::policy::Policy;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -22,14 +22,52 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
         })
         .collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    if dry_run {
+        return dry(opts, &env, &cwd);
+    }
+    let (process, built) = enter(opts, &env, &cwd)?;
+    // The cache lock stays open in the command so `berth cache clean` leaves a used image alone.
+    if let Some(lock) = built.as_ref().and_then(|b| b.cache_lock.as_ref()) {
+        unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_SETFD, 0) };
+    }
+    let err = container::exec(&process);
+    drop(built);
+    Err(err)
+}
+
+/// What can be checked of a request before its job is queued (on the submit host, by the
+/// scheduler glue): the policy is valid, the image opens, the user's mounts exist and pass
+/// the site's rules. Site mounts are not checked: a login node may lack them.
+pub fn check(opts: &RunOptions) -> Result<()> {
+    let policy = Policy::load(None)?;
+    let user = HostUser::current()?;
+    Image::open(&opts.image)?;
+    if !opts.mounts.is_empty() && !policy.user_mounts.enabled {
+        return Err(Error::Usage("user mounts are disabled by the site policy (user_mounts.enabled = false)".into()));
+    }
+    for m in &opts.mounts {
+        if !m.source.exists() {
+            return Err(Error::Usage(format!("mount source {} does not exist", m.source.display())));
+        }
+        crate::plan::check_user_mount(&m.source, &m.target, &policy, &user)?;
+    }
+    Ok(())
+}
+
+/// Load the policy and build the plan: everything decided before any namespace exists.
+pub fn plan(opts: &RunOptions, env: &[(String, String)], cwd: &Path) -> Result<Plan> {
     // A broken policy stops here: berth never runs without the site's rules.
     let policy = Policy::load(None)?;
     let user = HostUser::current()?;
     let image = Image::open(&opts.image)?;
     let state_dir = host::state_dir(user.uid, policy.cache_dir.as_deref());
-    let plan = Plan::build(opts, image, user, &cwd, state_dir, &env, &policy)?;
+    Plan::build(opts, image, user, cwd, state_dir, env, &policy)
+}
 
-    if dry_run {
+/// Print the plan and the process it would start.
+fn dry(opts: &RunOptions, env: &[(String, String)], cwd: &Path) -> Result<()> {
+    let plan = plan(opts, env, cwd)?;
+    {
         let config = config_without_container(&plan)?;
         // As planned: the MPI libraries are injected only if the ABI check passes.
         let mut lib_dirs = Vec::new();
@@ -48,11 +86,22 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
         {
             lib_dirs.push(HOST_LIB_DIR);
         }
-        let process = plan.process(opts, &config, &env, &cwd, &lib_dirs)?;
+        let process = plan.process(opts, &config, env, cwd, &lib_dirs)?;
         print!("{}", plan.describe(Some(&process)));
-        return Ok(());
     }
+    Ok(())
+}
 
+/// Move the calling process into the container (building it, or joining the one of its join
+/// key) and resolve the process to start there. On return the process's root, namespaces,
+/// uid/gid and working directory are the container's; the caller execs (berth run) or lets
+/// its scheduler exec the task (the Slurm plugin).
+pub fn enter(
+    opts: &RunOptions,
+    env: &[(String, String)],
+    cwd: &Path,
+) -> Result<(Process, Option<container::Built>)> {
+    let plan = plan(opts, env, cwd)?;
     let built = match &plan.join_key {
         Some(key) => {
             crate::join::join(&plan, key)?;
@@ -73,7 +122,7 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
         .into_iter()
         .filter(|d| Path::new(d).is_dir())
         .collect();
-    let mut process = plan.process(opts, &config, &env, &cwd, &lib_dirs)?;
+    let mut process = plan.process(opts, &config, env, cwd, &lib_dirs)?;
     if std::env::set_current_dir(&process.workdir).is_err() && opts.workdir.is_none() {
         eprintln!(
             "berth: warning: {} is not in the container; starting in /",
@@ -83,13 +132,7 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
         process.env.retain(|(k, _)| k != "PWD");
         process.env.push(("PWD".into(), "/".into()));
     }
-    // The cache lock stays open in the command so `berth cache clean` leaves a used image alone.
-    if let Some(lock) = built.as_ref().and_then(|b| b.cache_lock.as_ref()) {
-        unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_SETFD, 0) };
-    }
-    let err = container::exec(&process);
-    drop(built);
-    Err(err)
+    Ok((process, built))
 }
 
 /// The image config for `--dry-run`, read without building a container.

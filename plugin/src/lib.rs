@@ -1,3 +1,122 @@
-//! Scheduler-neutral job-container lifecycle (request model, per-node instance create / join /
-//! release), shared by the Slurm and OpenLava glue. Built with the Slurm issue (5); the
-//! launcher's `--join` keeper (launcher/src/join.rs) is the per-node instance it will drive.
+//! The scheduler-neutral part of running a job's tasks in a container: what the user asked
+//! for ([`JobRequest`], the pyxis-compatible vocabulary), turned into the launcher's
+//! [`RunOptions`] with one container per node per step ([`instance_key`]). The Slurm and
+//! OpenLava glue only translate their scheduler's options and environment into a request.
+
+use berth_launcher::error::{usage, Result};
+use berth_launcher::options::{Join, MountSpec, RunOptions};
+use std::path::{Path, PathBuf};
+
+/// A job's container request, as the user gave it (flags or environment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobRequest {
+    /// `--container-image` / Slurm's `--container` (SLURM_CONTAINER).
+    pub image: Option<String>,
+    /// `--container-mounts=SRC:DST[:FLAGS],...`
+    pub mounts: Option<String>,
+    pub workdir: Option<String>,
+    /// `--container-name`: the instance is shared by every step of the job that names it.
+    pub name: Option<String>,
+    /// `--container-env=NAME,...`: these host variables win over the image's.
+    pub env_names: Option<String>,
+    pub writable: bool,
+    pub remap_root: bool,
+    /// `--no-container-mount-home` turns it off.
+    pub mount_home: bool,
+    pub entrypoint: bool,
+}
+
+impl JobRequest {
+    pub fn wants_container(&self) -> bool {
+        self.image.as_deref().is_some_and(|i| !i.is_empty())
+    }
+
+    /// The launcher options for a task of this job. `argv` is the task's command (the
+    /// scheduler execs it; the launcher only checks and resolves around it).
+    pub fn run_options(&self, key: &str, argv: Vec<String>, env: &[(String, String)], cwd: &Path) -> Result<RunOptions> {
+        let Some(image) = self.image.as_deref().filter(|i| !i.is_empty()) else {
+            return usage("no container image given");
+        };
+        let mut mounts = Vec::new();
+        for spec in self.mounts.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+            mounts.push(MountSpec::parse(&pyxis_mount(spec), cwd)?);
+        }
+        let mut host_env = Vec::new();
+        for name in self.env_names.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+            if let Some((k, v)) = env.iter().find(|(k, _)| k == name) {
+                host_env.push((k.clone(), v.clone()));
+            }
+        }
+        Ok(RunOptions {
+            image: PathBuf::from(image),
+            argv,
+            mode: None,
+            mounts,
+            workdir: self.workdir.as_ref().map(PathBuf::from),
+            env: host_env,
+            writable: self.writable,
+            entrypoint: self.entrypoint,
+            remap_root: self.remap_root,
+            mount_home: self.mount_home,
+            join: Join::Key(key.to_string()),
+            linger_secs: None,
+            mpi: true,
+        })
+    }
+}
+
+/// pyxis writes mount flags as `ro`, `rw`, `rbind`, `bind`, like berth; `private`/`rprivate`
+/// are accepted and dropped (berth's mounts are private).
+fn pyxis_mount(spec: &str) -> String {
+    let parts: Vec<&str> = spec.split(':').collect();
+    if parts.len() == 3 {
+        let flags: Vec<&str> =
+            parts[2].split('+').flat_map(|f| f.split(',')).filter(|f| !matches!(*f, "private" | "rprivate")).collect();
+        format!("{}:{}:{}", parts[0], parts[1], flags.join(","))
+    } else {
+        spec.to_string()
+    }
+}
+
+/// The per-node instance a task joins: one per step, or one per job for a named container.
+pub fn instance_key(job: u32, step: u32, node: &str, name: Option<&str>) -> String {
+    let clean = |s: &str| -> String {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(40).collect()
+    };
+    match name {
+        Some(n) if !n.is_empty() => format!("slurm-{job}-{}-{}", clean(n), clean(node)),
+        _ => format!("slurm-{job}.{step}-{}", clean(node)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_to_options() {
+        let r = JobRequest {
+            image: Some("/img.sqsh".into()),
+            mounts: Some("/data:/data:ro,/etc/hosts:/x".into()),
+            env_names: Some("A,MISSING".into()),
+            mount_home: true,
+            ..Default::default()
+        };
+        let env = vec![("A".to_string(), "1".to_string())];
+        let o = r.run_options("k", vec!["true".into()], &env, Path::new("/")).unwrap();
+        assert_eq!(o.mounts.len(), 2);
+        assert!(o.mounts[0].readonly && !o.mounts[1].readonly);
+        assert_eq!(o.env, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(o.join, Join::Key("k".into()));
+        let bad = JobRequest { image: Some("/i".into()), mounts: Some("rel:/x:zz".into()), ..Default::default() };
+        assert!(bad.run_options("k", vec![], &[], Path::new("/")).is_err());
+        assert!(!JobRequest::default().wants_container());
+    }
+
+    #[test]
+    fn keys_per_step_or_per_name() {
+        assert_eq!(instance_key(7, 0, "n1", None), "slurm-7.0-n1");
+        assert_eq!(instance_key(7, 1, "n1", Some("my env")), "slurm-7-my_env-n1");
+        assert_eq!(pyxis_mount("/a:/b:ro+private"), "/a:/b:ro");
+    }
+}

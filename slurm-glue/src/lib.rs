@@ -1,2 +1,307 @@
-//! Slurm SPANK plugin `spank_berth.so` (issue 5): `srun --container=IMG.sqsh` and the
-//! pyxis-compatible `--container-*` flags, one container per node per step.
+//! `spank_berth.so`: berth's Slurm SPANK plugin.
+//!
+//! - In `srun`/`sbatch`/`salloc` (local and allocator contexts) it registers the pyxis-style
+//!   `--container-*` options and checks a request before the job is submitted, so a missing
+//!   image, a bad mount spec or a mount the site policy denies fails fast, in srun's output.
+//! - In each task (remote context, `task_init`, as the user, just before Slurm execs the task)
+//!   it moves the task into the node's container for the step: the first task of the step on a
+//!   node creates it (the launcher's keeper), the others join its namespaces. Slurm then execs
+//!   the task's command inside, with the task's own Slurm/PMIx environment.
+//!
+//! Every callback runs inside `guard`: a panic never crosses into srun or slurmstepd.
+
+#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+
+mod ffi {
+    include!(concat!(env!("OUT_DIR"), "/spank.rs"));
+}
+
+use berth_launcher::error::Error;
+use berth_plugin::{instance_key, JobRequest};
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+#[no_mangle]
+pub static plugin_name: [u8; 6] = *b"berth\0";
+#[no_mangle]
+pub static plugin_type: [u8; 6] = *b"spank\0";
+#[no_mangle]
+pub static plugin_version: u32 = ffi::SLURM_VERSION_NUMBER;
+
+/// The options users get, pyxis's names. Each can also be set through the environment
+/// variable `BERTH_` + the name in capitals with `_` (e.g. `BERTH_CONTAINER_IMAGE`).
+const OPTIONS: &[(&str, Option<&str>, &str)] = &[
+    ("container-image", Some("IMAGE"), "[berth] run the tasks in this squashfs image"),
+    ("container-mounts", Some("SRC:DST[:FLAGS],..."), "[berth] bind these host paths (FLAGS: ro, rw, bind, rbind)"),
+    ("container-workdir", Some("DIR"), "[berth] working directory inside the container"),
+    ("container-name", Some("NAME"), "[berth] share one container between the steps of the job that name it"),
+    ("container-env", Some("NAME,..."), "[berth] these host variables win over the image's"),
+    ("container-writable", None, "[berth] make the image writable (changes are discarded)"),
+    ("container-readonly", None, "[berth] keep the image read-only (the default)"),
+    ("container-remap-root", None, "[berth] be uid 0 inside the container"),
+    ("container-mount-home", None, "[berth] bind the home directory (the default)"),
+    ("no-container-mount-home", None, "[berth] do not bind the home directory"),
+    ("container-entrypoint", None, "[berth] run the image's entrypoint (not supported under Slurm yet)"),
+    ("no-container-entrypoint", None, "[berth] do not run the image's entrypoint (the default)"),
+];
+
+/// The registered option structs, kept for the life of the process (Slurm keeps pointers).
+fn options() -> &'static Vec<usize> {
+    static OPTS: OnceLock<Vec<usize>> = OnceLock::new();
+    OPTS.get_or_init(|| {
+        OPTIONS
+            .iter()
+            .enumerate()
+            .map(|(i, (name, arg, usage))| {
+                let leak = |s: &str| CString::new(s).unwrap().into_raw();
+                let opt = Box::new(ffi::spank_option {
+                    name: leak(name),
+                    arginfo: arg.map_or(std::ptr::null_mut(), leak),
+                    usage: leak(usage),
+                    has_arg: arg.is_some() as c_int,
+                    val: i as c_int,
+                    cb: None,
+                });
+                Box::into_raw(opt) as usize
+            })
+            .collect()
+    })
+}
+
+/// Run a callback body; errors and panics become a message on stderr and a failed callback.
+fn guard(what: &str, body: impl FnOnce() -> Result<(), Error> + std::panic::UnwindSafe) -> c_int {
+    match std::panic::catch_unwind(body) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("berth: {e}");
+            -1
+        }
+        Err(_) => {
+            eprintln!("berth: internal error in {what} (please report it)");
+            -1
+        }
+    }
+}
+
+fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
+    (0..ac.max(0) as isize)
+        .filter_map(|i| unsafe {
+            let p = *av.offset(i);
+            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// plugstack.conf arguments: `policy=FILE`, `runtime_dir=DIR` (the per-user state goes in
+/// DIR/berth-<uid>; `%n` is the node name), `mode=mount|extract`, `sbatch=0|1`.
+struct Config {
+    policy: Option<String>,
+    runtime_dir: Option<String>,
+    mode: Option<String>,
+    sbatch: bool,
+}
+
+fn config(av: &[String]) -> Result<Config, Error> {
+    let mut c = Config { policy: None, runtime_dir: None, mode: None, sbatch: true };
+    for a in av {
+        match a.split_once('=') {
+            Some(("policy", v)) => c.policy = Some(v.into()),
+            Some(("runtime_dir", v)) => c.runtime_dir = Some(v.into()),
+            Some(("mode", v)) => c.mode = Some(v.into()),
+            Some(("sbatch", v)) => c.sbatch = v != "0",
+            _ => {
+                return Err(Error::Usage(format!(
+                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=)"
+                )))
+            }
+        }
+    }
+    Ok(c)
+}
+
+#[no_mangle]
+pub extern "C" fn slurm_spank_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+    let av = args(ac, av);
+    guard("slurm_spank_init", move || {
+        config(&av)?;
+        let ctx = unsafe { ffi::spank_context() };
+        if ctx == ffi::spank_context_S_CTX_LOCAL || ctx == ffi::spank_context_S_CTX_REMOTE || ctx == ffi::spank_context_S_CTX_ALLOCATOR {
+            for opt in options() {
+                unsafe { ffi::spank_option_register(sp, *opt as *mut ffi::spank_option) };
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The user's request: the options given, else the environment (`BERTH_CONTAINER_*`), and
+/// Slurm's own `--container` (SLURM_CONTAINER, when the site has no oci.conf).
+fn request(sp: ffi::spank_t, remote: bool) -> JobRequest {
+    let getenv = |name: &str| -> Option<String> {
+        if remote {
+            let mut buf = vec![0u8; 4096];
+            let cname = CString::new(name).ok()?;
+            let rc = unsafe { ffi::spank_getenv(sp, cname.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int) };
+            ok(rc).then(|| unsafe { CStr::from_ptr(buf.as_ptr() as *const c_char) }.to_string_lossy().into_owned())
+        } else {
+            std::env::var(name).ok()
+        }
+    };
+    let opt = |name: &str| -> Option<String> {
+        let i = OPTIONS.iter().position(|(n, _, _)| *n == name)?;
+        let mut optarg: *mut c_char = std::ptr::null_mut();
+        let rc = unsafe { ffi::spank_option_getopt(sp, options()[i] as *mut ffi::spank_option, &mut optarg) };
+        if ok(rc) {
+            return Some(if optarg.is_null() { String::new() } else { unsafe { CStr::from_ptr(optarg) }.to_string_lossy().into_owned() });
+        }
+        getenv(&format!("BERTH_{}", name.to_uppercase().replace('-', "_")))
+    };
+    let flag = |name: &str| opt(name).is_some_and(|v| v != "0");
+    JobRequest {
+        image: opt("container-image").or_else(|| getenv("SLURM_CONTAINER")).filter(|s| !s.is_empty()),
+        mounts: opt("container-mounts"),
+        workdir: opt("container-workdir"),
+        name: opt("container-name"),
+        env_names: opt("container-env"),
+        writable: flag("container-writable") && !flag("container-readonly"),
+        remap_root: flag("container-remap-root"),
+        mount_home: !flag("no-container-mount-home"),
+        entrypoint: flag("container-entrypoint") && !flag("no-container-entrypoint"),
+    }
+}
+
+fn apply_config(c: &Config, node: &str) {
+    // The task process is single-threaded (forked by slurmstepd): setting its environment is
+    // safe here, and this is the launcher's environment, not the job's.
+    if let Some(p) = &c.policy {
+        std::env::set_var("BERTH_CONFIG", p);
+    }
+    if let Some(d) = &c.runtime_dir {
+        let uid = unsafe { libc::getuid() };
+        std::env::set_var("BERTH_STATE_DIR", Path::new(&d.replace("%n", node)).join(format!("berth-{uid}")));
+    }
+    if let Some(m) = &c.mode {
+        std::env::set_var("BERTH_MODE", m);
+    }
+}
+
+/// In srun/sbatch/salloc: check what can be checked before the job is queued.
+#[no_mangle]
+pub extern "C" fn slurm_spank_init_post_opt(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+    let av = args(ac, av);
+    guard("slurm_spank_init_post_opt", move || {
+        let ctx = unsafe { ffi::spank_context() };
+        if ctx != ffi::spank_context_S_CTX_LOCAL && ctx != ffi::spank_context_S_CTX_ALLOCATOR {
+            return Ok(());
+        }
+        let cfg = config(&av)?;
+        let req = request(sp, false);
+        if !req.wants_container() {
+            return Ok(());
+        }
+        if req.entrypoint {
+            return Err(Error::Usage("--container-entrypoint is not supported under Slurm yet; run the entrypoint as the command".into()));
+        }
+        apply_config(&cfg, "");
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let opts = req.run_options("check", vec!["true".into()], &env, &cwd)?;
+        berth_launcher::run::check(&opts)
+    })
+}
+
+/// ESPANK_SUCCESS is 0.
+fn ok(rc: ffi::spank_err_t) -> bool {
+    rc as i64 == 0
+}
+
+fn get_u32(sp: ffi::spank_t, item: ffi::spank_item_t) -> u32 {
+    let mut v: u32 = 0;
+    unsafe { ffi::spank_get_item(sp, item, &mut v as *mut u32) };
+    v
+}
+
+/// The job's environment (what Slurm will exec the task with), as pairs.
+fn job_env(sp: ffi::spank_t) -> Vec<(String, String)> {
+    let mut envp: *mut *mut c_char = std::ptr::null_mut();
+    let rc = unsafe { ffi::spank_get_item(sp, ffi::spank_item_S_JOB_ENV, &mut envp as *mut *mut *mut c_char) };
+    let mut out = Vec::new();
+    if !ok(rc) || envp.is_null() {
+        return out;
+    }
+    let mut i = 0;
+    loop {
+        let p = unsafe { *envp.offset(i) };
+        if p.is_null() {
+            break;
+        }
+        let kv = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        if let Some((k, v)) = kv.split_once('=') {
+            out.push((k.to_string(), v.to_string()));
+        }
+        i += 1;
+    }
+    out
+}
+
+fn job_argv(sp: ffi::spank_t) -> Vec<String> {
+    let mut argc: c_int = 0;
+    let mut argv: *mut *mut c_char = std::ptr::null_mut();
+    let rc = unsafe { ffi::spank_get_item(sp, ffi::spank_item_S_JOB_ARGV, &mut argc as *mut c_int, &mut argv as *mut *mut *mut c_char) };
+    if !ok(rc) || argv.is_null() {
+        return vec!["true".into()];
+    }
+    let v = args(argc, argv);
+    if v.is_empty() {
+        vec!["true".into()]
+    } else {
+        v
+    }
+}
+
+/// The batch step of `sbatch`: its script runs on the host (srun must be there); the steps it
+/// starts inherit the request and run in the container.
+const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
+
+/// In each task, as the user, just before Slurm execs it: enter the node's container.
+#[no_mangle]
+pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+    let av = args(ac, av);
+    guard("slurm_spank_task_init", move || {
+        let cfg = config(&av)?;
+        let req = request(sp, true);
+        if !req.wants_container() {
+            return Ok(());
+        }
+        let (job, step) = (get_u32(sp, ffi::spank_item_S_JOB_ID), get_u32(sp, ffi::spank_item_S_JOB_STEPID));
+        if step == SLURM_BATCH_SCRIPT {
+            return Ok(());
+        }
+        let env = job_env(sp);
+        let node = env.iter().find(|(k, _)| k == "SLURMD_NODENAME").map(|(_, v)| v.clone()).unwrap_or_default();
+        apply_config(&cfg, &node);
+        let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
+        let key = instance_key(job, step, &node, req.name.as_deref());
+        let opts = req.run_options(&key, job_argv(sp), &env, &cwd)?;
+        // slurmstepd made this task non-dumpable when it switched to the user; the user
+        // namespace maps in /proc/self need it dumpable again (as after any exec).
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+        let (process, _built) = berth_launcher::run::enter(&opts, &env, &cwd)?;
+        for (k, v) in &process.env {
+            let (k, v) = (CString::new(k.as_str()), CString::new(v.as_str()));
+            if let (Ok(k), Ok(v)) = (k, v) {
+                unsafe { ffi::spank_setenv(sp, k.as_ptr(), v.as_ptr(), 1) };
+            }
+        }
+        for (k, _) in &env {
+            if !process.env.iter().any(|(pk, _)| pk == k) {
+                if let Ok(k) = CString::new(k.as_str()) {
+                    unsafe { ffi::spank_unsetenv(sp, k.as_ptr()) };
+                }
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# A real Slurm cluster on one machine for berth's tests and demo: munge, slurmctld and three
+# slurmd nodes (n1 n2 n3), each node in its own network and UTS namespace with its own spool
+# and TmpFS, joined by a bridge; the berth SPANK plugin in plugstack.conf.
+#
+#   cluster.sh start DIR PLUGIN.so   # writes DIR/slurm.conf; prints `export SLURM_CONF=...`
+#   cluster.sh stop DIR              # stops every daemon, removes namespaces and bridge
+#
+# Run as root. Jobs are submitted by any user with SLURM_CONF=DIR/slurm.conf.
+set -euo pipefail
+cmd=${1:?usage: cluster.sh start DIR PLUGIN.so | stop DIR}
+dir=${2:?usage: cluster.sh start DIR PLUGIN.so | stop DIR}
+nodes=(n1 n2 n3)
+bridge=berthbr0
+net=10.197.0            # the project's own test hosts; only ever on this bridge
+ctl_port=16817
+
+stop() {
+  for pidfile in "$dir"/run/*.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile"); kill "$pid" 2>/dev/null || true
+  done
+  sleep 0.3
+  for pidfile in "$dir"/run/*.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile"); kill -9 "$pid" 2>/dev/null || true; rm -f "$pidfile"
+  done
+  for n in "${nodes[@]}"; do ip netns del "berth-$n" 2>/dev/null || true; done
+  ip link del "$bridge" 2>/dev/null || true
+}
+
+if [ "$cmd" = stop ]; then stop; exit 0; fi
+[ "$cmd" = start ] || { echo "cluster.sh: unknown command $cmd" >&2; exit 2; }
+plugin=${3:?usage: cluster.sh start DIR PLUGIN.so}
+[ "$(id -u)" = 0 ] || { echo "cluster.sh: run as root" >&2; exit 1; }
+stop
+rm -rf "$dir"/state "$dir"/spool "$dir"/log
+mkdir -p "$dir"/{run,log,state,munge}
+chmod 0755 "$dir" "$dir/run" "$dir/log"
+
+# munge with its own key and socket.
+dd if=/dev/urandom of="$dir/munge/munge.key" bs=1024 count=1 status=none
+chmod 0400 "$dir/munge/munge.key"; chmod 0755 "$dir/munge"
+munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.sock" \
+  --pid-file="$dir/run/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/seed"
+
+# The bridge and one network namespace per node.
+ip link add "$bridge" type bridge
+ip addr add "$net.1/24" dev "$bridge"
+ip link set "$bridge" up
+i=10
+for n in "${nodes[@]}"; do
+  i=$((i + 1))
+  ip netns add "berth-$n"
+  ip link add "veth-$n" type veth peer name eth0 netns "berth-$n"
+  ip link set "veth-$n" master "$bridge" up
+  ip -n "berth-$n" addr add "$net.$i/24" dev eth0
+  ip -n "berth-$n" link set eth0 up
+  ip -n "berth-$n" link set lo up
+  mkdir -p "$dir/spool/$n" "$dir/tmp/$n"
+  chmod 1777 "$dir/tmp/$n"
+done
+
+host=$(hostname)
+cat > "$dir/plugstack.conf" <<PLUG
+required $plugin
+PLUG
+cat > "$dir/slurm.conf" <<CONF
+ClusterName=berth
+SlurmctldHost=$host($net.1)
+SlurmctldPort=$ctl_port
+SlurmdPort=16818
+AuthType=auth/munge
+AuthInfo=socket=$dir/munge/munge.sock
+CredType=cred/munge
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool/%n
+SlurmctldPidFile=$dir/run/slurmctld.pid
+SlurmdPidFile=$dir/run/slurmd-%n.pid
+SlurmctldLogFile=$dir/log/slurmctld.log
+SlurmdLogFile=$dir/log/slurmd-%n.log
+TmpFS=$dir/tmp/%n
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/builtin
+MpiDefault=none
+PlugStackConfig=$dir/plugstack.conf
+ReturnToService=2
+SlurmdParameters=config_overrides
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=5
+MinJobAge=5
+NodeName=n1 NodeAddr=$net.11 CPUs=8 State=UNKNOWN
+NodeName=n2 NodeAddr=$net.12 CPUs=8 State=UNKNOWN
+NodeName=n3 NodeAddr=$net.13 CPUs=8 State=UNKNOWN
+PartitionName=debug Nodes=n[1-3] Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+CONF
+chmod 0644 "$dir/slurm.conf" "$dir/plugstack.conf"
+
+slurmctld -f "$dir/slurm.conf" -c
+for n in "${nodes[@]}"; do
+  # nsenter --net (not ip netns exec, which remounts /sys); a UTS namespace for the hostname.
+  nsenter --net="/run/netns/berth-$n" unshare --uts sh -c "hostname $n; exec slurmd -f '$dir/slurm.conf' -N $n"
+done
+export SLURM_CONF="$dir/slurm.conf"
+for _ in $(seq 100); do
+  idle=$(sinfo -h -o '%T %D' 2>/dev/null | awk '$1=="idle"{print $2}')
+  [ "${idle:-0}" = 3 ] && break
+  sleep 0.1
+done
+[ "${idle:-0}" = 3 ] || { echo "cluster.sh: nodes did not come up:" >&2; sinfo >&2 || true; tail -n 5 "$dir"/log/*.log >&2; exit 1; }
+echo "export SLURM_CONF=$dir/slurm.conf"
