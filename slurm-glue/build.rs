@@ -14,7 +14,13 @@ fn main() {
         .generate()
         .expect("cannot generate SPANK bindings: install libslurm-dev and libclang-dev");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    bindings.write_to_file(out.join("spank.rs")).expect("write bindings");
-    let map = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("exports.map");
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", map.display());
+    bindings
+        .write_to_file(out.join("spank.rs"))
+        .expect("write bindings");
+    let map =
+        std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("exports.map");
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
+        map.display()
+    );
 }

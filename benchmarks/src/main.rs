@@ -1,5 +1,6 @@
 //! berth-bench: berth measured side by side with its peers, in one run, as ratios.
 
+mod image_import;
 mod policy_cost;
 mod proc;
 mod startup;
@@ -48,6 +49,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// `berth-image import` from a local registry vs skopeo copy + umoci unpack + mksquashfs
+    Import {
+        /// The berth-image binary
+        #[arg(long)]
+        berth_image: PathBuf,
+        /// A rootfs directory to make the image from (e.g. /var/cache/berth-test/demo-rootfs)
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// Timed rounds (each: fresh import, pipeline, re-import, import from cached layers)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the layout, caches and outputs go (default: the temp directory)
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// Print the figures as JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
     /// What a site policy costs on the per-rank start-up path (empty vs given policy)
     Policy {
         /// The berth launcher binary
@@ -88,6 +107,19 @@ fn main() {
             runs,
             warmup,
             read_reps,
+            json,
+        }),
+        Cmd::Import {
+            berth_image,
+            rootfs,
+            runs,
+            workdir,
+            json,
+        } => image_import::run(&image_import::Args {
+            berth_image,
+            rootfs,
+            runs,
+            workdir,
             json,
         }),
         Cmd::Policy {

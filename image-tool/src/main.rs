@@ -50,7 +50,7 @@ enum Cmd {
         /// squashfs compression: zstd, gzip, xz, lzo, lz4.
         #[arg(long, default_value = "zstd")]
         comp: String,
-        /// Compression level (zstd 1-22, gzip 1-9).
+        /// Compression level (zstd 1-22, default 3; gzip 1-9, default 9).
         #[arg(long)]
         level: Option<u32>,
         /// Allow plain http to a non-loopback registry.
@@ -59,6 +59,10 @@ enum Cmd {
         /// Layer cache directory (default $BERTH_LAYER_CACHE or ~/.cache/berth/layers).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Rebuild the output even if it already holds this image (same manifest, layers and
+        /// squashfs settings); without it such an import only checks and says so.
+        #[arg(long)]
+        force: bool,
     },
     /// Show an image's config, size, source digest and layers.
     Inspect { image: PathBuf },
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> Result<(), String> {
             level,
             insecure,
             cache,
+            force,
         } => {
             cleanup::install_signal_handlers()?;
             let opts = import::Options {
@@ -118,10 +123,20 @@ fn run(cli: Cli) -> Result<(), String> {
                 insecure,
                 cache_dir: cache,
                 quiet: cli.quiet || cli.json,
+                force,
             };
             let summary = import::import(&opts)?;
             if cli.json {
                 json_out(&summary);
+            } else if !cli.quiet && summary.up_to_date {
+                eprintln!(
+                    "berth-image: {} is up to date ({}); not rebuilt (--force rebuilds)",
+                    summary.output.display(),
+                    summary
+                        .manifest_digest
+                        .as_deref()
+                        .unwrap_or("same source, layers and settings")
+                );
             } else if !cli.quiet {
                 eprintln!(
                     "berth-image: wrote {} ({:.1} MiB{})",

@@ -57,7 +57,7 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
         .write(true)
         .create(true)
         .truncate(false)
-        .open(dir.join(format!("{name}.lock")))
+        .open(dir.join(".lock"))
         .ctx(|| format!("cannot open the join lock in {}", dir.display()))?;
     sys::flock(&lock_file, libc::LOCK_EX).ctx(|| "cannot take the join lock")?;
     let fingerprint = plan.fingerprint();

@@ -870,7 +870,12 @@ fn covered_by(steps: &[Step], path: &Path) -> bool {
 }
 
 /// A user mount must pass the site's rules; a refusal names the rule and where it is written.
-pub fn check_user_mount(source: &Path, target: &Path, policy: &Policy, user: &HostUser) -> Result<()> {
+pub fn check_user_mount(
+    source: &Path,
+    target: &Path,
+    policy: &Policy,
+    user: &HostUser,
+) -> Result<()> {
     let expand =
         |r: &Rule| PathBuf::from(policy::expand(&r.path, &user.name, &user.home, user.uid));
     // Judge the real path, so a symlink cannot lead past the rules.

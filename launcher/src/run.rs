@@ -43,11 +43,16 @@ pub fn check(opts: &RunOptions) -> Result<()> {
     let user = HostUser::current()?;
     Image::open(&opts.image)?;
     if !opts.mounts.is_empty() && !policy.user_mounts.enabled {
-        return Err(Error::Usage("user mounts are disabled by the site policy (user_mounts.enabled = false)".into()));
+        return Err(Error::Usage(
+            "user mounts are disabled by the site policy (user_mounts.enabled = false)".into(),
+        ));
     }
     for m in &opts.mounts {
         if !m.source.exists() {
-            return Err(Error::Usage(format!("mount source {} does not exist", m.source.display())));
+            return Err(Error::Usage(format!(
+                "mount source {} does not exist",
+                m.source.display()
+            )));
         }
         crate::plan::check_user_mount(&m.source, &m.target, &policy, &user)?;
     }

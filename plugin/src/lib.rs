@@ -33,16 +33,34 @@ impl JobRequest {
 
     /// The launcher options for a task of this job. `argv` is the task's command (the
     /// scheduler execs it; the launcher only checks and resolves around it).
-    pub fn run_options(&self, key: &str, argv: Vec<String>, env: &[(String, String)], cwd: &Path) -> Result<RunOptions> {
+    pub fn run_options(
+        &self,
+        key: &str,
+        argv: Vec<String>,
+        env: &[(String, String)],
+        cwd: &Path,
+    ) -> Result<RunOptions> {
         let Some(image) = self.image.as_deref().filter(|i| !i.is_empty()) else {
             return usage("no container image given");
         };
         let mut mounts = Vec::new();
-        for spec in self.mounts.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+        for spec in self
+            .mounts
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+        {
             mounts.push(MountSpec::parse(&pyxis_mount(spec), cwd)?);
         }
         let mut host_env = Vec::new();
-        for name in self.env_names.as_deref().unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+        for name in self
+            .env_names
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+        {
             if let Some((k, v)) = env.iter().find(|(k, _)| k == name) {
                 host_env.push((k.clone(), v.clone()));
             }
@@ -70,8 +88,11 @@ impl JobRequest {
 fn pyxis_mount(spec: &str) -> String {
     let parts: Vec<&str> = spec.split(':').collect();
     if parts.len() == 3 {
-        let flags: Vec<&str> =
-            parts[2].split('+').flat_map(|f| f.split(',')).filter(|f| !matches!(*f, "private" | "rprivate")).collect();
+        let flags: Vec<&str> = parts[2]
+            .split('+')
+            .flat_map(|f| f.split(','))
+            .filter(|f| !matches!(*f, "private" | "rprivate"))
+            .collect();
         format!("{}:{}:{}", parts[0], parts[1], flags.join(","))
     } else {
         spec.to_string()
@@ -81,7 +102,16 @@ fn pyxis_mount(spec: &str) -> String {
 /// The per-node instance a task joins: one per step, or one per job for a named container.
 pub fn instance_key(job: u32, step: u32, node: &str, name: Option<&str>) -> String {
     let clean = |s: &str| -> String {
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(40).collect()
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect()
     };
     match name {
         Some(n) if !n.is_empty() => format!("slurm-{job}-{}-{}", clean(n), clean(node)),
@@ -103,12 +133,18 @@ mod tests {
             ..Default::default()
         };
         let env = vec![("A".to_string(), "1".to_string())];
-        let o = r.run_options("k", vec!["true".into()], &env, Path::new("/")).unwrap();
+        let o = r
+            .run_options("k", vec!["true".into()], &env, Path::new("/"))
+            .unwrap();
         assert_eq!(o.mounts.len(), 2);
         assert!(o.mounts[0].readonly && !o.mounts[1].readonly);
         assert_eq!(o.env, vec![("A".to_string(), "1".to_string())]);
         assert_eq!(o.join, Join::Key("k".into()));
-        let bad = JobRequest { image: Some("/i".into()), mounts: Some("rel:/x:zz".into()), ..Default::default() };
+        let bad = JobRequest {
+            image: Some("/i".into()),
+            mounts: Some("rel:/x:zz".into()),
+            ..Default::default()
+        };
         assert!(bad.run_options("k", vec![], &[], Path::new("/")).is_err());
         assert!(!JobRequest::default().wants_container());
     }
@@ -116,7 +152,10 @@ mod tests {
     #[test]
     fn keys_per_step_or_per_name() {
         assert_eq!(instance_key(7, 0, "n1", None), "slurm-7.0-n1");
-        assert_eq!(instance_key(7, 1, "n1", Some("my env")), "slurm-7-my_env-n1");
+        assert_eq!(
+            instance_key(7, 1, "n1", Some("my env")),
+            "slurm-7-my_env-n1"
+        );
         assert_eq!(pyxis_mount("/a:/b:ro+private"), "/a:/b:ro");
     }
 }

@@ -8,9 +8,16 @@
 //!   node creates it (the launcher's keeper), the others join its namespaces. Slurm then execs
 //!   the task's command inside, with the task's own Slurm/PMIx environment.
 //!
-//! Every callback runs inside `guard`: a panic never crosses into srun or slurmstepd.
+//! Every callback runs inside `guard`: a panic never crosses into srun or slurmstepd. The
+//! callbacks are `unsafe extern "C"`: Slurm calls them with its own `spank_t` handle and
+//! argument vector, which they trust.
 
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 
 mod ffi {
     include!(concat!(env!("OUT_DIR"), "/spank.rs"));
@@ -33,18 +40,66 @@ pub static plugin_version: u32 = ffi::SLURM_VERSION_NUMBER;
 /// The options users get, pyxis's names. Each can also be set through the environment
 /// variable `BERTH_` + the name in capitals with `_` (e.g. `BERTH_CONTAINER_IMAGE`).
 const OPTIONS: &[(&str, Option<&str>, &str)] = &[
-    ("container-image", Some("IMAGE"), "[berth] run the tasks in this squashfs image"),
-    ("container-mounts", Some("SRC:DST[:FLAGS],..."), "[berth] bind these host paths (FLAGS: ro, rw, bind, rbind)"),
-    ("container-workdir", Some("DIR"), "[berth] working directory inside the container"),
-    ("container-name", Some("NAME"), "[berth] share one container between the steps of the job that name it"),
-    ("container-env", Some("NAME,..."), "[berth] these host variables win over the image's"),
-    ("container-writable", None, "[berth] make the image writable (changes are discarded)"),
-    ("container-readonly", None, "[berth] keep the image read-only (the default)"),
-    ("container-remap-root", None, "[berth] be uid 0 inside the container"),
-    ("container-mount-home", None, "[berth] bind the home directory (the default)"),
-    ("no-container-mount-home", None, "[berth] do not bind the home directory"),
-    ("container-entrypoint", None, "[berth] run the image's entrypoint (not supported under Slurm yet)"),
-    ("no-container-entrypoint", None, "[berth] do not run the image's entrypoint (the default)"),
+    (
+        "container-image",
+        Some("IMAGE"),
+        "[berth] run the tasks in this squashfs image",
+    ),
+    (
+        "container-mounts",
+        Some("SRC:DST[:FLAGS],..."),
+        "[berth] bind these host paths (FLAGS: ro, rw, bind, rbind)",
+    ),
+    (
+        "container-workdir",
+        Some("DIR"),
+        "[berth] working directory inside the container",
+    ),
+    (
+        "container-name",
+        Some("NAME"),
+        "[berth] share one container between the steps of the job that name it",
+    ),
+    (
+        "container-env",
+        Some("NAME,..."),
+        "[berth] these host variables win over the image's",
+    ),
+    (
+        "container-writable",
+        None,
+        "[berth] make the image writable (changes are discarded)",
+    ),
+    (
+        "container-readonly",
+        None,
+        "[berth] keep the image read-only (the default)",
+    ),
+    (
+        "container-remap-root",
+        None,
+        "[berth] be uid 0 inside the container",
+    ),
+    (
+        "container-mount-home",
+        None,
+        "[berth] bind the home directory (the default)",
+    ),
+    (
+        "no-container-mount-home",
+        None,
+        "[berth] do not bind the home directory",
+    ),
+    (
+        "container-entrypoint",
+        None,
+        "[berth] run the image's entrypoint (not supported under Slurm yet)",
+    ),
+    (
+        "no-container-entrypoint",
+        None,
+        "[berth] do not run the image's entrypoint (the default)",
+    ),
 ];
 
 /// The registered option structs, kept for the life of the process (Slurm keeps pointers).
@@ -104,7 +159,12 @@ struct Config {
 }
 
 fn config(av: &[String]) -> Result<Config, Error> {
-    let mut c = Config { policy: None, runtime_dir: None, mode: None, sbatch: true };
+    let mut c = Config {
+        policy: None,
+        runtime_dir: None,
+        mode: None,
+        sbatch: true,
+    };
     for a in av {
         match a.split_once('=') {
             Some(("policy", v)) => c.policy = Some(v.into()),
@@ -121,13 +181,22 @@ fn config(av: &[String]) -> Result<Config, Error> {
     Ok(c)
 }
 
+/// # Safety
+/// Called by Slurm with its handle and `ac` valid C strings in `av`.
 #[no_mangle]
-pub extern "C" fn slurm_spank_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+pub unsafe extern "C" fn slurm_spank_init(
+    sp: ffi::spank_t,
+    ac: c_int,
+    av: *mut *mut c_char,
+) -> c_int {
     let av = args(ac, av);
     guard("slurm_spank_init", move || {
         config(&av)?;
         let ctx = unsafe { ffi::spank_context() };
-        if ctx == ffi::spank_context_S_CTX_LOCAL || ctx == ffi::spank_context_S_CTX_REMOTE || ctx == ffi::spank_context_S_CTX_ALLOCATOR {
+        if ctx == ffi::spank_context_S_CTX_LOCAL
+            || ctx == ffi::spank_context_S_CTX_REMOTE
+            || ctx == ffi::spank_context_S_CTX_ALLOCATOR
+        {
             for opt in options() {
                 unsafe { ffi::spank_option_register(sp, *opt as *mut ffi::spank_option) };
             }
@@ -143,8 +212,19 @@ fn request(sp: ffi::spank_t, remote: bool) -> JobRequest {
         if remote {
             let mut buf = vec![0u8; 4096];
             let cname = CString::new(name).ok()?;
-            let rc = unsafe { ffi::spank_getenv(sp, cname.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len() as c_int) };
-            ok(rc).then(|| unsafe { CStr::from_ptr(buf.as_ptr() as *const c_char) }.to_string_lossy().into_owned())
+            let rc = unsafe {
+                ffi::spank_getenv(
+                    sp,
+                    cname.as_ptr(),
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len() as c_int,
+                )
+            };
+            ok(rc).then(|| {
+                unsafe { CStr::from_ptr(buf.as_ptr() as *const c_char) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
         } else {
             std::env::var(name).ok()
         }
@@ -152,15 +232,25 @@ fn request(sp: ffi::spank_t, remote: bool) -> JobRequest {
     let opt = |name: &str| -> Option<String> {
         let i = OPTIONS.iter().position(|(n, _, _)| *n == name)?;
         let mut optarg: *mut c_char = std::ptr::null_mut();
-        let rc = unsafe { ffi::spank_option_getopt(sp, options()[i] as *mut ffi::spank_option, &mut optarg) };
+        let rc = unsafe {
+            ffi::spank_option_getopt(sp, options()[i] as *mut ffi::spank_option, &mut optarg)
+        };
         if ok(rc) {
-            return Some(if optarg.is_null() { String::new() } else { unsafe { CStr::from_ptr(optarg) }.to_string_lossy().into_owned() });
+            return Some(if optarg.is_null() {
+                String::new()
+            } else {
+                unsafe { CStr::from_ptr(optarg) }
+                    .to_string_lossy()
+                    .into_owned()
+            });
         }
         getenv(&format!("BERTH_{}", name.to_uppercase().replace('-', "_")))
     };
     let flag = |name: &str| opt(name).is_some_and(|v| v != "0");
     JobRequest {
-        image: opt("container-image").or_else(|| getenv("SLURM_CONTAINER")).filter(|s| !s.is_empty()),
+        image: opt("container-image")
+            .or_else(|| getenv("SLURM_CONTAINER"))
+            .filter(|s| !s.is_empty()),
         mounts: opt("container-mounts"),
         workdir: opt("container-workdir"),
         name: opt("container-name"),
@@ -180,7 +270,10 @@ fn apply_config(c: &Config, node: &str) {
     }
     if let Some(d) = &c.runtime_dir {
         let uid = unsafe { libc::getuid() };
-        std::env::set_var("BERTH_STATE_DIR", Path::new(&d.replace("%n", node)).join(format!("berth-{uid}")));
+        std::env::set_var(
+            "BERTH_STATE_DIR",
+            Path::new(&d.replace("%n", node)).join(format!("berth-{uid}")),
+        );
     }
     if let Some(m) = &c.mode {
         std::env::set_var("BERTH_MODE", m);
@@ -188,8 +281,15 @@ fn apply_config(c: &Config, node: &str) {
 }
 
 /// In srun/sbatch/salloc: check what can be checked before the job is queued.
+///
+/// # Safety
+/// Called by Slurm with its handle and `ac` valid C strings in `av`.
 #[no_mangle]
-pub extern "C" fn slurm_spank_init_post_opt(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+pub unsafe extern "C" fn slurm_spank_init_post_opt(
+    sp: ffi::spank_t,
+    ac: c_int,
+    av: *mut *mut c_char,
+) -> c_int {
     let av = args(ac, av);
     guard("slurm_spank_init_post_opt", move || {
         let ctx = unsafe { ffi::spank_context() };
@@ -226,7 +326,13 @@ fn get_u32(sp: ffi::spank_t, item: ffi::spank_item_t) -> u32 {
 /// The job's environment (what Slurm will exec the task with), as pairs.
 fn job_env(sp: ffi::spank_t) -> Vec<(String, String)> {
     let mut envp: *mut *mut c_char = std::ptr::null_mut();
-    let rc = unsafe { ffi::spank_get_item(sp, ffi::spank_item_S_JOB_ENV, &mut envp as *mut *mut *mut c_char) };
+    let rc = unsafe {
+        ffi::spank_get_item(
+            sp,
+            ffi::spank_item_S_JOB_ENV,
+            &mut envp as *mut *mut *mut c_char,
+        )
+    };
     let mut out = Vec::new();
     if !ok(rc) || envp.is_null() {
         return out;
@@ -249,7 +355,14 @@ fn job_env(sp: ffi::spank_t) -> Vec<(String, String)> {
 fn job_argv(sp: ffi::spank_t) -> Vec<String> {
     let mut argc: c_int = 0;
     let mut argv: *mut *mut c_char = std::ptr::null_mut();
-    let rc = unsafe { ffi::spank_get_item(sp, ffi::spank_item_S_JOB_ARGV, &mut argc as *mut c_int, &mut argv as *mut *mut *mut c_char) };
+    let rc = unsafe {
+        ffi::spank_get_item(
+            sp,
+            ffi::spank_item_S_JOB_ARGV,
+            &mut argc as *mut c_int,
+            &mut argv as *mut *mut *mut c_char,
+        )
+    };
     if !ok(rc) || argv.is_null() {
         return vec!["true".into()];
     }
@@ -266,8 +379,15 @@ fn job_argv(sp: ffi::spank_t) -> Vec<String> {
 const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
 
 /// In each task, as the user, just before Slurm execs it: enter the node's container.
+///
+/// # Safety
+/// Called by Slurm with its handle and `ac` valid C strings in `av`.
 #[no_mangle]
-pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+pub unsafe extern "C" fn slurm_spank_task_init(
+    sp: ffi::spank_t,
+    ac: c_int,
+    av: *mut *mut c_char,
+) -> c_int {
     let av = args(ac, av);
     guard("slurm_spank_task_init", move || {
         let cfg = config(&av)?;
@@ -275,12 +395,19 @@ pub extern "C" fn slurm_spank_task_init(sp: ffi::spank_t, ac: c_int, av: *mut *m
         if !req.wants_container() {
             return Ok(());
         }
-        let (job, step) = (get_u32(sp, ffi::spank_item_S_JOB_ID), get_u32(sp, ffi::spank_item_S_JOB_STEPID));
+        let (job, step) = (
+            get_u32(sp, ffi::spank_item_S_JOB_ID),
+            get_u32(sp, ffi::spank_item_S_JOB_STEPID),
+        );
         if step == SLURM_BATCH_SCRIPT {
             return Ok(());
         }
         let env = job_env(sp);
-        let node = env.iter().find(|(k, _)| k == "SLURMD_NODENAME").map(|(_, v)| v.clone()).unwrap_or_default();
+        let node = env
+            .iter()
+            .find(|(k, _)| k == "SLURMD_NODENAME")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         apply_config(&cfg, &node);
         let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
         let key = instance_key(job, step, &node, req.name.as_deref());

@@ -3,7 +3,8 @@
 # slurmd nodes (n1 n2 n3), each node in its own network and UTS namespace with its own spool
 # and TmpFS, joined by a bridge; the berth SPANK plugin in plugstack.conf.
 #
-#   cluster.sh start DIR PLUGIN.so   # writes DIR/slurm.conf; prints `export SLURM_CONF=...`
+#   cluster.sh start DIR PLUGIN.so [ARG...]   # ARGs go to the plugin in plugstack.conf;
+#                                             # prints `export SLURM_CONF=DIR/slurm.conf`
 #   cluster.sh stop DIR              # stops every daemon, removes namespaces and bridge
 #
 # Run as root. Jobs are submitted by any user with SLURM_CONF=DIR/slurm.conf.
@@ -15,7 +16,15 @@ bridge=berthbr0
 net=10.197.0            # the project's own test hosts; only ever on this bridge
 ctl_port=16817
 
+# The machine has one test cluster at a time (fixed bridge and namespace names): the last
+# started one is recorded here, so a new start first stops a leftover one.
+registry=/run/berth-test-cluster.dir
+
 stop() {
+  local dir=$1
+  for n in "${nodes[@]}"; do
+    for pid in $(ip netns pids "berth-$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+  done
   for pidfile in "$dir"/run/*.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile"); kill "$pid" 2>/dev/null || true
@@ -25,15 +34,22 @@ stop() {
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile"); kill -9 "$pid" 2>/dev/null || true; rm -f "$pidfile"
   done
-  for n in "${nodes[@]}"; do ip netns del "berth-$n" 2>/dev/null || true; done
+  for n in "${nodes[@]}"; do
+    ip netns del "berth-$n" 2>/dev/null || true
+    # A process left in a node's namespace keeps it alive: remove the link pair regardless.
+    ip link del "veth-$n" 2>/dev/null || true
+  done
   ip link del "$bridge" 2>/dev/null || true
 }
 
-if [ "$cmd" = stop ]; then stop; exit 0; fi
+if [ "$cmd" = stop ]; then stop "$dir"; rm -f "$registry"; exit 0; fi
 [ "$cmd" = start ] || { echo "cluster.sh: unknown command $cmd" >&2; exit 2; }
-plugin=${3:?usage: cluster.sh start DIR PLUGIN.so}
+plugin=${3:?usage: cluster.sh start DIR PLUGIN.so [ARG...]}
+plugin_args=("${@:4}")
 [ "$(id -u)" = 0 ] || { echo "cluster.sh: run as root" >&2; exit 1; }
-stop
+[ -f "$registry" ] && stop "$(cat "$registry")"
+stop "$dir"
+echo "$dir" > "$registry"
 rm -rf "$dir"/state "$dir"/spool "$dir"/log
 mkdir -p "$dir"/{run,log,state,munge}
 chmod 0755 "$dir" "$dir/run" "$dir/log"
@@ -63,7 +79,7 @@ done
 
 host=$(hostname)
 cat > "$dir/plugstack.conf" <<PLUG
-required $plugin
+required $plugin ${plugin_args[*]}
 PLUG
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=berth

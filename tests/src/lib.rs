@@ -10,6 +10,7 @@
 //! nothing is skipped silently.
 
 pub mod registry;
+pub mod slurm;
 
 use std::fs;
 use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};

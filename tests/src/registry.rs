@@ -425,3 +425,139 @@ fn read_head(s: &mut TcpStream) -> Option<String> {
     }
     String::from_utf8(head).ok()
 }
+
+/// A bearer-token front for a registry, as Docker Hub and most registries do it: every
+/// registry request without `Authorization: Bearer <token>` gets 401 with a
+/// `WWW-Authenticate: Bearer realm=".../token",service="berth-test",scope="repository:REPO:pull"`
+/// challenge; `GET /token?service=..&scope=..` with the right basic credentials answers
+/// `{"token": ...}`; requests with that token are relayed to the registry.
+pub struct TokenProxy {
+    pub addr: String,
+    /// The query strings of the token requests that got a token (for assertions).
+    pub issued: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub const TOKEN_SERVICE: &str = "berth-test";
+
+impl TokenProxy {
+    pub fn start(upstream: &str, user: &str, password: &str) -> TokenProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let basic = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
+        // Unguessable enough for a test, different per proxy.
+        let token = format!(
+            "tok-{}",
+            &sha256(format!("{addr}{basic}").as_bytes())[7..31]
+        );
+        let issued = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (upstream, issued2, addr2) = (upstream.to_string(), issued.clone(), addr.clone());
+        std::thread::spawn(move || {
+            // Bounded: a test makes a few dozen requests.
+            for conn in listener.incoming().take(500) {
+                let Ok(client) = conn else { continue };
+                let (upstream, basic, token, issued, addr) = (
+                    upstream.clone(),
+                    basic.clone(),
+                    token.clone(),
+                    issued2.clone(),
+                    addr2.clone(),
+                );
+                std::thread::spawn(move || {
+                    token_serve(client, &upstream, &basic, &token, &issued, &addr)
+                });
+            }
+        });
+        TokenProxy { addr, issued }
+    }
+}
+
+fn token_serve(
+    mut client: TcpStream,
+    upstream: &str,
+    basic: &str,
+    token: &str,
+    issued: &std::sync::Mutex<Vec<String>>,
+    addr: &str,
+) {
+    let Some(head) = read_head(&mut client) else {
+        return;
+    };
+    let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    let authorization = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("authorization")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let reply = |client: &mut TcpStream, status: &str, extra: &str, body: &str| {
+        let _ = write!(
+            client,
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    if let Some(query) = target.strip_prefix("/token?") {
+        if authorization == basic {
+            issued.lock().unwrap().push(query.to_string());
+            reply(
+                &mut client,
+                "200 OK",
+                "",
+                &format!(r#"{{"token":"{token}","expires_in":300}}"#),
+            );
+        } else {
+            reply(&mut client, "401 Unauthorized", "", r#"{"errors":[]}"#);
+        }
+        return;
+    }
+    if authorization != format!("Bearer {token}") {
+        // /v2/REPO/manifests/.. or /v2/REPO/blobs/..: the scope names the repository.
+        let repo = target
+            .strip_prefix("/v2/")
+            .and_then(|t| t.rsplit_once("/manifests/").or(t.rsplit_once("/blobs/")))
+            .map(|(r, _)| r.to_string())
+            .unwrap_or_default();
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"{TOKEN_SERVICE}\",scope=\"repository:{repo}:pull\"\r\n"
+        );
+        reply(
+            &mut client,
+            "401 Unauthorized",
+            &challenge,
+            r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+        );
+        return;
+    }
+    // Relay: one request per connection, the registry told to close when done.
+    let head = head.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    let Ok(mut up) = TcpStream::connect(upstream) else {
+        return;
+    };
+    if up.write_all(head.as_bytes()).is_ok() {
+        let _ = std::io::copy(&mut up, &mut client);
+    }
+}
+
+/// Standard base64 with padding (for the basic credentials the token endpoint expects).
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -644,6 +644,31 @@ fn local_sources_oci_layout_docker_archive_and_rootfs() {
     assert_eq!(s["manifest_digest"], digest.as_str());
     assert_eq!(cat_in_image(&out, "etc/motd").as_deref(), Some("local"));
 
+    // oci-archive:FILE:TAG, the same layout as one tar file.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all(".", &layout.dir).unwrap();
+    let archive = sb.user_file("layout.tar", &b.into_inner().unwrap());
+    let out = sb.work.join("oci-archive.sqsh");
+    let s = import_ok(
+        &sb,
+        &format!("oci-archive:{}:v1", archive.display()),
+        &out,
+        &[],
+    );
+    assert_eq!(s["manifest_digest"], digest.as_str());
+    assert_eq!(cat_in_image(&out, "etc/motd").as_deref(), Some("local"));
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &format!("oci-archive:{}:nope", archive.display()),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("no image tagged 'nope'"), "{}", r.stderr);
+
     // docker-archive: what `docker save` writes (config named by its digest, plain tar layers).
     let config = json!({"architecture": "amd64", "os": "linux", "config": run_cfg,
         "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]}})
@@ -749,4 +774,146 @@ fn truncated_downloads_are_retried_then_refused() {
         .unwrap()
         .collect();
     assert!(cached.is_empty(), "partial downloads left in the cache");
+}
+
+#[test]
+fn bearer_token_auth() {
+    let sb = Sandbox::new("img-token");
+    let reg = Registry::start("token", None);
+    let mut layout = Layout::new(&layout_dir(&sb, "token"));
+    let l = tar_layer(&[Entry::File("secret.txt", b"token holders only", 0o644)]);
+    layout.image(
+        "v1",
+        &[(gzip(&l), LAYER_GZIP)],
+        std::slice::from_ref(&l),
+        json!({"Cmd": ["true"]}),
+    );
+    reg.push(&layout.dir, "v1", "private/tok:v1", &[]);
+    let proxy = TokenProxy::start(&reg.addr, "bob", "t0ken-pw");
+    let src = format!("docker://{}/private/tok:v1", proxy.addr);
+    let out = sb.work.join("tok.sqsh");
+
+    // No credentials: the token endpoint refuses, one line, nothing written.
+    let r = run(berth_image(
+        &sb,
+        &["import", &src, "-o", out.to_str().unwrap()],
+    ));
+    expect_clean_failure(&r, &out, "requires credentials");
+
+    let mut cmd = berth_image(&sb, &["import", &src, "-o", out.to_str().unwrap()]);
+    cmd.env("BERTH_REGISTRY_USER", "bob")
+        .env("BERTH_REGISTRY_PASSWORD", "wrong");
+    expect_clean_failure(&run(cmd), &out, "rejected the credentials of user 'bob'");
+    assert!(
+        proxy.issued.lock().unwrap().is_empty(),
+        "a token was issued"
+    );
+
+    let mut cmd = berth_image(
+        &sb,
+        &["import", "--json", &src, "-o", out.to_str().unwrap()],
+    );
+    cmd.env("BERTH_REGISTRY_USER", "bob")
+        .env("BERTH_REGISTRY_PASSWORD", "t0ken-pw");
+    run(cmd).expect_ok("import with a bearer token");
+    assert_eq!(
+        cat_in_image(&out, "secret.txt").as_deref(),
+        Some("token holders only")
+    );
+    // The token was asked for the service and the scope of the challenge.
+    let issued = proxy.issued.lock().unwrap().clone();
+    assert!(!issued.is_empty());
+    for q in &issued {
+        assert!(q.contains(&format!("service={TOKEN_SERVICE}")), "{q}");
+        assert!(
+            q.contains("scope=repository%3Aprivate%2Ftok%3Apull")
+                || q.contains("scope=repository:private/tok:pull"),
+            "{q}"
+        );
+    }
+}
+
+/// Modification time and inode of a file: unchanged means not rewritten.
+fn stamp(p: &Path) -> (std::time::SystemTime, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(p).unwrap();
+    (m.modified().unwrap(), m.ino())
+}
+
+#[test]
+fn reimport_of_an_unchanged_image_is_skipped() {
+    let sb = Sandbox::new("img-reimport");
+    let reg = Registry::start("reimport", None);
+    let mut layout = Layout::new(&layout_dir(&sb, "re"));
+    let l1 = tar_layer(&[Entry::File("version", b"one", 0o644)]);
+    layout.image(
+        "v1",
+        &[(gzip(&l1), LAYER_GZIP)],
+        std::slice::from_ref(&l1),
+        json!({}),
+    );
+    reg.push(&layout.dir, "v1", "demo/re:1", &[]);
+    let src = format!("docker://{}/demo/re:1", reg.addr);
+    let img = sb.work.join("re.sqsh");
+    let s = import_ok(&sb, &src, &img, &[]);
+    assert_eq!(s["up_to_date"], false);
+    let before = stamp(&img);
+
+    // Same image, same settings: nothing downloaded or rebuilt, even with the layers gone.
+    run(berth_image(&sb, &["cache", "prune"])).expect_ok("cache prune");
+    let s = import_ok(&sb, &src, &img, &[]);
+    assert_eq!(s["up_to_date"], true);
+    assert_eq!(
+        s["manifest_digest"],
+        cat_config(&img)["source"]["manifest_digest"]
+    );
+    assert_eq!(stamp(&img), before, "the output was rewritten");
+    let r = run(berth_image(&sb, &["cache", "list"])).expect_ok("cache list");
+    assert_eq!(r.stdout, "", "layers were downloaded");
+    let r = run(berth_image(
+        &sb,
+        &["import", &src, "-o", img.to_str().unwrap()],
+    ))
+    .expect_ok("re-import");
+    assert!(r.stderr.contains("is up to date"), "{}", r.stderr);
+
+    // --force, or other squashfs settings, rebuild.
+    let s = import_ok(&sb, &src, &img, &["--force"]);
+    assert_eq!(s["up_to_date"], false);
+    assert_ne!(stamp(&img), before);
+    assert_eq!(cat_config(&img)["source"]["squashfs"], "zstd level 3");
+    let s = import_ok(&sb, &src, &img, &["--level", "5"]);
+    assert_eq!(s["up_to_date"], false);
+    assert_eq!(cat_config(&img)["source"]["squashfs"], "zstd level 5");
+    let s = import_ok(&sb, &src, &img, &["--level", "5"]);
+    assert_eq!(s["up_to_date"], true);
+
+    // The tag moves to a new image: rebuilt with the new content.
+    let l2 = tar_layer(&[Entry::File("version", b"two", 0o644)]);
+    layout.image(
+        "v2",
+        &[(gzip(&l2), LAYER_GZIP)],
+        std::slice::from_ref(&l2),
+        json!({}),
+    );
+    reg.push(&layout.dir, "v2", "demo/re:1", &[]);
+    let s = import_ok(&sb, &src, &img, &[]);
+    assert_eq!(s["up_to_date"], false);
+    assert_eq!(cat_in_image(&img, "version").as_deref(), Some("two"));
+
+    // An output that is not a readable image is rebuilt, not trusted.
+    fs::write(&img, b"garbage").unwrap();
+    let s = import_ok(&sb, &src, &img, &[]);
+    assert_eq!(s["up_to_date"], false);
+    assert_eq!(cat_in_image(&img, "version").as_deref(), Some("two"));
+
+    // Local layouts too.
+    let oci = sb.work.join("oci.sqsh");
+    let lsrc = format!("oci:{}:v2", layout.dir.display());
+    assert_eq!(import_ok(&sb, &lsrc, &oci, &[])["up_to_date"], false);
+    assert_eq!(import_ok(&sb, &lsrc, &oci, &[])["up_to_date"], true);
+}
+
+fn cat_config(img: &Path) -> serde_json::Value {
+    serde_json::from_str(&cat_in_image(img, ".berth/image.json").unwrap()).unwrap()
 }

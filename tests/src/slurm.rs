@@ -1,0 +1,129 @@
+//! A real Slurm cluster for the tests: munge, slurmctld and three slurmd nodes, each in its own
+//! network and UTS namespace (tests/slurm/cluster.sh), with berth's SPANK plugin loaded. One
+//! cluster per test binary, started on first use and stopped when the binary exits.
+
+use crate::{is_root, run, workspace_root, Run, Sandbox};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    /// The site policy the plugin applies (written by the tests before jobs run).
+    pub policy: PathBuf,
+}
+
+extern "C" fn stop_cluster() {
+    if let Some(c) = CLUSTER.get() {
+        let _ = Command::new("bash")
+            .arg(workspace_root().join("tests/slurm/cluster.sh"))
+            .arg("stop")
+            .arg(&c.dir)
+            .status();
+        let _ = fs::remove_dir_all(&c.dir);
+    }
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// The plugin under test, copied where slurmd and srun (as the test user) can load it.
+fn plugin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let built = target.join("debug/libspank_berth.so");
+    assert!(
+        built.exists(),
+        "{} is missing: run tests/run (it builds the workspace)",
+        built.display()
+    );
+    let dir = PathBuf::from(format!("/tmp/berth-slurm-plugin-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join("spank_berth.so");
+    fs::copy(&built, &copy).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        assert!(
+            is_root(),
+            "the Slurm tests start a cluster: run them as root (tests/run)"
+        );
+        for tool in ["slurmctld", "slurmd", "munged", "srun"] {
+            assert!(
+                Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("command -v {tool}"))
+                    .output()
+                    .unwrap()
+                    .status
+                    .success(),
+                "{tool} is missing: run scripts/install-deps.sh"
+            );
+        }
+        let dir = PathBuf::from(format!("/tmp/berth-slurm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("berth.toml");
+        fs::write(
+            &policy,
+            "# the test cluster's site policy\n[user_mounts]\ndenied_sources = [\"/etc/shadow\"]\n",
+        )
+        .unwrap();
+        fs::set_permissions(&policy, fs::Permissions::from_mode(0o644)).unwrap();
+        let args = format!("policy={}", policy.display());
+        let out = Command::new("bash")
+            .arg(workspace_root().join("tests/slurm/cluster.sh"))
+            .arg("start")
+            .arg(&dir)
+            .arg(plugin())
+            .arg(&args)
+            .output()
+            .unwrap();
+        unsafe { libc::atexit(stop_cluster) };
+        assert!(
+            out.status.success(),
+            "the test cluster did not start:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Cluster {
+            conf: dir.join("slurm.conf"),
+            dir,
+            policy,
+        }
+    })
+}
+
+impl Cluster {
+    /// A Slurm client command (srun, sbatch, scancel...) as the test user.
+    pub fn cmd(&self, sb: &Sandbox, argv: &[&str]) -> Command {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let mut cmd = sb.as_user(&argv);
+        cmd.env("SLURM_CONF", &self.conf);
+        cmd
+    }
+
+    pub fn run(&self, sb: &Sandbox, argv: &[&str]) -> Run {
+        run(self.cmd(sb, argv))
+    }
+
+    /// Node states as sinfo prints them (`idle`, `drain`...), one per node.
+    pub fn node_states(&self) -> Vec<String> {
+        let out = Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%T"])
+            .env("SLURM_CONF", &self.conf)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}

@@ -1,0 +1,445 @@
+//! berth under a real Slurm (22.05, three slurmd nodes in network namespaces): `srun
+//! --container`, the pyxis flags, one container per node per step, MPI over PMIx, exit codes,
+//! scancel clean-up and bad input. Jobs are submitted as the non-root test user.
+
+use berth_tests::slurm::cluster;
+use berth_tests::*;
+use std::time::Duration;
+
+fn image() -> String {
+    demo_image().to_string_lossy().into_owned()
+}
+
+/// `host field ...` lines of tasks that print `$(hostname) ...`, sorted.
+fn lines(r: &Run) -> Vec<String> {
+    let mut v: Vec<String> = r.stdout.lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn srun_container_runs_every_task_in_the_image_and_no_flag_means_no_container() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-basic");
+    let probe = "test -e /.berth/image.json && echo image || echo host";
+    let img = image();
+    let with_slurm_flag = format!("--container={img}");
+    let with_pyxis_flag = format!("--container-image={img}");
+    for flag in [&with_slurm_flag, &with_pyxis_flag] {
+        let r = c
+            .run(&sb, &["srun", "-N2", "-n4", flag, "sh", "-c", probe])
+            .expect_ok(flag);
+        assert_eq!(lines(&r), vec!["image"; 4], "{flag}");
+        let r = c
+            .run(
+                &sb,
+                &[
+                    "srun",
+                    "-N2",
+                    "-n4",
+                    flag,
+                    "grep",
+                    "^PRETTY_NAME",
+                    "/etc/os-release",
+                ],
+            )
+            .expect_ok(flag);
+        assert_eq!(
+            lines(&r),
+            vec!["PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\""; 4]
+        );
+    }
+    let r = c
+        .run(&sb, &["srun", "-N2", "-n2", "sh", "-c", probe])
+        .expect_ok("no flag");
+    assert_eq!(lines(&r), vec!["host"; 2]);
+    // The environment variable form of the flag.
+    let mut cmd = c.cmd(&sb, &["srun", "-n1", "sh", "-c", probe]);
+    cmd.env("BERTH_CONTAINER_IMAGE", &img);
+    assert_eq!(run(cmd).expect_ok("env").stdout, "image\n");
+}
+
+#[test]
+fn one_container_per_node_per_step() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-pernode");
+    let flag = format!("--container-image={}", image());
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-N2",
+                "-n6",
+                "--ntasks-per-node=3",
+                &flag,
+                "sh",
+                "-c",
+                "echo $(hostname) $(readlink /proc/self/ns/mnt) $(readlink /proc/self/ns/user)",
+            ],
+        )
+        .expect_ok("srun");
+    let rows: Vec<Vec<String>> = lines(&r)
+        .iter()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    assert_eq!(rows.len(), 6, "{}", r.stdout);
+    let per_node = |node: &str| {
+        let mut ns: Vec<(String, String)> = rows
+            .iter()
+            .filter(|r| r[0] == node)
+            .map(|r| (r[1].clone(), r[2].clone()))
+            .collect();
+        ns.dedup();
+        ns
+    };
+    let (a, b) = (per_node(&rows[0][0]), per_node(&rows[5][0]));
+    assert_eq!(
+        a.len(),
+        1,
+        "all tasks on {} share one container: {a:?}",
+        rows[0][0]
+    );
+    assert_eq!(
+        b.len(),
+        1,
+        "all tasks on {} share one container: {b:?}",
+        rows[5][0]
+    );
+    assert_ne!(rows[0][0], rows[5][0]);
+    assert_ne!(a[0], b[0], "different nodes have different containers");
+    // A second step gets a fresh container: what the first wrote in its (writable) root is gone.
+    let w = format!("--container-image={}", image());
+    c.run(
+        &sb,
+        &[
+            "srun",
+            "-n1",
+            &w,
+            "--container-writable",
+            "sh",
+            "-c",
+            "echo x > /step-marker",
+        ],
+    )
+    .expect_ok("step 1");
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-n1",
+                &w,
+                "--container-writable",
+                "sh",
+                "-c",
+                "test -e /step-marker && echo kept || echo fresh",
+            ],
+        )
+        .expect_ok("step 2");
+    assert_eq!(r.stdout, "fresh\n");
+}
+
+#[test]
+fn open_mpi_over_pmix_across_nodes() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-mpi");
+    let flag = format!("--container={}", image());
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "--mpi=pmix",
+                "-N2",
+                "-n4",
+                "--ntasks-per-node=2",
+                &flag,
+                "mpi-hello",
+            ],
+        )
+        .expect_ok("mpi");
+    let ranks = lines(&r);
+    assert_eq!(ranks.len(), 4, "{}", r.stdout);
+    for (i, l) in ranks.iter().enumerate() {
+        assert!(l.starts_with(&format!("rank {i}/4 ")), "{l}");
+        assert!(
+            l.contains("allreduce=ok") && l.contains("ring=ok") && l.contains("bookworm"),
+            "{l}"
+        );
+        assert!(l.contains(&format!("uid={}", user().uid)), "{l}");
+    }
+    let field = |l: &str, f: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with(f))
+            .unwrap()
+            .to_string()
+    };
+    // Ranks 0,1 on one node, 2,3 on the other: shared memory within a node needs one container.
+    assert_eq!(field(&ranks[0], "host="), field(&ranks[1], "host="));
+    assert_eq!(field(&ranks[0], "mnt="), field(&ranks[1], "mnt="));
+    assert_eq!(field(&ranks[2], "user="), field(&ranks[3], "user="));
+    assert_ne!(field(&ranks[0], "host="), field(&ranks[2], "host="));
+}
+
+#[test]
+fn sbatch_container_runs_the_steps_in_the_image() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-sbatch");
+    let out = sb.work.join("job.out");
+    let flag = format!("--container={}", image());
+    let script = "srun -n2 sh -c 'test -e /.berth/image.json && echo step-in-image'";
+    let o = format!("--output={}", out.display());
+    c.run(
+        &sb,
+        &[
+            "sbatch", "--wait", "-N1", "-n2", &flag, &o, "--wrap", script,
+        ],
+    )
+    .expect_ok("sbatch");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text, "step-in-image\nstep-in-image\n", "{text}");
+}
+
+#[test]
+fn pyxis_flags() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-pyxis");
+    let img = format!("--container-image={}", image());
+    let data = sb.work.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = sb.user_file("data/one.txt", b"one\n");
+    if is_root() {
+        nix::unistd::chown(&data, Some(nix::unistd::Uid::from_raw(user().uid)), None).unwrap();
+    }
+    let mounts = format!(
+        "--container-mounts={0}:/mnt/ro:ro,{0}:/mnt/rw,{1}:/etc/one.txt",
+        data.display(),
+        file.display()
+    );
+    let r = c
+        .run(&sb, &["srun", "-n1", &img, &mounts, "sh", "-c", "cat /mnt/ro/one.txt /etc/one.txt; (echo x > /mnt/ro/x) 2>&1; echo y > /mnt/rw/y && echo rw-ok"])
+        .expect_ok("mounts");
+    assert!(
+        r.stdout.starts_with("one\none\n")
+            && r.stdout.contains("Read-only file system")
+            && r.stdout.ends_with("rw-ok\n"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(std::fs::read_to_string(data.join("y")).unwrap(), "y\n");
+    let r = c
+        .run(
+            &sb,
+            &["srun", "-n1", &img, "--container-workdir=/usr/share", "pwd"],
+        )
+        .expect_ok("workdir");
+    assert_eq!(r.stdout, "/usr/share\n");
+    let mut cmd = c.cmd(
+        &sb,
+        &[
+            "srun",
+            "-n1",
+            &img,
+            "--container-env=MY_VAR",
+            "sh",
+            "-c",
+            "echo $MY_VAR $DEMO_IMAGE",
+        ],
+    );
+    cmd.env("MY_VAR", "from-host");
+    assert_eq!(run(cmd).expect_ok("env").stdout, "from-host berth-demo\n");
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-n1",
+                &img,
+                "sh",
+                "-c",
+                "(echo x > /etc/new) 2>&1; true",
+            ],
+        )
+        .expect_ok("readonly");
+    assert!(r.stdout.contains("Read-only file system"), "{}", r.stdout);
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-n1",
+                &img,
+                "--container-writable",
+                "sh",
+                "-c",
+                "echo x > /etc/new && cat /etc/new",
+            ],
+        )
+        .expect_ok("writable");
+    assert_eq!(r.stdout, "x\n");
+    let r = c
+        .run(
+            &sb,
+            &["srun", "-n1", &img, "--container-remap-root", "id", "-u"],
+        )
+        .expect_ok("remap-root");
+    assert_eq!(r.stdout, "0\n");
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-n1",
+                &img,
+                "sh",
+                "-c",
+                "id -un; test -d $HOME && echo home",
+            ],
+        )
+        .expect_ok("identity");
+    assert_eq!(r.stdout, format!("{}\nhome\n", user().name));
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-n1",
+                &img,
+                "--no-container-mount-home",
+                "sh",
+                "-c",
+                "ls $HOME 2>/dev/null | wc -l",
+            ],
+        )
+        .expect_ok("no home");
+    assert_eq!(r.stdout.trim(), "0");
+}
+
+#[test]
+fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-exit");
+    let img = format!("--container-image={}", image());
+    let r = c.run(&sb, &["srun", "-n1", &img, "sh", "-c", "exit 3"]);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    // A long step, cancelled.
+    let mut srun = c
+        .cmd(
+            &sb,
+            &[
+                "srun",
+                "-N2",
+                "-n4",
+                "--job-name=berth-cancel",
+                &img,
+                "sleep",
+                "300",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sleeping = || {
+        live_processes(user().uid)
+            .iter()
+            .filter(|(_, c)| c.starts_with("/usr/bin/sleep 300"))
+            .count()
+    };
+    let running = eventually(Duration::from_secs(30), || sleeping() == 4);
+    let snapshot = live_processes(user().uid);
+    let helpers = live_processes(user().uid)
+        .iter()
+        .filter(|(_, c)| c.starts_with("squashfuse_ll"))
+        .count();
+    let cancel = c.run(&sb, &["scancel", "--name=berth-cancel"]);
+    let srun = srun.wait_with_output().unwrap();
+    assert!(
+        running,
+        "the step did not start: {snapshot:?} {}",
+        String::from_utf8_lossy(&srun.stderr)
+    );
+    assert_eq!(helpers, 2, "one FUSE server per node while running");
+    cancel.expect_ok("scancel");
+    let clean = eventually(Duration::from_secs(30), || {
+        live_processes(user().uid).is_empty()
+    });
+    assert!(
+        clean,
+        "left after scancel: {:?}",
+        live_processes(user().uid)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains("fuse.squashfuse") && !mounts.contains("/tmp/berth-"),
+        "host mount table changed:\n{mounts}"
+    );
+    // Nothing of the job is left in the state directory: only the lock and the caches.
+    let join = std::path::PathBuf::from(format!("/tmp/berth-{}/join", user().uid));
+    let left: Vec<String> = std::fs::read_dir(&join)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".lock")
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", join.display());
+}
+
+#[test]
+fn bad_input_fails_fast_in_srun_output_and_the_node_stays_usable() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-bad");
+    let text = sb.user_file("not.sqsh", b"not an image\n");
+    let cases = [
+        (
+            format!(
+                "--container-image={}",
+                sb.work.join("missing.sqsh").display()
+            ),
+            vec![],
+            "image not found",
+        ),
+        (
+            format!("--container-image={}", text.display()),
+            vec![],
+            "not a squashfs image",
+        ),
+        (
+            format!("--container-image={}", image()),
+            vec!["--container-mounts=/tmp:relative"],
+            "not an absolute path",
+        ),
+        (
+            format!("--container-image={}", image()),
+            vec!["--container-mounts=/etc/shadow:/s"],
+            "denied by the site policy",
+        ),
+    ];
+    for (img, extra, says) in cases {
+        let mut argv = vec!["srun", "-n1", img.as_str()];
+        argv.extend(extra.iter().copied());
+        argv.extend(["echo", "ran"]);
+        let r = c.run(&sb, &argv);
+        assert_ne!(r.code, Some(0), "{argv:?}");
+        assert!(!r.stdout.contains("ran"), "{argv:?} ran");
+        assert!(
+            r.stderr.contains(says),
+            "{argv:?}: expected '{says}' in srun's output:\n{}",
+            r.stderr
+        );
+    }
+    // The nodes are still idle and take the next job.
+    assert!(
+        c.node_states()
+            .iter()
+            .all(|s| s == "idle" || s == "mixed" || s == "allocated"),
+        "{:?}",
+        c.node_states()
+    );
+    let flag = format!("--container-image={}", image());
+    c.run(&sb, &["srun", "-N3", "-n3", &flag, "true"])
+        .expect_ok("next job");
+}
