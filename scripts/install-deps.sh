@@ -14,6 +14,7 @@ packages=(
   charliecloud-runtime hyperfine      # peers and tools for benchmarks/
   docker-registry skopeo umoci apache2-utils  # berth-image tests: local registry, pushes, reference unpack, htpasswd
   libmpich12                          # an MPICH library for the MPI ABI-check tests (library only, no mpirun)
+  slurm-wlm slurmctld slurmd munge libslurm-dev iproute2  # the test cluster; spank.h for the plugin
 )
 missing=()
 for p in "${packages[@]}"; do

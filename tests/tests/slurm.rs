@@ -324,7 +324,7 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     let r = c.run(&sb, &["srun", "-n1", &img, "sh", "-c", "exit 3"]);
     assert_eq!(r.code, Some(3), "{}", r.stderr);
     // A long step, cancelled.
-    let mut srun = c
+    let srun = c
         .cmd(
             &sb,
             &[
