@@ -3,6 +3,7 @@
 mod image_import;
 mod policy_cost;
 mod proc;
+mod slurm_steps;
 mod startup;
 mod stats;
 
@@ -67,6 +68,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What a container costs per Slurm step, on the local test cluster (run as root)
+    Slurm {
+        /// The SPANK plugin (target/release/libspank_berth.so)
+        #[arg(long)]
+        plugin: PathBuf,
+        /// A squashfs image readable by the user
+        #[arg(long)]
+        image: PathBuf,
+        /// The non-root user the jobs are submitted as
+        #[arg(long, default_value = "berthtest")]
+        user: String,
+        /// Timed rounds (medians need at least 20)
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Untimed warm-up rounds
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
     /// What a site policy costs on the per-rank start-up path (empty vs given policy)
     Policy {
         /// The berth launcher binary
@@ -121,6 +140,19 @@ fn main() {
             runs,
             workdir,
             json,
+        }),
+        Cmd::Slurm {
+            plugin,
+            image,
+            user,
+            runs,
+            warmup,
+        } => slurm_steps::run(&slurm_steps::Args {
+            plugin,
+            image,
+            user,
+            runs,
+            warmup,
         }),
         Cmd::Policy {
             berth,
