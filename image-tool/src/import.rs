@@ -5,6 +5,7 @@
 use crate::cache::Cache;
 use crate::cleanup::{cancelled, TempGuard};
 use crate::oci::{self, ConfigBlob, Document};
+use crate::progress::Progress;
 use crate::registry::Client;
 use crate::source::{RegistryRef, Source};
 use crate::unpack::{LayerStats, Unpacker};
@@ -80,14 +81,6 @@ struct Plan {
     up_to_date: bool,
 }
 
-/// Progress, for people: only on a terminal (scripts get errors and warnings only).
-fn say(quiet: bool, msg: &str) {
-    use std::io::IsTerminal;
-    if !quiet && io::stderr().is_terminal() {
-        eprintln!("berth-image: {msg}");
-    }
-}
-
 fn mib(n: u64) -> String {
     format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
 }
@@ -123,11 +116,12 @@ fn check_output(out: &Path) -> Result<PathBuf, String> {
 pub fn import(opts: &Options) -> Result<Summary, String> {
     let work_path = check_output(&opts.output)?;
     let (level, comp) = compression(opts)?;
+    let progress = Progress::new(opts.quiet);
     if let Source::Rootfs(dir) = &opts.source {
-        return import_rootfs(opts, dir, &work_path, &comp, level);
+        return import_rootfs(opts, &progress, dir, &work_path, &comp, level);
     }
     let plan = match &opts.source {
-        Source::Registry(r) => plan_registry(opts, r)?,
+        Source::Registry(r) => plan_registry(opts, &progress, r)?,
         Source::OciDir { dir, tag } => {
             let store = Store::dir(dir)?;
             plan_oci(
@@ -171,7 +165,7 @@ pub fn import(opts: &Options) -> Result<Summary, String> {
             up_to_date: true,
         });
     }
-    assemble(opts, plan, &work_path, &comp, level)
+    assemble(opts, &progress, plan, &work_path, &comp, level)
 }
 
 /// How the squashfs is built, recorded in the image config (`source.squashfs`): an output is
@@ -253,7 +247,7 @@ fn runtime_config(config: &ConfigBlob, source: BTreeMap<String, String>) -> Imag
     }
 }
 
-fn plan_registry(opts: &Options, r: &RegistryRef) -> Result<Plan, String> {
+fn plan_registry(opts: &Options, progress: &Progress, r: &RegistryRef) -> Result<Plan, String> {
     let cache = open_cache(opts)?;
     let client = Client::new(r, opts.insecure)?;
     let (_, mut digest, mut doc) = client.manifest(r.reference())?;
@@ -310,6 +304,20 @@ fn plan_registry(opts: &Options, r: &RegistryRef) -> Result<Plan, String> {
 
     // Fetch missing layers, a few at a time; each is verified before it enters the cache.
     let total = doc.layers.len();
+    let was_cached: Vec<bool> = doc
+        .layers
+        .iter()
+        .map(|l| cache.blob_path(&l.digest).is_ok_and(|p| p.is_file()))
+        .collect();
+    let downloads = progress.downloads(
+        was_cached.iter().filter(|c| !**c).count(),
+        doc.layers
+            .iter()
+            .zip(&was_cached)
+            .filter(|(_, c)| !**c)
+            .map(|(l, _)| l.size)
+            .sum(),
+    );
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<bool, String>>>> =
         (0..total).map(|_| std::sync::Mutex::new(None)).collect();
@@ -321,18 +329,13 @@ fn plan_registry(opts: &Options, r: &RegistryRef) -> Result<Plan, String> {
                     break;
                 }
                 let l = &doc.layers[i];
-                let res = client.fetch_layer(&l.digest, &cache, &|_| {});
-                if let Ok(false) = res {
-                    say(
-                        opts.quiet,
-                        &format!(
-                            "layer {}/{total} {} ({}) downloaded",
-                            i + 1,
-                            short(&l.digest),
-                            mib(l.size)
-                        ),
-                    );
-                }
+                let bar = downloads.layer(
+                    format!("layer {}/{total} {}", i + 1, short(&l.digest)),
+                    l.size,
+                    was_cached[i],
+                );
+                let res = client.fetch_layer(&l.digest, &cache, &|have| bar.at(have));
+                bar.finish(progress, res.as_ref().map(|c| *c).map_err(|_| ()));
                 let failed = res.is_err();
                 *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
                 if failed {
@@ -341,6 +344,10 @@ fn plan_registry(opts: &Options, r: &RegistryRef) -> Result<Plan, String> {
             });
         }
     });
+    let ok = results
+        .iter()
+        .all(|r| matches!(*r.lock().unwrap_or_else(|e| e.into_inner()), Some(Ok(_))));
+    downloads.finish(ok);
     let mut layers = Vec::new();
     for (l, res) in doc.layers.iter().zip(results) {
         match res.into_inner().unwrap_or_else(|e| e.into_inner()) {
@@ -671,25 +678,33 @@ fn plan_docker_archive(file: &Path, opts: &Options) -> Result<Plan, String> {
 }
 
 /// Hashes what passes through, so a layer is verified in the same read that applies it.
+/// It also moves the unpack progress bar (hidden when there is none).
 struct HashReader<R> {
     inner: R,
     hash: Sha256,
+    bar: indicatif::ProgressBar,
 }
 
 impl<R: Read> Read for HashReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
+        self.bar.inc(n as u64);
         Ok(n)
     }
 }
 
 /// Decompress (gzip, zstd or none, told by the magic bytes), apply, then verify the digest of
 /// every raw byte. A mismatch fails the import, whose temp rootfs is then discarded.
-fn apply_layer(unpacker: &mut Unpacker, layer: &Layer) -> Result<LayerStats, String> {
+fn apply_layer(
+    unpacker: &mut Unpacker,
+    layer: &Layer,
+    bar: &indicatif::ProgressBar,
+) -> Result<LayerStats, String> {
     let mut hr = HashReader {
         inner: open_loc(&layer.loc)?,
         hash: Sha256::new(),
+        bar: bar.clone(),
     };
     let fail = |e: String| format!("layer {}: {e}", layer.digest);
     let stats = {
@@ -746,6 +761,7 @@ fn fail_with_digest(layer: &Layer, hr: &mut HashReader<Box<dyn Read>>, err: Stri
 
 fn assemble(
     opts: &Options,
+    progress: &Progress,
     plan: Plan,
     work_path: &Path,
     comp: &str,
@@ -758,26 +774,39 @@ fn assemble(
     let mut unpacker = Unpacker::new(&rootfs)?;
     let mut summaries = Vec::new();
     let n = plan.layers.len();
+    let bytes: u64 = plan.layers.iter().map(|l| l.size).sum();
+    let bar = progress.unpack(bytes);
+    let started = std::time::Instant::now();
     for (i, layer) in plan.layers.iter().enumerate() {
         if cancelled() {
             return Err("interrupted".into());
         }
-        say(
-            opts.quiet,
-            &format!(
-                "applying layer {}/{n} {} ({})",
-                i + 1,
-                short(&layer.digest),
-                mib(layer.size)
-            ),
+        let what = format!(
+            "layer {}/{n} {} ({})",
+            i + 1,
+            short(&layer.digest),
+            mib(layer.size)
         );
-        let stats = apply_layer(&mut unpacker, layer)?;
+        progress.plain_line(&format!("applying {what}"));
+        bar.set_message(what);
+        let stats = apply_layer(&mut unpacker, layer, &bar);
+        let stats = stats.inspect_err(|_| bar.abandon())?;
         summaries.push(LayerSummary {
             digest: layer.digest.clone(),
             size: layer.size,
             cached: layer.cached,
             entries: stats.entries,
         });
+    }
+    bar.finish_and_clear();
+    if !bar.is_hidden() {
+        progress.line(&format!(
+            "unpacked {n} layer{} ({}, {} entries) in {}",
+            if n == 1 { "" } else { "s" },
+            mib(bytes),
+            summaries.iter().map(|s| s.entries).sum::<u64>(),
+            indicatif::HumanDuration(started.elapsed())
+        ));
     }
     unpacker.write_file(Path::new(CONFIG_PATH), plan.config.to_json().as_bytes())?;
     let warnings = std::mem::take(&mut unpacker.warnings);
@@ -787,7 +816,7 @@ fn assemble(
             .for_each(|w| eprintln!("berth-image: warning: {w}"));
     }
     drop(unpacker);
-    let size = mksquashfs(opts, &rootfs, &[], work.path(), comp, level)?;
+    let size = mksquashfs(opts, progress, &rootfs, &[], work.path(), comp, level)?;
     Ok(Summary {
         output: opts.output.clone(),
         size,
@@ -802,6 +831,7 @@ fn assemble(
 /// A rootfs directory as is; the image config is added (as a pseudo file) unless it has one.
 fn import_rootfs(
     opts: &Options,
+    progress: &Progress,
     dir: &Path,
     work_path: &Path,
     comp: &str,
@@ -840,7 +870,7 @@ fn import_rootfs(
         .map_err(|e| format!("cannot write {}: {e}", pf.display()))?;
         pseudo = vec!["-pf".to_string(), pf.to_string_lossy().into_owned()];
     }
-    let size = mksquashfs(opts, dir, &pseudo, work.path(), comp, level)?;
+    let size = mksquashfs(opts, progress, dir, &pseudo, work.path(), comp, level)?;
     Ok(Summary {
         output: opts.output.clone(),
         size,
@@ -855,6 +885,7 @@ fn import_rootfs(
 /// mksquashfs into the work directory, then rename over the output: never a half image.
 fn mksquashfs(
     opts: &Options,
+    progress: &Progress,
     root: &Path,
     extra: &[String],
     work: &Path,
@@ -862,10 +893,9 @@ fn mksquashfs(
     level: Option<u32>,
 ) -> Result<u64, String> {
     let part = work.join("image.sqsh");
-    say(
-        opts.quiet,
-        &format!("writing {} ({comp})", opts.output.display()),
-    );
+    let stage = format!("writing {} ({comp})", opts.output.display());
+    progress.plain_line(&stage);
+    let spinner = progress.spinner(format!("mksquashfs: {stage}"));
     let mut cmd = Command::new("mksquashfs");
     cmd.arg(root)
         .arg(&part)
@@ -893,6 +923,7 @@ fn mksquashfs(
     crate::cleanup::set_child(child.id());
     let out = child.wait_with_output();
     crate::cleanup::clear_child();
+    spinner.finish_and_clear();
     let out = out.map_err(|e| format!("mksquashfs: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

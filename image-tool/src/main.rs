@@ -8,6 +8,7 @@ mod cleanup;
 mod import;
 mod inspect;
 mod oci;
+mod progress;
 mod registry;
 mod source;
 mod unpack;

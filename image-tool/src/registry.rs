@@ -295,6 +295,8 @@ impl Client {
     }
 
     /// Make sure the layer `digest` is in the cache, verified. Returns whether it was there.
+    /// `progress` is told how many bytes of the layer are on disk as they arrive (a resumed
+    /// download starts where it stopped; one the server restarts goes back to 0).
     pub fn fetch_layer(
         &self,
         digest: &str,
@@ -369,6 +371,12 @@ fn download_into(
         .truncate(!append)
         .open(path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let mut have = if append {
+        f.metadata().map(|m| m.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    progress(have);
     let mut buf = vec![0u8; 256 << 10];
     loop {
         if cancelled() {
@@ -382,7 +390,8 @@ fn download_into(
         }
         f.write_all(&buf[..n])
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        progress(n as u64);
+        have += n as u64;
+        progress(have);
     }
 }
 

@@ -84,6 +84,17 @@ pub fn build(plan: &Plan) -> Result<Built> {
         }
     };
 
+    let persist = match &plan.persist {
+        Some(dir) => {
+            for sub in ["upper", "work"] {
+                std::fs::create_dir_all(dir.join(sub))
+                    .ctx(|| format!("cannot create {}", dir.display()))?;
+            }
+            Some(dir.clone())
+        }
+        None => None,
+    };
+
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
     write_id_maps(0, uid, 0, gid)?;
@@ -124,12 +135,26 @@ pub fn build(plan: &Plan) -> Result<Built> {
         sys::move_mount(&tree, &OwnedFd::from(target)).ctx(|| "cannot attach the image")?;
     }
 
+    // A named container keeps its writable layer on disk: bind that directory in and put the
+    // overlay's upper and work directories there (they must share one mount).
+    let layers = match &persist {
+        Some(dir) => {
+            std::fs::create_dir("persist").ctx(|| "cannot create staging directory persist")?;
+            let tree = sys::open_tree_clone(dir, false)
+                .ctx(|| format!("cannot bind {}", dir.display()))?;
+            let target = File::open("persist").ctx(|| "cannot open staging/persist")?;
+            sys::move_mount(&tree, &OwnedFd::from(target))
+                .ctx(|| "cannot attach the container's saved layer")?;
+            "lowerdir=lower,upperdir=persist/upper,workdir=persist/work,userxattr"
+        }
+        None => "lowerdir=lower,upperdir=upper,workdir=work,userxattr",
+    };
     if let Err(e) = mount(
         Some("berth"),
         "root",
         Some("overlay"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("lowerdir=lower,upperdir=upper,workdir=work,userxattr"),
+        Some(layers),
     ) {
         return Err(fuse_failure(&mut fuse).unwrap_or_else(|| Error::Sys {
             context: "cannot mount the overlay root (Linux >= 5.11 is needed)".into(),

@@ -91,6 +91,10 @@ struct RunArgs {
     /// Do not inject the host's MPI even if the site policy does: use the image's own
     #[arg(long)]
     no_mpi: bool,
+    /// Keep the container's changes on disk under NAME (in the state directory): a later run
+    /// with the same NAME starts with them (implies --writable; `berth cache` does not touch it)
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Print the plan (mounts, identity, environment, command) and do nothing
     #[arg(long)]
     dry_run: bool,
@@ -139,13 +143,14 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             mounts,
             workdir: a.workdir,
             env,
-            writable: a.writable,
+            writable: a.writable || a.name.is_some(),
             entrypoint: !a.no_entrypoint,
             remap_root: a.remap_root,
             mount_home: !a.no_home,
             join,
             linger_secs: a.linger,
             mpi: !a.no_mpi,
+            persist: a.name,
         },
         a.dry_run,
     ))

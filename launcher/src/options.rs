@@ -53,6 +53,10 @@ pub struct RunOptions {
     pub linger_secs: Option<u64>,
     /// Inject the host's MPI when the site policy says so (`--no-mpi` turns it off).
     pub mpi: bool,
+    /// Keep the container's writable layer on disk under this name in the state directory
+    /// (`named/<name>`), so later containers with the same name start with its changes
+    /// (Slurm's `--container-name`). None: changes live in memory and go with the container.
+    pub persist: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +156,11 @@ pub fn parse_env(spec: &str) -> Result<(String, String)> {
 
 /// Join keys name files in the state directory: keep them to a safe alphabet.
 pub fn check_join_key(key: &str) -> Result<()> {
+    check_name("join key", key)
+}
+
+/// Names that become file names in the state directory (join keys, container names).
+pub fn check_name(what: &str, key: &str) -> Result<()> {
     let ok = !key.is_empty()
         && key.len() <= 100
         && !key.starts_with('.')
@@ -160,7 +169,7 @@ pub fn check_join_key(key: &str) -> Result<()> {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if !ok {
         return usage(format!(
-            "bad join key '{key}': use 1-100 letters, digits, '.', '_' or '-', not starting with '.'"
+            "bad {what} '{key}': use 1-100 letters, digits, '.', '_' or '-', not starting with '.'"
         ));
     }
     Ok(())

@@ -88,6 +88,8 @@ pub struct Plan {
     pub env_rules: EnvRules,
     /// What the plan left out and why (optional site mounts absent on this node...).
     pub notes: Vec<String>,
+    /// The on-disk writable layer of a named container (`<state>/named/<name>`).
+    pub persist: Option<PathBuf>,
 }
 
 /// The process started in the container, resolved once the image config is known.
@@ -396,7 +398,12 @@ impl Plan {
             mpi: None,
             env_rules: policy.env.clone(),
             notes,
+            persist: None,
         };
+        if let Some(name) = &opts.persist {
+            crate::options::check_name("container name", name)?;
+            plan.persist = Some(plan.state_dir.join("named").join(name));
+        }
         if let Some(m) = policy.mpi.as_ref().filter(|m| m.enabled && opts.mpi) {
             let origin = format!("mpi {}", m.origin);
             let mut mpi_steps = Vec::new();
@@ -458,14 +465,15 @@ impl Plan {
     /// built from the same image with the same mounts.
     pub fn fingerprint(&self) -> String {
         let text = format!(
-            "{:?}|{:?}|{}|{}|{:?}|{}|{:?}",
+            "{:?}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}",
             self.image.path,
             self.rootfs,
             self.writable,
             self.remap_root,
             self.steps,
             self.user.uid,
-            self.mpi
+            self.mpi,
+            self.persist
         );
         Sha256::digest(text.as_bytes())
             .iter()
@@ -990,6 +998,7 @@ mod tests {
             join: Join::No,
             linger_secs: None,
             mpi: true,
+            persist: None,
         }
     }
 

@@ -79,6 +79,12 @@ impl JobRequest {
             join: Join::Key(key.to_string()),
             linger_secs: None,
             mpi: true,
+            // A named container keeps its changes on disk, under its instance key.
+            persist: self
+                .name
+                .as_ref()
+                .filter(|n| !n.is_empty())
+                .map(|_| key.to_string()),
         })
     }
 }

@@ -255,7 +255,9 @@ fn request(sp: ffi::spank_t, remote: bool) -> JobRequest {
         workdir: opt("container-workdir"),
         name: opt("container-name"),
         env_names: opt("container-env"),
-        writable: flag("container-writable") && !flag("container-readonly"),
+        // A named container is writable (its changes are what it is for) unless told otherwise.
+        writable: (flag("container-writable") || opt("container-name").is_some())
+            && !flag("container-readonly"),
         remap_root: flag("container-remap-root"),
         mount_home: !flag("no-container-mount-home"),
         entrypoint: flag("container-entrypoint") && !flag("no-container-entrypoint"),
@@ -431,4 +433,45 @@ pub unsafe extern "C" fn slurm_spank_task_init(
         }
         Ok(())
     })
+}
+
+/// At the end of a job, on each of its nodes (as root): remove the saved layers of the job's
+/// named containers.
+///
+/// # Safety
+/// Called by Slurm with its handle and `ac` valid C strings in `av`.
+#[no_mangle]
+pub unsafe extern "C" fn slurm_spank_job_epilog(
+    sp: ffi::spank_t,
+    ac: c_int,
+    av: *mut *mut c_char,
+) -> c_int {
+    let av = args(ac, av);
+    guard("slurm_spank_job_epilog", move || {
+        let cfg = config(&av)?;
+        let job = get_u32(sp, ffi::spank_item_S_JOB_ID);
+        let uid = get_u32(sp, ffi::spank_item_S_JOB_UID);
+        let node = nix_hostname();
+        let base = cfg
+            .runtime_dir
+            .map(|d| d.replace("%n", &node))
+            .unwrap_or_else(|| "/tmp".into());
+        let named = Path::new(&base).join(format!("berth-{uid}")).join("named");
+        let prefix = format!("slurm-{job}-");
+        for entry in std::fs::read_dir(&named).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(())
+    })
+}
+
+fn nix_hostname() -> String {
+    let mut buf = [0u8; 256];
+    if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut c_char, buf.len()) } != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }

@@ -230,3 +230,37 @@ fn user_mounts_ro_and_rw_and_files() {
         "rw mount writes reach the host"
     );
 }
+
+#[test]
+fn a_named_container_keeps_its_changes_for_the_next_run_with_that_name() {
+    let sb = Sandbox::new("named");
+    let image = demo_image();
+    let img = image.to_str().unwrap();
+    run(sb.berth(&[
+        "run",
+        "--name",
+        "keep",
+        img,
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /etc/berth-kept",
+    ]))
+    .expect_ok("first");
+    let r = run(sb.berth(&["run", "--name", "keep", img, "--", "cat", "/etc/berth-kept"]))
+        .expect_ok("second");
+    assert_eq!(r.stdout, "kept\n");
+    let r = run(sb.berth(&[
+        "run",
+        img,
+        "--",
+        "sh",
+        "-c",
+        "test -e /etc/berth-kept && echo leaked || echo clean",
+    ]))
+    .expect_ok("unnamed");
+    assert_eq!(r.stdout, "clean\n", "an unnamed container does not see it");
+    assert!(sb.state.join("named/keep/upper/etc/berth-kept").exists());
+    let bad = run(sb.berth(&["run", "--name", "../x", img, "--", "true"]));
+    assert_eq!(bad.code, Some(125));
+}

@@ -443,3 +443,34 @@ fn bad_input_fails_fast_in_srun_output_and_the_node_stays_usable() {
     c.run(&sb, &["srun", "-N3", "-n3", &flag, "true"])
         .expect_ok("next job");
 }
+
+#[test]
+fn a_named_container_keeps_its_changes_across_the_steps_of_a_job() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-named");
+    let out = sb.work.join("named.out");
+    let script = "srun -n1 --container-name=keep sh -c 'echo saved > /saved-file' && \
+                  srun -n1 --container-name=keep cat /saved-file && \
+                  srun -n1 sh -c 'test -e /saved-file && echo unnamed-sees-it || echo unnamed-fresh'";
+    let flag = format!("--container={}", image());
+    let o = format!("--output={}", out.display());
+    c.run(
+        &sb,
+        &[
+            "sbatch", "--wait", "-w", "n1", "-n1", &flag, &o, "--wrap", script,
+        ],
+    )
+    .expect_ok("sbatch");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "saved\nunnamed-fresh\n"
+    );
+    // The job epilog removed the saved layer.
+    let named = std::path::PathBuf::from(format!("/tmp/berth-{}/named", user().uid));
+    let gone = eventually(Duration::from_secs(20), || {
+        std::fs::read_dir(&named)
+            .map(|rd| rd.flatten().count() == 0)
+            .unwrap_or(true)
+    });
+    assert!(gone, "saved layers left in {}", named.display());
+}
