@@ -37,11 +37,14 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
 
 /// What can be checked of a request before its job is queued (on the submit host, by the
 /// scheduler glue): the policy is valid, the image opens, the user's mounts exist and pass
-/// the site's rules. Site mounts are not checked: a login node may lack them.
-pub fn check(opts: &RunOptions) -> Result<()> {
+/// the site's rules. Site mounts are not checked: a login node may lack them, and neither is an
+/// image that is a registry reference (the nodes import it).
+pub fn check(opts: &RunOptions, image_is_file: bool) -> Result<()> {
     let policy = Policy::load(None)?;
     let user = HostUser::current()?;
-    Image::open(&opts.image)?;
+    if image_is_file {
+        Image::open(&opts.image)?;
+    }
     if !opts.mounts.is_empty() && !policy.user_mounts.enabled {
         return Err(Error::Usage(
             "user mounts are disabled by the site policy (user_mounts.enabled = false)".into(),

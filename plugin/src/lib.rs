@@ -89,6 +89,13 @@ impl JobRequest {
     }
 }
 
+/// Whether an image names a registry image (`docker://...`, enroot's `[USER@][REGISTRY#]IMAGE[:TAG]`)
+/// rather than a squashfs file or directory: anything not a path that exists here.
+pub fn is_reference(image: &str) -> bool {
+    image.contains("://")
+        || (!image.starts_with('/') && !image.starts_with('.') && !Path::new(image).exists())
+}
+
 /// pyxis writes mount flags as `ro`, `rw`, `rbind`, `bind`, like berth; `private`/`rprivate`
 /// are accepted and dropped (berth's mounts are private).
 fn pyxis_mount(spec: &str) -> String {
@@ -153,6 +160,15 @@ mod tests {
         };
         assert!(bad.run_options("k", vec![], &[], Path::new("/")).is_err());
         assert!(!JobRequest::default().wants_container());
+    }
+
+    #[test]
+    fn references_and_paths() {
+        assert!(is_reference("docker://registry.local/app:1"));
+        assert!(is_reference("alice@registry.local#team/app:1"));
+        assert!(is_reference("ubuntu:22.04"));
+        assert!(!is_reference("/images/app.sqsh"));
+        assert!(!is_reference("./app.sqsh"));
     }
 
     #[test]

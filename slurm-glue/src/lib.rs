@@ -24,7 +24,7 @@ mod ffi {
 }
 
 use berth_launcher::error::Error;
-use berth_plugin::{instance_key, JobRequest};
+use berth_plugin::{instance_key, is_reference, JobRequest};
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
 use std::path::{Path, PathBuf};
@@ -150,12 +150,16 @@ fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
 }
 
 /// plugstack.conf arguments: `policy=FILE`, `runtime_dir=DIR` (the per-user state goes in
-/// DIR/berth-<uid>; `%n` is the node name), `mode=mount|extract`, `sbatch=0|1`.
+/// DIR/berth-<uid>; `%n` is the node name), `mode=mount|extract`, `sbatch=0|1`,
+/// `berth_image=PATH` (the importer for registry references; default: `berth-image` on PATH),
+/// `insecure_registries=HOST,...` (registries reached over plain http; default: loopback only).
 struct Config {
     policy: Option<String>,
     runtime_dir: Option<String>,
     mode: Option<String>,
     sbatch: bool,
+    berth_image: String,
+    insecure_registries: Vec<String>,
 }
 
 fn config(av: &[String]) -> Result<Config, Error> {
@@ -164,6 +168,8 @@ fn config(av: &[String]) -> Result<Config, Error> {
         runtime_dir: None,
         mode: None,
         sbatch: true,
+        berth_image: "berth-image".into(),
+        insecure_registries: Vec::new(),
     };
     for a in av {
         match a.split_once('=') {
@@ -171,9 +177,13 @@ fn config(av: &[String]) -> Result<Config, Error> {
             Some(("runtime_dir", v)) => c.runtime_dir = Some(v.into()),
             Some(("mode", v)) => c.mode = Some(v.into()),
             Some(("sbatch", v)) => c.sbatch = v != "0",
+            Some(("berth_image", v)) => c.berth_image = v.into(),
+            Some(("insecure_registries", v)) => {
+                c.insecure_registries = v.split(',').filter(|h| !h.is_empty()).map(String::from).collect()
+            }
             _ => {
                 return Err(Error::Usage(format!(
-                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=)"
+                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=, berth_image=, insecure_registries=)"
                 )))
             }
         }
@@ -303,6 +313,11 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
         if !req.wants_container() {
             return Ok(());
         }
+        if !cfg.sbatch && ctx == ffi::spank_context_S_CTX_ALLOCATOR {
+            return Err(Error::Usage(
+                "this site does not take --container-* on sbatch or salloc (plugstack sbatch=0); give them to srun".into(),
+            ));
+        }
         if req.entrypoint {
             return Err(Error::Usage("--container-entrypoint is not supported under Slurm yet; run the entrypoint as the command".into()));
         }
@@ -310,7 +325,8 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
         let env: Vec<(String, String)> = std::env::vars().collect();
         let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
         let opts = req.run_options("check", vec!["true".into()], &env, &cwd)?;
-        berth_launcher::run::check(&opts)
+        let reference = req.image.as_deref().is_some_and(is_reference);
+        berth_launcher::run::check(&opts, !reference)
     })
 }
 
@@ -376,6 +392,87 @@ fn job_argv(sp: ffi::spank_t) -> Vec<String> {
     }
 }
 
+/// A registry reference is imported with berth-image into the node's state directory, once:
+/// tasks of the node wait on a lock while the first imports; later steps find it up to date
+/// (berth-image checks the manifest and rebuilds nothing).
+fn import(reference: &str, cfg: &Config, env: &[(String, String)]) -> Result<PathBuf, Error> {
+    use std::io::Read as _;
+    let uid = unsafe { libc::getuid() };
+    let state = berth_launcher::host::state_dir(uid, None);
+    berth_launcher::host::ensure_private_dir(&state, uid)?;
+    let dir = state.join("imported");
+    berth_launcher::host::ensure_private_dir(&dir, uid)?;
+    let digest: String = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        reference.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    let out = dir.join(format!("{digest}.sqsh"));
+    let lock = std::fs::File::create(dir.join(".lock"))
+        .map_err(|e| Error::Image(format!("cannot lock {}: {e}", dir.display())))?;
+    berth_launcher::sys::flock(&lock, libc::LOCK_EX)
+        .map_err(|e| Error::Image(format!("cannot lock: {e}")))?;
+    let mut cmd = std::process::Command::new(&cfg.berth_image);
+    cmd.args(["import", "--quiet", reference, "-o"]).arg(&out);
+    if cfg
+        .insecure_registries
+        .iter()
+        .any(|h| registry_host(reference) == h)
+    {
+        cmd.arg("--insecure");
+    }
+    // The user's credentials and layer cache come from the job's environment.
+    for (k, v) in env {
+        if k == "HOME"
+            || k.starts_with("BERTH_REGISTRY_")
+            || k == "BERTH_CREDENTIALS"
+            || k == "BERTH_LAYER_CACHE"
+        {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::Image(format!(
+                "cannot run {} to import {reference}: {e}",
+                cfg.berth_image
+            ))
+        })?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait().map_err(|e| Error::Image(e.to_string()))?;
+    if !status.success() {
+        let why = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed")
+            .trim_start_matches("berth-image: ");
+        return Err(Error::Image(format!("cannot import {reference}: {why}")));
+    }
+    Ok(out)
+}
+
+/// The registry host of a reference (`docker://HOST[:PORT]/...` or `[USER@]HOST[:PORT]#...`),
+/// without its port; empty for Docker Hub short names.
+fn registry_host(reference: &str) -> &str {
+    let rest = reference.strip_prefix("docker://").unwrap_or(reference);
+    let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
+    let host = if reference.starts_with("docker://") {
+        rest.split('/').next().unwrap_or("")
+    } else {
+        rest.split_once('#').map_or("", |(h, _)| h)
+    };
+    host.split(':').next().unwrap_or("")
+}
+
 /// The batch step of `sbatch`: its script runs on the host (srun must be there); the steps it
 /// starts inherit the request and run in the container.
 const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
@@ -413,7 +510,10 @@ pub unsafe extern "C" fn slurm_spank_task_init(
         apply_config(&cfg, &node);
         let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
         let key = instance_key(job, step, &node, req.name.as_deref());
-        let opts = req.run_options(&key, job_argv(sp), &env, &cwd)?;
+        let mut opts = req.run_options(&key, job_argv(sp), &env, &cwd)?;
+        if let Some(reference) = req.image.as_deref().filter(|i| is_reference(i)) {
+            opts.image = import(reference, &cfg, &env)?;
+        }
         // slurmstepd made this task non-dumpable when it switched to the user; the user
         // namespace maps in /proc/self need it dumpable again (as after any exec).
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };

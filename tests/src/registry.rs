@@ -66,6 +66,11 @@ pub struct Registry {
 impl Registry {
     /// Start a registry; with `htpasswd` = (user, password) it requires basic auth.
     pub fn start(name: &str, htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_on(name, htpasswd, "127.0.0.1")
+    }
+
+    /// Start a registry listening on `ip` (a loopback address, or the test cluster's bridge).
+    pub fn start_on(name: &str, htpasswd: Option<(&str, &str)>, ip: &str) -> Registry {
         need_tool("docker-registry", "docker-registry");
         let dir = PathBuf::from(format!(
             "/tmp/berth-tests/registry-{name}-{}",
@@ -74,12 +79,12 @@ impl Registry {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("storage")).unwrap();
         // A free port: bind to 0, read it, release it for the registry.
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = TcpListener::bind(format!("{ip}:0"))
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         let mut auth = String::new();
         if let Some((user, password)) = htpasswd {
             need_tool("htpasswd", "apache2-utils");

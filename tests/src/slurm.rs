@@ -29,6 +29,9 @@ extern "C" fn stop_cluster() {
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
+/// The host's address on the cluster's bridge (tests/slurm/cluster.sh), reachable from every node.
+pub const BRIDGE_IP: &str = "10.197.0.1";
+
 /// The plugin under test, copied where slurmd and srun (as the test user) can load it.
 fn plugin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -77,13 +80,19 @@ pub fn cluster() -> &'static Cluster {
         )
         .unwrap();
         fs::set_permissions(&policy, fs::Permissions::from_mode(0o644)).unwrap();
-        let args = format!("policy={}", policy.display());
+        let importer = crate::registry::berth_image_bin();
+        // The nodes reach a test registry on the bridge over plain http.
+        let args = format!(
+            "policy={} berth_image={} insecure_registries={BRIDGE_IP}",
+            policy.display(),
+            importer.display()
+        );
         let out = Command::new("bash")
             .arg(workspace_root().join("tests/slurm/cluster.sh"))
             .arg("start")
             .arg(&dir)
             .arg(plugin())
-            .arg(&args)
+            .args(args.split(' '))
             .output()
             .unwrap();
         unsafe { libc::atexit(stop_cluster) };
