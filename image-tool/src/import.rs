@@ -317,6 +317,7 @@ fn plan_registry(opts: &Options, progress: &Progress, r: &RegistryRef) -> Result
             .filter(|(_, c)| !**c)
             .map(|(l, _)| l.size)
             .sum(),
+        format!("layer {total}/{total} ").len() + short("sha256:0123456789ab").len(),
     );
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<bool, String>>>> =

@@ -64,13 +64,15 @@ impl Progress {
         }
     }
 
-    /// Downloads of `count` layers, `bytes` in all (those not cached yet).
-    pub fn downloads(&self, count: usize, bytes: u64) -> Downloads<'_> {
+    /// Downloads of `count` layers, `bytes` in all (those not cached yet); the layer labels
+    /// are `label_width` characters wide at most (the bars line up after them).
+    pub fn downloads(&self, count: usize, bytes: u64, label_width: usize) -> Downloads<'_> {
         let total = match self.bars() {
             Some(mp) if count > 0 => {
-                let pb = mp.add(ProgressBar::new(bytes).with_style(style(
-                    "{prefix:>23} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )));
+                let pb = mp.add(ProgressBar::new(bytes).with_style(style(&format!(
+                    "{{prefix:>{label_width}}} [{{wide_bar}}] {{bytes}}/{{total_bytes}} \
+                     {{binary_bytes_per_sec}} eta {{eta}}"
+                ))));
                 pb.set_prefix(format!(
                     "total ({count} layer{})",
                     if count == 1 { "" } else { "s" }
@@ -83,6 +85,7 @@ impl Progress {
         Downloads {
             progress: self,
             total,
+            label_width,
             started: Instant::now(),
             count,
             bytes,
@@ -124,6 +127,7 @@ impl Progress {
 pub struct Downloads<'a> {
     progress: &'a Progress,
     total: ProgressBar,
+    label_width: usize,
     started: Instant,
     count: usize,
     bytes: u64,
@@ -138,9 +142,11 @@ impl Downloads<'_> {
             Some(mp) if counted => {
                 let pb = mp.insert_before(
                     &self.total,
-                    ProgressBar::new(size).with_style(style(
-                        "{prefix:>23} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec}",
-                    )),
+                    ProgressBar::new(size).with_style(style(&format!(
+                        "{{prefix:>{}}} [{{wide_bar}}] {{bytes}}/{{total_bytes}} \
+                         {{binary_bytes_per_sec}} {{msg}}",
+                        self.label_width
+                    ))),
                 );
                 pb.set_prefix(label.clone());
                 pb
@@ -193,6 +199,10 @@ impl LayerBar {
             self.total.dec(was - have);
         }
         self.bar.set_position(have);
+        if have >= self.size && self.size > 0 {
+            // All bytes are in; fetch_layer hashes the file before it enters the cache.
+            self.bar.set_message("verifying");
+        }
     }
 
     /// The download is over: the bar gives way to a line saying so (nothing on failure: the
