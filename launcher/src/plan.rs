@@ -181,13 +181,22 @@ impl Plan {
                 origin: "default".into(),
             });
         }
-        steps.push(bind(Path::new("/tmp"), Path::new("/tmp"), "default"));
+        // Not recursive: submounts of /tmp would include berth's own staging area.
+        steps.push(Step {
+            target: "/tmp".into(),
+            action: Action::Bind {
+                source: "/tmp".into(),
+                recursive: false,
+                readonly: false,
+            },
+            origin: "default".into(),
+        });
         if opts.mount_home && user.home != Path::new("/") && exists(&user.home) {
             steps.push(bind(&user.home, &user.home, "home"));
         }
         let covered = |p: &Path| {
             steps.iter().any(|s| {
-                matches!(&s.action, Action::Bind { source, recursive: true, .. }
+                matches!(&s.action, Action::Bind { source, .. }
                 if source == &s.target && p.starts_with(&s.target))
             })
         };
@@ -301,7 +310,17 @@ impl Plan {
                 }
             }
         }
-        if policy.gpu_enabled {
+        // Patterns such as /dev/nvidia[0-9]* are only expanded (a listing of /dev on every
+        // rank) when a plain GPU device path, the driver's control device, exists.
+        let wild = |p: &str| p.contains(['*', '?', '[']);
+        let plain: Vec<String> = policy
+            .gpu_devices
+            .iter()
+            .map(|r| expand(&r.path))
+            .filter(|p| !wild(p))
+            .collect();
+        let gpu_present = plain.is_empty() || plain.iter().any(|p| Path::new(p).exists());
+        if policy.gpu_enabled && gpu_present {
             let visible = gpu_visible(env);
             let mut gpu_found = false;
             for rule in &policy.gpu_devices {
