@@ -87,6 +87,23 @@ fn shared_bin_dir() -> &'static PathBuf {
     })
 }
 
+/// Copy a program for the tests to run. The copy is made by `cp`, not by this process: a write
+/// fd of ours would be inherited by every child another test thread forks meanwhile, and exec
+/// of the copy would then fail with ETXTBSY ("Text file busy").
+pub fn copy_executable(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        st.success(),
+        "cannot copy {} to {}",
+        from.display(),
+        to.display()
+    );
+}
+
 /// The `berth` binary under test, copied where the test user can run it.
 pub fn berth_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -106,7 +123,7 @@ pub fn berth_bin() -> &'static PathBuf {
             built.display()
         );
         let copy = shared_bin_dir().join("berth");
-        fs::copy(&built, &copy).unwrap();
+        crate::copy_executable(&built, &copy);
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
         copy
     })

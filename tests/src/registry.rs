@@ -46,7 +46,7 @@ pub fn berth_image_bin() -> &'static PathBuf {
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         let copy = dir.join("berth-image");
-        fs::copy(&built, &copy).unwrap();
+        crate::copy_executable(&built, &copy);
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
         copy
     })

@@ -47,7 +47,7 @@ fn plugin() -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.join("spank_berth.so");
-    fs::copy(&built, &copy).unwrap();
+    crate::copy_executable(&built, &copy);
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
     copy
 }
