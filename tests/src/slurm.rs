@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub struct Cluster {
     pub dir: PathBuf,
@@ -52,7 +52,30 @@ fn plugin() -> PathBuf {
     copy
 }
 
-pub fn cluster() -> &'static Cluster {
+/// The cluster, for one test at a time: the tests look at the user's processes on the
+/// machine (e.g. that scancel left none), so they must not overlap.
+pub struct Serial {
+    _turn: MutexGuard<'static, ()>,
+    cluster: &'static Cluster,
+}
+
+impl std::ops::Deref for Serial {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        self.cluster
+    }
+}
+
+pub fn cluster() -> Serial {
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    Serial {
+        _turn: turn,
+        cluster: start(),
+    }
+}
+
+fn start() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         assert!(
             is_root(),
