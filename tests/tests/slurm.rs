@@ -541,3 +541,29 @@ fn container_image_can_be_a_registry_reference_imported_on_the_nodes() {
         r.stderr
     );
 }
+
+#[test]
+fn salloc_and_sbatch_container_image_apply_to_their_steps() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-salloc");
+    let flag = format!("--container-image={}", image());
+    let probe = "test -e /.berth/image.json && echo step-in-image";
+    let r = c
+        .run(
+            &sb,
+            &["salloc", "-N1", "-n2", &flag, "srun", "sh", "-c", probe],
+        )
+        .expect_ok("salloc");
+    assert_eq!(r.stdout, "step-in-image\nstep-in-image\n");
+    let out = sb.work.join("job.out");
+    let o = format!("--output={}", out.display());
+    let script = format!("srun -n1 sh -c '{probe}'");
+    c.run(
+        &sb,
+        &[
+            "sbatch", "--wait", "-N1", "-n1", &flag, &o, "--wrap", &script,
+        ],
+    )
+    .expect_ok("sbatch");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "step-in-image\n");
+}
