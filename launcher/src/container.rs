@@ -620,12 +620,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Become the command. Only returns on failure.
 pub fn exec(process: &Process) -> Error {
-    if let Err(e) = std::env::set_current_dir(&process.workdir) {
-        return Error::Usage(format!(
-            "working directory {} is not available in the container: {e} (use --workdir)",
-            process.workdir.display()
-        ));
-    }
+    // The working directory was entered by `run::enter`.
     if let Err(e) = sys::set_no_new_privs() {
         return Error::Sys {
             context: "cannot set no_new_privs".into(),

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -200,7 +201,11 @@ fn keeper_main(
         }
     }
     let mut ready = File::from(ready);
-    let dirfd = match File::options().read(true).custom_flags_dir().open(dir) {
+    let dirfd = match File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)
+    {
         Ok(f) => f,
         Err(e) => {
             let _ = write!(ready, "cannot open {}: {e}", dir.display());
@@ -254,16 +259,6 @@ fn keeper_main(
         let _ = fuse.wait();
     }
     0
-}
-
-trait DirOpen {
-    fn custom_flags_dir(&mut self) -> &mut Self;
-}
-impl DirOpen for std::fs::OpenOptions {
-    fn custom_flags_dir(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-    }
 }
 
 /// The inner user namespace (the user's own uid/gid) shared by all ranks: made by a short-lived

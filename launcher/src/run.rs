@@ -131,7 +131,13 @@ pub fn enter(
         .filter(|d| Path::new(d).is_dir())
         .collect();
     let mut process = plan.process(opts, &config, env, cwd, &lib_dirs)?;
-    if std::env::set_current_dir(&process.workdir).is_err() && opts.workdir.is_none() {
+    if let Err(e) = std::env::set_current_dir(&process.workdir) {
+        if opts.workdir.is_some() {
+            return Err(Error::Usage(format!(
+                "working directory {} is not available in the container: {e} (use --workdir)",
+                process.workdir.display()
+            )));
+        }
         eprintln!(
             "berth: warning: {} is not in the container; starting in /",
             process.workdir.display()
@@ -139,6 +145,10 @@ pub fn enter(
         process.workdir = "/".into();
         process.env.retain(|(k, _)| k != "PWD");
         process.env.push(("PWD".into(), "/".into()));
+        std::env::set_current_dir("/").map_err(|e| Error::Sys {
+            context: "cannot chdir to /".into(),
+            source: e,
+        })?;
     }
     Ok((process, built))
 }
