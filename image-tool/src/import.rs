@@ -927,12 +927,7 @@ fn mksquashfs(
     spinner.finish_and_clear();
     let out = out.map_err(|e| format!("mksquashfs: {e}"))?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no message");
+        let last = crate::inspect::last_line(&out.stderr);
         return Err(format!(
             "mksquashfs failed writing {}: {}",
             opts.output.display(),

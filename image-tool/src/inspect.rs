@@ -19,12 +19,7 @@ fn unsquashfs(args: &[&str], image: &Path) -> Result<Vec<u8>, String> {
         .output()
         .map_err(|e| format!("cannot run unsquashfs ({e}); install squashfs-tools"))?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no message");
+        let last = crate::inspect::last_line(&out.stderr);
         return Err(format!(
             "{} is not a readable squashfs image: {}",
             image.display(),
@@ -125,4 +120,14 @@ pub fn verify(image: &Path) -> Result<Info, String> {
         ));
     }
     Ok(info)
+}
+
+/// The last non-empty line a tool wrote to stderr: the one that says what went wrong.
+pub(crate) fn last_line(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .to_string()
 }
