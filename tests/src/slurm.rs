@@ -29,6 +29,9 @@ extern "C" fn stop_cluster() {
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
+/// Held (flock, exclusive) by whoever runs the test cluster: tests and `berth-bench slurm`.
+pub const CLUSTER_LOCK: &str = "/run/berth-test-cluster.lock";
+
 /// The host's address on the cluster's bridge (tests/slurm/cluster.sh), reachable from every node.
 pub const BRIDGE_IP: &str = "10.197.0.1";
 
@@ -93,6 +96,14 @@ fn start() -> &'static Cluster {
                 "{tool} is missing: run scripts/install-deps.sh"
             );
         }
+        // One cluster on the machine at a time (it owns a fixed bridge and ports): wait for
+        // any other test binary or benchmark using it, and hold the lock until this one exits.
+        let lock = fs::File::create(CLUSTER_LOCK).unwrap();
+        assert_eq!(
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+            0
+        );
+        std::mem::forget(lock);
         let dir = PathBuf::from(format!("/tmp/berth-slurm-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
