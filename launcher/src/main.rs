@@ -151,6 +151,8 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             linger_secs: a.linger,
             mpi: !a.no_mpi,
             persist: a.name,
+            scheduler_paths: Vec::new(),
+            scheduler_libraries: Vec::new(),
         },
         a.dry_run,
     ))

@@ -57,6 +57,12 @@ pub struct RunOptions {
     /// (`named/<name>`), so later containers with the same name start with its changes
     /// (Slurm's `--container-name`). None: changes live in memory and go with the container.
     pub persist: Option<String>,
+    /// Host files and directories the scheduler glue needs in the container (its client
+    /// commands and configuration, the job script's directory), bound read-only at the same
+    /// path. The user does not choose them, so the user-mount rules do not apply.
+    pub scheduler_paths: Vec<PathBuf>,
+    /// Host libraries those commands need that an image may lack (copied to /.berth/host-lib).
+    pub scheduler_libraries: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

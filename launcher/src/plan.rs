@@ -362,6 +362,22 @@ impl Plan {
                 steps.push(bind(&dir, &dir, &format!("pmix munge {}", rule.origin)));
             }
         }
+        for path in &opts.scheduler_paths {
+            if exists(path) && !covered_by(&steps, path) {
+                steps.push(Step {
+                    target: path.clone(),
+                    action: Action::Bind {
+                        source: path.clone(),
+                        recursive: false,
+                        readonly: true,
+                    },
+                    origin: "scheduler".into(),
+                });
+            }
+        }
+        for lib in &opts.scheduler_libraries {
+            host_libs.push((lib.clone(), "scheduler".into()));
+        }
         if !host_libs.is_empty() {
             let origin = host_libs
                 .iter()
@@ -575,6 +591,13 @@ impl Plan {
             _ => PathBuf::from("/"),
         };
         set_var(&mut env, "PWD", &workdir.to_string_lossy());
+        // Tells a program (and berth's own Slurm plugin in an srun started here) that it runs
+        // in a berth container, and of which image.
+        set_var(
+            &mut env,
+            "BERTH_CONTAINER",
+            &self.image.path.to_string_lossy(),
+        );
         if !lib_dirs.is_empty() {
             let joined = join_paths(&lib_dirs.join(":"), get_var(&env, "LD_LIBRARY_PATH"));
             set_var(&mut env, "LD_LIBRARY_PATH", &joined);
@@ -1018,6 +1041,8 @@ mod tests {
             linger_secs: None,
             mpi: true,
             persist: None,
+            scheduler_paths: vec![],
+            scheduler_libraries: vec![],
         }
     }
 

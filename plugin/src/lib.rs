@@ -85,6 +85,8 @@ impl JobRequest {
                 .as_ref()
                 .filter(|n| !n.is_empty())
                 .map(|_| key.to_string()),
+            scheduler_paths: Vec::new(),
+            scheduler_libraries: Vec::new(),
         })
     }
 }

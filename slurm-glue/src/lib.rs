@@ -93,7 +93,7 @@ const OPTIONS: &[(&str, Option<&str>, &str)] = &[
     (
         "container-entrypoint",
         None,
-        "[berth] run the image's entrypoint (not supported under Slurm yet)",
+        "[berth] run the image's entrypoint before the command (needs /bin/sh in the image)",
     ),
     (
         "no-container-entrypoint",
@@ -313,13 +313,15 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
         if !req.wants_container() {
             return Ok(());
         }
+        // An srun in a batch script that runs in the container: the request was checked when
+        // the job was submitted, and the image's host path is not visible in here.
+        if std::env::var_os("BERTH_CONTAINER").is_some() {
+            return Ok(());
+        }
         if !cfg.sbatch && ctx == ffi::spank_context_S_CTX_ALLOCATOR {
             return Err(Error::Usage(
                 "this site does not take --container-* on sbatch or salloc (plugstack sbatch=0); give them to srun".into(),
             ));
-        }
-        if req.entrypoint {
-            return Err(Error::Usage("--container-entrypoint is not supported under Slurm yet; run the entrypoint as the command".into()));
         }
         apply_config(&cfg, "");
         let env: Vec<(String, String)> = std::env::vars().collect();
@@ -368,6 +370,56 @@ fn job_env(sp: ffi::spank_t) -> Vec<(String, String)> {
         i += 1;
     }
     out
+}
+
+/// Slurm execs the task's own argv after this plugin returns, and SPANK cannot give it a
+/// longer one. So the image's entrypoint runs through a shell script in memory (a memfd left
+/// open across the exec), put in place of the task's argv[0]: `exec ENTRYPOINT... ARGV...`.
+/// The rest of Slurm's argv reaches the script as its arguments and is ignored.
+fn run_through_entrypoint(sp: ffi::spank_t, full_argv: &[String]) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
+    if !Path::new("/bin/sh").exists() {
+        return Err(Error::Usage(
+            "--container-entrypoint needs /bin/sh in the image; run the entrypoint as the command instead".into(),
+        ));
+    }
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let fd = unsafe { libc::memfd_create(c"berth-entrypoint".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(Error::Sys {
+            context: "cannot create the entrypoint script".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let words: Vec<String> = full_argv.iter().map(|a| quote(a)).collect();
+    // The script's own fd stays open in the command (sh can only close fds up to 9).
+    let script = format!("#!/bin/sh\nexec {}\n", words.join(" "));
+    file.write_all(script.as_bytes()).map_err(|e| Error::Sys {
+        context: "cannot write the entrypoint script".into(),
+        source: e,
+    })?;
+    let fd = file.into_raw_fd();
+    let mut argc: c_int = 0;
+    let mut argv: *mut *mut c_char = std::ptr::null_mut();
+    let rc = unsafe {
+        ffi::spank_get_item(
+            sp,
+            ffi::spank_item_S_JOB_ARGV,
+            &mut argc as *mut c_int,
+            &mut argv as *mut *mut *mut c_char,
+        )
+    };
+    if !ok(rc) || argv.is_null() || argc < 1 {
+        return Err(Error::Usage(
+            "--container-entrypoint: the task has no command to run".into(),
+        ));
+    }
+    // Leaked on purpose: Slurm execs with this pointer in its argv.
+    let shim = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+    unsafe { *argv = shim.into_raw() };
+    Ok(())
 }
 
 fn job_argv(sp: ffi::spank_t) -> Vec<String> {
@@ -473,9 +525,109 @@ fn registry_host(reference: &str) -> &str {
     host.split(':').next().unwrap_or("")
 }
 
-/// The batch step of `sbatch`: its script runs on the host (srun must be there); the steps it
-/// starts inherit the request and run in the container.
+/// The batch step of `sbatch`: with `sbatch=1` (the default) its script runs in the container,
+/// with the node's Slurm client made visible there ([`slurm_client`]); the steps it starts
+/// inherit the request and get containers of their own.
 const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
+
+/// The Slurm client commands a batch script may call.
+const SLURM_COMMANDS: &[&str] = &[
+    "srun", "sbatch", "salloc", "scancel", "squeue", "scontrol", "sinfo", "sacct", "sstat",
+    "sattach", "sbcast",
+];
+
+/// What a batch script needs to run Slurm's commands in the container: the job script's
+/// directory, the node's client commands, the directory of libslurmfull and Slurm's plugins
+/// (as loaded by this slurmstepd), the configuration directory, this plugin (srun loads it
+/// through plugstack.conf), all bound read-only at their host paths; and the libraries those
+/// commands link that are not glibc's (an image of the same distribution has them anyway).
+fn slurm_client(script: &str, env: &[(String, String)]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = Path::new(script).parent().filter(|d| d.is_absolute()) {
+        paths.push(dir.to_path_buf());
+    }
+    let search = get("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let mut commands = Vec::new();
+    for name in SLURM_COMMANDS {
+        if let Some(found) = search
+            .split(':')
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+        {
+            paths.push(found.clone());
+            commands.push(found);
+        }
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if let Some(lib) = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libslurmfull"))
+    {
+        if let Some(dir) = Path::new(lib).parent() {
+            paths.push(dir.to_path_buf());
+        }
+    }
+    let conf = get("SLURM_CONF")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("SLURM_CONF").map(PathBuf::from))
+        .unwrap_or_else(|| "/etc/slurm/slurm.conf".into());
+    if let Some(dir) = conf.parent() {
+        paths.push(dir.to_path_buf());
+    }
+    if let Some(me) = own_path() {
+        paths.push(me);
+    }
+    paths.sort();
+    paths.dedup();
+    let glibc = [
+        "libc.so",
+        "libm.so",
+        "libresolv.so",
+        "libpthread.so",
+        "libdl.so",
+        "librt.so",
+        "ld-linux",
+        "linux-vdso",
+    ];
+    let mut libraries = Vec::new();
+    if let Some(srun) = commands.first() {
+        let out = std::process::Command::new("ldd")
+            .arg(srun)
+            .stderr(std::process::Stdio::null())
+            .output();
+        for line in out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            // "libfoo.so.1 => /lib/x86_64-linux-gnu/libfoo.so.1 (0x...)"
+            let Some((name, rest)) = line.trim().split_once(" => ") else {
+                continue;
+            };
+            let lib = rest.split_whitespace().next().unwrap_or("");
+            if lib.starts_with('/')
+                && !glibc.iter().any(|g| name.starts_with(g))
+                && !paths.iter().any(|p| Path::new(lib).starts_with(p))
+            {
+                libraries.push(PathBuf::from(lib));
+            }
+        }
+    }
+    (paths, libraries)
+}
+
+/// This plugin's file, as the dynamic loader found it.
+fn own_path() -> Option<PathBuf> {
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let addr = slurm_spank_task_init as *const libc::c_void;
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy();
+    std::fs::canonicalize(name.as_ref()).ok()
+}
 
 /// In each task, as the user, just before Slurm execs it: enter the node's container.
 ///
@@ -498,7 +650,8 @@ pub unsafe extern "C" fn slurm_spank_task_init(
             get_u32(sp, ffi::spank_item_S_JOB_ID),
             get_u32(sp, ffi::spank_item_S_JOB_STEPID),
         );
-        if step == SLURM_BATCH_SCRIPT {
+        let batch = step == SLURM_BATCH_SCRIPT;
+        if batch && !cfg.sbatch {
             return Ok(());
         }
         let env = job_env(sp);
@@ -510,7 +663,11 @@ pub unsafe extern "C" fn slurm_spank_task_init(
         apply_config(&cfg, &node);
         let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
         let key = instance_key(job, step, &node, req.name.as_deref());
-        let mut opts = req.run_options(&key, job_argv(sp), &env, &cwd)?;
+        let argv = job_argv(sp);
+        let mut opts = req.run_options(&key, argv.clone(), &env, &cwd)?;
+        if batch {
+            (opts.scheduler_paths, opts.scheduler_libraries) = slurm_client(&argv[0], &env);
+        }
         if let Some(reference) = req.image.as_deref().filter(|i| is_reference(i)) {
             opts.image = import(reference, &cfg, &env)?;
         }
@@ -518,6 +675,9 @@ pub unsafe extern "C" fn slurm_spank_task_init(
         // namespace maps in /proc/self need it dumpable again (as after any exec).
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
         let (process, _built) = berth_launcher::run::enter(&opts, &env, &cwd)?;
+        if process.argv != argv {
+            run_through_entrypoint(sp, &process.argv)?;
+        }
         for (k, v) in &process.env {
             let (k, v) = (CString::new(k.as_str()), CString::new(v.as_str()));
             if let (Ok(k), Ok(v)) = (k, v) {

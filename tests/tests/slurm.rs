@@ -183,12 +183,17 @@ fn open_mpi_over_pmix_across_nodes() {
 }
 
 #[test]
-fn sbatch_container_runs_the_steps_in_the_image() {
+fn sbatch_container_runs_the_script_and_its_steps_in_the_image() {
     let c = cluster();
     let sb = Sandbox::new("slurm-sbatch");
     let out = sb.work.join("job.out");
     let flag = format!("--container={}", image());
-    let script = "srun -n2 sh -c 'test -e /.berth/image.json && echo step-in-image'";
+    // The batch script itself sees the image (and the Slurm client, to start steps); each step
+    // gets a container of its own, also in the image, as the submitting user.
+    let script = "test -e /.berth/image.json && echo script-in-image; \
+                  echo script-ns $(readlink /proc/self/ns/mnt); \
+                  srun -n2 sh -c 'test -e /.berth/image.json && echo step-in-image $(id -u) $(readlink /proc/self/ns/mnt)'; \
+                  echo step-exit $?";
     let o = format!("--output={}", out.display());
     c.run(
         &sb,
@@ -198,7 +203,19 @@ fn sbatch_container_runs_the_steps_in_the_image() {
     )
     .expect_ok("sbatch");
     let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(text, "step-in-image\nstep-in-image\n", "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines[0], "script-in-image", "{text}");
+    let script_ns = lines[1].strip_prefix("script-ns ").unwrap();
+    let steps: Vec<&str> = lines[2..4].to_vec();
+    let uid = user().uid.to_string();
+    for s in &steps {
+        let f: Vec<&str> = s.split(' ').collect();
+        assert_eq!(f[..2], ["step-in-image", uid.as_str()], "{text}");
+        assert_ne!(f[2], script_ns, "a step has a container of its own: {text}");
+    }
+    assert_eq!(steps[0], steps[1], "the step's two tasks share one: {text}");
+    assert_eq!(lines[4], "step-exit 0", "{text}");
 }
 
 #[test]
@@ -285,6 +302,33 @@ fn pyxis_flags() {
         )
         .expect_ok("remap-root");
     assert_eq!(r.stdout, "0\n");
+    // The image's entrypoint (it exports DEMO_ENTRYPOINT=ran, then execs its arguments) runs
+    // only when asked, in front of the task's whole command, quoting kept; the exit code of
+    // the command still reaches srun.
+    let show = "echo \"${DEMO_ENTRYPOINT:-none} [$1] [$2]\"; exit 4";
+    let r = c.run(
+        &sb,
+        &[
+            "srun",
+            "-n2",
+            &img,
+            "--container-entrypoint",
+            "sh",
+            "-c",
+            show,
+            "zero",
+            "it's two words",
+            "",
+        ],
+    );
+    assert_eq!(r.code, Some(4), "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout, "ran [it's two words] []\nran [it's two words] []\n",
+        "{}",
+        r.stderr
+    );
+    let r = c.run(&sb, &["srun", "-n1", &img, "sh", "-c", show, "zero", "a"]);
+    assert_eq!(r.stdout, "none [a] []\n", "{}", r.stderr);
     let r = c
         .run(
             &sb,
