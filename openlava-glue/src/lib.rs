@@ -1,1 +1,622 @@
-//! OpenLava job starter and esub (issue 6): `bsub -a 'berth(IMG.sqsh)'` jobs run in the image.
+//! OpenLava glue for berth (issue 6): `bsub -a 'berth(IMG.sqsh)'` jobs run in the image.
+//!
+//! Three small programs, none of them privileged:
+//! - `berth-lava-esub` runs at submit time as `$LSF_SERVERDIR/esub` (or from the site's esub):
+//!   it finds `berth(IMG)` in `LSB_SUB_ADDITIONAL` (bsub's `-a`), checks the image with the
+//!   launcher and writes `BERTH_IMAGE` into the job's environment, or rejects the job (97).
+//! - `berth-lava-starter` is a queue's `JOB_STARTER`: sbatchd's job shell runs
+//!   `berth-lava-starter <user command>`; with `BERTH_IMAGE` set the starter enters the image
+//!   through the launcher and becomes the command (no supervisor), else it execs the command.
+//! - `berth-lava-mpirun` runs `mpirun -machinefile` built from `LSB_MCPU_HOSTS`, each rank
+//!   wrapped by itself (`--rank`): the ranks of a host join one container, keyed by job and host.
+//!
+//! This library holds what they share: reading OpenLava's files and environment, and the
+//! launcher options for a job. The functions are pure (unit-tested below); the binaries are
+//! straight-line code around them.
+
+use berth_launcher::error::{Error, Result};
+use berth_launcher::options::{check_target, Join, MountSpec, RunOptions};
+use berth_plugin::JobRequest;
+use std::path::{Path, PathBuf};
+
+/// OpenLava's `LSB_SUB_ABORT_VALUE`: an esub exiting with it rejects the job.
+pub const ESUB_ABORT: i32 = 97;
+
+/// The MPI helper's program name: the starter leaves a job whose command is the helper on the
+/// host (the helper starts every rank in the image itself).
+pub const MPIRUN_HELPER: &str = "berth-lava-mpirun";
+
+/// The value of `name` in `env`, if set and not empty.
+pub fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// Print one line on stderr and exit.
+pub fn fail(msg: impl std::fmt::Display, code: i32) -> ! {
+    eprintln!("{msg}");
+    std::process::exit(code)
+}
+
+/// The process environment as pairs (lossy for non-UTF-8 values).
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `$LSB_SUB_PARM_FILE`: one `NAME=VALUE` a line, values usually in double quotes (with `\"`
+/// and `\\` escapes), sometimes in single quotes or bare.
+pub fn parse_parm_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                return None;
+            }
+            let (k, v) = line.split_once('=')?;
+            Some((k.trim().to_string(), unquote(v.trim())))
+        })
+        .collect()
+}
+
+fn unquote(v: &str) -> String {
+    let quoted = |q: char| v.len() >= 2 && v.starts_with(q) && v.ends_with(q);
+    if quoted('"') {
+        let mut out = String::new();
+        let mut chars = v[1..v.len() - 1].chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                c => out.push(c),
+            }
+        }
+        out
+    } else if quoted('\'') {
+        v[1..v.len() - 1].to_string()
+    } else {
+        v.to_string()
+    }
+}
+
+/// The image named by `berth(IMG)` in bsub's `-a` string (`LSB_SUB_ADDITIONAL`), which may
+/// name other esub applications too (`-a "berth(/img.sqsh) other(x)"`): those are not ours.
+pub fn image_from_additional(additional: &str) -> std::result::Result<Option<String>, String> {
+    let usage = "give it as -a 'berth(/path/to/image.sqsh)'";
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(pos) = additional[from..].find("berth") {
+        let start = from + pos;
+        from = start + "berth".len();
+        let word_start = additional[..start]
+            .chars()
+            .next_back()
+            .map_or(true, |c| c.is_whitespace() || c == ',');
+        if !word_start {
+            continue;
+        }
+        let after = &additional[from..];
+        if let Some(inner) = after.strip_prefix('(') {
+            let Some(end) = inner.find(')') else {
+                return Err(format!("-a berth(...) has no closing parenthesis: {usage}"));
+            };
+            found.push(inner[..end].trim().to_string());
+            from += 1 + end + 1;
+        } else if after.is_empty() || after.starts_with(|c: char| c.is_whitespace() || c == ',')
+        {
+            return Err(format!("-a berth needs an image: {usage}"));
+        }
+    }
+    match found.as_slice() {
+        [] => Ok(None),
+        [image] if image.is_empty() => Err(format!("-a berth() names no image: {usage}")),
+        [image] => Ok(Some(image.clone())),
+        _ => Err("-a names berth(...) more than once: give one image".into()),
+    }
+}
+
+/// A line for `$LSB_SUB_MODIFY_ENVFILE`. OpenLava copies the value into the job file between
+/// single quotes, so values it cannot carry are refused rather than mangled.
+pub fn env_file_line(name: &str, value: &str) -> std::result::Result<String, String> {
+    if value
+        .chars()
+        .any(|c| matches!(c, '"' | '\'' | '\\' | '$' | '`' | '\n' | '\r'))
+    {
+        return Err(format!(
+            "{value:?} contains a quote, backslash, '$', '`' or newline, which OpenLava's job file cannot carry: rename it"
+        ));
+    }
+    Ok(format!("{name}=\"{value}\"\n"))
+}
+
+/// The job's hosts and slots, in order: `LSB_MCPU_HOSTS` (`host n host n ...`), else
+/// `LSB_HOSTS` (one word per slot).
+pub fn job_hosts(env: &[(String, String)]) -> std::result::Result<Vec<(String, u32)>, String> {
+    let mut hosts: Vec<(String, u32)> = Vec::new();
+    let mut add = |host: &str, n: u32| match hosts.iter_mut().find(|(h, _)| h == host) {
+        Some((_, slots)) => *slots += n,
+        None => hosts.push((host.to_string(), n)),
+    };
+    if let Some(mcpu) = get(env, "LSB_MCPU_HOSTS") {
+        let words: Vec<&str> = mcpu.split_whitespace().collect();
+        if words.is_empty() || words.len() % 2 != 0 {
+            return Err(format!(
+                "LSB_MCPU_HOSTS '{mcpu}' is not of the form 'host n host n ...'"
+            ));
+        }
+        for pair in words.chunks(2) {
+            match pair[1].parse::<u32>() {
+                Ok(n) if n > 0 => add(pair[0], n),
+                _ => {
+                    return Err(format!(
+                        "LSB_MCPU_HOSTS '{mcpu}': '{}' is not a slot count",
+                        pair[1]
+                    ))
+                }
+            }
+        }
+    } else if let Some(list) = get(env, "LSB_HOSTS") {
+        for host in list.split_whitespace() {
+            add(host, 1);
+        }
+    }
+    if hosts.is_empty() {
+        return Err(
+            "neither LSB_MCPU_HOSTS nor LSB_HOSTS is set: run berth-lava-mpirun inside an OpenLava job (bsub -n N ...)"
+                .into(),
+        );
+    }
+    Ok(hosts)
+}
+
+/// An Open MPI machinefile: `host slots=n` a line.
+pub fn machinefile(hosts: &[(String, u32)]) -> String {
+    hosts
+        .iter()
+        .map(|(h, n)| format!("{h} slots={n}\n"))
+        .collect()
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect()
+}
+
+/// The job's part of the join key: `lava-<LSB_JOBID>`, with `.<LSB_JOBINDEX>` for an element
+/// of a job array (the elements share the job id).
+pub fn job_key(env: &[(String, String)]) -> std::result::Result<String, String> {
+    let id = get(env, "LSB_JOBID")
+        .ok_or("LSB_JOBID is not set: run berth-lava-mpirun inside an OpenLava job")?;
+    Ok(match get(env, "LSB_JOBINDEX").filter(|i| *i != "0") {
+        Some(index) => format!("lava-{}.{}", clean(id), clean(index)),
+        None => format!("lava-{}", clean(id)),
+    })
+}
+
+/// The join key of a job's ranks on one host. The host is part of it because the state
+/// directory may be shared between hosts (a /tmp on a shared file system; the tests' hosts).
+pub fn host_key(job_key: &str, host: &str) -> String {
+    format!("{job_key}-{}", clean(host))
+}
+
+/// The scheduler's variables (`LSB_*`, `LS_*`): carried into the container whatever the
+/// image or the site's environment rules say.
+pub fn scheduler_env(env: &[(String, String)]) -> Vec<(String, String)> {
+    env.iter()
+        .filter(|(k, _)| k.starts_with("LSB_") || k.starts_with("LS_"))
+        .cloned()
+        .collect()
+}
+
+/// The variables `mpirun -x` forwards to every rank: the scheduler's and berth's own.
+pub fn forwarded_names(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("LSB_") || k.starts_with("LS_") || k.starts_with("BERTH_"))
+        .cloned()
+        .collect()
+}
+
+/// The submit directory (`LS_SUBCWD`; OpenLava gives it relative to the home directory when
+/// it lies there).
+pub fn submit_cwd(env: &[(String, String)]) -> Option<PathBuf> {
+    let cwd = Path::new(get(env, "LS_SUBCWD")?);
+    if cwd.is_absolute() {
+        Some(cwd.to_path_buf())
+    } else {
+        get(env, "HOME").map(|home| Path::new(home).join(cwd))
+    }
+}
+
+/// The job's `.lsbatch` directory: where `LSB_JOBFILENAME` (and `$LSB_JOBFILENAME.shell`,
+/// the script of `bsub < script`) lives.
+pub fn job_file_dir(env: &[(String, String)]) -> Option<PathBuf> {
+    Path::new(get(env, "LSB_JOBFILENAME")?)
+        .parent()
+        .map(Path::to_path_buf)
+}
+
+/// Whether the job's command is the MPI helper (by program name).
+pub fn is_mpirun_helper(argv0: &str) -> bool {
+    Path::new(argv0).file_name().and_then(|n| n.to_str()) == Some(MPIRUN_HELPER)
+}
+
+/// The launcher options for a job's command (or an MPI rank) in `image`: the job user's home
+/// and the submit directory visible, `LSB_*`/`LS_*` carried in, the image's entrypoint not
+/// run (the job's command is what runs), `key` shared by the ranks of a host (None: a
+/// container of its own). `job_dir` is the `.lsbatch` directory: it is bound at its own path
+/// unless /tmp or the home directory already show it. `home` is the user's home directory.
+pub fn run_options(
+    image: &str,
+    argv: Vec<String>,
+    env: &[(String, String)],
+    cwd: &Path,
+    key: Option<&str>,
+    job_dir: Option<&Path>,
+    home: Option<&Path>,
+) -> Result<RunOptions> {
+    let request = JobRequest {
+        image: Some(image.to_string()),
+        mount_home: true,
+        ..Default::default()
+    };
+    let mut opts = request.run_options(key.unwrap_or("none"), argv, env, cwd)?;
+    opts.join = key.map_or(Join::No, |k| Join::Key(k.to_string()));
+    opts.env = scheduler_env(env);
+    if let Some(dir) = job_dir {
+        let real = std::fs::canonicalize(dir).map_err(|e| {
+            Error::Usage(format!(
+                "the job file directory {} (from LSB_JOBFILENAME) is not there: {e}",
+                dir.display()
+            ))
+        })?;
+        let home = home.and_then(|h| std::fs::canonicalize(h).ok());
+        let shown = real.starts_with("/tmp")
+            || home
+                .as_deref()
+                .is_some_and(|h| h != Path::new("/") && real.starts_with(h));
+        if !shown {
+            check_target(&real).map_err(|why| {
+                Error::Usage(format!("cannot show the job file directory: {why}"))
+            })?;
+            opts.mounts.push(MountSpec {
+                source: real.clone(),
+                target: real,
+                readonly: false,
+                recursive: false,
+            });
+        }
+    }
+    Ok(opts)
+}
+
+/// The command line of `berth-lava-mpirun`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MpirunArgs {
+    pub image: Option<String>,
+    pub mpirun: String,
+    /// Options for mpirun itself (`berth-lava-mpirun [OURS] -OPT... -- COMMAND`).
+    pub mpirun_options: Vec<String>,
+    pub command: Vec<String>,
+}
+
+pub const MPIRUN_USAGE: &str =
+    "usage: berth-lava-mpirun [--image IMG] [--mpirun PATH] [MPIRUN_OPTION... --] COMMAND [ARG...]";
+
+pub fn parse_mpirun_args(args: &[String]) -> std::result::Result<MpirunArgs, String> {
+    let mut a = MpirunArgs {
+        image: None,
+        mpirun: "mpirun".into(),
+        mpirun_options: Vec::new(),
+        command: Vec::new(),
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let (name, inline) = match args[i].split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (args[i].as_str(), None),
+        };
+        if name != "--image" && name != "--mpirun" {
+            break;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => {
+                i += 1;
+                args.get(i)
+                    .cloned()
+                    .ok_or(format!("{name} needs a value; {MPIRUN_USAGE}"))?
+            }
+        };
+        if name == "--image" {
+            a.image = Some(value);
+        } else {
+            a.mpirun = value;
+        }
+        i += 1;
+    }
+    let rest = &args[i..];
+    match rest.iter().position(|w| w == "--") {
+        Some(0) => a.command = rest[1..].to_vec(),
+        Some(end) if rest[0].starts_with('-') => {
+            a.mpirun_options = rest[..end].to_vec();
+            a.command = rest[end + 1..].to_vec();
+        }
+        _ => a.command = rest.to_vec(),
+    }
+    if a.command.is_empty() {
+        return Err(format!("no command given; {MPIRUN_USAGE}"));
+    }
+    if a.command[0].starts_with('-') {
+        return Err(format!(
+            "'{}' is not a command: put mpirun's options before '--'; {MPIRUN_USAGE}",
+            a.command[0]
+        ));
+    }
+    Ok(a)
+}
+
+/// What each rank runs: `<helper> --rank KEY IMAGE -- COMMAND...`.
+pub fn rank_argv(helper: &Path, key: &str, image: &str, command: &[String]) -> Vec<String> {
+    let mut argv = vec![
+        helper.to_string_lossy().into_owned(),
+        "--rank".into(),
+        key.into(),
+        image.into(),
+        "--".into(),
+    ];
+    argv.extend(command.iter().cloned());
+    argv
+}
+
+/// The arguments after `--rank`: `KEY IMAGE -- COMMAND...`.
+pub fn parse_rank_args(args: &[String]) -> std::result::Result<(String, String, Vec<String>), String> {
+    match args {
+        [key, image, sep, command @ ..] if sep == "--" && !command.is_empty() => {
+            Ok((key.clone(), image.clone(), command.to_vec()))
+        }
+        _ => Err("--rank takes KEY IMAGE -- COMMAND (it is what berth-lava-mpirun gives mpirun)".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn strings(words: &[&str]) -> Vec<String> {
+        words.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parm_file_values_are_unquoted() {
+        let parm = parse_parm_file(
+            "LSB_SUB_QUEUE=\"normal\"\nLSB_SUB_ADDITIONAL=\"berth(/img/a b.sqsh) x(\\\"y\\\")\"\n\n# c\nLSB_SUB_JOB_NAME='j'\nLSB_SUB_NUM_PROCESSORS=4\nnoequals\n",
+        );
+        assert_eq!(
+            parm,
+            env(&[
+                ("LSB_SUB_QUEUE", "normal"),
+                ("LSB_SUB_ADDITIONAL", "berth(/img/a b.sqsh) x(\"y\")"),
+                ("LSB_SUB_JOB_NAME", "j"),
+                ("LSB_SUB_NUM_PROCESSORS", "4"),
+            ])
+        );
+    }
+
+    #[test]
+    fn berth_in_additional_strings() {
+        let ok = |s: &str| image_from_additional(s).unwrap();
+        assert_eq!(ok(""), None);
+        assert_eq!(ok("docker(ubuntu)"), None);
+        assert_eq!(ok("myberth(x)"), None);
+        assert_eq!(ok("berth(/i.sqsh)").as_deref(), Some("/i.sqsh"));
+        assert_eq!(ok(" other(x) berth( /a b.sqsh ) ").as_deref(), Some("/a b.sqsh"));
+        assert_eq!(ok("x,berth(rel.sqsh)").as_deref(), Some("rel.sqsh"));
+        for (bad, why) in [
+            ("berth()", "names no image"),
+            ("berth", "needs an image"),
+            ("x berth y", "needs an image"),
+            ("berth(/a.sqsh", "no closing"),
+            ("berth(/a) berth(/b)", "more than once"),
+        ] {
+            let err = image_from_additional(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_file_lines() {
+        assert_eq!(
+            env_file_line("BERTH_IMAGE", "/a b/i.sqsh").unwrap(),
+            "BERTH_IMAGE=\"/a b/i.sqsh\"\n"
+        );
+        for bad in ["/a'b", "/a\"b", "/a$b", "/a\nb", "/a\\b"] {
+            assert!(env_file_line("BERTH_IMAGE", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_from_mcpu_hosts_or_hosts() {
+        let h = |pairs: &[(&str, u32)]| {
+            pairs
+                .iter()
+                .map(|(h, n)| (h.to_string(), *n))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            job_hosts(&env(&[
+                ("LSB_MCPU_HOSTS", "n1 2 n2 2"),
+                ("LSB_HOSTS", "ignored")
+            ]))
+            .unwrap(),
+            h(&[("n1", 2), ("n2", 2)])
+        );
+        assert_eq!(
+            job_hosts(&env(&[("LSB_HOSTS", "n1 n1 n2 n1")])).unwrap(),
+            h(&[("n1", 3), ("n2", 1)])
+        );
+        for bad in ["n1", "n1 2 n2", "n1 zero", "n1 0"] {
+            assert!(job_hosts(&env(&[("LSB_MCPU_HOSTS", bad)])).is_err(), "{bad}");
+        }
+        assert!(job_hosts(&env(&[])).unwrap_err().contains("LSB_MCPU_HOSTS"));
+        assert_eq!(
+            machinefile(&h(&[("n1", 2), ("n2", 1)])),
+            "n1 slots=2\nn2 slots=1\n"
+        );
+    }
+
+    #[test]
+    fn join_keys_by_job_index_and_host() {
+        assert_eq!(
+            job_key(&env(&[("LSB_JOBID", "42"), ("LSB_JOBINDEX", "0")])).unwrap(),
+            "lava-42"
+        );
+        assert_eq!(
+            job_key(&env(&[("LSB_JOBID", "42"), ("LSB_JOBINDEX", "3")])).unwrap(),
+            "lava-42.3"
+        );
+        assert!(job_key(&env(&[])).is_err());
+        let key = host_key("lava-42", "node 1/x");
+        assert_eq!(key, "lava-42-node_1_x");
+        assert!(berth_launcher::options::check_join_key(&key).is_ok());
+    }
+
+    #[test]
+    fn scheduler_variables_and_directories() {
+        let e = env(&[
+            ("LSB_JOBID", "1"),
+            ("LS_SUBCWD", "work/a"),
+            ("HOME", "/home/u"),
+            ("LSF_ENVDIR", "/etc/lsf"),
+            ("BERTH_STATE_DIR", "/s"),
+            ("LSB_JOBFILENAME", "/home/u/.lsbatch/1700.1"),
+        ]);
+        let names: Vec<String> = scheduler_env(&e).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, strings(&["LSB_JOBID", "LS_SUBCWD", "LSB_JOBFILENAME"]));
+        assert_eq!(
+            forwarded_names(&e),
+            strings(&["LSB_JOBID", "LS_SUBCWD", "BERTH_STATE_DIR", "LSB_JOBFILENAME"])
+        );
+        assert_eq!(submit_cwd(&e), Some(PathBuf::from("/home/u/work/a")));
+        assert_eq!(
+            submit_cwd(&env(&[("LS_SUBCWD", "/data")])),
+            Some(PathBuf::from("/data"))
+        );
+        assert_eq!(job_file_dir(&e), Some(PathBuf::from("/home/u/.lsbatch")));
+        assert!(is_mpirun_helper("/opt/berth/bin/berth-lava-mpirun"));
+        assert!(!is_mpirun_helper("mpirun"));
+    }
+
+    #[test]
+    fn options_carry_the_scheduler_and_show_the_job_directory() {
+        let e = env(&[("LSB_JOBID", "7"), ("PATH", "/bin")]);
+        let o = run_options(
+            "/i.sqsh",
+            strings(&["true"]),
+            &e,
+            Path::new("/"),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.join, Join::No);
+        assert_eq!(o.env, env(&[("LSB_JOBID", "7")]));
+        assert!(o.mount_home && !o.entrypoint && o.mounts.is_empty());
+        let o = run_options("/i", strings(&["x"]), &e, Path::new("/"), Some("k"), None, None)
+            .unwrap();
+        assert_eq!(o.join, Join::Key("k".into()));
+        // /tmp is always shown; another directory is bound; a missing one is an error.
+        let o = run_options(
+            "/i",
+            strings(&["x"]),
+            &e,
+            Path::new("/"),
+            None,
+            Some(Path::new("/tmp")),
+            None,
+        )
+        .unwrap();
+        assert!(o.mounts.is_empty());
+        let o = run_options(
+            "/i",
+            strings(&["x"]),
+            &e,
+            Path::new("/"),
+            None,
+            Some(Path::new("/var")),
+            Some(Path::new("/nonexistent-home")),
+        )
+        .unwrap();
+        assert_eq!(o.mounts.len(), 1);
+        assert_eq!(o.mounts[0].target, Path::new("/var"));
+        let err = run_options(
+            "/i",
+            strings(&["x"]),
+            &e,
+            Path::new("/"),
+            None,
+            Some(Path::new("/nonexistent/.lsbatch")),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("LSB_JOBFILENAME"), "{err}");
+    }
+
+    #[test]
+    fn mpirun_command_lines() {
+        let p = |w: &[&str]| parse_mpirun_args(&strings(w));
+        assert_eq!(
+            p(&["./app", "-n", "1"]).unwrap(),
+            MpirunArgs {
+                image: None,
+                mpirun: "mpirun".into(),
+                mpirun_options: vec![],
+                command: strings(&["./app", "-n", "1"])
+            }
+        );
+        let a = p(&[
+            "--image", "/i.sqsh", "--mpirun=/opt/mpi/bin/mpirun", "--mca", "btl", "tcp,self",
+            "--", "app", "--", "x",
+        ])
+        .unwrap();
+        assert_eq!(a.image.as_deref(), Some("/i.sqsh"));
+        assert_eq!(a.mpirun, "/opt/mpi/bin/mpirun");
+        assert_eq!(a.mpirun_options, strings(&["--mca", "btl", "tcp,self"]));
+        assert_eq!(a.command, strings(&["app", "--", "x"]));
+        assert_eq!(p(&["app", "--", "x"]).unwrap().command, strings(&["app", "--", "x"]));
+        assert_eq!(p(&["--", "app"]).unwrap().command, strings(&["app"]));
+        assert!(p(&[]).is_err());
+        assert!(p(&["--image"]).is_err());
+        assert!(p(&["--mca", "btl", "tcp"]).is_err());
+        let argv = rank_argv(Path::new("/b/h"), "lava-1", "/i", &strings(&["app", "1"]));
+        assert_eq!(
+            parse_rank_args(&argv[2..]).unwrap(),
+            ("lava-1".into(), "/i".into(), strings(&["app", "1"]))
+        );
+        assert!(parse_rank_args(&strings(&["k", "/i", "app"])).is_err());
+    }
+}

@@ -437,6 +437,22 @@ fn bad_input_fails_fast_in_srun_output_and_the_node_stays_usable() {
     let c = cluster();
     let sb = Sandbox::new("slurm-bad");
     let text = sb.user_file("not.sqsh", b"not an image\n");
+    // An image with an entrypoint but no /bin/sh to run it through.
+    let bare = sb.work.join("bare");
+    std::fs::create_dir_all(bare.join(".berth")).unwrap();
+    std::fs::write(
+        bare.join(".berth/image.json"),
+        r#"{"schemaVersion": 1, "config": {"Entrypoint": ["/entry"]}}"#,
+    )
+    .unwrap();
+    let shellless = sb.work.join("shellless.sqsh");
+    let st = std::process::Command::new("mksquashfs")
+        .arg(&bare)
+        .arg(&shellless)
+        .args(["-quiet", "-no-progress", "-all-root"])
+        .status()
+        .unwrap();
+    assert!(st.success());
     let cases = [
         (
             format!(
@@ -460,6 +476,11 @@ fn bad_input_fails_fast_in_srun_output_and_the_node_stays_usable() {
             format!("--container-image={}", image()),
             vec!["--container-mounts=/etc/shadow:/s"],
             "denied by the site policy",
+        ),
+        (
+            format!("--container-image={}", shellless.display()),
+            vec!["--container-entrypoint"],
+            "needs /bin/sh in the image",
         ),
     ];
     for (img, extra, says) in cases {
