@@ -98,7 +98,7 @@ const OPTIONS: &[(&str, Option<&str>, &str)] = &[
     (
         "no-container-entrypoint",
         None,
-        "[berth] do not run the image's entrypoint (the default)",
+        "[berth] do not run the image's entrypoint (the default unless the site says entrypoint=1)",
     ),
 ];
 
@@ -150,7 +150,7 @@ fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
 }
 
 /// plugstack.conf arguments: `policy=FILE`, `runtime_dir=DIR` (the per-user state goes in
-/// DIR/berth-<uid>; `%n` is the node name), `mode=mount|extract`, `sbatch=0|1`,
+/// DIR/berth-<uid>; `%n` is the node name), `mode=mount|extract`, `sbatch=0|1`, `entrypoint=0|1`,
 /// `berth_image=PATH` (the importer for registry references; default: `berth-image` on PATH),
 /// `insecure_registries=HOST,...` (registries reached over plain http; default: loopback only).
 struct Config {
@@ -158,6 +158,9 @@ struct Config {
     runtime_dir: Option<String>,
     mode: Option<String>,
     sbatch: bool,
+    /// Run images' entrypoints unless the user says `--no-container-entrypoint` (pyxis's
+    /// `execute_entrypoint`); off by default.
+    entrypoint: bool,
     berth_image: String,
     insecure_registries: Vec<String>,
 }
@@ -168,6 +171,7 @@ fn config(av: &[String]) -> Result<Config, Error> {
         runtime_dir: None,
         mode: None,
         sbatch: true,
+        entrypoint: false,
         berth_image: "berth-image".into(),
         insecure_registries: Vec::new(),
     };
@@ -177,13 +181,14 @@ fn config(av: &[String]) -> Result<Config, Error> {
             Some(("runtime_dir", v)) => c.runtime_dir = Some(v.into()),
             Some(("mode", v)) => c.mode = Some(v.into()),
             Some(("sbatch", v)) => c.sbatch = v != "0",
+            Some(("entrypoint", v)) => c.entrypoint = v != "0",
             Some(("berth_image", v)) => c.berth_image = v.into(),
             Some(("insecure_registries", v)) => {
                 c.insecure_registries = v.split(',').filter(|h| !h.is_empty()).map(String::from).collect()
             }
             _ => {
                 return Err(Error::Usage(format!(
-                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=, berth_image=, insecure_registries=)"
+                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=, entrypoint=, berth_image=, insecure_registries=)"
                 )))
             }
         }
@@ -217,7 +222,8 @@ pub unsafe extern "C" fn slurm_spank_init(
 
 /// The user's request: the options given, else the environment (`BERTH_CONTAINER_*`), and
 /// Slurm's own `--container` (SLURM_CONTAINER, when the site has no oci.conf).
-fn request(sp: ffi::spank_t, remote: bool) -> JobRequest {
+/// `entrypoint`: the site's default for `--container-entrypoint` (plugstack `entrypoint=`).
+fn request(sp: ffi::spank_t, remote: bool, entrypoint: bool) -> JobRequest {
     let getenv = |name: &str| -> Option<String> {
         if remote {
             let mut buf = vec![0u8; 4096];
@@ -270,7 +276,8 @@ fn request(sp: ffi::spank_t, remote: bool) -> JobRequest {
             && !flag("container-readonly"),
         remap_root: flag("container-remap-root"),
         mount_home: !flag("no-container-mount-home"),
-        entrypoint: flag("container-entrypoint") && !flag("no-container-entrypoint"),
+        entrypoint: (flag("container-entrypoint") || entrypoint)
+            && !flag("no-container-entrypoint"),
     }
 }
 
@@ -309,7 +316,7 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
             return Ok(());
         }
         let cfg = config(&av)?;
-        let req = request(sp, false);
+        let req = request(sp, false, cfg.entrypoint);
         if !req.wants_container() {
             return Ok(());
         }
@@ -642,7 +649,7 @@ pub unsafe extern "C" fn slurm_spank_task_init(
     let av = args(ac, av);
     guard("slurm_spank_task_init", move || {
         let cfg = config(&av)?;
-        let req = request(sp, true);
+        let req = request(sp, true, cfg.entrypoint);
         if !req.wants_container() {
             return Ok(());
         }

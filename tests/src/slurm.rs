@@ -117,7 +117,7 @@ fn start() -> &'static Cluster {
         let importer = crate::registry::berth_image_bin();
         // The nodes reach a test registry on the bridge over plain http.
         let args = format!(
-            "policy={} berth_image={} insecure_registries={BRIDGE_IP}",
+            "policy={} berth_image={} insecure_registries={BRIDGE_IP} entrypoint=1",
             policy.display(),
             importer.display()
         );

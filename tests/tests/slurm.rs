@@ -302,9 +302,10 @@ fn pyxis_flags() {
         )
         .expect_ok("remap-root");
     assert_eq!(r.stdout, "0\n");
-    // The image's entrypoint (it exports DEMO_ENTRYPOINT=ran, then execs its arguments) runs
-    // only when asked, in front of the task's whole command, quoting kept; the exit code of
-    // the command still reaches srun.
+    // The image's entrypoint (it exports DEMO_ENTRYPOINT=ran, then execs its arguments) runs in
+    // front of the task's whole command, quoting kept, when asked or by the site's default (the
+    // test cluster says entrypoint=1), not with --no-container-entrypoint; the exit code of the
+    // command still reaches srun.
     let show = "echo \"${DEMO_ENTRYPOINT:-none} [$1] [$2]\"; exit 4";
     let r = c.run(
         &sb,
@@ -328,6 +329,21 @@ fn pyxis_flags() {
         r.stderr
     );
     let r = c.run(&sb, &["srun", "-n1", &img, "sh", "-c", show, "zero", "a"]);
+    assert_eq!(r.stdout, "ran [a] []\n", "{}", r.stderr);
+    let r = c.run(
+        &sb,
+        &[
+            "srun",
+            "-n1",
+            &img,
+            "--no-container-entrypoint",
+            "sh",
+            "-c",
+            show,
+            "zero",
+            "a",
+        ],
+    );
     assert_eq!(r.stdout, "none [a] []\n", "{}", r.stderr);
     let r = c
         .run(
@@ -388,7 +404,8 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     let sleeping = || {
         live_processes(user().uid)
             .iter()
-            .filter(|(_, c)| c.starts_with("/usr/bin/sleep 300"))
+            // "/usr/bin/sleep 300", or "sleep 300" through the entrypoint
+            .filter(|(_, c)| c.split(' ').next().is_some_and(|a| a.ends_with("sleep")))
             .count()
     };
     let running = eventually(Duration::from_secs(30), || sleeping() == 4);
