@@ -356,6 +356,9 @@ fn start_squashfuse(plan: &Plan, image: &File) -> Result<Child> {
     unsafe {
         cmd.pre_exec(move || {
             sys::set_pdeathsig(libc::SIGKILL)?;
+            // A group of its own: a signal to the command's process group (Ctrl-C, OpenLava's
+            // bkill) is for the command, which may handle it and still need its files.
+            libc::setpgid(0, 0);
             if libc::getppid() != parent {
                 libc::_exit(1);
             }

@@ -98,7 +98,7 @@ pub fn image_from_additional(additional: &str) -> std::result::Result<Option<Str
         let word_start = additional[..start]
             .chars()
             .next_back()
-            .map_or(true, |c| c.is_whitespace() || c == ',');
+            .is_none_or(|c| c.is_whitespace() || c == ',');
         if !word_start {
             continue;
         }
@@ -109,8 +109,7 @@ pub fn image_from_additional(additional: &str) -> std::result::Result<Option<Str
             };
             found.push(inner[..end].trim().to_string());
             from += 1 + end + 1;
-        } else if after.is_empty() || after.starts_with(|c: char| c.is_whitespace() || c == ',')
-        {
+        } else if after.is_empty() || after.starts_with(|c: char| c.is_whitespace() || c == ',') {
             return Err(format!("-a berth needs an image: {usage}"));
         }
     }
@@ -146,7 +145,7 @@ pub fn job_hosts(env: &[(String, String)]) -> std::result::Result<Vec<(String, u
     };
     if let Some(mcpu) = get(env, "LSB_MCPU_HOSTS") {
         let words: Vec<&str> = mcpu.split_whitespace().collect();
-        if words.is_empty() || words.len() % 2 != 0 {
+        if words.is_empty() || !words.len().is_multiple_of(2) {
             return Err(format!(
                 "LSB_MCPU_HOSTS '{mcpu}' is not of the form 'host n host n ...'"
             ));
@@ -385,12 +384,16 @@ pub fn rank_argv(helper: &Path, key: &str, image: &str, command: &[String]) -> V
 }
 
 /// The arguments after `--rank`: `KEY IMAGE -- COMMAND...`.
-pub fn parse_rank_args(args: &[String]) -> std::result::Result<(String, String, Vec<String>), String> {
+pub fn parse_rank_args(
+    args: &[String],
+) -> std::result::Result<(String, String, Vec<String>), String> {
     match args {
         [key, image, sep, command @ ..] if sep == "--" && !command.is_empty() => {
             Ok((key.clone(), image.clone(), command.to_vec()))
         }
-        _ => Err("--rank takes KEY IMAGE -- COMMAND (it is what berth-lava-mpirun gives mpirun)".into()),
+        _ => Err(
+            "--rank takes KEY IMAGE -- COMMAND (it is what berth-lava-mpirun gives mpirun)".into(),
+        ),
     }
 }
 
@@ -432,7 +435,10 @@ mod tests {
         assert_eq!(ok("docker(ubuntu)"), None);
         assert_eq!(ok("myberth(x)"), None);
         assert_eq!(ok("berth(/i.sqsh)").as_deref(), Some("/i.sqsh"));
-        assert_eq!(ok(" other(x) berth( /a b.sqsh ) ").as_deref(), Some("/a b.sqsh"));
+        assert_eq!(
+            ok(" other(x) berth( /a b.sqsh ) ").as_deref(),
+            Some("/a b.sqsh")
+        );
         assert_eq!(ok("x,berth(rel.sqsh)").as_deref(), Some("rel.sqsh"));
         for (bad, why) in [
             ("berth()", "names no image"),
@@ -478,7 +484,10 @@ mod tests {
             h(&[("n1", 3), ("n2", 1)])
         );
         for bad in ["n1", "n1 2 n2", "n1 zero", "n1 0"] {
-            assert!(job_hosts(&env(&[("LSB_MCPU_HOSTS", bad)])).is_err(), "{bad}");
+            assert!(
+                job_hosts(&env(&[("LSB_MCPU_HOSTS", bad)])).is_err(),
+                "{bad}"
+            );
         }
         assert!(job_hosts(&env(&[])).unwrap_err().contains("LSB_MCPU_HOSTS"));
         assert_eq!(
@@ -514,10 +523,18 @@ mod tests {
             ("LSB_JOBFILENAME", "/home/u/.lsbatch/1700.1"),
         ]);
         let names: Vec<String> = scheduler_env(&e).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(names, strings(&["LSB_JOBID", "LS_SUBCWD", "LSB_JOBFILENAME"]));
+        assert_eq!(
+            names,
+            strings(&["LSB_JOBID", "LS_SUBCWD", "LSB_JOBFILENAME"])
+        );
         assert_eq!(
             forwarded_names(&e),
-            strings(&["LSB_JOBID", "LS_SUBCWD", "BERTH_STATE_DIR", "LSB_JOBFILENAME"])
+            strings(&[
+                "LSB_JOBID",
+                "LS_SUBCWD",
+                "BERTH_STATE_DIR",
+                "LSB_JOBFILENAME"
+            ])
         );
         assert_eq!(submit_cwd(&e), Some(PathBuf::from("/home/u/work/a")));
         assert_eq!(
@@ -545,8 +562,16 @@ mod tests {
         assert_eq!(o.join, Join::No);
         assert_eq!(o.env, env(&[("LSB_JOBID", "7")]));
         assert!(o.mount_home && !o.entrypoint && o.mounts.is_empty());
-        let o = run_options("/i", strings(&["x"]), &e, Path::new("/"), Some("k"), None, None)
-            .unwrap();
+        let o = run_options(
+            "/i",
+            strings(&["x"]),
+            &e,
+            Path::new("/"),
+            Some("k"),
+            None,
+            None,
+        )
+        .unwrap();
         assert_eq!(o.join, Join::Key("k".into()));
         // /tmp is always shown; another directory is bound; a missing one is an error.
         let o = run_options(
@@ -599,15 +624,26 @@ mod tests {
             }
         );
         let a = p(&[
-            "--image", "/i.sqsh", "--mpirun=/opt/mpi/bin/mpirun", "--mca", "btl", "tcp,self",
-            "--", "app", "--", "x",
+            "--image",
+            "/i.sqsh",
+            "--mpirun=/opt/mpi/bin/mpirun",
+            "--mca",
+            "btl",
+            "tcp,self",
+            "--",
+            "app",
+            "--",
+            "x",
         ])
         .unwrap();
         assert_eq!(a.image.as_deref(), Some("/i.sqsh"));
         assert_eq!(a.mpirun, "/opt/mpi/bin/mpirun");
         assert_eq!(a.mpirun_options, strings(&["--mca", "btl", "tcp,self"]));
         assert_eq!(a.command, strings(&["app", "--", "x"]));
-        assert_eq!(p(&["app", "--", "x"]).unwrap().command, strings(&["app", "--", "x"]));
+        assert_eq!(
+            p(&["app", "--", "x"]).unwrap().command,
+            strings(&["app", "--", "x"])
+        );
         assert_eq!(p(&["--", "app"]).unwrap().command, strings(&["app"]));
         assert!(p(&[]).is_err());
         assert!(p(&["--image"]).is_err());

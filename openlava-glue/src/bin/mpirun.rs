@@ -1,0 +1,116 @@
+//! `berth-lava-mpirun`: MPI across an OpenLava job's hosts, every rank in the image.
+//!
+//! OpenLava has no blaunch and writes no hostfile: the helper builds Open MPI's machinefile
+//! from `LSB_MCPU_HOSTS` (or `LSB_HOSTS`) and execs
+//!
+//! ```text
+//! mpirun -machinefile /dev/fd/N -np SLOTS -x LSB_... [MPIRUN_OPTION...] \
+//!     berth-lava-mpirun --rank lava-<job>[.<index>] IMAGE -- COMMAND...
+//! ```
+//!
+//! mpirun starts its daemons on the other hosts with its rsh agent (ssh) and each rank is
+//! this program again, at the same path on every host: with `--rank` it enters the image
+//! through the launcher, joining the container of the job's other ranks on its host (join key
+//! `lava-<job>-<host>`), and becomes the command. The machinefile lives in a memfd, so
+//! nothing is left behind, and the helper is mpirun once it runs (bkill's signals reach it).
+//! Without an image (`--image`, else `BERTH_IMAGE`) the ranks run on the hosts as they are.
+
+use berth_openlava as lava;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let env = lava::process_env();
+    if args.first().map(String::as_str) == Some("--rank") {
+        rank(&args[1..], &env);
+    }
+    let a =
+        lava::parse_mpirun_args(&args).unwrap_or_else(|m| lava::fail(format!("berth: {m}"), 125));
+    let hosts = lava::job_hosts(&env).unwrap_or_else(|m| lava::fail(format!("berth: {m}"), 125));
+    let slots: u32 = hosts.iter().map(|(_, n)| n).sum();
+    let fd = machinefile_fd(&lava::machinefile(&hosts))
+        .unwrap_or_else(|e| lava::fail(format!("berth: cannot write the machinefile: {e}"), 125));
+    let mut cmd = std::process::Command::new(&a.mpirun);
+    cmd.arg("-machinefile")
+        .arg(format!("/dev/fd/{fd}"))
+        .arg("-np")
+        .arg(slots.to_string());
+    for name in lava::forwarded_names(&env) {
+        cmd.arg("-x").arg(name);
+    }
+    cmd.args(&a.mpirun_options);
+    let image = a
+        .image
+        .clone()
+        .or_else(|| lava::get(&env, "BERTH_IMAGE").map(String::from));
+    match image {
+        Some(image) => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+            let image = cwd.join(image).to_string_lossy().into_owned();
+            // Checked once here rather than failing in every rank.
+            let opts = lava::run_options(&image, a.command.clone(), &env, &cwd, None, None, None)
+                .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
+            if let Err(e) = berth_launcher::run::check(&opts, true) {
+                lava::fail(format!("berth: {e}"), e.exit_code());
+            }
+            let key =
+                lava::job_key(&env).unwrap_or_else(|m| lava::fail(format!("berth: {m}"), 125));
+            let helper = std::env::current_exe().unwrap_or_else(|e| {
+                lava::fail(
+                    format!("berth: cannot find berth-lava-mpirun's own path: {e}"),
+                    125,
+                )
+            });
+            cmd.args(lava::rank_argv(&helper, &key, &image, &a.command));
+        }
+        None => {
+            cmd.args(&a.command);
+        }
+    }
+    let err = cmd.exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    lava::fail(format!("berth: cannot run {}: {err}", a.mpirun), code);
+}
+
+/// The machinefile in an anonymous memory file that mpirun inherits (no close-on-exec) and
+/// reads as /dev/fd/N.
+fn machinefile_fd(text: &str) -> std::io::Result<i32> {
+    let fd = unsafe { libc::memfd_create(c"berth-machinefile".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(text.as_bytes())?;
+    std::mem::forget(file);
+    Ok(fd)
+}
+
+/// One rank: into the container of the job's ranks on this host, then the command.
+fn rank(args: &[String], env: &[(String, String)]) -> ! {
+    let (key, image, command) =
+        lava::parse_rank_args(args).unwrap_or_else(|m| lava::fail(format!("berth: {m}"), 125));
+    let key = lava::host_key(&key, &hostname());
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let opts = lava::run_options(&image, command, env, &cwd, Some(&key), None, None)
+        .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
+    match berth_launcher::run::run(&opts, false) {
+        Err(e) => lava::fail(format!("berth: {e}"), e.exit_code()),
+        Ok(()) => lava::fail("berth: the rank's command did not start", 125),
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

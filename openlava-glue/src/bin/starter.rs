@@ -1,0 +1,57 @@
+//! `berth-lava-starter`: an OpenLava queue's `JOB_STARTER` (lsb.queues: `JOB_STARTER =
+//! /usr/local/bin/berth-lava-starter`). sbatchd's job shell runs `berth-lava-starter <command>`
+//! as the job user, in the submit directory, in the job's process group.
+//!
+//! With `BERTH_IMAGE` in the job's environment (written by berth-lava-esub from `bsub -a
+//! 'berth(IMG)'`, or set by the user at submit) the starter enters the image through the
+//! launcher, in-process, and becomes the command: no supervisor, so bkill's signals reach the
+//! command directly, its exit status is the job's, and the container goes with it. Without
+//! an image, or when the command is berth-lava-mpirun (which puts each rank in the image
+//! itself), the command is executed as it is.
+
+use berth_launcher::host::HostUser;
+use berth_openlava as lava;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let env = lava::process_env();
+    if argv.is_empty() {
+        lava::fail(
+            "berth: no job command (berth-lava-starter is a queue's JOB_STARTER: OpenLava runs it with the job's command)",
+            125,
+        );
+    }
+    let image = lava::get(&env, "BERTH_IMAGE").filter(|_| !lava::is_mpirun_helper(&argv[0]));
+    let Some(image) = image else {
+        let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+        let code = if err.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        };
+        lava::fail(format!("berth: cannot run {}: {err}", argv[0]), code);
+    };
+    // sbatchd started us in the submit directory when it could; LS_SUBCWD says which it is.
+    if let Some(dir) = lava::submit_cwd(&env).filter(|d| d.is_dir()) {
+        let _ = std::env::set_current_dir(dir);
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let home = HostUser::current().ok().map(|u| u.home);
+    let job_dir = lava::job_file_dir(&env);
+    let opts = lava::run_options(
+        image,
+        argv,
+        &env,
+        &cwd,
+        None,
+        job_dir.as_deref(),
+        home.as_deref(),
+    )
+    .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
+    // Returns only on failure: on success this process is the command.
+    if let Err(e) = berth_launcher::run::run(&opts, false) {
+        lava::fail(format!("berth: {e}"), e.exit_code());
+    }
+}
