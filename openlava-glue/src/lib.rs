@@ -15,7 +15,7 @@
 //! straight-line code around them.
 
 use berth_launcher::error::{Error, Result};
-use berth_launcher::options::{check_target, Join, MountSpec, RunOptions};
+use berth_launcher::options::{check_target, Join, RunOptions};
 use berth_plugin::JobRequest;
 use std::path::{Path, PathBuf};
 
@@ -258,8 +258,9 @@ pub fn is_mpirun_helper(argv0: &str) -> bool {
 /// The launcher options for a job's command (or an MPI rank) in `image`: the job user's home
 /// and the submit directory visible, `LSB_*`/`LS_*` carried in, the image's entrypoint not
 /// run (the job's command is what runs), `key` shared by the ranks of a host (None: a
-/// container of its own). `job_dir` is the `.lsbatch` directory: it is bound at its own path
-/// unless /tmp or the home directory already show it. `home` is the user's home directory.
+/// container of its own). `job_dir` is the `.lsbatch` directory: the launcher shows it
+/// read-only at its own path unless /tmp or the home directory show it already; it is the
+/// scheduler's, not a user mount, so the site's user-mount rules do not apply to it.
 pub fn run_options(
     image: &str,
     argv: Vec<String>,
@@ -267,7 +268,6 @@ pub fn run_options(
     cwd: &Path,
     key: Option<&str>,
     job_dir: Option<&Path>,
-    home: Option<&Path>,
 ) -> Result<RunOptions> {
     let request = JobRequest {
         image: Some(image.to_string()),
@@ -284,22 +284,9 @@ pub fn run_options(
                 dir.display()
             ))
         })?;
-        let home = home.and_then(|h| std::fs::canonicalize(h).ok());
-        let shown = real.starts_with("/tmp")
-            || home
-                .as_deref()
-                .is_some_and(|h| h != Path::new("/") && real.starts_with(h));
-        if !shown {
-            check_target(&real).map_err(|why| {
-                Error::Usage(format!("cannot show the job file directory: {why}"))
-            })?;
-            opts.mounts.push(MountSpec {
-                source: real.clone(),
-                target: real,
-                readonly: false,
-                recursive: false,
-            });
-        }
+        check_target(&real)
+            .map_err(|why| Error::Usage(format!("cannot show the job file directory: {why}")))?;
+        opts.scheduler_paths.push(real);
     }
     Ok(opts)
 }
@@ -549,66 +536,31 @@ mod tests {
     #[test]
     fn options_carry_the_scheduler_and_show_the_job_directory() {
         let e = env(&[("LSB_JOBID", "7"), ("PATH", "/bin")]);
-        let o = run_options(
-            "/i.sqsh",
-            strings(&["true"]),
-            &e,
-            Path::new("/"),
-            None,
-            None,
-            None,
-        )
-        .unwrap();
+        let opts = |key: Option<&str>, dir: Option<&str>| {
+            run_options(
+                "/i.sqsh",
+                strings(&["x"]),
+                &e,
+                Path::new("/"),
+                key,
+                dir.map(Path::new),
+            )
+        };
+        let o = opts(None, None).unwrap();
         assert_eq!(o.join, Join::No);
         assert_eq!(o.env, env(&[("LSB_JOBID", "7")]));
         assert!(o.mount_home && !o.entrypoint && o.mounts.is_empty());
-        let o = run_options(
-            "/i",
-            strings(&["x"]),
-            &e,
-            Path::new("/"),
-            Some("k"),
-            None,
-            None,
-        )
-        .unwrap();
-        assert_eq!(o.join, Join::Key("k".into()));
-        // /tmp is always shown; another directory is bound; a missing one is an error.
-        let o = run_options(
-            "/i",
-            strings(&["x"]),
-            &e,
-            Path::new("/"),
-            None,
-            Some(Path::new("/tmp")),
-            None,
-        )
-        .unwrap();
-        assert!(o.mounts.is_empty());
-        let o = run_options(
-            "/i",
-            strings(&["x"]),
-            &e,
-            Path::new("/"),
-            None,
-            Some(Path::new("/var")),
-            Some(Path::new("/nonexistent-home")),
-        )
-        .unwrap();
-        assert_eq!(o.mounts.len(), 1);
-        assert_eq!(o.mounts[0].target, Path::new("/var"));
-        let err = run_options(
-            "/i",
-            strings(&["x"]),
-            &e,
-            Path::new("/"),
-            None,
-            Some(Path::new("/nonexistent/.lsbatch")),
-            None,
-        )
-        .unwrap_err()
-        .to_string();
+        assert!(o.scheduler_paths.is_empty());
+        assert_eq!(opts(Some("k"), None).unwrap().join, Join::Key("k".into()));
+        let o = opts(None, Some("/var/tmp/")).unwrap();
+        assert_eq!(o.scheduler_paths, vec![PathBuf::from("/var/tmp")]);
+        assert!(o.mounts.is_empty(), "not a user mount");
+        let err = opts(None, Some("/nonexistent/.lsbatch"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("LSB_JOBFILENAME"), "{err}");
+        let err = opts(None, Some("/proc/self")).unwrap_err().to_string();
+        assert!(err.contains("reserved"), "{err}");
     }
 
     #[test]

@@ -165,6 +165,24 @@ fn a_script_submitted_on_stdin_runs_in_the_image() {
             sb.work.display()
         )
     );
+    // The directory is the scheduler's, not a user mount: a site that allows no user mounts
+    // still runs scripts.
+    let policy = sb.user_file("berth.toml", b"[user_mounts]\nenabled = false\n");
+    let r = lava.run(
+        &sb,
+        &Job {
+            script: Some("#!/bin/sh\necho ok\n".into()),
+            ..Job::default()
+        }
+        .image(&demo_image())
+        .env("BERTH_CONFIG", policy.to_str().unwrap()),
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(0), "ok\n"),
+        "{}",
+        r.stderr
+    );
     assert_nothing_left(&sb, None);
 }
 

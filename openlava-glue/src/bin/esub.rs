@@ -42,7 +42,7 @@ fn main() {
     // The job may start elsewhere: name the image by its absolute path.
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let image = cwd.join(&image).to_string_lossy().into_owned();
-    let opts = lava::run_options(&image, vec!["true".into()], &env, &cwd, None, None, None)
+    let opts = lava::run_options(&image, vec!["true".into()], &env, &cwd, None, None)
         .unwrap_or_else(|e| reject(e.to_string()));
     if let Err(e) = berth_launcher::run::check(&opts, true) {
         reject(e.to_string());

@@ -51,7 +51,7 @@ fn main() {
             let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
             let image = cwd.join(image).to_string_lossy().into_owned();
             // Checked once here rather than failing in every rank.
-            let opts = lava::run_options(&image, a.command.clone(), &env, &cwd, None, None, None)
+            let opts = lava::run_options(&image, a.command.clone(), &env, &cwd, None, None)
                 .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
             if let Err(e) = berth_launcher::run::check(&opts, true) {
                 lava::fail(format!("berth: {e}"), e.exit_code());
@@ -98,7 +98,7 @@ fn rank(args: &[String], env: &[(String, String)]) -> ! {
         lava::parse_rank_args(args).unwrap_or_else(|m| lava::fail(format!("berth: {m}"), 125));
     let key = lava::host_key(&key, &hostname());
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let opts = lava::run_options(&image, command, env, &cwd, Some(&key), None, None)
+    let opts = lava::run_options(&image, command, env, &cwd, Some(&key), None)
         .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
     match berth_launcher::run::run(&opts, false) {
         Err(e) => lava::fail(format!("berth: {e}"), e.exit_code()),

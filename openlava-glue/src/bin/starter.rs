@@ -9,7 +9,6 @@
 //! an image, or when the command is berth-lava-mpirun (which puts each rank in the image
 //! itself), the command is executed as it is.
 
-use berth_launcher::host::HostUser;
 use berth_openlava as lava;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -38,18 +37,9 @@ fn main() {
         let _ = std::env::set_current_dir(dir);
     }
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let home = HostUser::current().ok().map(|u| u.home);
     let job_dir = lava::job_file_dir(&env);
-    let opts = lava::run_options(
-        image,
-        argv,
-        &env,
-        &cwd,
-        None,
-        job_dir.as_deref(),
-        home.as_deref(),
-    )
-    .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
+    let opts = lava::run_options(image, argv, &env, &cwd, None, job_dir.as_deref())
+        .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
     // Returns only on failure: on success this process is the command.
     if let Err(e) = berth_launcher::run::run(&opts, false) {
         lava::fail(format!("berth: {e}"), e.exit_code());
