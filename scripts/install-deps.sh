@@ -15,6 +15,7 @@ packages=(
   docker-registry skopeo umoci apache2-utils  # berth-image tests: local registry, pushes, reference unpack, htpasswd
   libmpich12                          # an MPICH library for the MPI ABI-check tests (library only, no mpirun)
   slurm-wlm slurmctld slurmd munge libslurm-dev iproute2  # the test cluster; spank.h for the plugin
+  openssh-server                      # the OpenLava tests: an sshd per test host for mpirun's rsh agent
 )
 missing=()
 for p in "${packages[@]}"; do
