@@ -40,12 +40,40 @@ fn srun(conf: &Path, user: &str, ntasks: u32, image: Option<&Path>) -> Command {
     cmd
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+/// The cases timed, in round order: (label, tasks, in a container).
+pub const CASES: [(&str, u32, bool); 4] = [
+    ("srun -n2 true", 2, false),
+    ("srun -n2 --container true", 2, true),
+    ("srun -n8 true", 8, false),
+    ("srun -n8 --container true", 8, true),
+];
+
+/// Held (flock, exclusive) by whoever runs the test cluster (tests/src/slurm.rs CLUSTER_LOCK):
+/// it owns a fixed bridge and ports, so one at a time on the machine.
+pub const CLUSTER_LOCK: &str = "/run/berth-test-cluster.lock";
+
+/// Take the cluster lock, waiting for its holder; it is released when the file is dropped.
+pub fn lock_cluster() -> Result<std::fs::File, String> {
+    let lock = std::fs::File::create(CLUSTER_LOCK).map_err(|e| format!("{CLUSTER_LOCK}: {e}"))?;
+    eprintln!("berth-bench: waiting for the test cluster lock {CLUSTER_LOCK}");
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(format!(
+            "flock {CLUSTER_LOCK}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(lock)
+}
+
+/// Start the cluster (holding the lock until it is stopped), time the cases interleaved, stop
+/// it. Returns the samples (ms) per case, in CASES order.
+pub fn measure(a: &Args) -> Result<Vec<Vec<f64>>, String> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(
             "run as root: it starts the local test cluster (tests/slurm/cluster.sh)".into(),
         );
     }
+    let _lock = lock_cluster()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/slurm/cluster.sh");
     let dir = PathBuf::from(format!("/tmp/berth-bench-slurm-{}", std::process::id()));
     let started = Command::new("bash")
@@ -56,18 +84,18 @@ pub fn run(a: &Args) -> Result<(), String> {
         .output()
         .map_err(|e| e.to_string())?;
     if !started.status.success() {
+        let _ = Command::new("bash")
+            .arg(&script)
+            .arg("stop")
+            .arg(&dir)
+            .status();
         return Err(format!(
             "the test cluster did not start: {}",
             String::from_utf8_lossy(&started.stderr)
         ));
     }
     let conf = dir.join("slurm.conf");
-    let cases: [(&str, u32, bool); 4] = [
-        ("srun -n2 true", 2, false),
-        ("srun -n2 --container true", 2, true),
-        ("srun -n8 true", 8, false),
-        ("srun -n8 --container true", 8, true),
-    ];
+    let cases = CASES;
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut failure = None;
     'rounds: for round in 0..a.warmup + a.runs {
@@ -89,9 +117,15 @@ pub fn run(a: &Args) -> Result<(), String> {
         .arg(&dir)
         .status();
     let _ = std::fs::remove_dir_all(&dir);
-    if let Some(f) = failure {
-        return Err(f);
+    match failure {
+        Some(f) => Err(f),
+        None => Ok(samples),
     }
+}
+
+pub fn run(a: &Args) -> Result<(), String> {
+    let samples = measure(a)?;
+    let cases = CASES;
     let s: Vec<Summary> = samples.iter().map(|v| Summary::of(v)).collect();
     println!("berth-bench slurm: {} timed rounds after {} warm-up, interleaved, on the local 3-node cluster", a.runs, a.warmup);
     println!("  image {}", a.image.display());
