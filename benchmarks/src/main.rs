@@ -6,6 +6,7 @@ mod proc;
 mod slurm_steps;
 mod startup;
 mod stats;
+mod suite;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -86,6 +87,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         warmup: usize,
     },
+    /// Every workload natively and in the container, alternately, and a report (Markdown, JSON, SVG)
+    Suite(Box<SuiteArgs>),
     /// What a site policy costs on the per-rank start-up path (empty vs given policy)
     Policy {
         /// The berth launcher binary
@@ -104,6 +107,94 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         warmup: usize,
     },
+}
+
+#[derive(clap::Args)]
+struct SuiteArgs {
+    /// The berth launcher binary
+    #[arg(long, default_value = "target/release/berth")]
+    berth: PathBuf,
+    /// The benchmark image (benchmarks/images/build-bench.sh)
+    #[arg(long, default_value = "/var/cache/berth-bench/bench.sqsh")]
+    image: PathBuf,
+    /// The same image unpacked (the native side of the I/O workload reads its files)
+    #[arg(long, default_value = "/var/cache/berth-bench/bench-rootfs")]
+    rootfs: PathBuf,
+    /// Where report.md, report.json and report.svg go
+    #[arg(long, default_value = "berth-bench-report")]
+    out: PathBuf,
+    /// Repetitions (each: native then container)
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Untimed warm-up rounds per workload (small problem sizes for Linpack and FEA)
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Workloads to run, comma-separated: linpack,fea,mpi,startup,io,slurm (default: all)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// berth's mode for the container side of Linpack, FEA and MPI (I/O and start-up run both)
+    #[arg(long, default_value = "mount")]
+    mode: String,
+    /// MPI ranks on the node (Linpack, MPI)
+    #[arg(long, default_value_t = 2)]
+    ranks: u32,
+    /// The non-root user the commands run as when the suite runs as root
+    #[arg(long, default_value = "berthtest")]
+    user: String,
+    /// The hpcc binary (the same path is run inside the image)
+    #[arg(long, default_value = "/usr/bin/hpcc")]
+    hpcc: String,
+    /// HPL problem size N (memory: 8 N^2 bytes over all ranks; choose ~60% of a node's memory on a real node)
+    #[arg(long, default_value_t = 5000)]
+    hpl_n: u32,
+    /// HPL block size NB
+    #[arg(long, default_value_t = 192)]
+    hpl_nb: u32,
+    /// CalculiX's ccx (the same path is run inside the image)
+    #[arg(long, default_value = "/usr/bin/ccx")]
+    ccx: String,
+    /// The generated deck's mesh: NXxNYxNZ C3D20 elements
+    #[arg(long, default_value = "60x10x10", value_parser = parse_mesh)]
+    fea_mesh: [u32; 3],
+    /// A site's ABAQUS command (with --abaqus-input, used instead of CalculiX)
+    #[arg(long, env = "BERTH_BENCH_ABAQUS")]
+    abaqus: Option<String>,
+    /// The ABAQUS input (e.g. the s4b sample), with --abaqus
+    #[arg(long, env = "BERTH_BENCH_ABAQUS_INPUT")]
+    abaqus_input: Option<PathBuf>,
+    /// Ping-pong and allreduce iterations
+    #[arg(long, default_value_t = 20000)]
+    mpi_iters: u32,
+    /// A site policy that injects the host's MPI (default: one made for the host's Open MPI)
+    #[arg(long)]
+    mpi_policy: Option<PathBuf>,
+    /// Start-up runs per repetition (the repetition's figure is their median); also the Slurm rounds
+    #[arg(long, default_value_t = 10)]
+    startup_runs: usize,
+    /// MiB written to the bind-mounted directory
+    #[arg(long, default_value_t = 256)]
+    io_write_mib: u32,
+    /// The SPANK plugin, for the start-up rows under Slurm (local test cluster; root)
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+    /// Write an sbatch script that runs this suite on a real node, and exit
+    #[arg(long)]
+    sbatch: Option<PathBuf>,
+    /// Nodes for --sbatch (2 adds MPI rows across two hosts)
+    #[arg(long, default_value_t = 1)]
+    sbatch_nodes: u32,
+}
+
+fn parse_mesh(s: &str) -> Result<[u32; 3], String> {
+    let v: Vec<u32> = s
+        .split('x')
+        .map(|p| p.parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad mesh '{s}': expected NXxNYxNZ, e.g. 40x8x8"))?;
+    match v[..] {
+        [x, y, z] if x > 0 && y > 0 && z > 0 => Ok([x, y, z]),
+        _ => Err(format!("bad mesh '{s}': expected NXxNYxNZ, e.g. 40x8x8")),
+    }
 }
 
 fn main() {
@@ -167,6 +258,36 @@ fn main() {
             runs,
             warmup,
         }),
+        Cmd::Suite(s) => {
+            let s = *s;
+            suite::run(&suite::Args {
+                berth: s.berth,
+                image: s.image,
+                rootfs: s.rootfs,
+                out: s.out,
+                reps: s.reps,
+                warmup: s.warmup,
+                only: s.only,
+                mode: s.mode,
+                ranks: s.ranks,
+                user: s.user,
+                hpcc: s.hpcc,
+                hpl_n: s.hpl_n,
+                hpl_nb: s.hpl_nb,
+                ccx: s.ccx,
+                fea_mesh: s.fea_mesh,
+                abaqus: s.abaqus,
+                abaqus_input: s.abaqus_input,
+                mpi_iters: s.mpi_iters,
+                mpi_policy: s.mpi_policy,
+                startup_runs: s.startup_runs,
+                io_write_mib: s.io_write_mib,
+                plugin: s.plugin,
+                sbatch: s.sbatch,
+                sbatch_nodes: s.sbatch_nodes,
+            })
+            .map(|_| ())
+        }
     };
     if let Err(e) = result {
         eprintln!("berth-bench: {e}");

@@ -1,0 +1,432 @@
+//! `berth-bench suite`: every workload natively and in the container, alternately (native,
+//! container, native, container, ...), N repetitions, and a report (Markdown, JSON, SVG) with
+//! the machine described. A workload that cannot run marks its rows with why; the others go on.
+
+mod exec;
+mod fea;
+mod io;
+mod linpack;
+mod machine;
+mod mpi;
+mod plot;
+mod report;
+mod sbatch;
+mod slurm;
+mod startup;
+
+use exec::{Ctx, User};
+use std::path::{Path, PathBuf};
+
+pub struct Args {
+    pub berth: PathBuf,
+    pub image: PathBuf,
+    pub rootfs: PathBuf,
+    pub out: PathBuf,
+    pub reps: usize,
+    pub warmup: usize,
+    pub only: Vec<String>,
+    pub mode: String,
+    pub ranks: u32,
+    pub user: String,
+    pub hpcc: String,
+    pub hpl_n: u32,
+    pub hpl_nb: u32,
+    pub ccx: String,
+    pub fea_mesh: [u32; 3],
+    pub abaqus: Option<String>,
+    pub abaqus_input: Option<PathBuf>,
+    pub mpi_iters: u32,
+    pub mpi_policy: Option<PathBuf>,
+    pub startup_runs: usize,
+    pub io_write_mib: u32,
+    pub plugin: Option<PathBuf>,
+    pub sbatch: Option<PathBuf>,
+    pub sbatch_nodes: u32,
+}
+
+pub const WORKLOADS: [&str; 6] = ["linpack", "fea", "mpi", "startup", "io", "slurm"];
+
+/// A figure a workload reports per run.
+pub struct Metric {
+    pub name: String,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+    /// The target, as a bound on container/native of this metric.
+    pub target: Option<Target>,
+}
+
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub ratio: f64,
+    pub at_least: bool,
+}
+
+impl Metric {
+    pub fn new(name: &str, unit: &'static str, higher_is_better: bool) -> Metric {
+        Metric {
+            name: name.to_string(),
+            unit,
+            higher_is_better,
+            target: None,
+        }
+    }
+    pub fn target(mut self, ratio: f64, at_least: bool) -> Metric {
+        self.target = Some(Target { ratio, at_least });
+        self
+    }
+}
+
+/// One run of one side: the metrics' values, in the workload's metric order. `true`: warm-up.
+pub type RunFn<'a> = Box<dyn FnMut(bool) -> Result<Vec<f64>, String> + 'a>;
+
+pub struct Variant<'a> {
+    pub label: String,
+    pub run: RunFn<'a>,
+}
+
+impl<'a> Variant<'a> {
+    pub fn new(
+        label: impl Into<String>,
+        run: impl FnMut(bool) -> Result<Vec<f64>, String> + 'a,
+    ) -> Self {
+        Variant {
+            label: label.into(),
+            run: Box::new(run),
+        }
+    }
+}
+
+pub struct Workload<'a> {
+    pub name: &'static str,
+    /// What runs, for the report (sizes, binaries).
+    pub detail: String,
+    pub metrics: Vec<Metric>,
+    pub native: Variant<'a>,
+    pub containers: Vec<Variant<'a>>,
+    /// Set when the workload cannot run at all (a missing tool, a failed set-up).
+    pub setup_error: Option<String>,
+    /// Facts checked along the way (binary checksums, results compared), for the report.
+    pub notes: Vec<String>,
+}
+
+/// One line of the report: a metric, native against one container variant, paired by repetition.
+#[derive(Clone)]
+pub struct Row {
+    pub workload: String,
+    pub metric: String,
+    pub unit: String,
+    pub higher_is_better: bool,
+    pub native_label: String,
+    pub container_label: String,
+    pub native: Vec<f64>,
+    pub container: Vec<f64>,
+    pub target: Option<Target>,
+    /// Why there is no comparison (the row failed or was not run).
+    pub failed: Option<String>,
+}
+
+/// A number from elsewhere, shown for reference, never measured here.
+pub struct Reference {
+    pub workload: String,
+    pub label: String,
+    pub value: f64,
+    pub unit: String,
+}
+
+/// Run a workload: `warmup` untimed rounds, then `reps` rounds, each running the native side
+/// then every container variant (A B A B ...). A side that fails stops; its rows say why.
+pub fn measure(mut w: Workload, reps: usize, warmup: usize) -> (Vec<Row>, Vec<String>) {
+    eprintln!("berth-bench suite: {}: {}", w.name, w.detail);
+    let n = w.containers.len();
+    let m = w.metrics.len();
+    let mut native: Vec<Vec<f64>> = vec![Vec::new(); m];
+    let mut cont: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); m]; n];
+    let mut native_err: Option<String> = w.setup_error.clone();
+    let mut cont_err: Vec<Option<String>> = vec![None; n];
+    for round in 0..warmup + reps {
+        if native_err.is_some() || cont_err.iter().all(|e| e.is_some()) {
+            break;
+        }
+        let warm = round < warmup;
+        let tag = if warm {
+            format!("warm-up {}/{warmup}", round + 1)
+        } else {
+            format!("rep {}/{reps}", round - warmup + 1)
+        };
+        eprintln!("berth-bench suite: {} {tag}: {}", w.name, w.native.label);
+        match (w.native.run)(warm) {
+            Ok(v) if !warm => push(&mut native, v, m, &mut native_err),
+            Ok(_) => {}
+            Err(e) => native_err = Some(format!("{}: {e}", w.native.label)),
+        }
+        if native_err.is_some() {
+            break;
+        }
+        for (i, c) in w.containers.iter_mut().enumerate() {
+            if cont_err[i].is_some() {
+                continue;
+            }
+            eprintln!("berth-bench suite: {} {tag}: {}", w.name, c.label);
+            match (c.run)(warm) {
+                Ok(v) if !warm => push(&mut cont[i], v, m, &mut cont_err[i]),
+                Ok(_) => {}
+                Err(e) => cont_err[i] = Some(format!("{}: {e}", c.label)),
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, c) in w.containers.iter().enumerate() {
+        for (k, metric) in w.metrics.iter().enumerate() {
+            let failed = native_err.clone().or_else(|| cont_err[i].clone());
+            if let Some(f) = &failed {
+                eprintln!(
+                    "berth-bench suite: {} / {} / {}: FAILED: {f}",
+                    w.name, metric.name, c.label
+                );
+            }
+            rows.push(Row {
+                workload: w.name.to_string(),
+                metric: metric.name.clone(),
+                unit: metric.unit.to_string(),
+                higher_is_better: metric.higher_is_better,
+                native_label: w.native.label.clone(),
+                container_label: c.label.clone(),
+                native: native[k].clone(),
+                container: if failed.is_some() {
+                    Vec::new()
+                } else {
+                    cont[i][k].clone()
+                },
+                target: metric.target,
+                failed,
+            });
+        }
+    }
+    let mut notes = vec![format!("{}: {}", w.name, w.detail)];
+    notes.extend(w.notes.iter().map(|n| format!("{}: {n}", w.name)));
+    (rows, notes)
+}
+
+fn push(into: &mut [Vec<f64>], v: Vec<f64>, m: usize, err: &mut Option<String>) {
+    if v.len() != m || v.iter().any(|x| !x.is_finite()) {
+        *err = Some(format!("a run reported {v:?}, expected {m} finite figures"));
+        return;
+    }
+    for (s, x) in into.iter_mut().zip(v) {
+        s.push(x);
+    }
+}
+
+/// Rows for a workload that was not run at all.
+pub fn not_run(
+    workload: &str,
+    metrics: &[Metric],
+    native: &str,
+    containers: &[&str],
+    why: &str,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for c in containers {
+        for m in metrics {
+            rows.push(Row {
+                workload: workload.to_string(),
+                metric: m.name.clone(),
+                unit: m.unit.to_string(),
+                higher_is_better: m.higher_is_better,
+                native_label: native.to_string(),
+                container_label: c.to_string(),
+                native: Vec::new(),
+                container: Vec::new(),
+                target: m.target,
+                failed: Some(why.to_string()),
+            });
+        }
+    }
+    rows
+}
+
+fn lookup_user(name: &str) -> Result<User, String> {
+    let out = std::process::Command::new("getent")
+        .args(["passwd", name])
+        .output()
+        .map_err(|e| format!("getent: {e}"))?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let f: Vec<&str> = line.split(':').collect();
+    if !out.status.success() || f.len() < 7 {
+        return Err(format!(
+            "user {name} does not exist (scripts/install-deps.sh creates berthtest)"
+        ));
+    }
+    Ok(User {
+        name: name.to_string(),
+        uid: f[2].parse().map_err(|_| format!("bad uid for {name}"))?,
+        gid: f[3].parse().map_err(|_| format!("bad gid for {name}"))?,
+        home: PathBuf::from(f[5]),
+    })
+}
+
+pub fn run(a: &Args) -> Result<i32, String> {
+    for w in &a.only {
+        if !WORKLOADS.contains(&w.as_str()) {
+            return Err(format!(
+                "unknown workload '{w}': choose from {}",
+                WORKLOADS.join(",")
+            ));
+        }
+    }
+    if a.reps == 0 {
+        return Err("--reps must be at least 1".into());
+    }
+    if a.mode != "mount" && a.mode != "extract" {
+        return Err(format!("--mode {}: use mount or extract", a.mode));
+    }
+    if let Some(path) = &a.sbatch {
+        sbatch::write(a, path)?;
+        eprintln!(
+            "berth-bench suite: wrote {} (submit it with sbatch)",
+            path.display()
+        );
+        return Ok(0);
+    }
+    let want = |w: &str| a.only.is_empty() || a.only.iter().any(|o| o == w);
+    let root = unsafe { libc::geteuid() } == 0;
+    let user = if root {
+        Some(lookup_user(&a.user)?)
+    } else {
+        None
+    };
+    crate::proc::become_subreaper().map_err(|e| format!("cannot become a child subreaper: {e}"))?;
+
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| format!("cannot create {}: {e}", a.out.display()))?;
+    let work = std::env::temp_dir().join(format!("berth-bench-suite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let ctx = Ctx {
+        user,
+        berth: work.join("berth"),
+        image: absolute(&a.image),
+        rootfs: a.rootfs.clone(),
+        state: work.join("state"),
+        empty_policy: work.join("empty-policy.toml"),
+        work: work.clone(),
+        mode: a.mode.clone(),
+        ranks: a.ranks,
+    };
+    ctx.give(&work)?;
+    // The user may not be able to enter the checkout: run a copy of berth (cp, see tests/src/lib.rs).
+    let st = std::process::Command::new("cp")
+        .arg(&a.berth)
+        .arg(&ctx.berth)
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !st.success() {
+        return Err(format!("cannot copy {}", a.berth.display()));
+    }
+    std::fs::set_permissions(
+        &ctx.berth,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&ctx.state).map_err(|e| e.to_string())?;
+    ctx.give(&ctx.state)?;
+    std::fs::set_permissions(
+        &ctx.state,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(&ctx.empty_policy, "# empty: berth's built-in defaults\n")
+        .map_err(|e| e.to_string())?;
+    ctx.give(&ctx.empty_policy)?;
+
+    let started = machine::now();
+    let before = machine::describe(a, &ctx);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut refs = Vec::new();
+    let mut take = |(r, n): (Vec<Row>, Vec<String>)| {
+        rows.extend(r);
+        notes.extend(n);
+    };
+    if want("linpack") {
+        take(measure(linpack::workload(a, &ctx), a.reps, a.warmup));
+    }
+    if want("fea") {
+        take(measure(fea::workload(a, &ctx), a.reps, a.warmup));
+    }
+    if want("mpi") {
+        for w in mpi::workloads(a, &ctx) {
+            take(measure(w, a.reps, a.warmup));
+        }
+        if std::env::var("SLURM_JOB_NUM_NODES")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(1)
+            < 2
+        {
+            take((
+                not_run(
+                    "MPI, 2 hosts",
+                    &mpi::metrics(),
+                    "native",
+                    &["berth (image MPI)"],
+                    "not run: needs two hosts (run the suite under `sbatch -N2`, see benchmarks/README.md); the local Slurm test cluster's nodes share this machine's 2 cores",
+                ),
+                Vec::new(),
+            ));
+        }
+    }
+    if want("startup") {
+        take(measure(startup::workload(a, &ctx), a.reps, a.warmup));
+        refs.push(Reference {
+            workload: "start-up".into(),
+            label:
+                "docker run hello (the seed, 2016, another machine): reference, not measured here"
+                    .into(),
+            value: 478.0,
+            unit: "ms".into(),
+        });
+    }
+    if want("io") {
+        take(measure(io::workload(a, &ctx), a.reps, a.warmup));
+    }
+    if want("slurm") {
+        take(slurm::rows(a, &ctx));
+    }
+    let after = machine::load();
+    let _ = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(&work)
+        .status();
+
+    let failed = rows.iter().filter(|r| r.failed.is_some()).count();
+    let rep = report::Report {
+        args: a,
+        machine: before,
+        load_after: after,
+        started,
+        finished: machine::now(),
+        rows,
+        refs,
+        notes,
+    };
+    report::write(&rep, &a.out)?;
+    plot::write(&rep, &a.out.join("report.svg"))?;
+    eprintln!(
+        "berth-bench suite: wrote {}/report.md, report.json, report.svg ({} rows, {failed} without a comparison)",
+        a.out.display(),
+        rep.rows.len()
+    );
+    print!("{}", report::table(&rep));
+    Ok(0)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
