@@ -163,7 +163,7 @@ struct SuiteArgs {
     #[arg(long, env = "BERTH_BENCH_ABAQUS_INPUT")]
     abaqus_input: Option<PathBuf>,
     /// Ping-pong and allreduce iterations
-    #[arg(long, default_value_t = 20000)]
+    #[arg(long, default_value_t = 200000)]
     mpi_iters: u32,
     /// A site policy that injects the host's MPI (default: one made for the host's Open MPI)
     #[arg(long)]

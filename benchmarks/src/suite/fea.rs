@@ -111,6 +111,8 @@ pub fn deck(nx: u32, ny: u32, nz: u32) -> String {
     s
 }
 
+const RESULTS_NOTE: &str = "every container run's printed results (job.dat: tip displacements) are compared byte for byte with the native run's of the same repetition; a difference fails the row";
+
 enum Solver {
     Ccx(String),
     Abaqus(String, PathBuf),
@@ -147,16 +149,27 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
     let solver = std::rc::Rc::new(solver);
     let s2 = solver.clone();
     let b2 = base.clone();
+    // The native run's results, for the container run of the same repetition to match.
+    let last = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<u8>>));
+    let l2 = last.clone();
     Workload {
         name: "ABAQUS-style FEA",
         detail,
         metrics: metrics(),
         native: Variant::new("native", move |w| {
-            once(ctx, &solver, base.as_deref(), false, w)
+            let (secs, dat) = once(ctx, &solver, base.as_deref(), false, w)?;
+            *last.borrow_mut() = dat;
+            Ok(vec![secs])
         }),
         containers: vec![Variant::new(
             format!("berth --mode {}", ctx.mode),
-            move |w| once(ctx, &s2, b2.as_deref(), true, w),
+            move |w| {
+                let (secs, dat) = once(ctx, &s2, b2.as_deref(), true, w)?;
+                if dat.is_some() && *l2.borrow() != dat {
+                    return Err("the results (job.dat) differ from the native run's".into());
+                }
+                Ok(vec![secs])
+            },
         )],
         setup_error,
         notes,
@@ -178,7 +191,8 @@ fn prepare(a: &Args, ctx: &Ctx, solver: &Solver) -> Result<(PathBuf, Vec<String>
                 std::fs::write(&p, text).map_err(|e| e.to_string())?;
                 ctx.give(&p)?;
             }
-            Ok((base, vec![super::linpack::checksums(ctx, &[ccx.as_str()])]))
+            let sums = super::linpack::checksums(ctx, &[ccx.as_str()]);
+            Ok((base, vec![sums, RESULTS_NOTE.to_string()]))
         }
         Solver::Abaqus(_, input) => {
             let p = base.join("s4b.inp");
@@ -190,14 +204,14 @@ fn prepare(a: &Args, ctx: &Ctx, solver: &Solver) -> Result<(PathBuf, Vec<String>
     }
 }
 
-/// One solver run in a fresh directory; seconds.
+/// One solver run in a fresh directory: seconds, and what CalculiX printed (job.dat).
 fn once(
     ctx: &Ctx,
     solver: &Solver,
     base: Option<&Path>,
     container: bool,
     warm: bool,
-) -> Result<Vec<f64>, String> {
+) -> Result<(f64, Option<Vec<u8>>), String> {
     let base = base.ok_or("not set up")?;
     let dir = base.join(if container { "container" } else { "native" });
     let _ = std::fs::remove_dir_all(&dir);
@@ -223,15 +237,16 @@ fn once(
     };
     let done = exec::run(ctx.command(&argv, &dir, None))?;
     if let Solver::Ccx(_) = solver {
-        // ccx exits 0 on some errors: the results file must be there.
-        if !dir.join("job.frd").exists() {
-            return Err(format!(
-                "ccx wrote no job.frd: {}",
-                done.stdout.lines().last().unwrap_or("")
-            ));
+        // ccx exits 0 on some errors: the results must be there.
+        let dat = std::fs::read(dir.join("job.dat")).unwrap_or_default();
+        if !dir.join("job.frd").exists() || !String::from_utf8_lossy(&dat).contains("displacements")
+        {
+            let last = done.stdout.lines().rev().find(|l| !l.trim().is_empty());
+            return Err(format!("ccx wrote no results: {}", last.unwrap_or("")));
         }
+        return Ok((done.secs, Some(dat)));
     }
-    Ok(vec![done.secs])
+    Ok((done.secs, None))
 }
 
 #[cfg(test)]

@@ -31,6 +31,18 @@ fn script(root: &str, out: &str, write_mib: u32) -> String {
     )
 }
 
+/// posix_fadvise(DONTNEED) on a file, or every file under a directory.
+fn evict(p: &Path) {
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            evict(&e.path());
+        }
+    } else if let Ok(f) = std::fs::File::open(p) {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
 fn parse(out: &str) -> Result<Vec<f64>, String> {
     let line = out
         .lines()
@@ -62,6 +74,13 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
             "{}/bench/io/large.bin is missing: the native side reads the image's unpacked tree (--rootfs; benchmarks/images/build-bench.sh makes it)",
             ctx.rootfs.display()
         ));
+    }
+    // Every side starts from the same page-cache state: the native files and the image are
+    // dropped from the cache here and read back by the warm-up round (a file's cached pages
+    // from an earlier, different access pattern can read at half the speed of fresh ones).
+    if setup_error.is_none() {
+        evict(&ctx.rootfs.join("bench/io"));
+        evict(&ctx.image);
     }
     let sh = |s: String| -> Vec<OsString> { vec!["sh".into(), "-c".into(), s.into()] };
     let native = sh(script(

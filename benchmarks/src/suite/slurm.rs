@@ -29,8 +29,18 @@ pub fn rows(a: &Args, ctx: &Ctx) -> (Vec<Row>, Vec<String>) {
             "not run: needs --plugin target/release/libspank_berth.so (and root, for the local test cluster)".into(),
         );
     };
+    // srun loads the plugin as the user, who may not be able to enter the checkout: a copy.
+    let copy = ctx.work.join("spank_berth.so");
+    let copied = std::process::Command::new("cp")
+        .arg(plugin)
+        .arg(&copy)
+        .status();
+    if !matches!(copied, Ok(s) if s.success()) {
+        return fail(format!("cannot copy the plugin {}", plugin.display()));
+    }
+    let _ = ctx.give(&copy);
     let args = slurm_steps::Args {
-        plugin: plugin.clone(),
+        plugin: copy,
         image: ctx.image.clone(),
         user: a.user.clone(),
         runs: a.startup_runs.max(a.reps),
