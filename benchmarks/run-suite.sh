@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full native-vs-container report on this machine, in one command (as root, on a quiet machine):
 #   sudo benchmarks/run-suite.sh [extra berth-bench suite flags]
-# writes benchmarks/report/{report.md,report.json,report.svg} (or $BERTH_BENCH_OUT), 10 repetitions
+# writes benchmarks/report/{report.md,report.json,report.svg} (or $BERTH_BENCH_OUT), 20 repetitions
 # (BERTH_BENCH_REPS=N to change it). About 20 minutes on 2 cores
 # (benchmarks/README.md lists what runs). Builds what it needs: berth, berth-bench and the
 # Slurm plugin (release), and the benchmark image (benchmarks/images/build-bench.sh, cached in
@@ -27,4 +27,4 @@ exec target/release/berth-bench suite \
   --berth target/release/berth \
   --image "$cache/bench.sqsh" --rootfs "$cache/bench-rootfs" \
   --plugin target/release/libspank_berth.so \
-  --out "$out" --reps "${BERTH_BENCH_REPS:-10}" "$@"
+  --out "$out" --reps "${BERTH_BENCH_REPS:-20}" "$@"
