@@ -27,4 +27,4 @@ exec target/release/berth-bench suite \
   --berth target/release/berth \
   --image "$cache/bench.sqsh" --rootfs "$cache/bench-rootfs" \
   --plugin target/release/libspank_berth.so \
-  --out "$out" --reps "${BERTH_BENCH_REPS:-20}" "$@"
+  --mode mount,extract --out "$out" --reps "${BERTH_BENCH_REPS:-20}" "$@"

@@ -132,7 +132,8 @@ struct SuiteArgs {
     /// Workloads to run, comma-separated: linpack,fea,mpi,startup,io,slurm (default: all)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// berth's mode for the container side of Linpack, FEA and MPI (I/O and start-up run both)
+    /// berth's mode for the container side of Linpack, FEA and MPI (I/O and start-up run both);
+    /// `mount,extract`: Linpack and FEA run both, as two container variants (MPI the first)
     #[arg(long, default_value = "mount")]
     mode: String,
     /// MPI ranks on the node (Linpack, MPI)

@@ -28,7 +28,10 @@ pub struct Ctx {
     pub state: PathBuf,
     /// An empty site policy: the container runs with berth's defaults, whatever /etc/berth says.
     pub empty_policy: PathBuf,
+    /// The first of `modes`: MPI and the checksum checks run in it.
     pub mode: String,
+    /// Linpack and FEA run a container variant in each (`--mode mount,extract`).
+    pub modes: Vec<String>,
     pub ranks: u32,
 }
 

@@ -147,30 +147,32 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
         Err(e) => setup_error = Some(e),
     }
     let solver = std::rc::Rc::new(solver);
-    let s2 = solver.clone();
-    let b2 = base.clone();
-    // The native run's results, for the container run of the same repetition to match.
+    // The native run's results, for the container runs of the same repetition to match.
     let last = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<u8>>));
-    let l2 = last.clone();
+    let containers = ctx
+        .modes
+        .iter()
+        .map(|mode| {
+            let (solver, base, last) = (solver.clone(), base.clone(), last.clone());
+            Variant::new(format!("berth --mode {mode}"), move |w| {
+                let (secs, dat) = once(ctx, &solver, base.as_deref(), Some(mode), w)?;
+                if dat.is_some() && *last.borrow() != dat {
+                    return Err("the results (job.dat) differ from the native run's".into());
+                }
+                Ok(vec![secs])
+            })
+        })
+        .collect();
     Workload {
         name: "ABAQUS-style FEA",
         detail,
         metrics: metrics(),
         native: Variant::new("native", move |w| {
-            let (secs, dat) = once(ctx, &solver, base.as_deref(), false, w)?;
+            let (secs, dat) = once(ctx, &solver, base.as_deref(), None, w)?;
             *last.borrow_mut() = dat;
             Ok(vec![secs])
         }),
-        containers: vec![Variant::new(
-            format!("berth --mode {}", ctx.mode),
-            move |w| {
-                let (secs, dat) = once(ctx, &s2, b2.as_deref(), true, w)?;
-                if dat.is_some() && *l2.borrow() != dat {
-                    return Err("the results (job.dat) differ from the native run's".into());
-                }
-                Ok(vec![secs])
-            },
-        )],
+        containers,
         setup_error,
         notes,
     }
@@ -204,16 +206,17 @@ fn prepare(a: &Args, ctx: &Ctx, solver: &Solver) -> Result<(PathBuf, Vec<String>
     }
 }
 
-/// One solver run in a fresh directory: seconds, and what CalculiX printed (job.dat).
+/// One solver run in a fresh directory, natively (`mode` None) or in berth's mode: seconds, and
+/// what CalculiX printed (job.dat).
 fn once(
     ctx: &Ctx,
     solver: &Solver,
     base: Option<&Path>,
-    container: bool,
+    mode: Option<&str>,
     warm: bool,
 ) -> Result<(f64, Option<Vec<u8>>), String> {
     let base = base.ok_or("not set up")?;
-    let dir = base.join(if container { "container" } else { "native" });
+    let dir = base.join(mode.unwrap_or("native"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     ctx.give(&dir)?;
@@ -230,10 +233,9 @@ fn once(
             v
         }
     };
-    let argv = if container {
-        ctx.berth_run(&ctx.mode, &[], &argv)
-    } else {
-        argv
+    let argv = match mode {
+        Some(mode) => ctx.berth_run(mode, &[], &argv),
+        None => argv,
     };
     let done = exec::run(ctx.command(&argv, &dir, None))?;
     if let Solver::Ccx(_) = solver {

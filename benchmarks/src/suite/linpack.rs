@@ -98,23 +98,30 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
         Err(e) => setup_error = Some(e),
     }
     let hpcc = a.hpcc.clone();
-    let side = move |container: bool, warm: bool| -> Result<Vec<f64>, String> {
+    // `mode`: None natively, else berth's mode.
+    let side = move |mode: Option<&str>, warm: bool| -> Result<Vec<f64>, String> {
         let (run_dir, warm_dir) = dirs.clone().ok_or("not set up")?;
         let dir = if warm { warm_dir } else { run_dir };
         let _ = std::fs::remove_file(dir.join("hpccoutf.txt"));
         let prog: Vec<OsString> = vec![hpcc.clone().into()];
-        let argv = if container {
-            ctx.mpirun(
+        let argv = match mode {
+            Some(mode) => ctx.mpirun(
                 &["--mca", "btl", "self,vader"],
-                ctx.berth_run(&ctx.mode, &[], &prog),
-            )
-        } else {
-            ctx.mpirun(&["--mca", "btl", "self,vader"], prog)
+                ctx.berth_run(mode, &[], &prog),
+            ),
+            None => ctx.mpirun(&["--mca", "btl", "self,vader"], prog),
         };
         exec::run(ctx.command(&argv, &dir, None))?;
         parse(&dir)
     };
-    let side2 = side.clone();
+    let containers = ctx
+        .modes
+        .iter()
+        .map(|mode| {
+            let side = side.clone();
+            Variant::new(format!("berth --mode {mode}"), move |w| side(Some(mode), w))
+        })
+        .collect();
     Workload {
         name: "Linpack",
         detail: format!(
@@ -122,8 +129,8 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
             a.hpcc, a.hpl_n, a.hpl_nb, a.ranks
         ),
         metrics: metrics(),
-        native: Variant::new("native", move |w| side(false, w)),
-        containers: vec![Variant::new(format!("berth --mode {}", ctx.mode), move |w| side2(true, w))],
+        native: Variant::new("native", move |w| side(None, w)),
+        containers,
         setup_error,
         notes,
     }

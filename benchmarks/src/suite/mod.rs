@@ -277,8 +277,12 @@ pub fn run(a: &Args) -> Result<i32, String> {
     if a.reps == 0 {
         return Err("--reps must be at least 1".into());
     }
-    if a.mode != "mount" && a.mode != "extract" {
-        return Err(format!("--mode {}: use mount or extract", a.mode));
+    let modes: Vec<String> = a.mode.split(',').map(String::from).collect();
+    if modes.iter().any(|m| m != "mount" && m != "extract") {
+        return Err(format!(
+            "--mode {}: use mount, extract or mount,extract",
+            a.mode
+        ));
     }
     if let Some(path) = &a.sbatch {
         sbatch::write(a, path)?;
@@ -310,7 +314,8 @@ pub fn run(a: &Args) -> Result<i32, String> {
         state: work.join("state"),
         empty_policy: work.join("empty-policy.toml"),
         work: work.clone(),
-        mode: a.mode.clone(),
+        mode: modes[0].clone(),
+        modes,
         ranks: a.ranks,
     };
     ctx.give(&work)?;
