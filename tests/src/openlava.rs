@@ -240,6 +240,22 @@ impl Sbatchd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        // sbatchd starts a job with default signal dispositions, whatever it inherited (a
+        // test run started in the background ignores SIGINT, and so would the job).
+        unsafe {
+            cmd.pre_exec(|| {
+                for sig in [
+                    libc::SIGINT,
+                    libc::SIGQUIT,
+                    libc::SIGHUP,
+                    libc::SIGPIPE,
+                    libc::SIGTERM,
+                ] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("start the job shell");
         let pgid = child.id() as i32;
         Running {

@@ -383,6 +383,9 @@ pub fn run(a: &Args) -> Result<i32, String> {
     }
     if want("startup") {
         take(measure(startup::workload(a, &ctx), a.reps, a.warmup));
+        for w in startup::versus_charliecloud(a, &ctx) {
+            take(measure(w, a.reps, a.warmup));
+        }
         refs.push(Reference {
             workload: "start-up".into(),
             label:

@@ -53,7 +53,7 @@ fn draw(rep: &Report, root: &Area, rows: usize) -> Result<(), Box<dyn std::error
             .draw()?;
         let short = r.container_label.replace("berth --mode ", "berth ");
         let sides = [
-            (0.0, &r.native, BLUE, "native".to_string()),
+            (0.0, &r.native, BLUE, r.native_label.clone()),
             (1.0, &r.container, RED, short),
         ];
         for (x0, samples, color, label) in sides {

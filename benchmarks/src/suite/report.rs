@@ -138,6 +138,11 @@ pub fn table(rep: &Report) -> String {
         let unit = &r.unit;
         match (&f, &r.failed) {
             (Some(f), _) => {
+                // The baseline is the native run unless the row names another (ch-run).
+                let native = match r.native_label.as_str() {
+                    "native" => side(&f.native),
+                    label => format!("{label}: {}", side(&f.native)),
+                };
                 let ci = match f.ci {
                     Some((lo, hi)) => format!(" [{lo:+.2}, {hi:+.2}]"),
                     None => " [n/a: 1 rep]".to_string(),
@@ -147,7 +152,7 @@ pub fn table(rep: &Report) -> String {
                     "| {} | {} ({unit}) | {} | {} | {} | {:.3} | {:+.2}{ci} | {} | {} |",
                     r.workload,
                     r.metric,
-                    side(&f.native),
+                    native,
                     r.container_label,
                     side(&f.container),
                     f.ratio,
