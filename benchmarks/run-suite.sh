@@ -2,7 +2,7 @@
 # The full native-vs-container report on this machine, in one command (as root, on a quiet machine):
 #   sudo benchmarks/run-suite.sh [extra berth-bench suite flags]
 # writes benchmarks/report/{report.md,report.json,report.svg} (or $BERTH_BENCH_OUT), 20 repetitions
-# (BERTH_BENCH_REPS=N to change it). About 20 minutes on 2 cores
+# (BERTH_BENCH_REPS=N to change it). About 40 minutes on 2 cores
 # (benchmarks/README.md lists what runs). Builds what it needs: berth, berth-bench and the
 # Slurm plugin (release), and the benchmark image (benchmarks/images/build-bench.sh, cached in
 # /var/cache/berth-bench, rebuilt when the script changes).
