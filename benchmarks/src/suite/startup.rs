@@ -20,8 +20,9 @@ fn median_ms(ctx: &Ctx, argv: &[std::ffi::OsString], runs: usize) -> Result<Vec<
 
 /// The launcher issue's targets, against Charliecloud's ch-run on the same image (the baseline
 /// side here is ch-run, not the native command): warm extract mode within 1.2x of `ch-run DIR`,
-/// mount mode at most half of `ch-run IMG.sqsh` (each run a fresh FUSE mount on both sides);
-/// and mount mode kept warm on the node (`--linger`), the "mounted once per node" path.
+/// mount mode at most half of `ch-run IMG.sqsh` (each run a fresh FUSE mount on both sides).
+/// Mount mode kept warm (`--linger`) is not measured here: the suite waits for every process a
+/// run leaves (its keeper too) before the next; `berth-bench startup` measures it.
 pub fn versus_charliecloud<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
     let n = a.startup_runs;
     let no_ep = os(&["--no-join", "--no-entrypoint"]);
@@ -39,11 +40,6 @@ pub fn versus_charliecloud<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
     ];
     let extract = ctx.berth_run("extract", &no_ep, &os(&["true"]));
     let mount = ctx.berth_run("mount", &no_ep, &os(&["true"]));
-    let linger = ctx.berth_run(
-        "mount",
-        &os(&["--no-entrypoint", "--join", "bench-linger", "--linger", "5"]),
-        &os(&["true"]),
-    );
     let missing = (!std::path::Path::new("/usr/bin/ch-run").exists())
         .then(|| "ch-run is missing (Debian package charliecloud-runtime)".to_string());
     let ch_sqsh2 = ch_sqsh.clone();
@@ -61,15 +57,12 @@ pub fn versus_charliecloud<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
         },
         Workload {
             name: "start-up vs Charliecloud (squashfs)",
-            detail: format!("`berth run --mode mount IMG -- true` (a fresh FUSE mount per run; and kept warm with `--linger 5`) vs `ch-run IMG.sqsh -- true` (its own fresh FUSE mount per run); each repetition the median of {n} runs"),
+            detail: format!("`berth run --mode mount IMG -- true` (a fresh FUSE mount per run) vs `ch-run IMG.sqsh -- true` (its own fresh FUSE mount per run); each repetition the median of {n} runs"),
             metrics: vec![Metric::new("start-up, `true`", "ms", false).target(0.5, false)],
             native: Variant::new("ch-run IMG.sqsh", move |_| median_ms(ctx, &ch_sqsh2, n)),
-            containers: vec![
-                Variant::new("berth --mode mount", move |_| median_ms(ctx, &mount, n)),
-                Variant::new("berth --mode mount --linger 5", move |_| {
-                    median_ms(ctx, &linger, n)
-                }),
-            ],
+            containers: vec![Variant::new("berth --mode mount", move |_| {
+                median_ms(ctx, &mount, n)
+            })],
             setup_error: missing,
             notes: Vec::new(),
         },
