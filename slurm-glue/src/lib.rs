@@ -408,28 +408,19 @@ fn run_through_entrypoint(sp: ffi::spank_t, full_argv: &[String]) -> Result<(), 
         source: e,
     })?;
     let fd = file.into_raw_fd();
-    let mut argc: c_int = 0;
-    let mut argv: *mut *mut c_char = std::ptr::null_mut();
-    let rc = unsafe {
-        ffi::spank_get_item(
-            sp,
-            ffi::spank_item_S_JOB_ARGV,
-            &mut argc as *mut c_int,
-            &mut argv as *mut *mut *mut c_char,
-        )
-    };
-    if !ok(rc) || argv.is_null() || argc < 1 {
+    let Some((_, argv)) = raw_job_argv(sp).filter(|(argc, _)| *argc >= 1) else {
         return Err(Error::Usage(
             "--container-entrypoint: the task has no command to run".into(),
         ));
-    }
+    };
     // Leaked on purpose: Slurm execs with this pointer in its argv.
     let shim = CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default();
     unsafe { *argv = shim.into_raw() };
     Ok(())
 }
 
-fn job_argv(sp: ffi::spank_t) -> Vec<String> {
+/// Slurm's own argv array for the task (the one it will exec), with its length.
+fn raw_job_argv(sp: ffi::spank_t) -> Option<(c_int, *mut *mut c_char)> {
     let mut argc: c_int = 0;
     let mut argv: *mut *mut c_char = std::ptr::null_mut();
     let rc = unsafe {
@@ -440,9 +431,13 @@ fn job_argv(sp: ffi::spank_t) -> Vec<String> {
             &mut argv as *mut *mut *mut c_char,
         )
     };
-    if !ok(rc) || argv.is_null() {
+    (ok(rc) && !argv.is_null()).then_some((argc, argv))
+}
+
+fn job_argv(sp: ffi::spank_t) -> Vec<String> {
+    let Some((argc, argv)) = raw_job_argv(sp) else {
         return vec!["true".into()];
-    }
+    };
     let v = args(argc, argv);
     if v.is_empty() {
         vec!["true".into()]
