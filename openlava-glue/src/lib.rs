@@ -16,7 +16,7 @@
 
 use berth_launcher::error::{Error, Result};
 use berth_launcher::options::{check_target, Join, RunOptions};
-use berth_plugin::JobRequest;
+use berth_plugin::{key_part, JobRequest};
 use std::path::{Path, PathBuf};
 
 /// OpenLava's `LSB_SUB_ABORT_VALUE`: an esub exiting with it rejects the job.
@@ -183,34 +183,21 @@ pub fn machinefile(hosts: &[(String, u32)]) -> String {
         .collect()
 }
 
-fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(40)
-        .collect()
-}
-
 /// The job's part of the join key: `lava-<LSB_JOBID>`, with `.<LSB_JOBINDEX>` for an element
 /// of a job array (the elements share the job id).
 pub fn job_key(env: &[(String, String)]) -> std::result::Result<String, String> {
     let id = get(env, "LSB_JOBID")
         .ok_or("LSB_JOBID is not set: run berth-lava-mpirun inside an OpenLava job")?;
     Ok(match get(env, "LSB_JOBINDEX").filter(|i| *i != "0") {
-        Some(index) => format!("lava-{}.{}", clean(id), clean(index)),
-        None => format!("lava-{}", clean(id)),
+        Some(index) => format!("lava-{}.{}", key_part(id), key_part(index)),
+        None => format!("lava-{}", key_part(id)),
     })
 }
 
 /// The join key of a job's ranks on one host. The host is part of it because the state
 /// directory may be shared between hosts (a /tmp on a shared file system; the tests' hosts).
 pub fn host_key(job_key: &str, host: &str) -> String {
-    format!("{job_key}-{}", clean(host))
+    format!("{job_key}-{}", key_part(host))
 }
 
 /// The scheduler's variables (`LSB_*`, `LS_*`): carried into the container whatever the

@@ -114,20 +114,23 @@ fn pyxis_mount(spec: &str) -> String {
     }
 }
 
+/// A part of an instance key from a user or host name: safe in a file name, at most 40 chars.
+pub fn key_part(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect()
+}
+
 /// The per-node instance a task joins: one per step, or one per job for a named container.
 pub fn instance_key(job: u32, step: u32, node: &str, name: Option<&str>) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(40)
-            .collect()
-    };
+    let clean = key_part;
     match name {
         Some(n) if !n.is_empty() => format!("slurm-{job}-{}-{}", clean(n), clean(node)),
         _ => format!("slurm-{job}.{step}-{}", clean(node)),
