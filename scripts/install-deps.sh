@@ -17,6 +17,7 @@ packages=(
   libmpich12                          # an MPICH library for the MPI ABI-check tests (library only, no mpirun)
   slurm-wlm slurmctld slurmd munge libslurm-dev iproute2  # the test cluster; spank.h for the plugin
   openssh-server                      # the OpenLava tests: an sshd per test host for mpirun's rsh agent
+  busybox-static                      # tests/src/hostile.rs: minimal hostile images (one static binary)
 )
 missing=()
 for p in "${packages[@]}"; do
