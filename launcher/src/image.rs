@@ -1,18 +1,16 @@
 //! Opening an image: a squashfs file or a directory rootfs. Checks the squashfs superblock so a
 //! wrong or truncated file is refused before any namespace or mount exists, and computes the
-//! image's identity (the extract-cache key) cheaply, without reading the whole file.
+//! image's identity (the extract-cache keys: the file's identity on the host, and its content).
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 const SQUASHFS_MAGIC: u32 = 0x7371_7368; // "hsqs" little-endian
 const SUPERBLOCK_LEN: usize = 96;
-/// How much of the metadata at the end of the image goes into its identity.
-const IDENTITY_TAIL: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageKind {
@@ -57,30 +55,104 @@ impl Image {
         })
     }
 
-    /// A key that names this image's content, for the extract cache: a hash of the squashfs
-    /// superblock, the file size and the metadata tables at the end of the image (which change
-    /// whenever any file's content, size or place changes). Reads about 64 KiB.
-    pub fn identity(&self) -> Result<String> {
-        let ImageKind::Squashfs { bytes_used } = self.kind else {
+    /// The image file as the extract cache sees it: opened once (later reads, the content hash
+    /// and unsquashfs, all use this open file) and named by its identity on the host.
+    pub fn identity(&self) -> Result<Identity> {
+        if !matches!(self.kind, ImageKind::Squashfs { .. }) {
             return Err(Error::Image(
                 "only squashfs images have a cache identity".into(),
             ));
+        }
+        let cant = |e: std::io::Error| {
+            Error::Image(format!("cannot open image {}: {e}", self.path.display()))
         };
-        let file = File::open(&self.path)
-            .map_err(|e| Error::Image(format!("cannot open image {}: {e}", self.path.display())))?;
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let mut head = [0u8; SUPERBLOCK_LEN];
-        let tail_start = bytes_used.saturating_sub(IDENTITY_TAIL);
-        let mut tail = vec![0u8; (bytes_used - tail_start) as usize];
-        file.read_exact_at(&mut head, 0)
-            .and_then(|_| file.read_exact_at(&mut tail, tail_start))
-            .map_err(|e| Error::Image(format!("cannot read image {}: {e}", self.path.display())))?;
+        // Non-blocking: the path may have been swapped for a FIFO since it was checked.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(cant)?;
+        let meta = file.metadata().map_err(cant)?;
+        if !meta.is_file() {
+            return Err(Error::Image(format!(
+                "image {} is not a regular file",
+                self.path.display()
+            )));
+        }
+        Ok(Identity {
+            key: stat_key(&meta),
+            settled: settled(&meta),
+            file,
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// An open squashfs image and its identity key: a hash of the file's device, inode, size,
+/// mtime and ctime (with nanoseconds). Any write to the file changes its ctime, and a copy or a
+/// replacement is another inode, so an image edited in place or replaced never matches an
+/// older entry. Costs one fstat, no reading.
+pub struct Identity {
+    pub file: File,
+    pub key: String,
+    /// The timestamps are old enough that a write in the same clock tick as our fstat is
+    /// impossible, so the key may be remembered (the "racy git" rule).
+    pub settled: bool,
+    path: PathBuf,
+}
+
+fn stat_key(m: &std::fs::Metadata) -> String {
+    let text = format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    );
+    hex16(&Sha256::digest(text.as_bytes()))
+}
+
+fn settled(m: &std::fs::Metadata) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    // Two seconds covers filesystems that keep whole seconds and coarse kernel clocks.
+    m.mtime() < now - 2 && m.ctime() < now - 2
+}
+
+fn hex16(digest: &[u8]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Identity {
+    /// A key for the image's content: the sha256 of the whole file. Two copies of one image
+    /// (another path, a fresh copy per job, a `touch`) share one cache entry through it.
+    /// Reads the whole file, once per new identity: less than unpacking it.
+    pub fn content_key(&self) -> Result<String> {
+        let cant = |e: std::io::Error| {
+            Error::Image(format!("cannot read image {}: {e}", self.path.display()))
+        };
         let mut h = Sha256::new();
-        h.update(head);
-        h.update(len.to_le_bytes());
-        h.update(&tail);
-        let digest = h.finalize();
-        Ok(digest.iter().take(16).map(|b| format!("{b:02x}")).collect())
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            let n = self.file.read_at(&mut buf, at).map_err(cant)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(hex16(&h.finalize()))
+    }
+
+    /// The file is still what it was when the identity was taken (checked after unpacking).
+    pub fn unchanged(&self) -> bool {
+        self.file.metadata().is_ok_and(|m| stat_key(&m) == self.key)
     }
 }
 

@@ -85,6 +85,8 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
                 ) =>
             {
                 let _ = std::fs::remove_file(&sock_path);
+                // A first rank also removes what killed keepers left (under the join lock).
+                sweep_locked(&dir);
                 spawn_keeper(plan, &sock_path, &dir, &lock_file)?;
             }
             Err(e) => {
@@ -112,6 +114,58 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
             .ctx(|| "cannot join the container's inner user namespace")?;
     }
     Ok(())
+}
+
+/// Remove the join sockets of keepers that are gone (killed: a keeper that exits removes its
+/// own), with the join lock held so that no keeper is between its bind and its listen. A
+/// socket nobody listens on refuses the connection; a live keeper's accepts it (and the keeper
+/// drops a connection that says nothing), one that is busy answers EAGAIN: both are kept.
+fn sweep_locked(dir: &Path) -> Vec<String> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let mut gone = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "sock") {
+            continue;
+        }
+        let Ok(sock) = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        ) else {
+            continue;
+        };
+        let Ok(addr) = UnixAddr::new(&path) else {
+            continue;
+        };
+        if connect(sock.as_raw_fd(), &addr) == Err(nix::errno::Errno::ECONNREFUSED) {
+            let _ = std::fs::remove_file(&path);
+            gone.push(format!("dead join socket {}", path.display()));
+        }
+    }
+    gone
+}
+
+/// Sweep `<state>/join` for sockets of killed keepers (`berth cache clean`). Returns what went.
+pub fn sweep(state_dir: &Path) -> Vec<String> {
+    let dir = state_dir.join("join");
+    if !dir.is_dir() {
+        return Vec::new();
+    }
+    let Ok(lock_file) = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(".lock"))
+    else {
+        return Vec::new();
+    };
+    if sys::flock(&lock_file, libc::LOCK_EX).is_err() {
+        return Vec::new();
+    }
+    sweep_locked(&dir)
 }
 
 fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
@@ -369,6 +423,9 @@ fn register(conn: &UnixStream, fds: &[OwnedFd], fingerprint: &str) -> Option<Own
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = [0u8; 128];
     let n = (&*conn).read(&mut line).ok()?;
+    if n == 0 {
+        return None; // a liveness probe (a sweep), not a rank
+    }
     let text = String::from_utf8_lossy(&line[..n]);
     if text.trim() != format!("join {fingerprint}") {
         let _ = (&*conn).write_all(b"mismatch\n");

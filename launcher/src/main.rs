@@ -44,7 +44,8 @@ enum PolicyCmd {
 enum CacheCmd {
     /// List cached images: key, size, in use, source
     List,
-    /// Remove cached images no container is using (all, or the keys given)
+    /// Remove cached images no container is using (all, or the keys given), and what killed
+    /// runs left that no live process holds (partial unpacks, unused locks, dead join sockets)
     Clean { keys: Vec<String> },
 }
 
@@ -211,17 +212,19 @@ fn main() {
                     }
                 }
                 CacheCmd::Clean { keys } => {
-                    let (removed, skipped) =
-                        cache::clean(&state, &keys).unwrap_or_else(|e| fail(e));
-                    for k in &removed {
+                    let done = cache::clean(&state, &keys).unwrap_or_else(|e| fail(e));
+                    for k in &done.removed {
                         println!("removed {k}");
                     }
-                    for k in &skipped {
+                    for k in &done.kept {
                         println!("kept {k} (in use)");
+                    }
+                    for what in &done.swept {
+                        println!("removed {what}");
                     }
                     let missing: Vec<_> = keys
                         .iter()
-                        .filter(|k| !removed.contains(k) && !skipped.contains(k))
+                        .filter(|k| !done.removed.contains(k) && !done.kept.contains(k))
                         .collect();
                     if !missing.is_empty() {
                         fail(Error::Usage(format!(
