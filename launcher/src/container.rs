@@ -623,6 +623,8 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Become the command. Only returns on failure.
 pub fn exec(process: &Process) -> Error {
+    // Arguments and variables are bytes: non-UTF-8 ones pass as they are.
+    use std::os::unix::ffi::OsStrExt;
     // The working directory was entered by `run::enter`.
     if let Err(e) = sys::set_no_new_privs() {
         return Error::Sys {
@@ -630,27 +632,33 @@ pub fn exec(process: &Process) -> Error {
             source: e,
         };
     }
-    let cstr = |s: &str| CString::new(s.as_bytes()).unwrap_or_default();
-    let argv: Vec<CString> = process.argv.iter().map(|a| cstr(a)).collect();
+    // The OS gives no NUL inside an argument or variable; one from elsewhere ends it there.
+    let cstr = |b: &[u8]| {
+        CString::new(b.split(|c| *c == 0).next().unwrap_or_default()).unwrap_or_default()
+    };
+    let argv: Vec<CString> = process.argv.iter().map(|a| cstr(a.as_bytes())).collect();
     let envp: Vec<CString> = process
         .env
         .iter()
-        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
         .collect();
     let cmd = &process.argv[0];
-    let candidates: Vec<PathBuf> = if cmd.contains('/') {
+    let candidates: Vec<PathBuf> = if cmd.as_bytes().contains(&b'/') {
         vec![PathBuf::from(cmd)]
     } else {
         let path = process
             .env
             .iter()
             .find(|(k, _)| k == "PATH")
-            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-        path.split(':')
+            .map_or(DEFAULT_PATH.as_bytes(), |(_, v)| v.as_bytes());
+        path.split(|c| *c == b':')
             .filter(|d| !d.is_empty())
-            .map(|d| Path::new(d).join(cmd))
+            .map(|d| Path::new(std::ffi::OsStr::from_bytes(d)).join(cmd))
             .collect()
     };
+    // The command starts with the signal dispositions and mask berth was started with (not
+    // the Rust runtime's ignored SIGPIPE).
+    crate::signals::restore_for_exec();
     let mut denied = None;
     for candidate in candidates {
         let Ok(c) = sys::cstr(&candidate) else {
@@ -667,6 +675,6 @@ pub fn exec(process: &Process) -> Error {
     }
     match denied {
         Some((path, e)) => Error::CommandNotExecutable(path.display().to_string(), e.into()),
-        None => Error::CommandNotFound(cmd.clone()),
+        None => Error::CommandNotFound(cmd.to_string_lossy().into_owned()),
     }
 }

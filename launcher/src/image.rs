@@ -43,8 +43,29 @@ impl Image {
                 kind: ImageKind::Directory,
             });
         }
-        let mut file = File::open(&abs)
+        let not_a_file = |meta: &std::fs::Metadata| {
+            Error::Image(format!(
+                "image {} is {}, not a squashfs file or a directory",
+                path.display(),
+                kind_name(meta.file_type())
+            ))
+        };
+        if !meta.is_file() {
+            return Err(not_a_file(&meta));
+        }
+        // Non-blocking, then fstat: had the path become a FIFO since the stat, the open must
+        // not wait for a writer, and what is read must be what was checked.
+        let mut file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&abs)
             .map_err(|e| Error::Image(format!("cannot open image {}: {e}", path.display())))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::Image(format!("cannot open image {}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(not_a_file(&meta));
+        }
         let sb = read_superblock(&mut file, meta.len())
             .map_err(|why| Error::Image(format!("image {}: {why}", path.display())))?;
         Ok(Image {
@@ -225,6 +246,36 @@ pub fn parse_superblock(sb: &[u8], file_len: u64) -> std::result::Result<Superbl
     })
 }
 
+/// What a file is, in words for an error ("a FIFO", "a socket"...).
+pub fn kind_name(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Read all of `reader` if it holds at most `limit` bytes; `None` if it holds more (only
+/// `limit + 1` bytes are read to find out).
+pub fn read_at_most(reader: impl Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +323,36 @@ mod tests {
         assert!(parse_superblock(&blk, 8192)
             .unwrap_err()
             .contains("block size"));
+    }
+
+    #[test]
+    fn fifos_sockets_and_devices_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("berth-image-kind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = dir.join("fifo.sqsh");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let sock = dir.join("socket.sqsh");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        for (path, says) in [
+            (
+                fifo.as_path(),
+                "is a FIFO, not a squashfs file or a directory",
+            ),
+            (sock.as_path(), "is a socket"),
+            (Path::new("/dev/zero"), "is a character device"),
+        ] {
+            let e = Image::open(path).unwrap_err().to_string();
+            assert!(e.contains(says), "{}: {e}", path.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        assert_eq!(read_at_most(&b"abc"[..], 3).unwrap().unwrap(), b"abc");
+        assert!(read_at_most(&b"abcd"[..], 3).unwrap().is_none());
+        let zero = File::open("/dev/zero").unwrap();
+        assert!(read_at_most(zero, 1 << 20).unwrap().is_none());
     }
 }

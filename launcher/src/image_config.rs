@@ -10,6 +10,22 @@ use std::collections::BTreeMap;
 /// Where the config is stored inside an image, relative to its root.
 pub const CONFIG_PATH: &str = ".berth/image.json";
 
+/// The most berth reads of an image config: real ones are a few KiB, and an image must not be
+/// able to make berth read without end (a link to `/dev/zero`) or fill its memory.
+pub const CONFIG_MAX_BYTES: u64 = 1 << 20;
+
+/// The error for a config that is a FIFO, a device... (`kind` is "a FIFO").
+pub fn not_regular(kind: &str) -> String {
+    format!("`/{CONFIG_PATH}` in the image is {kind}, not a regular file (rebuild the image with berth-image)")
+}
+
+/// The error for a config over [`CONFIG_MAX_BYTES`].
+pub fn too_large() -> String {
+    format!(
+        "`/{CONFIG_PATH}` in the image is larger than 1 MiB (rebuild the image with berth-image)"
+    )
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
     #[serde(rename = "schemaVersion", default = "one")]
@@ -60,6 +76,16 @@ impl ImageConfig {
         Ok(config)
     }
 
+    /// Parse the bytes of a config file: at most [`CONFIG_MAX_BYTES`], UTF-8, then JSON.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() as u64 > CONFIG_MAX_BYTES {
+            return Err(too_large());
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| format!("invalid image config {CONFIG_PATH}: not UTF-8 ({e})"))?;
+        Self::parse(text)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("image config serializes")
     }
@@ -81,6 +107,22 @@ mod tests {
         );
         assert_eq!(c.config.working_dir.as_deref(), Some("/work"));
         assert_eq!(ImageConfig::parse(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
+    fn bytes_are_bounded_and_utf8() {
+        let ok = br#"{"schemaVersion":1}"#;
+        assert_eq!(
+            ImageConfig::parse_bytes(ok).unwrap(),
+            ImageConfig::parse("{}").unwrap()
+        );
+        let big = vec![b' '; CONFIG_MAX_BYTES as usize + 1];
+        assert!(ImageConfig::parse_bytes(&big)
+            .unwrap_err()
+            .contains("larger than 1 MiB"));
+        assert!(ImageConfig::parse_bytes(b"{\"a\":\"caf\xe9\"}")
+            .unwrap_err()
+            .contains("not UTF-8"));
     }
 
     #[test]

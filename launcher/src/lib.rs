@@ -12,4 +12,5 @@ pub mod options;
 pub mod plan;
 pub mod policy;
 pub mod run;
+pub mod signals;
 pub mod sys;

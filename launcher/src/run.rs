@@ -153,23 +153,66 @@ pub fn enter(
     Ok((process, built))
 }
 
-/// The image config for `--dry-run`, read without building a container.
+/// The image config for `--dry-run`, read without building a container. As in a run, a config
+/// that is not a regular file, or is over 1 MiB, is an error.
 fn config_without_container(plan: &Plan) -> Result<ImageConfig> {
+    use crate::image::read_at_most;
+    use crate::image_config::{too_large, CONFIG_MAX_BYTES};
+    use std::process::{Command, Stdio};
     match plan.rootfs {
         Rootfs::Directory => container::read_config(&plan.image.path),
         Rootfs::Extract | Rootfs::Fuse => {
-            let out = std::process::Command::new("unsquashfs")
+            let child = Command::new("unsquashfs")
                 .args(["-cat"])
                 .arg(&plan.image.path)
                 .arg(CONFIG_PATH)
-                .stderr(std::process::Stdio::null())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => {
-                    ImageConfig::parse(&String::from_utf8_lossy(&o.stdout)).map_err(Error::Image)
-                }
-                _ => Ok(ImageConfig::default()),
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn();
+            let Ok(mut child) = child else {
+                return Ok(ImageConfig::default());
+            };
+            // Read no more than the bound, then stop unsquashfs.
+            let read = read_at_most(child.stdout.take().expect("piped"), CONFIG_MAX_BYTES);
+            if !matches!(read, Ok(Some(_))) {
+                let _ = child.kill();
+            }
+            let done = child.wait().is_ok_and(|st| st.success());
+            match read {
+                Ok(Some(bytes)) if done => ImageConfig::parse_bytes(&bytes).map_err(Error::Image),
+                Ok(None) => Err(Error::Image(too_large())),
+                // unsquashfs -cat refuses what is not a regular file: say what is there.
+                _ => match squashfs_kind(&plan.image.path) {
+                    Some(kind) => Err(Error::Image(crate::image_config::not_regular(kind))),
+                    None => Ok(ImageConfig::default()),
+                },
             }
         }
+    }
+}
+
+/// What the image's config path is when it is not a regular file or a symlink (`unsquashfs
+/// -lls` names it by its mode's first letter), or None.
+fn squashfs_kind(image: &Path) -> Option<&'static str> {
+    let out = std::process::Command::new("unsquashfs")
+        .args(["-lls", "-d", "R"])
+        .arg(image)
+        .arg(CONFIG_PATH)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with(&format!(" R/{CONFIG_PATH}")))?;
+    match line.chars().next()? {
+        'p' => Some("a FIFO"),
+        's' => Some("a socket"),
+        'c' => Some("a character device"),
+        'b' => Some("a block device"),
+        'd' => Some("a directory"),
+        _ => None,
     }
 }
