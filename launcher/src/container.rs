@@ -26,18 +26,17 @@ use nix::sched::{unshare, CloneFlags};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 /// What must stay alive as long as the container does.
 pub struct Built {
     /// Shared lock on the extract-cache entry (keeps `berth cache clean` away).
     pub cache_lock: Option<File>,
-    /// The squashfuse_ll server (mount mode); it dies with its parent (PR_SET_PDEATHSIG).
-    pub fuse: Option<Child>,
+    /// The squashfuse_ll server (mount mode); it ends with the FUSE mount (see [`FuseServer`]).
+    pub fuse: Option<FuseServer>,
     /// Things the user should know (an MPI left as the image's own...).
     pub warnings: Vec<String>,
 }
@@ -95,6 +94,10 @@ pub fn build(plan: &Plan) -> Result<Built> {
         None => None,
     };
 
+    let mut fuse = match &image_file {
+        Some(f) => Some(FuseServer::fork(f)?),
+        None => None,
+    };
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
     write_id_maps(0, uid, 0, gid)?;
@@ -102,10 +105,10 @@ pub fn build(plan: &Plan) -> Result<Built> {
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
-    .ctx(|| "cannot make mounts private")?;
+    .ctx(|| "cannot make mounts slaves")?;
     mount(
         Some("berth"),
         &staging,
@@ -119,9 +122,8 @@ pub fn build(plan: &Plan) -> Result<Built> {
         std::fs::create_dir(d).ctx(|| format!("cannot create staging directory {d}"))?;
     }
 
-    let mut fuse = None;
-    if let Some(image_file) = image_file {
-        fuse = Some(start_squashfuse(plan, &image_file)?);
+    if let Some(server) = fuse.as_mut() {
+        server.mount_and_start(&plan.image.path, "lower")?;
     } else if let Some(dir) = lower_dir {
         let tree =
             sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
@@ -161,26 +163,26 @@ pub fn build(plan: &Plan) -> Result<Built> {
             source: e.into(),
         }));
     }
-    let root = OwnedFd::from(
+    let mut root = Root::new(OwnedFd::from(
         File::options()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
             .open("root")
             .ctx(|| "cannot open the container root")?,
-    );
+    ))?;
     for step in &plan.steps {
-        apply_step(&root, step, &staging).map_err(|e| match fuse_failure(&mut fuse) {
+        apply_step(&mut root, step, &staging).map_err(|e| match fuse_failure(&mut fuse) {
             Some(fe) => fe,
             None => e,
         })?;
     }
     let mut warnings = Vec::new();
     if let Some(mpi) = &plan.mpi {
-        match mpi_check(&root, mpi, &plan.state_dir) {
+        match mpi_check(&root.fd, mpi, &plan.state_dir) {
             MpiCheck::NoMpi => {}
             MpiCheck::Compatible => {
                 for step in &mpi.steps {
-                    apply_step(&root, step, &staging)?;
+                    apply_step(&mut root, step, &staging)?;
                 }
             }
             MpiCheck::Incompatible(why) => match mpi.on_mismatch {
@@ -198,13 +200,13 @@ pub fn build(plan: &Plan) -> Result<Built> {
     }
     if !plan.writable {
         sys::mount_setattr(
-            &root,
+            &root.fd,
             sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
             false,
         )
         .ctx(|| "cannot make the container root read-only")?;
     }
-    nix::unistd::fchdir(root.as_raw_fd()).ctx(|| "cannot enter the container root")?;
+    nix::unistd::fchdir(root.raw()).ctx(|| "cannot enter the container root")?;
     sys::pivot_root_here().ctx(|| "pivot_root failed")?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the host root")?;
     std::env::set_current_dir("/").ctx(|| "cannot chdir to /")?;
@@ -283,21 +285,23 @@ fn find_image_mpi(root: &OwnedFd) -> Option<(PathBuf, MpiFamily)> {
     None
 }
 
+/// An MPI library is read up to this size for its version string.
+const MPI_LIBRARY_LIMIT: u64 = 256 << 20;
+
 /// The version string built into an MPI library: the first NUL-delimited `[v]X.Y.Z` string
 /// (Open MPI's and MPICH's version constants come first). Scanning a large library takes a
 /// while, so the answer is cached in the state directory by the file's identity.
 fn image_mpi_version(root: &OwnedFd, path: &Path, state_dir: &Path) -> Option<String> {
-    let fd = sys::open_in_root(root.as_raw_fd(), path, libc::O_RDONLY, 0).ok()?;
-    let file = File::from(fd);
-    let meta = file.metadata().ok()?;
+    let fd = sys::open_in_root(root.as_raw_fd(), path, libc::O_PATH, 0).ok()?;
+    let meta = File::from(fd.try_clone().ok()?).metadata().ok()?;
     use std::os::unix::fs::MetadataExt;
     let cache_dir = state_dir.join("mpi-versions");
     let key = cache_dir.join(format!("{}-{}-{}", meta.size(), meta.mtime(), meta.ino()));
     if let Ok(v) = std::fs::read_to_string(&key) {
         return Some(v);
     }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
+    // A FIFO or a link to /dev/zero in the image must not hang or exhaust berth.
+    let bytes = read_image_file(&fd, path, MPI_LIBRARY_LIMIT).ok()?;
     let version = bytes.split(|b| *b == 0).find_map(|s| {
         let s = std::str::from_utf8(s).ok()?;
         let v = s.strip_prefix('v').unwrap_or(s);
@@ -314,9 +318,9 @@ fn image_mpi_version(root: &OwnedFd, path: &Path, state_dir: &Path) -> Option<St
 }
 
 /// If squashfuse_ll has died, say so with its exit status: that is the real cause.
-fn fuse_failure(fuse: &mut Option<Child>) -> Option<Error> {
-    let child = fuse.as_mut()?;
-    match child.try_wait() {
+fn fuse_failure(fuse: &mut Option<FuseServer>) -> Option<Error> {
+    let server = fuse.as_mut()?;
+    match server.try_wait() {
         Ok(Some(status)) => Some(Error::Image(format!(
             "squashfuse_ll could not serve the image ({status}); check the image with unsquashfs -s or use --mode extract"
         ))),
@@ -324,80 +328,265 @@ fn fuse_failure(fuse: &mut Option<Child>) -> Option<Error> {
     }
 }
 
-/// Mount the FUSE filesystem ourselves (we hold CAP_SYS_ADMIN in the namespace) and hand the
-/// /dev/fuse fd to squashfuse_ll as `/dev/fd/N`, so the server needs no privilege and no
-/// fusermount. It dies with its parent.
-fn start_squashfuse(plan: &Plan, image: &File) -> Result<Child> {
-    let dev = File::options().read(true).write(true).open("/dev/fuse").map_err(|e| {
-        Error::Image(format!(
-            "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
-        ))
-    })?;
-    let opts = format!(
-        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
-        dev.as_raw_fd()
-    );
-    mount(
-        Some(plan.image.path.as_path()),
-        "lower",
-        Some("fuse.squashfuse"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
-        Some(opts.as_str()),
-    )
-    .ctx(|| "cannot mount FUSE")?;
-    let (dev_fd, image_fd) = (dev.as_raw_fd(), image.as_raw_fd());
-    let mut cmd = Command::new("squashfuse_ll");
-    cmd.arg("-f")
-        .arg(format!("/proc/self/fd/{image_fd}"))
-        .arg(format!("/dev/fd/{dev_fd}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    let parent = std::process::id() as libc::pid_t;
-    unsafe {
-        cmd.pre_exec(move || {
-            sys::set_pdeathsig(libc::SIGKILL)?;
-            // A group of its own: a signal to the command's process group (Ctrl-C, OpenLava's
-            // bkill) is for the command, which may handle it and still need its files.
-            libc::setpgid(0, 0);
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            for fd in [dev_fd, image_fd] {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+/// The squashfuse_ll server of a mount-mode container.
+///
+/// It is forked before the namespaces exist, so it lives in the host's namespaces and holds no
+/// reference to the container's: it then lives exactly as long as the FUSE mount, which goes
+/// with the container's last process (the kernel ends the connection, the server exits). So a
+/// killed keeper leaves its ranks their image, and a command's background processes keep
+/// theirs. It waits for a byte on a pipe until berth has mounted FUSE on its /dev/fuse fd
+/// (berth holds CAP_SYS_ADMIN in the new namespace; no fusermount, no privilege), and runs in a
+/// process group of its own: a signal to the command's group (Ctrl-C, OpenLava's bkill) is for
+/// the command, which may handle it and still need its files.
+pub struct FuseServer {
+    pid: nix::unistd::Pid,
+    status: Option<std::process::ExitStatus>,
+    /// Where the /dev/fuse fd is sent once mounted; closed unsent, the server exits.
+    channel: Option<UnixStream>,
+}
+
+impl FuseServer {
+    fn fork(image: &File) -> Result<FuseServer> {
+        let program = find_in_path("squashfuse_ll").ok_or_else(|| {
+            Error::Image(
+                "squashfuse_ll is not installed: install squashfuse or use --mode extract".into(),
+            )
+        })?;
+        let program = sys::cstr(&program).ctx(|| "squashfuse_ll's path")?;
+        let image_fd = image.as_raw_fd();
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .ctx(|| "cannot open /dev/null")?;
+        let (ours, theirs) = UnixStream::pair().ctx(|| "cannot make a socket pair")?;
+        // The caller is single-threaded (see `build`), so the child may allocate.
+        match unsafe { nix::unistd::fork() }.ctx(|| "cannot fork the FUSE server")? {
+            nix::unistd::ForkResult::Child => unsafe {
+                libc::setpgid(0, 0);
+                drop(ours);
+                // /dev/fuse must be opened in the namespace that mounts it: berth sends it.
+                let mut byte = [0u8; 1];
+                let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+                let mut space = nix::cmsg_space!(RawFd);
+                let dev_fd = nix::sys::socket::recvmsg::<()>(
+                    theirs.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    nix::sys::socket::MsgFlags::empty(),
+                )
+                .ok()
+                .and_then(|msg| {
+                    msg.cmsgs().ok()?.find_map(|c| match c {
+                        nix::sys::socket::ControlMessageOwned::ScmRights(fds) => {
+                            fds.first().copied()
+                        }
+                        _ => None,
+                    })
+                });
+                let Some(dev_fd) = dev_fd else {
+                    libc::_exit(0)
+                };
+                let argv: Vec<CString> = [
+                    "squashfuse_ll".to_string(),
+                    "-f".into(),
+                    format!("/proc/self/fd/{image_fd}"),
+                    format!("/dev/fd/{dev_fd}"),
+                ]
+                .into_iter()
+                .map(|a| CString::new(a).unwrap_or_default())
+                .collect();
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(null.as_raw_fd(), 1);
+                libc::fcntl(dev_fd, libc::F_SETFD, 0);
+                libc::fcntl(image_fd, libc::F_SETFD, 0);
+                let mut args: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                args.push(std::ptr::null());
+                libc::execv(program.as_ptr(), args.as_ptr());
+                libc::_exit(127)
+            },
+            nix::unistd::ForkResult::Parent { child } => Ok(FuseServer {
+                pid: child,
+                status: None,
+                channel: Some(ours),
+            }),
+        }
     }
-    cmd.spawn().map_err(|e| {
-        Error::Image(format!(
-            "cannot start squashfuse_ll ({e}): install squashfuse or use --mode extract"
-        ))
-    })
+
+    /// Mount the image (in the new namespace) on `at` and hand the server its /dev/fuse fd.
+    fn mount_and_start(&mut self, image_path: &Path, at: &str) -> Result<()> {
+        let dev = File::options().read(true).write(true).open("/dev/fuse").map_err(|e| {
+            Error::Image(format!(
+                "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
+            ))
+        })?;
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        mount(
+            Some(image_path),
+            at,
+            Some("fuse.squashfuse"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+            Some(opts.as_str()),
+        )
+        .ctx(|| "cannot mount FUSE")?;
+        if let Some(channel) = self.channel.take() {
+            let fds = [dev.as_raw_fd()];
+            nix::sys::socket::sendmsg::<()>(
+                channel.as_raw_fd(),
+                &[std::io::IoSlice::new(b"g")],
+                &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+                nix::sys::socket::MsgFlags::empty(),
+                None,
+            )
+            .ctx(|| "cannot start the FUSE server")?;
+        }
+        Ok(())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.reap(libc::WNOHANG)
+    }
+
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.reap(0)
+            .map(|s| s.unwrap_or(std::os::unix::process::ExitStatusExt::from_raw(0)))
+    }
+
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        if self.status.is_none() {
+            nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL)?;
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, flags: libc::c_int) -> std::io::Result<Option<std::process::ExitStatus>> {
+        if self.status.is_none() {
+            let mut raw = 0;
+            let got = unsafe { libc::waitpid(self.pid.as_raw(), &mut raw, flags) };
+            if got < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if got > 0 {
+                self.status = Some(std::os::unix::process::ExitStatusExt::from_raw(raw));
+            }
+        }
+        Ok(self.status)
+    }
+}
+
+impl Drop for FuseServer {
+    /// Not started (the build failed before the mount): the server exits on the closed pipe.
+    fn drop(&mut self) {
+        if self.channel.take().is_some() {
+            let _ = self.wait();
+        }
+    }
+}
+
+/// The first `name` on the caller's PATH.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The container's root while it is built: its fd, and the mounts berth made itself (the
+/// overlay root, its tmpfs mounts). berth creates and writes only on those: a host directory
+/// bound in (the home, /tmp, a site mount) is never written to, whatever the image's links say.
+struct Root {
+    fd: OwnedFd,
+    ours: Vec<u64>,
+}
+
+impl Root {
+    fn new(fd: OwnedFd) -> Result<Root> {
+        let id = sys::mount_id(&fd).ctx(|| "cannot identify the container root's mount")?;
+        Ok(Root { fd, ours: vec![id] })
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Is `fd`'s object on a mount berth made (rather than a host directory bound in)?
+    fn is_ours(&self, fd: &OwnedFd) -> bool {
+        sys::mount_id(fd).is_ok_and(|id| self.ours.contains(&id))
+    }
+
+    /// Where an fd leads, as the container will see it (for messages).
+    fn shown(&self, fd: &OwnedFd) -> String {
+        let root = std::fs::read_link(sys::fd_path(&self.fd)).unwrap_or_default();
+        let at = std::fs::read_link(sys::fd_path(fd)).unwrap_or_default();
+        match at.strip_prefix(&root) {
+            Ok(rel) => Path::new("/").join(rel).display().to_string(),
+            Err(_) => at.display().to_string(),
+        }
+    }
+}
+
+/// The error for a path that an image's symlink leads out of the image.
+fn leaves_image(target: &Path, to: &str) -> Error {
+    Error::Image(format!(
+        "{} in the image leads through a symlink to {to}, outside the image (a host path bound \
+         into the container); berth creates and writes nothing there: fix the image's link",
+        target.display()
+    ))
 }
 
 /// Open the target of a mount inside `root`, creating it (directory, or empty file when `file`)
-/// if the image lacks it. Resolution stays inside the root whatever symlinks the image holds.
-fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
+/// if the image lacks it. Resolution stays inside the root whatever symlinks the image holds
+/// (openat2 RESOLVE_IN_ROOT), and what berth creates it creates only on its own mounts: a
+/// missing mount point under a host directory, or a link that leads into one, is an error
+/// rather than a directory made on the host.
+fn open_target(root: &Root, target: &Path, file: bool) -> Result<OwnedFd> {
     let rel = target.strip_prefix("/").unwrap_or(target);
-    if let Ok(fd) = sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0) {
-        return Ok(fd);
+    match sys::open_in_root_no_symlinks(root.raw(), rel, libc::O_PATH, 0) {
+        // Exactly the path asked for (maybe on a host directory bound in, as a user's mount
+        // into their home is).
+        Ok(fd) => return Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            // A symlink of the image's on the way: fine while it stays on berth's mounts.
+            if let Ok(fd) = sys::open_in_root(root.raw(), rel, libc::O_PATH, 0) {
+                if !root.is_ours(&fd) {
+                    return Err(leaves_image(target, &root.shown(&fd)));
+                }
+                return Ok(fd);
+            }
+        }
+        Err(_) => {}
     }
     let parts: Vec<_> = rel.components().collect();
     let mut prefix = PathBuf::new();
     for (i, part) in parts.iter().enumerate() {
-        let parent = sys::open_in_root(
-            root.as_raw_fd(),
-            &prefix,
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .ctx(|| format!("cannot open /{} in the container", prefix.display()))?;
+        let parent = sys::open_in_root(root.raw(), &prefix, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .ctx(|| format!("cannot open /{} in the container", prefix.display()))?;
         prefix.push(part);
         let last = i + 1 == parts.len();
-        if sys::open_in_root(root.as_raw_fd(), &prefix, libc::O_PATH, 0).is_ok() {
+        if sys::open_in_root(root.raw(), &prefix, libc::O_PATH, 0).is_ok() {
             continue;
+        }
+        if !root.is_ours(&parent) {
+            let shown = root.shown(&parent);
+            if Path::new(&shown) != Path::new("/").join(prefix.parent().unwrap_or(&prefix)) {
+                return Err(leaves_image(target, &shown));
+            }
+            return Err(Error::Usage(format!(
+                "mount point {} does not exist, and {shown} is a host directory bound into the \
+                 container (berth creates nothing on the host): create it there first or choose another target",
+                target.display()
+            )));
         }
         let name = CString::new(part.as_os_str().as_encoded_bytes()).unwrap();
         let made = if last && file {
@@ -407,7 +596,7 @@ fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
                 libc::openat(
                     parent.as_raw_fd(),
                     name.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                     0o644,
                 )
             };
@@ -434,26 +623,127 @@ fn open_target(root: &OwnedFd, target: &Path, file: bool) -> Result<OwnedFd> {
             });
         }
     }
-    sys::open_in_root(root.as_raw_fd(), rel, libc::O_PATH, 0).ctx(|| {
+    let fd = sys::open_in_root(root.raw(), rel, libc::O_PATH, 0).ctx(|| {
         format!(
             "cannot open mount point {} in the container",
             target.display()
         )
+    })?;
+    // A dangling link of the image's that now leads somewhere berth did not create it.
+    if !root.is_ours(&fd)
+        && sys::open_in_root_no_symlinks(root.raw(), rel, libc::O_PATH, 0).is_err()
+    {
+        return Err(leaves_image(target, &root.shown(&fd)));
+    }
+    Ok(fd)
+}
+
+/// A file of the image's that berth reads (never a FIFO, device or socket, which could block
+/// or never end), at most `limit` bytes. `fd` is an O_PATH fd of it.
+fn read_image_file(fd: &OwnedFd, shown: &Path, limit: u64) -> Result<Vec<u8>> {
+    let meta = nix::sys::stat::fstat(fd.as_raw_fd())
+        .ctx(|| format!("cannot read {} in the image", shown.display()))?;
+    let kind = match meta.st_mode & libc::S_IFMT {
+        libc::S_IFREG => None,
+        libc::S_IFIFO => Some("a FIFO"),
+        libc::S_IFSOCK => Some("a socket"),
+        libc::S_IFCHR | libc::S_IFBLK => Some("a device"),
+        libc::S_IFDIR => Some("a directory"),
+        _ => Some("not a regular file"),
+    };
+    if let Some(kind) = kind {
+        return Err(Error::Image(format!(
+            "{} in the image is {kind}, not a regular file",
+            shown.display()
+        )));
+    }
+    if meta.st_size as u64 > limit {
+        return Err(Error::Image(format!(
+            "{} in the image is larger than {} MiB",
+            shown.display(),
+            limit >> 20
+        )));
+    }
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(sys::fd_path(fd))
+        .ctx(|| format!("cannot read {} in the image", shown.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .ctx(|| format!("cannot read {} in the image", shown.display()))?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::Image(format!(
+            "{} in the image is larger than {} MiB",
+            shown.display(),
+            limit >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The first submount under `path` in this mount namespace, for the message that suggests rbind.
+fn first_submount(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let info = std::fs::read("/proc/self/mountinfo").ok()?;
+    info.split(|b| *b == b'\n').find_map(|line| {
+        let field = line.split(|b| *b == b' ').nth(4)?;
+        let point = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_mountinfo(field)));
+        (point != path && point.starts_with(path)).then_some(point)
     })
 }
 
-fn apply_step(root: &OwnedFd, step: &Step, staging: &Path) -> Result<()> {
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\' && i + 3 < field.len() {
+            let oct = &field[i + 1..i + 4];
+            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                out.push((oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0'));
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Clone a host tree for a bind. Without `recursive` the kernel refuses a tree that has
+/// submounts (in a user namespace they are locked to it): say which, and suggest rbind.
+fn clone_source(source: &Path, recursive: bool, origin: &str) -> Result<OwnedFd> {
+    match sys::open_tree_clone(source, recursive) {
+        Ok(tree) => Ok(tree),
+        Err(e) if !recursive && e.raw_os_error() == Some(libc::EINVAL) => {
+            let real = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+            let sub = first_submount(&real)
+                .map(|p| format!("{} is mounted under it", p.display()))
+                .unwrap_or_else(|| "it has submounts".into());
+            Err(Error::Usage(format!(
+                "cannot bind {} without its submounts ({sub}) [{origin}]: use rbind instead of bind",
+                source.display()
+            )))
+        }
+        Err(e) => Err(e).ctx(|| format!("cannot bind {}", source.display())),
+    }
+}
+
+fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
     let target = &step.target;
     match &step.action {
         Action::Bind {
             source,
             recursive,
             readonly,
+            slave,
         } => {
             let meta =
                 std::fs::metadata(source).ctx(|| format!("cannot bind {}", source.display()))?;
-            let tree = sys::open_tree_clone(source, *recursive)
-                .ctx(|| format!("cannot bind {}", source.display()))?;
+            let tree = clone_source(source, *recursive, &step.origin)?;
             let mut attrs = sys::MOUNT_ATTR_NOSUID;
             if !target.starts_with("/dev") {
                 attrs |= sys::MOUNT_ATTR_NODEV;
@@ -463,6 +753,16 @@ fn apply_step(root: &OwnedFd, step: &Step, staging: &Path) -> Result<()> {
             }
             sys::mount_setattr(&tree, attrs, *recursive)
                 .ctx(|| format!("cannot set options on the mount of {}", source.display()))?;
+            // The copy of a host mount stays a slave of it (mounts made there later appear
+            // inside) only where the site asked for rslave; otherwise it is cut off.
+            let propagation = if *slave {
+                sys::PROPAGATION_SLAVE
+            } else {
+                sys::PROPAGATION_PRIVATE
+            };
+            sys::set_propagation(&tree, propagation, *recursive).ctx(|| {
+                format!("cannot set the propagation of the mount of {}", source.display())
+            })?;
             let at = open_target(root, target, !meta.is_dir())?;
             sys::move_mount(&tree, &at)
                 .ctx(|| format!("cannot mount {} on {}", source.display(), target.display()))?;
@@ -471,7 +771,7 @@ fn apply_step(root: &OwnedFd, step: &Step, staging: &Path) -> Result<()> {
             if *recursive {
                 if let Ok(rel) = staging.strip_prefix(source) {
                     let inner = target.strip_prefix("/").unwrap_or(target).join(rel);
-                    if let Ok(fd) = sys::open_in_root(root.as_raw_fd(), &inner, libc::O_PATH, 0) {
+                    if let Ok(fd) = sys::open_in_root(root.raw(), &inner, libc::O_PATH, 0) {
                         umount2(sys::fd_path(&fd).as_str(), MntFlags::MNT_DETACH).ctx(|| {
                             format!("cannot hide the staging area under {}", target.display())
                         })?;
@@ -489,10 +789,29 @@ fn apply_step(root: &OwnedFd, step: &Step, staging: &Path) -> Result<()> {
                 Some("mode=0755"),
             )
             .ctx(|| format!("cannot mount tmpfs on {}", target.display()))?;
+            let fd = open_target(root, target, false)?;
+            root.ours
+                .push(sys::mount_id(&fd).ctx(|| format!("cannot identify the tmpfs on {}", target.display()))?);
+        }
+        Action::Devpts => {
+            // A devpts of the container's own: ptys opened inside are the user's, and the host's
+            // devpts (ptmxmode=000 from a user namespace) is not needed.
+            let at = open_target(root, target, false)?;
+            mount(
+                Some("devpts"),
+                sys::fd_path(&at).as_str(),
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            )
+            .ctx(|| format!("cannot mount a devpts instance on {}", target.display()))?;
         }
         Action::Symlink { to } => {
             let parent = target.parent().unwrap_or(Path::new("/"));
             let dir = open_target(root, parent, false)?;
+            if !root.is_ours(&dir) {
+                return Err(leaves_image(parent, &root.shown(&dir)));
+            }
             let name = target.file_name().unwrap_or_default();
             nix::unistd::symlinkat(to.as_path(), Some(dir.as_raw_fd()), name)
                 .or_else(|e| {
@@ -574,14 +893,34 @@ fn library_copy(state_dir: &Path, files: &[PathBuf]) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Append `line` to a passwd-style file unless an entry of that name is there already.
-fn add_entry(root: &OwnedFd, target: &Path, line: &str) -> Result<()> {
+/// passwd and group files are read up to this size.
+const ENTRY_FILE_LIMIT: u64 = 16 << 20;
+
+/// Append `line` to a passwd-style file unless an entry of that name is there already. The file
+/// is written only where berth made it (the overlay's upper layer): an image whose /etc/passwd
+/// links to a host file gets an error, not a write to that file.
+fn add_entry(root: &Root, target: &Path, line: &str) -> Result<()> {
     let rel = target.strip_prefix("/").unwrap_or(target);
     let name = line.split(':').next().unwrap_or_default();
-    let mut content = String::new();
-    if let Ok(fd) = sys::open_in_root(root.as_raw_fd(), rel, libc::O_RDONLY, 0) {
-        let _ = File::from(fd).read_to_string(&mut content);
-    }
+    let (dir_path, file_name) = (
+        target.parent().unwrap_or(Path::new("/")),
+        target.file_name().unwrap_or_default(),
+    );
+    let cannot_write = || format!("cannot write {} in the container", target.display());
+    let existing = match sys::open_in_root(root.raw(), rel, libc::O_PATH, 0) {
+        Ok(fd) => {
+            if !root.is_ours(&fd) {
+                return Err(leaves_image(target, &root.shown(&fd)));
+            }
+            Some(fd)
+        }
+        Err(_) => None,
+    };
+    let mut content = match &existing {
+        Some(fd) => String::from_utf8_lossy(&read_image_file(fd, target, ENTRY_FILE_LIMIT)?)
+            .into_owned(),
+        None => String::new(),
+    };
     if content.lines().any(|l| l.split(':').next() == Some(name)) {
         return Ok(());
     }
@@ -590,15 +929,36 @@ fn add_entry(root: &OwnedFd, target: &Path, line: &str) -> Result<()> {
     }
     content.push_str(line);
     content.push('\n');
-    let fd = sys::open_in_root(
-        root.as_raw_fd(),
-        rel,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
-        0o644,
-    )
-    .ctx(|| format!("cannot write {} in the container", target.display()))?;
-    std::io::Write::write_all(&mut File::from(fd), content.as_bytes())
-        .ctx(|| format!("cannot write {} in the container", target.display()))
+    let file = match &existing {
+        Some(fd) => File::options()
+            .write(true)
+            .truncate(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(sys::fd_path(fd))
+            .ctx(cannot_write)?,
+        None => {
+            // Missing (or a dangling link of the image's): made fresh in a directory of ours.
+            let dir = open_target(root, dir_path, false)?;
+            if !root.is_ours(&dir) {
+                return Err(leaves_image(dir_path, &root.shown(&dir)));
+            }
+            let c = CString::new(file_name.as_encoded_bytes()).unwrap_or_default();
+            unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+            let fd = unsafe {
+                libc::openat(
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).ctx(cannot_write);
+            }
+            unsafe { File::from_raw_fd(fd) }
+        }
+    };
+    std::io::Write::write_all(&mut &file, content.as_bytes()).ctx(cannot_write)
 }
 
 /// Move into the inner user namespace where the caller is their own uid/gid again.

@@ -8,6 +8,7 @@ use crate::image_config::ImageConfig;
 use crate::options::{Join, Mode, RunOptions};
 use crate::policy::{self, Compatibility, EnvRules, MpiFamily, OnMismatch, Policy, Rule};
 use sha2::{Digest, Sha256};
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -29,9 +30,13 @@ pub enum Action {
         source: PathBuf,
         recursive: bool,
         readonly: bool,
+        /// Receive mounts made later under the source on the host (site mounts' `rslave`).
+        slave: bool,
     },
     /// A fresh tmpfs.
     Tmpfs,
+    /// A new devpts instance (`newinstance,ptmxmode=0666`): the container's own ptys.
+    Devpts,
     /// A symlink created in the container's /dev.
     Symlink { to: PathBuf },
     /// Add a line to an image file (/etc/passwd, /etc/group) unless an entry with the same name
@@ -95,8 +100,9 @@ pub struct Plan {
 /// The process started in the container, resolved once the image config is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
-    pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
+    /// Bytes, as the OS gives them: arguments and variables need not be UTF-8.
+    pub argv: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
     pub workdir: PathBuf,
     pub uid: u32,
     pub gid: u32,
@@ -118,6 +124,7 @@ fn bind(source: &Path, target: &Path, origin: &str) -> Step {
             source: source.to_path_buf(),
             recursive: true,
             readonly: false,
+            slave: false,
         },
         origin: origin.to_string(),
     }
@@ -130,7 +137,7 @@ impl Plan {
         user: HostUser,
         cwd: &Path,
         state_dir: PathBuf,
-        env: &[(String, String)],
+        env: &[(OsString, OsString)],
         policy: &Policy,
     ) -> Result<Plan> {
         let mode = opts.mode.or(policy.mode).unwrap_or(Mode::Mount);
@@ -148,6 +155,7 @@ impl Plan {
                     source: "/sys".into(),
                     recursive: true,
                     readonly: true,
+                    slave: false,
                 },
                 origin: "default".into(),
             },
@@ -163,10 +171,13 @@ impl Plan {
                 steps.push(bind(&path, &path, "default"));
             }
         }
-        for dir in ["/dev/pts", "/dev/shm"] {
-            if exists(Path::new(dir)) {
-                steps.push(bind(Path::new(dir), Path::new(dir), "default"));
-            }
+        steps.push(Step {
+            target: "/dev/pts".into(),
+            action: Action::Devpts,
+            origin: "default".into(),
+        });
+        if exists(Path::new("/dev/shm")) {
+            steps.push(bind(Path::new("/dev/shm"), Path::new("/dev/shm"), "default"));
         }
         for (link, to) in [
             ("/dev/ptmx", "pts/ptmx"),
@@ -181,13 +192,16 @@ impl Plan {
                 origin: "default".into(),
             });
         }
-        // Not recursive: submounts of /tmp would include berth's own staging area.
+        // Recursive, as every bind of a host directory: in a user namespace the kernel refuses a
+        // non-recursive copy of a tree with submounts (another user's FUSE mount under /tmp...),
+        // and the user expects to see them. The copy of berth's own staging area is detached.
         steps.push(Step {
             target: "/tmp".into(),
             action: Action::Bind {
                 source: "/tmp".into(),
-                recursive: false,
+                recursive: true,
                 readonly: false,
+                slave: false,
             },
             origin: "default".into(),
         });
@@ -267,6 +281,7 @@ impl Plan {
                     source,
                     recursive: m.recursive,
                     readonly: m.readonly,
+                    slave: m.slave,
                 },
                 origin: format!("policy {}", m.origin),
             });
@@ -284,6 +299,7 @@ impl Plan {
                         source: path,
                         recursive: true,
                         readonly: false,
+                        slave: false,
                     },
                     origin: format!("devices {}", rule.origin),
                 });
@@ -299,6 +315,7 @@ impl Plan {
                             source: path,
                             recursive: true,
                             readonly: true,
+                            slave: false,
                         },
                         origin: format!("devices {}", rule.origin),
                     });
@@ -335,6 +352,7 @@ impl Plan {
                             source: path,
                             recursive: false,
                             readonly: false,
+                            slave: false,
                         },
                         origin: format!("gpu {}", rule.origin),
                     });
@@ -348,7 +366,7 @@ impl Plan {
                 }
             }
         }
-        let env_get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
+        let env_get = |k: &str| get_var(env, k).map(OsStr::to_os_string);
         if policy.pmix_server_dir {
             if let Some(dir) = env_get("PMIX_SERVER_TMPDIR").map(PathBuf::from) {
                 if dir.is_absolute() && dir.is_dir() && !covered_by(&steps, &dir) {
@@ -368,8 +386,9 @@ impl Plan {
                     target: path.clone(),
                     action: Action::Bind {
                         source: path.clone(),
-                        recursive: false,
+                        recursive: true,
                         readonly: true,
+                        slave: false,
                     },
                     origin: "scheduler".into(),
                 });
@@ -415,6 +434,7 @@ impl Plan {
                     source: std::fs::canonicalize(&m.source).unwrap_or_else(|_| m.source.clone()),
                     recursive: m.recursive,
                     readonly: m.readonly,
+                    slave: false,
                 },
                 origin: "--mount".into(),
             });
@@ -450,6 +470,7 @@ impl Plan {
                             source: path,
                             recursive: true,
                             readonly: true,
+                            slave: false,
                         },
                         origin: format!("mpi {}", rule.origin),
                     });
@@ -531,19 +552,19 @@ impl Plan {
         &self,
         opts: &RunOptions,
         config: &ImageConfig,
-        host_env: &[(String, String)],
+        host_env: &[(OsString, OsString)],
         cwd: &Path,
         lib_dirs: &[&str],
     ) -> Result<Process> {
         let c = &config.config;
-        let mut argv: Vec<String> = match (&c.entrypoint, opts.entrypoint) {
-            (Some(ep), true) if !ep.is_empty() => ep.clone(),
+        let mut argv: Vec<OsString> = match (&c.entrypoint, opts.entrypoint) {
+            (Some(ep), true) if !ep.is_empty() => ep.iter().map(OsString::from).collect(),
             _ => Vec::new(),
         };
         if !opts.argv.is_empty() {
             argv.extend(opts.argv.iter().cloned());
         } else if let Some(cmd) = &c.cmd {
-            argv.extend(cmd.iter().cloned());
+            argv.extend(cmd.iter().map(OsString::from));
         }
         if argv.is_empty() {
             return usage(
@@ -552,10 +573,14 @@ impl Plan {
         }
         // Host variables (filtered by the site's passthrough patterns), then the image's Env,
         // then the site's rules, then the user's --env.
-        let mut env: Vec<(String, String)> = match &self.env_rules.passthrough {
+        let mut env: Vec<(OsString, OsString)> = match &self.env_rules.passthrough {
             Some(patterns) => host_env
                 .iter()
-                .filter(|(k, _)| patterns.iter().any(|p| policy::name_matches(p, k)))
+                .filter(|(k, _)| {
+                    patterns
+                        .iter()
+                        .any(|p| policy::name_matches(p, &k.to_string_lossy()))
+                })
                 .cloned()
                 .collect(),
             None => host_env.to_vec(),
@@ -570,14 +595,14 @@ impl Plan {
             set_var(&mut env, k, v);
         }
         for (k, v) in &rules.prepend {
-            let joined = join_paths(v, get_var(&env, k));
+            let joined = join_paths(v.as_ref(), get_var(&env, k));
             set_var(&mut env, k, &joined);
         }
         for (k, v) in &rules.append {
-            let joined = join_paths(get_var(&env, k).unwrap_or_default(), Some(v));
+            let joined = join_paths(get_var(&env, k).unwrap_or_default(), Some(v.as_ref()));
             set_var(&mut env, k, &joined);
         }
-        env.retain(|(k, _)| !rules.unset.contains(k));
+        env.retain(|(k, _)| !rules.unset.iter().any(|u| k == u.as_str()));
         for (k, v) in &opts.env {
             set_var(&mut env, k, v);
         }
@@ -590,16 +615,15 @@ impl Plan {
             (None, false, Some(w)) if !w.is_empty() => PathBuf::from(w),
             _ => PathBuf::from("/"),
         };
-        set_var(&mut env, "PWD", &workdir.to_string_lossy());
+        set_var(&mut env, "PWD", &workdir);
         // Tells a program (and berth's own Slurm plugin in an srun started here) that it runs
         // in a berth container, and of which image.
-        set_var(
-            &mut env,
-            "BERTH_CONTAINER",
-            &self.image.path.to_string_lossy(),
-        );
+        set_var(&mut env, "BERTH_CONTAINER", &self.image.path);
         if !lib_dirs.is_empty() {
-            let joined = join_paths(&lib_dirs.join(":"), get_var(&env, "LD_LIBRARY_PATH"));
+            let joined = join_paths(
+                lib_dirs.join(":").as_ref(),
+                get_var(&env, "LD_LIBRARY_PATH"),
+            );
             set_var(&mut env, "LD_LIBRARY_PATH", &joined);
         }
         let (uid, gid) = self.inner_ids();
@@ -674,13 +698,16 @@ impl Plan {
                     source,
                     recursive,
                     readonly,
+                    slave,
                 } => format!(
-                    "<- {} ({}{}, nosuid)",
+                    "<- {} ({}{}{}, nosuid)",
                     source.display(),
                     if *recursive { "rbind" } else { "bind" },
-                    if *readonly { ", ro" } else { "" }
+                    if *readonly { ", ro" } else { "" },
+                    if *slave { ", rslave" } else { "" }
                 ),
                 Action::Tmpfs => "tmpfs (nosuid)".to_string(),
+                Action::Devpts => "devpts, new instance (nosuid, noexec)".to_string(),
                 Action::Symlink { to } => format!("symlink -> {}", to.display()),
                 Action::AddEntry { line } => format!("add entry '{line}'"),
                 Action::Libraries { files } => format!("<- host libraries {}", lib_names(files)),
@@ -726,7 +753,7 @@ impl Plan {
             );
             let _ = writeln!(out, "  env:");
             for (k, v) in &p.env {
-                let _ = writeln!(out, "    {k}={v}");
+                let _ = writeln!(out, "    {}={}", k.to_string_lossy(), v.to_string_lossy());
             }
         }
         out
@@ -749,21 +776,29 @@ fn lib_names(files: &[PathBuf]) -> String {
     )
 }
 
-fn get_var<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str())
+fn get_var<'a>(env: &'a [(OsString, OsString)], k: &str) -> Option<&'a OsStr> {
+    env.iter()
+        .find(|(ek, _)| ek == k)
+        .map(|(_, v)| v.as_os_str())
 }
 
-fn set_var(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+fn set_var(env: &mut Vec<(OsString, OsString)>, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) {
+    let k = k.as_ref();
     env.retain(|(ek, _)| ek != k);
-    env.push((k.to_string(), v.to_string()));
+    env.push((k.to_os_string(), v.as_ref().to_os_string()));
 }
 
 /// `first:second`, or just `first` when there is no second.
-fn join_paths(first: &str, second: Option<&str>) -> String {
+fn join_paths(first: &OsStr, second: Option<&OsStr>) -> OsString {
     match second.filter(|s| !s.is_empty()) {
-        Some(s) if !first.is_empty() => format!("{first}:{s}"),
-        Some(s) => s.to_string(),
-        None => first.to_string(),
+        Some(s) if !first.is_empty() => {
+            let mut joined = first.to_os_string();
+            joined.push(":");
+            joined.push(s);
+            joined
+        }
+        Some(s) => s.to_os_string(),
+        None => first.to_os_string(),
     }
 }
 
@@ -889,9 +924,9 @@ pub fn find_libraries(pattern: &str) -> Vec<PathBuf> {
 
 /// The GPU indices a job may see (`NVIDIA_VISIBLE_DEVICES`, else `CUDA_VISIBLE_DEVICES`);
 /// None means all (unset, `all`, or ids berth cannot map to device files such as UUIDs).
-pub fn gpu_visible(env: &[(String, String)]) -> Option<Vec<u32>> {
+pub fn gpu_visible(env: &[(OsString, OsString)]) -> Option<Vec<u32>> {
     let value = get_var(env, "NVIDIA_VISIBLE_DEVICES").or(get_var(env, "CUDA_VISIBLE_DEVICES"))?;
-    match value.trim() {
+    match value.to_str()?.trim() {
         "all" => None,
         "" | "none" | "void" | "NoDevFiles" => Some(Vec::new()),
         list => list.split(',').map(|i| i.trim().parse().ok()).collect(),
@@ -977,8 +1012,8 @@ pub fn check_user_mount(
 
 /// A join key from the environment of a parallel launcher, so that the ranks one launcher
 /// starts on a node share one container without a flag.
-pub fn auto_join_key(env: &[(String, String)]) -> Option<String> {
-    let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
+pub fn auto_join_key(env: &[(OsString, OsString)]) -> Option<String> {
+    let get = |k: &str| get_var(env, k).and_then(OsStr::to_str);
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| {
@@ -1012,6 +1047,7 @@ pub fn auto_join_key(env: &[(String, String)]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::options::MountSpec;
+    use std::os::unix::ffi::OsStrExt;
 
     fn user() -> HostUser {
         HostUser {
@@ -1140,7 +1176,8 @@ mod tests {
             Action::Bind {
                 source: "/tmp".into(),
                 recursive: true,
-                readonly: true
+                readonly: true,
+                slave: false,
             }
         );
         o.mounts
@@ -1170,9 +1207,10 @@ mod tests {
         cfg.config.entrypoint = Some(vec!["/entry".into()]);
         cfg.config.cmd = Some(vec!["default".into()]);
         cfg.config.working_dir = Some("/work".into());
-        let host = vec![
-            ("PATH".to_string(), "/host/bin".to_string()),
+        let host: Vec<(OsString, OsString)> = vec![
+            ("PATH".into(), "/host/bin".into()),
             ("B".into(), "host".into()),
+            ("LATIN1".into(), OsStr::from_bytes(b"caf\xe9").into()),
         ];
         let mut o = opts();
         o.env = vec![("A".into(), "user".into())];
@@ -1180,15 +1218,15 @@ mod tests {
             .process(&o, &cfg, &host, Path::new("/tmp/w"), &[])
             .unwrap();
         assert_eq!(pr.argv, vec!["/entry", "true"]);
-        let get = |k: &str| {
-            pr.env
-                .iter()
-                .find(|(ek, _)| ek == k)
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(get("PATH").as_deref(), Some("/img/bin"));
-        assert_eq!(get("A").as_deref(), Some("user"));
-        assert_eq!(get("B").as_deref(), Some("host"));
+        let get = |k: &str| get_var(&pr.env, k).and_then(OsStr::to_str);
+        assert_eq!(get("PATH"), Some("/img/bin"));
+        assert_eq!(get("A"), Some("user"));
+        assert_eq!(get("B"), Some("host"));
+        // Bytes pass as they are (no U+FFFD).
+        assert_eq!(
+            get_var(&pr.env, "LATIN1").map(OsStr::as_bytes),
+            Some(&b"caf\xe9"[..])
+        );
         assert_eq!(pr.workdir, Path::new("/tmp/w"));
         o.entrypoint = false;
         o.argv.clear();
@@ -1225,8 +1263,8 @@ mod tests {
         let env = |pairs: &[(&str, &str)]| {
             pairs
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<Vec<(OsString, OsString)>>()
         };
         assert_eq!(
             auto_join_key(&env(&[
@@ -1286,7 +1324,8 @@ mod tests {
             Action::Bind {
                 source: "/tmp".into(),
                 recursive: true,
-                readonly: true
+                readonly: true,
+                slave: false,
             }
         );
         assert_eq!(lustre.origin, "policy site.toml:1");
@@ -1353,14 +1392,14 @@ mod tests {
              unset = [\"SLURM_SECRET\"]\nprepend = { PATH = \"/site/bin\" }\nappend = { MANPATH = \"/site/man\" }\n",
         );
         let p = plan_with(&opts(), "/", &pol).unwrap();
-        let host: Vec<(String, String)> = [
+        let host: Vec<(OsString, OsString)> = [
             ("PATH", "/host/bin"),
             ("SLURM_JOB_ID", "7"),
             ("SLURM_SECRET", "x"),
             ("OTHER", "y"),
         ]
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.into(), v.into()))
         .collect();
         let mut cfg = ImageConfig::default();
         cfg.config.env = vec!["A=image".into(), "B=image".into()];
@@ -1375,7 +1414,11 @@ mod tests {
                 &[MPI_LIB_DIR, HOST_LIB_DIR],
             )
             .unwrap();
-        let get = |k: &str| get_var(&pr.env, k).map(String::from);
+        let get = |k: &str| {
+            get_var(&pr.env, k)
+                .and_then(OsStr::to_str)
+                .map(String::from)
+        };
         assert_eq!(get("OTHER"), None, "not in passthrough");
         assert_eq!(get("SLURM_JOB_ID").as_deref(), Some("7"));
         assert_eq!(get("SLURM_SECRET"), None, "unset");
@@ -1391,7 +1434,7 @@ mod tests {
 
     #[test]
     fn gpu_visibility() {
-        let env = |v: &str| vec![("CUDA_VISIBLE_DEVICES".to_string(), v.to_string())];
+        let env = |v: &str| vec![("CUDA_VISIBLE_DEVICES".into(), v.into())];
         assert_eq!(gpu_visible(&[]), None);
         assert_eq!(gpu_visible(&env("0,2")), Some(vec![0, 2]));
         assert_eq!(gpu_visible(&env("none")), Some(vec![]));

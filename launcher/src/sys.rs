@@ -36,7 +36,12 @@ struct OpenHow {
 }
 
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// Propagation types for [`set_propagation`] (mount(2)'s MS_* values, as mount_setattr takes them).
+pub const PROPAGATION_PRIVATE: u64 = libc::MS_PRIVATE;
+pub const PROPAGATION_SLAVE: u64 = libc::MS_SLAVE;
 
 pub fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
@@ -92,6 +97,53 @@ pub fn mount_setattr(fd: &OwnedFd, set: u64, recursive: bool) -> io::Result<()> 
     Ok(())
 }
 
+/// Set the propagation type of a mount (and, with `recursive`, of every mount under it).
+pub fn set_propagation(fd: &OwnedFd, propagation: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty().as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// The id of the mount an fd's object lives on (statx STATX_MNT_ID, Linux >= 5.8): tells
+/// berth's own mounts (the container root, its tmpfs) from host directories bound in.
+pub fn mount_id(fd: &impl AsRawFd) -> io::Result<u64> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    check(unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            empty().as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    } as libc::c_long)?;
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "statx gives no mount id (Linux >= 5.8 is needed)",
+        ));
+    }
+    Ok(stx.stx_mnt_id)
+}
+
 /// Attach the detached mount `from` on top of the object `to` refers to (an O_PATH fd).
 pub fn move_mount(from: &OwnedFd, to: &OwnedFd) -> io::Result<()> {
     check(unsafe {
@@ -110,6 +162,27 @@ pub fn move_mount(from: &OwnedFd, to: &OwnedFd) -> io::Result<()> {
 /// openat2 with RESOLVE_IN_ROOT: `path` is resolved as if `root` were `/`, so `..` and absolute
 /// symlinks in the image cannot lead outside it.
 pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    openat2(root, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+}
+
+/// As [`open_in_root`], but fails with ELOOP if any component of `path` is a symlink: tells a
+/// path that is what it says from one that an image's link redirects.
+pub fn open_in_root_no_symlinks(
+    root: RawFd,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    openat2(
+        root,
+        path,
+        flags,
+        mode,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+    )
+}
+
+fn openat2(root: RawFd, path: &Path, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
     let c = if path.as_os_str().is_empty() {
         c".".to_owned()
     } else {
@@ -118,7 +191,7 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Resu
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: mode as u64,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     let fd = check(unsafe {
         libc::syscall(
