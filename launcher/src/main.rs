@@ -5,7 +5,11 @@ use berth_launcher::options::{check_join_key, parse_env, Join, Mode, MountSpec, 
 use berth_launcher::policy::Policy;
 use berth_launcher::{cache, host, run};
 use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
+
+// The command gets the signal state berth was started with (see berth_launcher::signals).
+berth_launcher::record_signals_at_start!();
 
 #[derive(Parser)]
 #[command(
@@ -57,13 +61,13 @@ struct RunArgs {
     mode: Option<String>,
     /// Bind SRC at DST (default: same path); OPTS: ro, rw, bind, rbind (repeatable)
     #[arg(short = 'm', long = "mount", value_name = "SRC[:DST[:OPTS]]")]
-    mounts: Vec<String>,
+    mounts: Vec<OsString>,
     /// Working directory inside (default: the current directory when visible inside)
     #[arg(short = 'w', long)]
     workdir: Option<PathBuf>,
     /// Set a variable inside (repeatable); wins over the host and the image
     #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
-    env: Vec<String>,
+    env: Vec<OsString>,
     /// Allow writes to the image's files (kept in memory, discarded at exit)
     #[arg(long)]
     writable: bool,
@@ -103,7 +107,7 @@ struct RunArgs {
     image: PathBuf,
     /// The command and its arguments (default: the image's Cmd)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    command: Vec<OsString>,
 }
 
 fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
@@ -118,11 +122,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
         .iter()
         .map(|m| MountSpec::parse(m, &cwd))
         .collect::<Result<Vec<_>, _>>()?;
-    let env = a
-        .env
-        .iter()
-        .map(|e| parse_env(e))
-        .collect::<Result<Vec<_>, _>>()?;
+    let env = a.env.iter().map(parse_env).collect::<Result<Vec<_>, _>>()?;
     let join = match (a.no_join, a.join) {
         (true, _) => Join::No,
         (false, Some(key)) if key.is_empty() => Join::Auto,

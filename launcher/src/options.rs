@@ -2,6 +2,8 @@
 //! OpenLava glue), and the parsing of its small languages (mount specs, env assignments).
 
 use crate::error::{usage, Result};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +38,13 @@ pub enum Join {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
     pub image: PathBuf,
-    pub argv: Vec<String>,
+    /// Bytes, as the OS gives them: arguments need not be UTF-8.
+    pub argv: Vec<OsString>,
     /// None: the site policy's mode, else mount.
     pub mode: Option<Mode>,
     pub mounts: Vec<MountSpec>,
     pub workdir: Option<PathBuf>,
-    pub env: Vec<(String, String)>,
+    pub env: Vec<(OsString, OsString)>,
     pub writable: bool,
     /// None: the image's entrypoint is used when it has one.
     pub entrypoint: bool,
@@ -75,9 +78,16 @@ pub struct MountSpec {
 
 impl MountSpec {
     /// Parse `SRC[:DST[:OPTS]]`; OPTS is a comma list of `ro`, `rw`, `rbind`, `bind`. A relative
-    /// SRC is taken from `cwd`; DST must be absolute and may not contain `.` or `..`.
-    pub fn parse(spec: &str, cwd: &Path) -> Result<MountSpec> {
-        let parts: Vec<&str> = spec.split(':').collect();
+    /// SRC is taken from `cwd`; DST must be absolute and may not contain `.` or `..`. Paths
+    /// are bytes (non-UTF-8 names pass).
+    pub fn parse(spec: impl AsRef<OsStr>, cwd: &Path) -> Result<MountSpec> {
+        let raw = spec.as_ref();
+        let spec = raw.to_string_lossy();
+        let parts: Vec<&OsStr> = raw
+            .as_bytes()
+            .split(|b| *b == b':')
+            .map(OsStr::from_bytes)
+            .collect();
         if parts.len() > 3 || parts.iter().take(2).any(|p| p.is_empty()) {
             return usage(format!(
                 "bad mount '{spec}': expected SRC[:DST[:ro|rw|bind|rbind,...]]"
@@ -91,11 +101,11 @@ impl MountSpec {
             readonly: false,
             recursive: true,
         };
-        for opt in parts
+        let opts = parts
             .get(2)
-            .map(|o| o.split(',').collect::<Vec<_>>())
-            .unwrap_or_default()
-        {
+            .map(|o| o.to_string_lossy())
+            .unwrap_or_default();
+        for opt in opts.split(',') {
             match opt {
                 "ro" => m.readonly = true,
                 "rw" => m.readonly = false,
@@ -144,20 +154,24 @@ pub fn check_target(target: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Parse `K=V`; K must be a valid variable name.
-pub fn parse_env(spec: &str) -> Result<(String, String)> {
-    let Some((k, v)) = spec.split_once('=') else {
-        return usage(format!("bad --env '{spec}': expected NAME=VALUE"));
+/// Parse `K=V`; K must be a valid variable name, V is any bytes.
+pub fn parse_env(spec: impl AsRef<OsStr>) -> Result<(OsString, OsString)> {
+    let bytes = spec.as_ref().as_bytes();
+    let shown = spec.as_ref().to_string_lossy();
+    let Some(eq) = bytes.iter().position(|b| *b == b'=') else {
+        return usage(format!("bad --env '{shown}': expected NAME=VALUE"));
     };
+    let (k, v) = (&bytes[..eq], &bytes[eq + 1..]);
     let valid = !k.is_empty()
-        && !k.starts_with(|c: char| c.is_ascii_digit())
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        && !k[0].is_ascii_digit()
+        && k.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
     if !valid {
         return usage(format!(
-            "bad --env '{spec}': '{k}' is not a valid variable name"
+            "bad --env '{shown}': '{}' is not a valid variable name",
+            String::from_utf8_lossy(k)
         ));
     }
-    Ok((k.to_string(), v.to_string()))
+    Ok((OsStr::from_bytes(k).into(), OsStr::from_bytes(v).into()))
 }
 
 /// Join keys name files in the state directory: keep them to a safe alphabet.
@@ -230,6 +244,13 @@ mod tests {
         assert!(parse_env("noequals").is_err());
         assert!(parse_env("1A=x").is_err());
         assert!(parse_env("A-B=x").is_err());
+        let latin1 = OsStr::from_bytes(b"V=caf\xe9");
+        assert_eq!(
+            parse_env(latin1).unwrap(),
+            ("V".into(), OsStr::from_bytes(b"caf\xe9").into())
+        );
+        let m = MountSpec::parse(OsStr::from_bytes(b"/d\xe9:/x:ro"), Path::new("/")).unwrap();
+        assert_eq!(m.source.as_os_str().as_bytes(), b"/d\xe9");
         assert!(check_join_key("job.12_3-a").is_ok());
         for bad in ["", "../x", ".hidden", "a/b", "a b"] {
             assert!(check_join_key(bad).is_err(), "{bad}");

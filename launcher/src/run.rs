@@ -8,19 +8,14 @@ use crate::image_config::{ImageConfig, CONFIG_PATH};
 use crate::options::RunOptions;
 use crate::plan::{Action, Plan, Process, Rootfs, HOST_LIB_DIR, MPI_LIB_DIR};
 use crate::policy::Policy;
+use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 /// Run the command in the container; returns only on failure (the process becomes the command).
 pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
-    let env: Vec<(String, String)> = std::env::vars_os()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
-        .collect();
+    // Bytes as they are: a non-UTF-8 value reaches the command unchanged.
+    let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     if dry_run {
         return dry(opts, &env, &cwd);
@@ -63,7 +58,7 @@ pub fn check(opts: &RunOptions, image_is_file: bool) -> Result<()> {
 }
 
 /// Load the policy and build the plan: everything decided before any namespace exists.
-pub fn plan(opts: &RunOptions, env: &[(String, String)], cwd: &Path) -> Result<Plan> {
+pub fn plan(opts: &RunOptions, env: &[(OsString, OsString)], cwd: &Path) -> Result<Plan> {
     // A broken policy stops here: berth never runs without the site's rules.
     let policy = Policy::load(None)?;
     let user = HostUser::current()?;
@@ -73,7 +68,7 @@ pub fn plan(opts: &RunOptions, env: &[(String, String)], cwd: &Path) -> Result<P
 }
 
 /// Print the plan and the process it would start.
-fn dry(opts: &RunOptions, env: &[(String, String)], cwd: &Path) -> Result<()> {
+fn dry(opts: &RunOptions, env: &[(OsString, OsString)], cwd: &Path) -> Result<()> {
     let plan = plan(opts, env, cwd)?;
     {
         let config = config_without_container(&plan)?;
@@ -106,7 +101,7 @@ fn dry(opts: &RunOptions, env: &[(String, String)], cwd: &Path) -> Result<()> {
 /// its scheduler exec the task (the Slurm plugin).
 pub fn enter(
     opts: &RunOptions,
-    env: &[(String, String)],
+    env: &[(OsString, OsString)],
     cwd: &Path,
 ) -> Result<(Process, Option<container::Built>)> {
     let plan = plan(opts, env, cwd)?;

@@ -17,7 +17,12 @@
 use berth_launcher::error::{Error, Result};
 use berth_launcher::options::{check_target, Join, RunOptions};
 use berth_plugin::{key_part, JobRequest};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+/// The process environment: bytes, as the OS gives them (values need not be UTF-8).
+pub type Env = Vec<(OsString, OsString)>;
 
 /// OpenLava's `LSB_SUB_ABORT_VALUE`: an esub exiting with it rejects the job.
 pub const ESUB_ABORT: i32 = 97;
@@ -26,11 +31,19 @@ pub const ESUB_ABORT: i32 = 97;
 /// host (the helper starts every rank in the image itself).
 pub const MPIRUN_HELPER: &str = "berth-lava-mpirun";
 
-/// The value of `name` in `env`, if set and not empty.
-pub fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The value of `name` in `env`, if set, not empty and UTF-8 (ids, host lists, image names).
+pub fn get<'a, K: AsRef<OsStr>, V: AsRef<OsStr>>(env: &'a [(K, V)], name: &str) -> Option<&'a str> {
+    env.iter()
+        .find(|(k, _)| k.as_ref() == name)
+        .and_then(|(_, v)| v.as_ref().to_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// The value of `name` in `env` as bytes, if set and not empty (paths).
+pub fn get_os<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsStr> {
     env.iter()
         .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+        .map(|(_, v)| v.as_os_str())
         .filter(|v| !v.is_empty())
 }
 
@@ -40,16 +53,9 @@ pub fn fail(msg: impl std::fmt::Display, code: i32) -> ! {
     std::process::exit(code)
 }
 
-/// The process environment as pairs (lossy for non-UTF-8 values).
-pub fn process_env() -> Vec<(String, String)> {
-    std::env::vars_os()
-        .map(|(k, v)| {
-            (
-                k.to_string_lossy().into_owned(),
-                v.to_string_lossy().into_owned(),
-            )
-        })
-        .collect()
+/// The process environment as pairs of bytes.
+pub fn process_env() -> Env {
+    std::env::vars_os().collect()
 }
 
 /// `$LSB_SUB_PARM_FILE`: one `NAME=VALUE` a line, values usually in double quotes (with `\"`
@@ -137,7 +143,7 @@ pub fn env_file_line(name: &str, value: &str) -> std::result::Result<String, Str
 
 /// The job's hosts and slots, in order: `LSB_MCPU_HOSTS` (`host n host n ...`), else
 /// `LSB_HOSTS` (one word per slot).
-pub fn job_hosts(env: &[(String, String)]) -> std::result::Result<Vec<(String, u32)>, String> {
+pub fn job_hosts(env: &[(OsString, OsString)]) -> std::result::Result<Vec<(String, u32)>, String> {
     let mut hosts: Vec<(String, u32)> = Vec::new();
     let mut add = |host: &str, n: u32| match hosts.iter_mut().find(|(h, _)| h == host) {
         Some((_, slots)) => *slots += n,
@@ -185,7 +191,7 @@ pub fn machinefile(hosts: &[(String, u32)]) -> String {
 
 /// The job's part of the join key: `lava-<LSB_JOBID>`, with `.<LSB_JOBINDEX>` for an element
 /// of a job array (the elements share the job id).
-pub fn job_key(env: &[(String, String)]) -> std::result::Result<String, String> {
+pub fn job_key(env: &[(OsString, OsString)]) -> std::result::Result<String, String> {
     let id = get(env, "LSB_JOBID")
         .ok_or("LSB_JOBID is not set: run berth-lava-mpirun inside an OpenLava job")?;
     Ok(match get(env, "LSB_JOBINDEX").filter(|i| *i != "0") {
@@ -202,43 +208,46 @@ pub fn host_key(job_key: &str, host: &str) -> String {
 
 /// The scheduler's variables (`LSB_*`, `LS_*`): carried into the container whatever the
 /// image or the site's environment rules say.
-pub fn scheduler_env(env: &[(String, String)]) -> Vec<(String, String)> {
+pub fn scheduler_env(env: &[(OsString, OsString)]) -> Env {
     env.iter()
-        .filter(|(k, _)| k.starts_with("LSB_") || k.starts_with("LS_"))
+        .filter(|(k, _)| k.as_bytes().starts_with(b"LSB_") || k.as_bytes().starts_with(b"LS_"))
         .cloned()
         .collect()
 }
 
 /// The variables `mpirun -x` forwards to every rank: the scheduler's and berth's own.
-pub fn forwarded_names(env: &[(String, String)]) -> Vec<String> {
+pub fn forwarded_names(env: &[(OsString, OsString)]) -> Vec<OsString> {
     env.iter()
         .map(|(k, _)| k)
-        .filter(|k| k.starts_with("LSB_") || k.starts_with("LS_") || k.starts_with("BERTH_"))
+        .filter(|k| {
+            let k = k.as_bytes();
+            k.starts_with(b"LSB_") || k.starts_with(b"LS_") || k.starts_with(b"BERTH_")
+        })
         .cloned()
         .collect()
 }
 
 /// The submit directory (`LS_SUBCWD`; OpenLava gives it relative to the home directory when
 /// it lies there).
-pub fn submit_cwd(env: &[(String, String)]) -> Option<PathBuf> {
-    let cwd = Path::new(get(env, "LS_SUBCWD")?);
+pub fn submit_cwd(env: &[(OsString, OsString)]) -> Option<PathBuf> {
+    let cwd = Path::new(get_os(env, "LS_SUBCWD")?);
     if cwd.is_absolute() {
         Some(cwd.to_path_buf())
     } else {
-        get(env, "HOME").map(|home| Path::new(home).join(cwd))
+        get_os(env, "HOME").map(|home| Path::new(home).join(cwd))
     }
 }
 
 /// The job's `.lsbatch` directory: where `LSB_JOBFILENAME` (and `$LSB_JOBFILENAME.shell`,
 /// the script of `bsub < script`) lives.
-pub fn job_file_dir(env: &[(String, String)]) -> Option<PathBuf> {
-    Path::new(get(env, "LSB_JOBFILENAME")?)
+pub fn job_file_dir(env: &[(OsString, OsString)]) -> Option<PathBuf> {
+    Path::new(get_os(env, "LSB_JOBFILENAME")?)
         .parent()
         .map(Path::to_path_buf)
 }
 
 /// Whether the job's command is the MPI helper (by program name).
-pub fn is_mpirun_helper(argv0: &str) -> bool {
+pub fn is_mpirun_helper(argv0: &OsStr) -> bool {
     Path::new(argv0).file_name().and_then(|n| n.to_str()) == Some(MPIRUN_HELPER)
 }
 
@@ -250,8 +259,8 @@ pub fn is_mpirun_helper(argv0: &str) -> bool {
 /// scheduler's, not a user mount, so the site's user-mount rules do not apply to it.
 pub fn run_options(
     image: &str,
-    argv: Vec<String>,
-    env: &[(String, String)],
+    argv: Vec<OsString>,
+    env: &[(OsString, OsString)],
     cwd: &Path,
     key: Option<&str>,
     job_dir: Option<&Path>,
@@ -284,14 +293,14 @@ pub struct MpirunArgs {
     pub image: Option<String>,
     pub mpirun: String,
     /// Options for mpirun itself (`berth-lava-mpirun [OURS] -OPT... -- COMMAND`).
-    pub mpirun_options: Vec<String>,
-    pub command: Vec<String>,
+    pub mpirun_options: Vec<OsString>,
+    pub command: Vec<OsString>,
 }
 
 pub const MPIRUN_USAGE: &str =
     "usage: berth-lava-mpirun [--image IMG] [--mpirun PATH] [MPIRUN_OPTION... --] COMMAND [ARG...]";
 
-pub fn parse_mpirun_args(args: &[String]) -> std::result::Result<MpirunArgs, String> {
+pub fn parse_mpirun_args(args: &[OsString]) -> std::result::Result<MpirunArgs, String> {
     let mut a = MpirunArgs {
         image: None,
         mpirun: "mpirun".into(),
@@ -300,9 +309,11 @@ pub fn parse_mpirun_args(args: &[String]) -> std::result::Result<MpirunArgs, Str
     };
     let mut i = 0;
     while i < args.len() {
-        let (name, inline) = match args[i].split_once('=') {
+        // Our options are UTF-8; anything else starts mpirun's part or the command.
+        let word = args[i].to_str().unwrap_or_default();
+        let (name, inline) = match word.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (args[i].as_str(), None),
+            _ => (word, None),
         };
         if name != "--image" && name != "--mpirun" {
             break;
@@ -311,9 +322,13 @@ pub fn parse_mpirun_args(args: &[String]) -> std::result::Result<MpirunArgs, Str
             Some(v) => v,
             None => {
                 i += 1;
-                args.get(i)
-                    .cloned()
-                    .ok_or(format!("{name} needs a value; {MPIRUN_USAGE}"))?
+                let value = args
+                    .get(i)
+                    .ok_or(format!("{name} needs a value; {MPIRUN_USAGE}"))?;
+                value
+                    .to_str()
+                    .ok_or(format!("{name}: the value must be UTF-8"))?
+                    .to_string()
             }
         };
         if name == "--image" {
@@ -326,7 +341,7 @@ pub fn parse_mpirun_args(args: &[String]) -> std::result::Result<MpirunArgs, Str
     let rest = &args[i..];
     match rest.iter().position(|w| w == "--") {
         Some(0) => a.command = rest[1..].to_vec(),
-        Some(end) if rest[0].starts_with('-') => {
+        Some(end) if rest[0].as_bytes().starts_with(b"-") => {
             a.mpirun_options = rest[..end].to_vec();
             a.command = rest[end + 1..].to_vec();
         }
@@ -335,19 +350,19 @@ pub fn parse_mpirun_args(args: &[String]) -> std::result::Result<MpirunArgs, Str
     if a.command.is_empty() {
         return Err(format!("no command given; {MPIRUN_USAGE}"));
     }
-    if a.command[0].starts_with('-') {
+    if a.command[0].as_bytes().starts_with(b"-") {
         return Err(format!(
             "'{}' is not a command: put mpirun's options before '--'; {MPIRUN_USAGE}",
-            a.command[0]
+            a.command[0].to_string_lossy()
         ));
     }
     Ok(a)
 }
 
 /// What each rank runs: `<helper> --rank KEY IMAGE -- COMMAND...`.
-pub fn rank_argv(helper: &Path, key: &str, image: &str, command: &[String]) -> Vec<String> {
-    let mut argv = vec![
-        helper.to_string_lossy().into_owned(),
+pub fn rank_argv(helper: &Path, key: &str, image: &str, command: &[OsString]) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = vec![
+        helper.into(),
         "--rank".into(),
         key.into(),
         image.into(),
@@ -359,11 +374,14 @@ pub fn rank_argv(helper: &Path, key: &str, image: &str, command: &[String]) -> V
 
 /// The arguments after `--rank`: `KEY IMAGE -- COMMAND...`.
 pub fn parse_rank_args(
-    args: &[String],
-) -> std::result::Result<(String, String, Vec<String>), String> {
+    args: &[OsString],
+) -> std::result::Result<(String, String, Vec<OsString>), String> {
     match args {
         [key, image, sep, command @ ..] if sep == "--" && !command.is_empty() => {
-            Ok((key.clone(), image.clone(), command.to_vec()))
+            match (key.to_str(), image.to_str()) {
+                (Some(key), Some(image)) => Ok((key.into(), image.into(), command.to_vec())),
+                _ => Err("--rank: the key and image must be UTF-8".into()),
+            }
         }
         _ => Err(
             "--rank takes KEY IMAGE -- COMMAND (it is what berth-lava-mpirun gives mpirun)".into(),
@@ -375,15 +393,12 @@ pub fn parse_rank_args(
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
     }
 
-    fn strings(words: &[&str]) -> Vec<String> {
-        words.iter().map(|s| s.to_string()).collect()
+    fn strings(words: &[&str]) -> Vec<OsString> {
+        words.iter().map(OsString::from).collect()
     }
 
     #[test]
@@ -392,7 +407,9 @@ mod tests {
             "LSB_SUB_QUEUE=\"normal\"\nLSB_SUB_ADDITIONAL=\"berth(/img/a b.sqsh) x(\\\"y\\\")\"\n\n# c\nLSB_SUB_JOB_NAME='j'\nLSB_SUB_NUM_PROCESSORS=4\nnoequals\n",
         );
         assert_eq!(
-            parm,
+            parm.iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect::<Env>(),
             env(&[
                 ("LSB_SUB_QUEUE", "normal"),
                 ("LSB_SUB_ADDITIONAL", "berth(/img/a b.sqsh) x(\"y\")"),
@@ -496,7 +513,7 @@ mod tests {
             ("BERTH_STATE_DIR", "/s"),
             ("LSB_JOBFILENAME", "/home/u/.lsbatch/1700.1"),
         ]);
-        let names: Vec<String> = scheduler_env(&e).into_iter().map(|(k, _)| k).collect();
+        let names: Vec<OsString> = scheduler_env(&e).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             names,
             strings(&["LSB_JOBID", "LS_SUBCWD", "LSB_JOBFILENAME"])
@@ -516,8 +533,10 @@ mod tests {
             Some(PathBuf::from("/data"))
         );
         assert_eq!(job_file_dir(&e), Some(PathBuf::from("/home/u/.lsbatch")));
-        assert!(is_mpirun_helper("/opt/berth/bin/berth-lava-mpirun"));
-        assert!(!is_mpirun_helper("mpirun"));
+        assert!(is_mpirun_helper(OsStr::new(
+            "/opt/berth/bin/berth-lava-mpirun"
+        )));
+        assert!(!is_mpirun_helper(OsStr::new("mpirun")));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use berth_launcher::error::{usage, Result};
 use berth_launcher::options::{Join, MountSpec, RunOptions};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// A job's container request, as the user gave it (flags or environment).
@@ -32,12 +33,13 @@ impl JobRequest {
     }
 
     /// The launcher options for a task of this job. `argv` is the task's command (the
-    /// scheduler execs it; the launcher only checks and resolves around it).
+    /// scheduler execs it; the launcher only checks and resolves around it). Arguments and
+    /// variables are bytes, as the OS gives them.
     pub fn run_options(
         &self,
         key: &str,
-        argv: Vec<String>,
-        env: &[(String, String)],
+        argv: Vec<OsString>,
+        env: &[(OsString, OsString)],
         cwd: &Path,
     ) -> Result<RunOptions> {
         let Some(image) = self.image.as_deref().filter(|i| !i.is_empty()) else {
@@ -51,7 +53,7 @@ impl JobRequest {
             .split(',')
             .filter(|s| !s.is_empty())
         {
-            mounts.push(MountSpec::parse(&pyxis_mount(spec), cwd)?);
+            mounts.push(MountSpec::parse(pyxis_mount(spec), cwd)?);
         }
         let mut host_env = Vec::new();
         for name in self
@@ -150,13 +152,13 @@ mod tests {
             mount_home: true,
             ..Default::default()
         };
-        let env = vec![("A".to_string(), "1".to_string())];
+        let env: Vec<(OsString, OsString)> = vec![("A".into(), "1".into())];
         let o = r
             .run_options("k", vec!["true".into()], &env, Path::new("/"))
             .unwrap();
         assert_eq!(o.mounts.len(), 2);
         assert!(o.mounts[0].readonly && !o.mounts[1].readonly);
-        assert_eq!(o.env, vec![("A".to_string(), "1".to_string())]);
+        assert_eq!(o.env, env);
         assert_eq!(o.join, Join::Key("k".into()));
         let bad = JobRequest {
             image: Some("/i".into()),

@@ -25,8 +25,9 @@ mod ffi {
 
 use berth_launcher::error::Error;
 use berth_plugin::{instance_key, is_reference, JobRequest};
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::raw::{c_char, c_int};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -141,10 +142,18 @@ fn guard(what: &str, body: impl FnOnce() -> Result<(), Error> + std::panic::Unwi
 }
 
 fn args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
+    os_args(ac, av)
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A C argument vector as bytes (a task's argv need not be UTF-8).
+fn os_args(ac: c_int, av: *mut *mut c_char) -> Vec<OsString> {
     (0..ac.max(0) as isize)
         .filter_map(|i| unsafe {
             let p = *av.offset(i);
-            (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            (!p.is_null()).then(|| OsString::from_vec(CStr::from_ptr(p).to_bytes().to_vec()))
         })
         .collect()
 }
@@ -331,7 +340,8 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
             ));
         }
         apply_config(&cfg, "");
-        let env: Vec<(String, String)> = std::env::vars().collect();
+        // vars_os: a non-UTF-8 variable in the submit environment is carried, not a panic.
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
         let opts = req.run_options("check", vec!["true".into()], &env, &cwd)?;
         let reference = req.image.as_deref().is_some_and(is_reference);
@@ -350,8 +360,8 @@ fn get_u32(sp: ffi::spank_t, item: ffi::spank_item_t) -> u32 {
     v
 }
 
-/// The job's environment (what Slurm will exec the task with), as pairs.
-fn job_env(sp: ffi::spank_t) -> Vec<(String, String)> {
+/// The job's environment (what Slurm will exec the task with), as pairs of bytes.
+fn job_env(sp: ffi::spank_t) -> Vec<(OsString, OsString)> {
     let mut envp: *mut *mut c_char = std::ptr::null_mut();
     let rc = unsafe {
         ffi::spank_get_item(
@@ -370,9 +380,12 @@ fn job_env(sp: ffi::spank_t) -> Vec<(String, String)> {
         if p.is_null() {
             break;
         }
-        let kv = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
-        if let Some((k, v)) = kv.split_once('=') {
-            out.push((k.to_string(), v.to_string()));
+        let kv = unsafe { CStr::from_ptr(p) }.to_bytes();
+        if let Some(eq) = kv.iter().position(|b| *b == b'=') {
+            out.push((
+                OsStr::from_bytes(&kv[..eq]).into(),
+                OsStr::from_bytes(&kv[eq + 1..]).into(),
+            ));
         }
         i += 1;
     }
@@ -383,7 +396,7 @@ fn job_env(sp: ffi::spank_t) -> Vec<(String, String)> {
 /// longer one. So the image's entrypoint runs through a shell script in memory (a memfd left
 /// open across the exec), put in place of the task's argv[0]: `exec ENTRYPOINT... ARGV...`.
 /// The rest of Slurm's argv reaches the script as its arguments and is ignored.
-fn run_through_entrypoint(sp: ffi::spank_t, full_argv: &[String]) -> Result<(), Error> {
+fn run_through_entrypoint(sp: ffi::spank_t, full_argv: &[OsString]) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::fd::{FromRawFd as _, IntoRawFd as _};
     if !Path::new("/bin/sh").exists() {
@@ -391,7 +404,18 @@ fn run_through_entrypoint(sp: ffi::spank_t, full_argv: &[String]) -> Result<(), 
             "--container-entrypoint needs /bin/sh in the image; run the entrypoint as the command instead".into(),
         ));
     }
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    // Single quotes around the bytes, each ' as '\'' (arguments need not be UTF-8).
+    let quote = |s: &OsStr| {
+        let mut q = b"'".to_vec();
+        for b in s.as_bytes() {
+            match b {
+                b'\'' => q.extend_from_slice(b"'\\''"),
+                b => q.push(*b),
+            }
+        }
+        q.push(b'\'');
+        q
+    };
     let fd = unsafe { libc::memfd_create(c"berth-entrypoint".as_ptr(), 0) };
     if fd < 0 {
         return Err(Error::Sys {
@@ -400,10 +424,15 @@ fn run_through_entrypoint(sp: ffi::spank_t, full_argv: &[String]) -> Result<(), 
         });
     }
     let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let words: Vec<String> = full_argv.iter().map(|a| quote(a)).collect();
+    let words: Vec<Vec<u8>> = full_argv.iter().map(|a| quote(a)).collect();
     // The script's own fd stays open in the command (sh can only close fds up to 9).
-    let script = format!("#!/bin/sh\nexec {}\n", words.join(" "));
-    file.write_all(script.as_bytes()).map_err(|e| Error::Sys {
+    let script = [
+        b"#!/bin/sh\nexec ".to_vec(),
+        words.join(&b' '),
+        b"\n".to_vec(),
+    ]
+    .concat();
+    file.write_all(&script).map_err(|e| Error::Sys {
         context: "cannot write the entrypoint script".into(),
         source: e,
     })?;
@@ -434,11 +463,11 @@ fn raw_job_argv(sp: ffi::spank_t) -> Option<(c_int, *mut *mut c_char)> {
     (ok(rc) && !argv.is_null()).then_some((argc, argv))
 }
 
-fn job_argv(sp: ffi::spank_t) -> Vec<String> {
+fn job_argv(sp: ffi::spank_t) -> Vec<OsString> {
     let Some((argc, argv)) = raw_job_argv(sp) else {
         return vec!["true".into()];
     };
-    let v = args(argc, argv);
+    let v = os_args(argc, argv);
     if v.is_empty() {
         vec!["true".into()]
     } else {
@@ -449,7 +478,7 @@ fn job_argv(sp: ffi::spank_t) -> Vec<String> {
 /// A registry reference is imported with berth-image into the node's state directory, once:
 /// tasks of the node wait on a lock while the first imports; later steps find it up to date
 /// (berth-image checks the manifest and rebuilds nothing).
-fn import(reference: &str, cfg: &Config, env: &[(String, String)]) -> Result<PathBuf, Error> {
+fn import(reference: &str, cfg: &Config, env: &[(OsString, OsString)]) -> Result<PathBuf, Error> {
     use std::io::Read as _;
     let uid = unsafe { libc::getuid() };
     let state = berth_launcher::host::state_dir(uid, None);
@@ -478,10 +507,11 @@ fn import(reference: &str, cfg: &Config, env: &[(String, String)]) -> Result<Pat
     }
     // The user's credentials and layer cache come from the job's environment.
     for (k, v) in env {
-        if k == "HOME"
-            || k.starts_with("BERTH_REGISTRY_")
-            || k == "BERTH_CREDENTIALS"
-            || k == "BERTH_LAYER_CACHE"
+        let name = k.as_bytes();
+        if name == b"HOME"
+            || name.starts_with(b"BERTH_REGISTRY_")
+            || name == b"BERTH_CREDENTIALS"
+            || name == b"BERTH_LAYER_CACHE"
         {
             cmd.env(k, v);
         }
@@ -543,18 +573,23 @@ const SLURM_COMMANDS: &[&str] = &[
 /// (as loaded by this slurmstepd), the configuration directory, this plugin (srun loads it
 /// through plugstack.conf), all bound read-only at their host paths; and the libraries those
 /// commands link that are not glibc's (an image of the same distribution has them anyway).
-fn slurm_client(script: &str, env: &[(String, String)]) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let get = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.as_str());
+fn slurm_client(script: &OsStr, env: &[(OsString, OsString)]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(ek, _)| ek == k)
+            .map(|(_, v)| v.as_os_str())
+    };
     let mut paths: Vec<PathBuf> = Vec::new();
     if let Some(dir) = Path::new(script).parent().filter(|d| d.is_absolute()) {
         paths.push(dir.to_path_buf());
     }
-    let search = get("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let search = get("PATH").unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
     let mut commands = Vec::new();
     for name in SLURM_COMMANDS {
         if let Some(found) = search
-            .split(':')
-            .map(|d| Path::new(d).join(name))
+            .as_bytes()
+            .split(|b| *b == b':')
+            .map(|d| Path::new(OsStr::from_bytes(d)).join(name))
             .find(|p| p.is_file())
         {
             paths.push(found.clone());
@@ -642,7 +677,10 @@ pub unsafe extern "C" fn slurm_spank_task_init(
     av: *mut *mut c_char,
 ) -> c_int {
     let av = args(ac, av);
-    guard("slurm_spank_task_init", move || {
+    // Slurm execs the task next: it must get the dispositions and mask it had before berth's
+    // code ran, whatever that code did.
+    let signals = berth_launcher::signals::SignalState::current();
+    let rc = guard("slurm_spank_task_init", move || {
         let cfg = config(&av)?;
         let req = request(sp, true, cfg.entrypoint);
         if !req.wants_container() {
@@ -660,7 +698,7 @@ pub unsafe extern "C" fn slurm_spank_task_init(
         let node = env
             .iter()
             .find(|(k, _)| k == "SLURMD_NODENAME")
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_string_lossy().into_owned())
             .unwrap_or_default();
         apply_config(&cfg, &node);
         let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
@@ -681,20 +719,22 @@ pub unsafe extern "C" fn slurm_spank_task_init(
             run_through_entrypoint(sp, &process.argv)?;
         }
         for (k, v) in &process.env {
-            let (k, v) = (CString::new(k.as_str()), CString::new(v.as_str()));
+            let (k, v) = (CString::new(k.as_bytes()), CString::new(v.as_bytes()));
             if let (Ok(k), Ok(v)) = (k, v) {
                 unsafe { ffi::spank_setenv(sp, k.as_ptr(), v.as_ptr(), 1) };
             }
         }
         for (k, _) in &env {
             if !process.env.iter().any(|(pk, _)| pk == k) {
-                if let Ok(k) = CString::new(k.as_str()) {
+                if let Ok(k) = CString::new(k.as_bytes()) {
                     unsafe { ffi::spank_unsetenv(sp, k.as_ptr()) };
                 }
             }
         }
         Ok(())
-    })
+    });
+    signals.apply();
+    rc
 }
 
 /// At the end of a job, on each of its nodes (as root): remove the saved layers of the job's

@@ -517,3 +517,75 @@ fn mpi_job_runs_its_ranks_in_the_image_across_two_hosts() {
         .unwrap();
     assert!(!links.status.success(), "the test hosts' bridge is removed");
 }
+
+/// Bytes as hex, the way `od -An -tx1 | tr -d ' \n'` prints them.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn the_job_starts_with_sbatchds_signal_state_in_the_image() {
+    let sb = Sandbox::new("lava-signals");
+    let lava = sbatchd(&sb);
+    // What sbatchd (the driver) gives the job: this thread's mask, and what this process
+    // ignores except the signals it resets to their default.
+    let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    let field = |status: &str, name: &str| {
+        let v = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+        u64::from_str_radix(v.trim(), 16).unwrap()
+    };
+    let reset = [
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+        libc::SIGTERM,
+    ]
+    .iter()
+    .fold(0u64, |m, s| m | 1 << (s - 1));
+    let expected = (field(&own, "SigIgn:") & !reset, field(&own, "SigBlk:"));
+    for image in [None, Some(demo_image())] {
+        let mut job = Job::new("cat /proc/self/status");
+        if let Some(i) = &image {
+            job = job.image(i);
+        }
+        let r = lava.run(&sb, &job).expect_ok("status");
+        let got = (field(&r.stdout, "SigIgn:"), field(&r.stdout, "SigBlk:"));
+        assert_eq!(got, expected, "(SigIgn, SigBlk), image {image:?}");
+    }
+    // So a closed pipe kills its writer, as on the host.
+    let r = lava
+        .run(
+            &sb,
+            &Job::new("bash -c 'yes | head -1 >/dev/null; echo ${PIPESTATUS[0]}'")
+                .image(&demo_image()),
+        )
+        .expect_ok("yes | head");
+    assert_eq!(r.stdout, "141\n", "{}", r.stderr);
+}
+
+#[test]
+fn non_utf8_arguments_and_submit_directory_reach_the_job_unchanged() {
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new("lava-latin1");
+    let lava = sbatchd(&sb);
+    // A Latin-1 submit directory ("résultats") and argument ("café").
+    let dir = sb.work.join(std::ffi::OsStr::from_bytes(b"r\xe9sultats"));
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(user().uid), Some(user().gid)).unwrap();
+    let probe = sb.user_file(
+        "probe.sh",
+        b"for v in \"$1\" \"$LS_SUBCWD\" \"$(pwd)\"; do printf %s \"$v\" | od -An -tx1 | tr -d ' \\n'; echo; done\n",
+    );
+    let mut job = Job::new(&format!("sh {} \"$(printf 'caf\\351')\"", probe.display()))
+        .image(&demo_image());
+    job.cwd = Some(dir.clone());
+    let r = lava.run(&sb, &job).expect_ok("latin-1");
+    let d = hex(dir.as_os_str().as_bytes());
+    assert_eq!(
+        r.stdout,
+        format!("{}\n{d}\n{d}\n", hex(b"caf\xe9")),
+        "{}",
+        r.stderr
+    );
+}

@@ -16,15 +16,20 @@
 //! Without an image (`--image`, else `BERTH_IMAGE`) the ranks run on the hosts as they are.
 
 use berth_openlava as lava;
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
+// mpirun and the ranks get the signal state the job started with (see berth_launcher::signals).
+berth_launcher::record_signals_at_start!();
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Bytes: a command's arguments need not be UTF-8.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let env = lava::process_env();
-    if args.first().map(String::as_str) == Some("--rank") {
+    if args.first().is_some_and(|a| a == "--rank") {
         rank(&args[1..], &env);
     }
     let a =
@@ -70,7 +75,13 @@ fn main() {
             cmd.args(&a.command);
         }
     }
-    let err = cmd.exec();
+    let err = unsafe {
+        cmd.pre_exec(|| {
+            berth_launcher::signals::restore_for_exec();
+            Ok(())
+        })
+        .exec()
+    };
     let code = if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -93,7 +104,7 @@ fn machinefile_fd(text: &str) -> std::io::Result<i32> {
 }
 
 /// One rank: into the container of the job's ranks on this host, then the command.
-fn rank(args: &[String], env: &[(String, String)]) -> ! {
+fn rank(args: &[OsString], env: &[(OsString, OsString)]) -> ! {
     let (key, image, command) =
         lava::parse_rank_args(args).unwrap_or_else(|m| lava::fail(format!("berth: {m}"), 125));
     let key = lava::host_key(&key, &hostname());

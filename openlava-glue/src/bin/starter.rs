@@ -10,11 +10,16 @@
 //! itself), the command is executed as it is.
 
 use berth_openlava as lava;
+use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
+// The job gets the signal state sbatchd started it with (see berth_launcher::signals).
+berth_launcher::record_signals_at_start!();
+
 fn main() {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // Bytes: a job's arguments need not be UTF-8.
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     let env = lava::process_env();
     if argv.is_empty() {
         lava::fail(
@@ -22,15 +27,32 @@ fn main() {
             125,
         );
     }
+    if lava::get_os(&env, "BERTH_IMAGE").is_some() && lava::get(&env, "BERTH_IMAGE").is_none() {
+        lava::fail(
+            "berth: BERTH_IMAGE is not valid UTF-8: give the image by a UTF-8 path",
+            125,
+        );
+    }
     let image = lava::get(&env, "BERTH_IMAGE").filter(|_| !lava::is_mpirun_helper(&argv[0]));
     let Some(image) = image else {
-        let err = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+        let err = unsafe {
+            std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .pre_exec(|| {
+                    berth_launcher::signals::restore_for_exec();
+                    Ok(())
+                })
+                .exec()
+        };
         let code = if err.kind() == std::io::ErrorKind::NotFound {
             127
         } else {
             126
         };
-        lava::fail(format!("berth: cannot run {}: {err}", argv[0]), code);
+        lava::fail(
+            format!("berth: cannot run {}: {err}", argv[0].to_string_lossy()),
+            code,
+        );
     };
     // sbatchd started us in the submit directory when it could; LS_SUBCWD says which it is.
     if let Some(dir) = lava::submit_cwd(&env).filter(|d| d.is_dir()) {
