@@ -7,6 +7,7 @@
 use crate::{is_root, user, Run};
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{chown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -177,6 +178,8 @@ pub struct Decoys {
     pub home: PathBuf,
     pub tmp: PathBuf,
     baseline: Snapshot,
+    /// Held while the decoys are in use: the home is shared with other test processes.
+    _lock: fs::File,
 }
 
 pub const DECOY_CONTENT: &str = "decoy results: berth must not touch this\n";
@@ -186,10 +189,22 @@ impl Decoys {
         assert!(is_root(), "the hostile-image tests need root (tests/run)");
         let u = user();
         let tmp = PathBuf::from(format!("/tmp/berth-hostile-decoy-{}", std::process::id()));
+        // One test process at a time plants and watches the home (the wait is bounded too):
+        // another's decoys would show up as changes.
+        let lock = fs::File::create("/tmp/berth-hostile-decoys.lock").unwrap();
+        let start = Instant::now();
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(1800),
+                "another test process holds the hostile-image decoys"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let mut d = Decoys {
             home: u.home.clone(),
             tmp,
             baseline: Snapshot::new(),
+            _lock: lock,
         };
         d.plant();
         d.baseline = d.snapshot();
