@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on its embedded default, on a fresh Debian 12 machine: `sudo scripts/demo.sh`.
+# The main job on its embedded default, on a fresh Debian 12 machine: `scripts/demo.sh` as root.
 # Installs what is needed, builds berth, makes the demo image (Debian 12 minbase + Open MPI,
 # by debootstrap, as squashfs), starts a local 3-node Slurm cluster with berth's SPANK plugin
 # (tests/slurm/cluster.sh: munge, slurmctld, three slurmd in network namespaces) and runs, as
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-[ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo $0): it installs packages and runs the job as a test user" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "demo: run as root: it installs packages and runs the job as a test user" >&2; exit 1; }
 
 scripts/install-deps.sh
 cargo build --release -q

@@ -3,7 +3,7 @@
 # way a cluster node is prepared: /dev/fuse usable by users (the distro default, 0666), and a
 # non-root test user with a supplementary group. Run as root. Idempotent.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "install-deps: run as root (sudo $0)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
 
 packages=(
   squashfs-tools squashfuse fuse3     # images: mksquashfs/unsquashfs, the FUSE server
