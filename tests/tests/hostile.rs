@@ -469,7 +469,7 @@ fn berth_dir_through_link() {
 }
 
 /// The image path itself: a FIFO, a socket or a device is refused at once, with one line, in
-/// a run and in --dry-run.
+/// a run, in --dry-run and in OpenLava's submit check (Slurm's calls the same `run::check`).
 #[test]
 fn image_path_that_is_not_a_file() {
     let _one = HOME.lock().unwrap_or_else(|e| e.into_inner());
@@ -502,6 +502,24 @@ fn image_path_that_is_not_a_file() {
                 ));
             }
         }
+    }
+    // OpenLava's submit check (the esub) says the same and rejects the job.
+    let esub = berth_tests::openlava::lava_bin("berth-lava-esub");
+    let mut cmd = sb.as_user(&[esub.to_string_lossy().into_owned()]);
+    cmd.env("BERTH_IMAGE", &fifo_path)
+        .env("LSB_SUB_ABORT_VALUE", "97");
+    let (r, killed) = run_bounded(cmd, &sb.root, BOUND);
+    if killed
+        || r.code != Some(97)
+        || r.stderr.lines().count() != 1
+        || !r.stderr.contains("is a FIFO")
+    {
+        failures.push(format!(
+            "esub with BERTH_IMAGE={}: killed {killed}, exit {:?}: {}",
+            fifo_path.display(),
+            r.code,
+            r.stderr.trim()
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
