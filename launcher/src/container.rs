@@ -1125,4 +1125,13 @@ mod read_config_tests {
         assert_eq!(read_config(&link).unwrap(), ImageConfig::default());
         std::fs::remove_dir_all(&link).unwrap();
     }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(br"/tmp/a\040b"), b"/tmp/a b");
+        assert_eq!(unescape_mountinfo(br"/x\134y\011"), b"/x\\y\t");
+        // Not an escape: kept as is, also at the end.
+        assert_eq!(unescape_mountinfo(br"/x\09"), br"/x\09");
+        assert_eq!(unescape_mountinfo(br"/x\"), br"/x\");
+    }
 }
