@@ -243,3 +243,70 @@ fn linger_keeps_a_warm_container_for_the_next_run_then_goes() {
         sb.processes()
     );
 }
+
+#[test]
+fn a_killed_keeper_leaves_its_ranks_their_image() {
+    let sb = Sandbox::new("keeper-kill");
+    let image = demo_image();
+    let img = image.to_str().unwrap();
+    let rank = || {
+        sb.berth(&[
+            "run",
+            "--join",
+            "kk",
+            img,
+            "--",
+            "sh",
+            "-c",
+            "read x; cat /etc/debian_version; ls /usr/bin | wc -l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let mut ranks = [rank(), rank()];
+    let berth = berth_bin().display().to_string();
+    let keeper = || {
+        sb.processes()
+            .into_iter()
+            .find(|(_, cmd)| cmd.starts_with(&berth))
+            .map(|(pid, _)| pid)
+    };
+    // Both ranks are in the container (their shells run) and the keeper serves it.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            sb.processes()
+                .iter()
+                .filter(|(_, c)| c.starts_with("sh -c read x"))
+                .count()
+                == 2
+                && keeper().is_some()
+        }),
+        "ranks did not start: {:?}",
+        sb.processes()
+    );
+    let pid = keeper().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(10), || keeper().is_none()));
+    for r in ranks.iter_mut() {
+        drop(r.stdin.take());
+    }
+    for r in ranks {
+        let out = r.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a rank lost its image when the keeper died: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("12."), "{text}");
+    }
+    // The image server goes with the container's last process.
+    assert!(
+        eventually(Duration::from_secs(10), || sb.processes().is_empty()),
+        "left: {:?}",
+        sb.processes()
+    );
+}
