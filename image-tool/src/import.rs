@@ -29,6 +29,8 @@ pub struct Options {
     pub quiet: bool,
     /// Rebuild even if the output already holds this very image.
     pub force: bool,
+    /// Refuse layers whose files add up to more than this many bytes (holes included).
+    pub max_size: u64,
 }
 
 /// What an import did (printed as JSON with `--json`).
@@ -115,6 +117,7 @@ fn check_output(out: &Path) -> Result<PathBuf, String> {
 
 pub fn import(opts: &Options) -> Result<Summary, String> {
     let work_path = check_output(&opts.output)?;
+    sweep_stale_temps(&work_path);
     let (level, comp) = compression(opts)?;
     let progress = Progress::new(opts.quiet);
     if let Source::Rootfs(dir) = &opts.source {
@@ -695,6 +698,9 @@ impl<R: Read> Read for HashReader<R> {
     }
 }
 
+/// How much decompressed data after a layer's tar stream is read (tar pads to 10 KiB records).
+const TRAILER_LIMIT: u64 = 16 << 20;
+
 /// Decompress (gzip, zstd or none, told by the magic bytes), apply, then verify the digest of
 /// every raw byte. A mismatch fails the import, whose temp rootfs is then discarded.
 fn apply_layer(
@@ -725,14 +731,14 @@ fn apply_layer(
             Box::new(buf)
         };
         let mut decoded = decoded;
-        let stats = unpacker.apply(&mut decoded, &cancelled);
         // A tar stream can end before its input does: drain, so the digest covers everything.
-        let drained = io::copy(&mut decoded, &mut io::sink());
-        match (stats, drained) {
-            (Ok(s), Ok(_)) => Ok(s),
-            (Err(e), _) => Err(e),
-            (Ok(_), Err(e)) => Err(format!("corrupt data: {e}")),
-        }
+        // Not after a refusal, and only so far through the decompressor: a bomb of zeros must
+        // not be expanded to the end (the raw bytes are drained for the digest all the same).
+        unpacker.apply(&mut decoded, &cancelled).and_then(|s| {
+            io::copy(&mut decoded.take(TRAILER_LIMIT), &mut io::sink())
+                .map(|_| s)
+                .map_err(|e| format!("corrupt data: {e}"))
+        })
     };
     let stats = stats.map_err(|e| fail_with_digest(layer, &mut hr, e))?;
     io::copy(&mut hr, &mut io::sink()).map_err(|e| fail(format!("cannot read: {e}")))?;
@@ -760,6 +766,82 @@ fn fail_with_digest(layer: &Layer, hr: &mut HashReader<Box<dyn Read>>, err: Stri
     format!("layer {}: {err}", layer.digest)
 }
 
+/// The file in a work directory whose lock its live import holds.
+const OWNER_LOCK: &str = ".owner";
+
+fn flock(f: &File, how: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Make the private work directory and lock its owner file for the import's life: a directory
+/// whose lock nobody holds was left by a killed import (see [`sweep_stale_temps`]).
+fn make_work_dir(work_path: &Path) -> Result<(TempGuard, File), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let work = TempGuard::new(work_path.to_path_buf());
+    let cant = |e: io::Error| format!("cannot create {}: {e}", work_path.display());
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(work.path())
+        .map_err(cant)?;
+    let owner = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(work.path().join(OWNER_LOCK))
+        .map_err(cant)?;
+    flock(&owner, libc::LOCK_EX | libc::LOCK_NB).map_err(cant)?;
+    Ok((work, owner))
+}
+
+/// Remove the work directories of killed imports next to this one's (`.NAME.berth-tmp-PID`,
+/// for any output name): ours (by owner) whose owner lock nobody holds. One without the lock
+/// file is from an import that died before making it (or from an older berth-image): stale
+/// when its pid is gone. Other users' directories are theirs to remove.
+fn sweep_stale_temps(work_path: &Path) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Some(dir) = work_path.parent() else {
+        return;
+    };
+    let me = unsafe { libc::getuid() };
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".berth-tmp-"))
+            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let path = e.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() && m.uid() == me => {}
+            _ => continue,
+        }
+        let lock = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path.join(OWNER_LOCK));
+        // The lock stays held (by `lock`) while the directory goes.
+        let stale = match &lock {
+            Ok(f) => flock(f, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
+            Err(_) => {
+                let alive = unsafe { libc::kill(pid, 0) } == 0;
+                !alive && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            }
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 fn assemble(
     opts: &Options,
     progress: &Progress,
@@ -768,11 +850,12 @@ fn assemble(
     comp: &str,
     level: Option<u32>,
 ) -> Result<Summary, String> {
-    let work = TempGuard::new(work_path.to_path_buf());
+    let (work, _owner) = make_work_dir(work_path)?;
     let rootfs = work.path().join("rootfs");
     std::fs::create_dir_all(&rootfs)
         .map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
     let mut unpacker = Unpacker::new(&rootfs)?;
+    unpacker.set_max_size(opts.max_size);
     let mut summaries = Vec::new();
     let n = plan.layers.len();
     let bytes: u64 = plan.layers.iter().map(|l| l.size).sum();
@@ -841,9 +924,7 @@ fn import_rootfs(
     if !dir.is_dir() {
         return Err(format!("{} is not a directory (a rootfs to import); for images use docker://, oci:, docker-archive:", dir.display()));
     }
-    let work = TempGuard::new(work_path.to_path_buf());
-    std::fs::create_dir_all(work.path())
-        .map_err(|e| format!("cannot create {}: {e}", work.path().display()))?;
+    let (work, _owner) = make_work_dir(work_path)?;
     let mut pseudo = Vec::new();
     if std::fs::symlink_metadata(dir.join(CONFIG_PATH)).is_err()
         && std::fs::symlink_metadata(dir.join(".berth")).is_err()
@@ -914,6 +995,24 @@ fn mksquashfs(
         .args(extra);
     if let Some(l) = level {
         cmd.args(["-Xcompression-level", &l.to_string()]);
+    }
+    // mksquashfs dies with us: after a SIGKILL it must not go on writing into a work
+    // directory that the next import removes as stale.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let child = cmd
         .stdin(Stdio::null())

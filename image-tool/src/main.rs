@@ -64,6 +64,13 @@ enum Cmd {
         /// squashfs settings); without it such an import only checks and says so.
         #[arg(long)]
         force: bool,
+        /// Refuse an image whose files add up to more than SIZE unpacked (holes of sparse
+        /// files included): bytes, or with K, M, G, T (powers of 1024).
+        // The default is above the unpacked size of the largest images in use (CUDA and
+        // framework images are 10-30 GiB) and far below what a hostile layer could claim (a
+        // few MB of compressed zeros expand to terabytes).
+        #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
+        max_size: u64,
     },
     /// Show an image's config, size, source digest and layers.
     Inspect { image: PathBuf },
@@ -89,6 +96,33 @@ enum CacheCmd {
     },
 }
 
+/// `--max-size`: bytes, or a number with K, M, G or T (powers of 1024; `GiB`, `g` also).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 64G, 500M)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("'{text}' is not a size (e.g. 64G, 500M)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("'{text}' is not a usable size"))
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -112,6 +146,7 @@ fn run(cli: Cli) -> Result<(), String> {
             insecure,
             cache,
             force,
+            max_size,
         } => {
             cleanup::install_signal_handlers()?;
             let opts = import::Options {
@@ -125,6 +160,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 cache_dir: cache,
                 quiet: cli.quiet || cli.json,
                 force,
+                max_size,
             };
             let summary = import::import(&opts)?;
             if cli.json {

@@ -6,6 +6,10 @@
 //! own names escape the root (`..`, absolute paths, hardlink targets likewise) make the layer
 //! refused. Device nodes and fifos are skipped with a warning, setuid/setgid bits dropped, and
 //! everything is created by (so owned by) the calling user.
+//!
+//! Files are written sparse (whole blocks of zeros become holes, so a GNU sparse entry or a
+//! file of zeros takes no disk), and the sum of the files' sizes is bounded by
+//! [`Unpacker::set_max_size`]: a small archive cannot fill the disk or the time.
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -15,7 +19,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 use tar::EntryType;
@@ -34,6 +38,9 @@ pub struct Unpacker {
     /// only what lower layers put in its directory.
     this_layer: HashSet<PathBuf>,
     pub warnings: Vec<String>,
+    /// Bytes of file content (holes included) written so far, over all layers.
+    pub unpacked: u64,
+    max_size: u64,
 }
 
 /// A layer entry's name, made relative to the root; `None` for the root itself.
@@ -78,7 +85,15 @@ impl Unpacker {
             root: unsafe { OwnedFd::from_raw_fd(fd) },
             this_layer: HashSet::new(),
             warnings: Vec::new(),
+            unpacked: 0,
+            max_size: u64::MAX,
         })
+    }
+
+    /// Refuse layers once the files they write add up to more than `bytes` (apparent sizes,
+    /// holes included: what the image will hold, and what mksquashfs will read).
+    pub fn set_max_size(&mut self, bytes: u64) {
+        self.max_size = bytes;
     }
 
     /// Open `rel` (relative to the root) as a directory, resolved inside the root.
@@ -135,6 +150,7 @@ impl Unpacker {
         self.this_layer.clear();
         let mut stats = LayerStats::default();
         let mut archive = tar::Archive::new(reader);
+        let mut buf = vec![0u8; COPY_BUFFER];
         let entries = archive
             .entries()
             .map_err(|e| format!("not a tar archive: {e}"))?;
@@ -216,6 +232,17 @@ impl Unpacker {
                     .map_err(|e| errno_msg("cannot chmod", &rel, e))?;
                 }
                 EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                    let size = entry.size();
+                    if self.unpacked.saturating_add(size) > self.max_size {
+                        return Err(format!(
+                            "the image unpacks to more than --max-size {} (/{} alone is {}); \
+                             give a larger --max-size if it is meant to be that big",
+                            human(self.max_size),
+                            rel.display(),
+                            human(size)
+                        ));
+                    }
+                    self.unpacked += size;
                     let fd = openat(
                         Some(dfd),
                         name.as_os_str(),
@@ -228,7 +255,7 @@ impl Unpacker {
                     )
                     .map_err(|e| errno_msg("cannot create", &rel, e))?;
                     let mut file = unsafe { File::from_raw_fd(fd) };
-                    io::copy(&mut entry, &mut file)
+                    copy_sparse(&mut entry, &mut file, &mut buf)
                         .map_err(|e| format!("cannot write '{}': {e}", rel.display()))?;
                     // No setuid/setgid/sticky; the owner can always read (mksquashfs runs as us).
                     fchmod(
@@ -335,6 +362,80 @@ impl Unpacker {
         io::Write::write_all(&mut f, content)
             .map_err(|e| format!("cannot write '{}': {e}", rel.display()))
     }
+}
+
+/// Bytes read per step when copying file content.
+const COPY_BUFFER: usize = 1 << 20;
+/// Holes are made of whole blocks of this size (the usual filesystem block).
+const HOLE_BLOCK: usize = 4096;
+
+/// A size for people: `64 GiB`, `10.0 MiB`, `512 bytes`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    // A slice comparison is one memcmp: fast in every build.
+    static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
+    b == &ZEROS[..b.len()]
+}
+
+/// Copy `from` into the new, empty file `to`, seeking over whole blocks of zeros instead of
+/// writing them, as `cp --sparse=always` does: the holes of a GNU sparse entry (which the tar
+/// reader yields as zeros) and runs of zeros in a plain file take no disk. Returns the size.
+fn copy_sparse(from: &mut impl Read, to: &mut File, buf: &mut [u8]) -> io::Result<u64> {
+    let mut size = 0u64;
+    let mut ends_in_hole = false;
+    loop {
+        // Fill the buffer whole, so blocks stay aligned to the file's offsets.
+        let mut n = 0;
+        while n < buf.len() {
+            match from.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut at = 0;
+        while at < n {
+            let zero = is_zero(&buf[at..(at + HOLE_BLOCK).min(n)]);
+            let mut end = (at + HOLE_BLOCK).min(n);
+            while end < n && is_zero(&buf[end..(end + HOLE_BLOCK).min(n)]) == zero {
+                end = (end + HOLE_BLOCK).min(n);
+            }
+            if zero {
+                to.seek(SeekFrom::Current((end - at) as i64))?;
+            } else {
+                to.write_all(&buf[at..end])?;
+            }
+            ends_in_hole = zero;
+            at = end;
+        }
+        size += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    // A seek past the end does not make the file longer: a final hole needs the length set.
+    if ends_in_hole {
+        to.set_len(size)?;
+    }
+    Ok(size)
 }
 
 fn list_dir(fd: RawFd) -> Result<Vec<std::ffi::OsString>, Errno> {
@@ -498,6 +599,87 @@ mod tests {
         assert!(!t.join("pwned2").exists());
         assert!(!Path::new("/pwned2").exists());
         std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    fn octal(field: &mut [u8], v: u64) {
+        let text = format!("{v:0w$o}", w = field.len() - 1);
+        field[..text.len()].copy_from_slice(text.as_bytes());
+    }
+
+    /// A GNU sparse entry of `real` bytes with 4 KiB of data at each end: 8 KiB in the tar.
+    fn sparse_tar(name: &str, real: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_size(8192);
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..name.len()].copy_from_slice(name.as_bytes());
+        octal(&mut g.sparse[0].offset, 0);
+        octal(&mut g.sparse[0].numbytes, 4096);
+        octal(&mut g.sparse[1].offset, real - 4096);
+        octal(&mut g.sparse[1].numbytes, 4096);
+        octal(&mut g.realsize, real);
+        h.set_cksum();
+        let mut data = vec![b'a'; 4096];
+        data.extend(vec![b'z'; 4096]);
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &data[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn sparse_entries_and_zeros_stay_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tmp("sparse");
+        let root = t.join("root");
+        let real = 256 << 20;
+        let mut u = Unpacker::new(&root).unwrap();
+        u.apply(&sparse_tar("big", real)[..], &|| false).unwrap();
+        let zeros = vec![0u8; 8 << 20];
+        u.apply(
+            &tar_of(&[("zeros", EntryType::Regular, "", &zeros, 0o644)])[..],
+            &|| false,
+        )
+        .unwrap();
+        let m = std::fs::metadata(root.join("big")).unwrap();
+        assert_eq!(m.len(), real);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "{} bytes on disk",
+            m.blocks() * 512
+        );
+        let data = std::fs::read(root.join("big")).unwrap();
+        assert!(data[..4096].iter().all(|&b| b == b'a'));
+        assert!(data[4096..real as usize - 4096].iter().all(|&b| b == 0));
+        assert!(data[real as usize - 4096..].iter().all(|&b| b == b'z'));
+        let z = std::fs::metadata(root.join("zeros")).unwrap();
+        assert_eq!((z.len(), z.blocks()), (8 << 20, 0));
+        assert_eq!(u.unpacked, real + (8 << 20));
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    #[test]
+    fn max_size_refuses_before_writing() {
+        let t = tmp("maxsize");
+        let root = t.join("root");
+        let mut u = Unpacker::new(&root).unwrap();
+        u.set_max_size(100 << 20);
+        let err = u
+            .apply(&sparse_tar("big", 1 << 30)[..], &|| false)
+            .unwrap_err();
+        assert!(
+            err.contains("--max-size 100 MiB") && err.contains("/big alone is 1 GiB"),
+            "{err}"
+        );
+        assert!(!root.join("big").exists());
+        std::fs::remove_dir_all(&t).unwrap();
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(512), "512 bytes");
+        assert_eq!(human(64 << 30), "64 GiB");
+        assert_eq!(human(1536), "1.5 KiB");
     }
 
     #[test]

@@ -917,3 +917,211 @@ fn reimport_of_an_unchanged_image_is_skipped() {
 fn cat_config(img: &Path) -> serde_json::Value {
     serde_json::from_str(&cat_in_image(img, ".berth/image.json").unwrap()).unwrap()
 }
+
+/// A layer holding `/big`, a GNU sparse file of `real` bytes with 4 KiB of data at each end:
+/// a few KiB of tar for any size.
+fn sparse_layer(real: u64) -> Vec<u8> {
+    fn octal(field: &mut [u8], v: u64) {
+        let text = format!("{v:0w$o}", w = field.len() - 1);
+        field[..text.len()].copy_from_slice(text.as_bytes());
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(8192);
+    h.set_mtime(1_700_000_000);
+    let g = h.as_gnu_mut().unwrap();
+    g.name[..3].copy_from_slice(b"big");
+    octal(&mut g.sparse[0].offset, 0);
+    octal(&mut g.sparse[0].numbytes, 4096);
+    octal(&mut g.sparse[1].offset, real - 4096);
+    octal(&mut g.sparse[1].numbytes, 4096);
+    octal(&mut g.realsize, real);
+    h.set_cksum();
+    let mut data = vec![b'a'; 4096];
+    data.extend(vec![b'z'; 4096]);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &data[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// An oci layout tagged `v1` with the one layer (gzip).
+fn layout_with(sb: &Sandbox, name: &str, layer: &[u8]) -> String {
+    let mut layout = Layout::new(&layout_dir(sb, name));
+    layout.image(
+        "v1",
+        &[(gzip(layer), LAYER_GZIP)],
+        &[layer.to_vec()],
+        json!({"Cmd": ["/bin/true"]}),
+    );
+    format!("oci:{}:v1", layout.dir.display())
+}
+
+/// A small tmpfs owned by the test user, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn new(at: PathBuf, size: &str) -> SmallDisk {
+        fs::create_dir_all(&at).unwrap();
+        let u = berth_tests::user();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size},uid={},gid={},mode=0755", u.uid, u.gid))
+            .arg("tmpfs")
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a tmpfs (the tests run as root)");
+        SmallDisk(at)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn sparse_files_stay_sparse_and_max_size_bounds_the_unpacked_image() {
+    let sb = Sandbox::new("img-sparse");
+    let real: u64 = 10 << 30;
+    let source = layout_with(&sb, "sparse", &sparse_layer(real));
+    // 10 GiB of file on a 256 MiB disk: only written sparse does it fit.
+    let disk = SmallDisk::new(sb.work.join("disk"), "256m");
+    let out = disk.0.join("sparse.sqsh");
+    import_ok(&sb, &source, &out, &[]);
+    let listing = Command::new("unsquashfs")
+        .arg("-lls")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with("/big") && l.contains(&real.to_string())),
+        "{listing}"
+    );
+
+    // Bounded: a clear error with the figure, nothing left behind.
+    let out = disk.0.join("bounded.sqsh");
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &source,
+            "-o",
+            out.to_str().unwrap(),
+            "--max-size",
+            "1G",
+        ],
+    ));
+    expect_clean_failure(
+        &r,
+        &out,
+        "more than --max-size 1 GiB (/big alone is 10 GiB)",
+    );
+    let r = run(berth_image(
+        &sb,
+        &[
+            "import",
+            &source,
+            "-o",
+            out.to_str().unwrap(),
+            "--max-size",
+            "lots",
+        ],
+    ));
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("not a size"), "{}", r.stderr);
+}
+
+fn temps(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".berth-tmp-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn later_imports_remove_temps_of_killed_imports_and_keep_live_ones() {
+    use std::os::unix::fs::chown;
+    let sb = Sandbox::new("img-stale");
+    let u = berth_tests::user();
+    let dir = sb.work.join("out");
+    fs::create_dir_all(&dir).unwrap();
+    chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
+
+    // A real import killed (SIGKILL) while it unpacks a large sparse file.
+    let source = layout_with(&sb, "slow", &sparse_layer(8 << 30));
+    let out = dir.join("killed.sqsh");
+    let mut child = berth_image(&sb, &["import", &source, "-o", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = berth_tests::eventually(std::time::Duration::from_secs(120), || {
+        temps(&dir)
+            .iter()
+            .any(|t| dir.join(t).join("rootfs/big").exists())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(started, "the import started unpacking");
+    assert!(
+        berth_tests::eventually(std::time::Duration::from_secs(20), || {
+            berth_tests::processes_with("mksquashfs")
+                .iter()
+                .all(|(_, c)| !c.contains(dir.to_str().unwrap()))
+        }),
+        "mksquashfs outlived berth-image"
+    );
+    let killed = temps(&dir);
+    assert_eq!(
+        killed.len(),
+        1,
+        "the killed import left its temp: {killed:?}"
+    );
+
+    // Made by hand: one of a dead import without its lock file (an older berth-image), one a
+    // live import holds, and one of another user.
+    let mk = |name: &str, owner: bool| {
+        let p = dir.join(name);
+        fs::create_dir_all(p.join("rootfs")).unwrap();
+        fs::write(p.join("rootfs/data"), b"x").unwrap();
+        if owner {
+            for q in [&p, &p.join("rootfs"), &p.join("rootfs/data")] {
+                chown(q, Some(u.uid), Some(u.gid)).unwrap();
+            }
+        }
+        p
+    };
+    let old = mk(".old.sqsh.berth-tmp-999999999", true);
+    let live = mk(".live.sqsh.berth-tmp-1", true);
+    let lock = fs::File::create(live.join(".owner")).unwrap();
+    chown(live.join(".owner"), Some(u.uid), Some(u.gid)).unwrap();
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let others = mk(".root.sqsh.berth-tmp-999999998", false);
+
+    let layer = tar_layer(&[Entry::File("etc/motd", b"next", 0o644)]);
+    let next = layout_with(&sb, "next", &layer);
+    import_ok(&sb, &next, &dir.join("next.sqsh"), &[]);
+    let left = temps(&dir);
+    assert!(
+        !left.contains(&killed[0]),
+        "killed import's temp removed: {left:?}"
+    );
+    assert!(!old.exists(), "{left:?}");
+    assert!(live.exists(), "a live import's temp stays");
+    assert!(others.exists(), "another user's temp is theirs");
+    drop(lock);
+    fs::remove_dir_all(&others).unwrap();
+}
