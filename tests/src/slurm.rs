@@ -35,15 +35,17 @@ pub const CLUSTER_LOCK: &str = "/run/berth-test-cluster.lock";
 /// The host's address on the cluster's bridge (tests/slurm/cluster.sh), reachable from every node.
 pub const BRIDGE_IP: &str = "10.197.0.1";
 
-/// The plugin under test, copied where slurmd and srun (as the test user) can load it.
+/// The plugin under test, copied where slurmd and srun (as the test user) can load it: the
+/// release build, the one a site installs (its profile decides, e.g., whether a panic can be
+/// caught by the plugin's guard or aborts srun).
 fn plugin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let built = target.join("debug/libspank_berth.so");
+    let built = target.join("release/libspank_berth.so");
     assert!(
         built.exists(),
-        "{} is missing: run tests/run (it builds the workspace)",
+        "{} is missing: run tests/run (it builds it with cargo build --release -p berth-slurm)",
         built.display()
     );
     let dir = PathBuf::from(format!("/tmp/berth-slurm-plugin-{}", std::process::id()));

@@ -649,3 +649,40 @@ fn salloc_and_sbatch_container_image_apply_to_their_steps() {
     .expect_ok("sbatch");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "step-in-image\n");
 }
+
+#[test]
+fn tasks_start_as_slurm_starts_them_and_bytes_pass_unchanged() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let c = cluster();
+    let sb = Sandbox::new("slurm-procstate");
+    let flag = format!("--container-image={}", image());
+    // The task's signal dispositions and mask, and what a closed pipe does to its writer,
+    // are the ones Slurm gives a task without a container.
+    for probe in [
+        "grep -E '^Sig(Ign|Blk)' /proc/self/status",
+        "yes | head -1 >/dev/null; echo ${PIPESTATUS[0]}",
+    ] {
+        let native = c
+            .run(&sb, &["srun", "-n1", "bash", "-c", probe])
+            .expect_ok(probe);
+        let inside = c
+            .run(&sb, &["srun", "-n1", &flag, "bash", "-c", probe])
+            .expect_ok(probe);
+        assert_eq!(inside.stdout, native.stdout, "{probe}: {}", inside.stderr);
+    }
+    // A Latin-1 variable in srun's environment (it made the plugin abort srun) and a Latin-1
+    // argument arrive as they are.
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let show = "for v in \"$V\" \"$1\"; do printf %s \"$v\" | od -An -tx1 | tr -d ' \\n'; echo; done";
+    let mut cmd = c.cmd(&sb, &["srun", "-n1", &flag, "sh", "-c", show, "sh"]);
+    cmd.arg(OsStr::from_bytes(b"f\xe9.txt"))
+        .env("V", OsStr::from_bytes(b"caf\xe9"));
+    let r = run(cmd).expect_ok("latin-1");
+    assert_eq!(
+        r.stdout,
+        format!("{}\n{}\n", hex(b"caf\xe9"), hex(b"f\xe9.txt")),
+        "{}",
+        r.stderr
+    );
+}
