@@ -577,8 +577,8 @@ fn non_utf8_arguments_and_submit_directory_reach_the_job_unchanged() {
         "probe.sh",
         b"for v in \"$1\" \"$LS_SUBCWD\" \"$(pwd)\"; do printf %s \"$v\" | od -An -tx1 | tr -d ' \\n'; echo; done\n",
     );
-    let mut job = Job::new(&format!("sh {} \"$(printf 'caf\\351')\"", probe.display()))
-        .image(&demo_image());
+    let mut job =
+        Job::new(&format!("sh {} \"$(printf 'caf\\351')\"", probe.display())).image(&demo_image());
     job.cwd = Some(dir.clone());
     let r = lava.run(&sb, &job).expect_ok("latin-1");
     let d = hex(dir.as_os_str().as_bytes());

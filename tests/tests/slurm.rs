@@ -674,7 +674,8 @@ fn tasks_start_as_slurm_starts_them_and_bytes_pass_unchanged() {
     // A Latin-1 variable in srun's environment (it made the plugin abort srun) and a Latin-1
     // argument arrive as they are.
     let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let show = "for v in \"$V\" \"$1\"; do printf %s \"$v\" | od -An -tx1 | tr -d ' \\n'; echo; done";
+    let show =
+        "for v in \"$V\" \"$1\"; do printf %s \"$v\" | od -An -tx1 | tr -d ' \\n'; echo; done";
     let mut cmd = c.cmd(&sb, &["srun", "-n1", &flag, "sh", "-c", show, "sh"]);
     cmd.arg(OsStr::from_bytes(b"f\xe9.txt"))
         .env("V", OsStr::from_bytes(b"caf\xe9"));
