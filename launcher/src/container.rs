@@ -384,9 +384,7 @@ impl FuseServer {
                         _ => None,
                     })
                 });
-                let Some(dev_fd) = dev_fd else {
-                    libc::_exit(0)
-                };
+                let Some(dev_fd) = dev_fd else { libc::_exit(0) };
                 let argv: Vec<CString> = [
                     "squashfuse_ll".to_string(),
                     "-f".into(),
@@ -596,7 +594,11 @@ fn open_target(root: &Root, target: &Path, file: bool) -> Result<OwnedFd> {
                 libc::openat(
                     parent.as_raw_fd(),
                     name.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
                     0o644,
                 )
             };
@@ -761,7 +763,10 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
                 sys::PROPAGATION_PRIVATE
             };
             sys::set_propagation(&tree, propagation, *recursive).ctx(|| {
-                format!("cannot set the propagation of the mount of {}", source.display())
+                format!(
+                    "cannot set the propagation of the mount of {}",
+                    source.display()
+                )
             })?;
             let at = open_target(root, target, !meta.is_dir())?;
             sys::move_mount(&tree, &at)
@@ -790,8 +795,10 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
             )
             .ctx(|| format!("cannot mount tmpfs on {}", target.display()))?;
             let fd = open_target(root, target, false)?;
-            root.ours
-                .push(sys::mount_id(&fd).ctx(|| format!("cannot identify the tmpfs on {}", target.display()))?);
+            root.ours.push(
+                sys::mount_id(&fd)
+                    .ctx(|| format!("cannot identify the tmpfs on {}", target.display()))?,
+            );
         }
         Action::Devpts => {
             // A devpts of the container's own: ptys opened inside are the user's, and the host's
@@ -917,8 +924,9 @@ fn add_entry(root: &Root, target: &Path, line: &str) -> Result<()> {
         Err(_) => None,
     };
     let mut content = match &existing {
-        Some(fd) => String::from_utf8_lossy(&read_image_file(fd, target, ENTRY_FILE_LIMIT)?)
-            .into_owned(),
+        Some(fd) => {
+            String::from_utf8_lossy(&read_image_file(fd, target, ENTRY_FILE_LIMIT)?).into_owned()
+        }
         None => String::new(),
     };
     if content.lines().any(|l| l.split(':').next() == Some(name)) {
@@ -948,7 +956,11 @@ fn add_entry(root: &Root, target: &Path, line: &str) -> Result<()> {
                 libc::openat(
                     dir.as_raw_fd(),
                     c.as_ptr(),
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_WRONLY
+                        | libc::O_NOFOLLOW
+                        | libc::O_CLOEXEC,
                     0o644,
                 )
             };

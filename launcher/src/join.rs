@@ -169,9 +169,17 @@ pub fn sweep(state_dir: &Path) -> Vec<String> {
 }
 
 fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
-    (&*stream)
-        .write_all(format!("join {fingerprint}\n").as_bytes())
-        .ctx(|| "cannot talk to the container keeper")?;
+    // The rank's stderr goes along: if the image server dies, the keeper says so there.
+    let request = format!("join {fingerprint}\n");
+    let stderr = [2 as RawFd];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(request.as_bytes())],
+        &[ControlMessage::ScmRights(&stderr)],
+        MsgFlags::empty(),
+        None,
+    )
+    .ctx(|| "cannot talk to the container keeper")?;
     let mut buf = [0u8; 64];
     let mut cmsg = nix::cmsg_space!([RawFd; 3]);
     let mut iov = [IoSliceMut::new(&mut buf)];
@@ -355,7 +363,8 @@ fn serve(
     linger: Duration,
 ) {
     let mut started = Instant::now();
-    let mut ranks: Vec<OwnedFd> = Vec::new();
+    // Each rank's pidfd and its stderr.
+    let mut ranks: Vec<(OwnedFd, Option<File>)> = Vec::new();
     let mut joined_once = false;
     loop {
         let mut pollfds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
@@ -366,7 +375,7 @@ fn serve(
         pollfds.extend(
             ranks
                 .iter()
-                .map(|r| PollFd::new(r.as_fd(), PollFlags::POLLIN)),
+                .map(|(r, _)| PollFd::new(r.as_fd(), PollFlags::POLLIN)),
         );
         // Idle: wait for the first rank, or linger after the last one.
         let idle_limit = if joined_once {
@@ -389,6 +398,12 @@ fn serve(
         }
         let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
         if fuse.is_some() && ready(&pollfds[1]) {
+            // The mount outlives nothing the keeper holds: the server was killed.
+            tell_ranks(
+                &ranks,
+                "berth: the image server of this container (squashfuse_ll) died: the image's files \
+                 are gone (reads fail, code mapped from the image may die of SIGBUS)\n",
+            );
             return;
         }
         let gone: Vec<usize> = pollfds[first_rank..]
@@ -404,8 +419,8 @@ fn serve(
         }
         if accept {
             if let Ok((conn, _)) = listener.accept() {
-                if let Some(pidfd) = register(&conn, fds, fingerprint) {
-                    ranks.push(pidfd);
+                if let Some(rank) = register(&conn, fds, fingerprint) {
+                    ranks.push(rank);
                     joined_once = true;
                 }
             }
@@ -419,10 +434,40 @@ fn serve(
     }
 }
 
-fn register(conn: &UnixStream, fds: &[OwnedFd], fingerprint: &str) -> Option<OwnedFd> {
+/// Write `line` to the stderr of every registered rank: their processes may fail oddly next,
+/// and this names the cause.
+fn tell_ranks(ranks: &[(OwnedFd, Option<File>)], line: &str) {
+    for mut err in ranks.iter().filter_map(|(_, e)| e.as_ref()) {
+        let _ = err.write_all(line.as_bytes());
+    }
+}
+
+fn register(
+    conn: &UnixStream,
+    fds: &[OwnedFd],
+    fingerprint: &str,
+) -> Option<(OwnedFd, Option<File>)> {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = [0u8; 128];
-    let n = (&*conn).read(&mut line).ok()?;
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut line)];
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let n = msg.bytes;
+    let mut stderr = None;
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            for fd in raw {
+                let fd = unsafe { File::from_raw_fd(fd) };
+                stderr.get_or_insert(fd);
+            }
+        }
+    }
     if n == 0 {
         return None; // a liveness probe (a sweep), not a rank
     }
@@ -443,5 +488,5 @@ fn register(conn: &UnixStream, fds: &[OwnedFd], fingerprint: &str) -> Option<Own
         None,
     )
     .ok()?;
-    Some(pidfd)
+    Some((pidfd, stderr))
 }

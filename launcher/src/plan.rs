@@ -177,7 +177,11 @@ impl Plan {
             origin: "default".into(),
         });
         if exists(Path::new("/dev/shm")) {
-            steps.push(bind(Path::new("/dev/shm"), Path::new("/dev/shm"), "default"));
+            steps.push(bind(
+                Path::new("/dev/shm"),
+                Path::new("/dev/shm"),
+                "default",
+            ));
         }
         for (link, to) in [
             ("/dev/ptmx", "pts/ptmx"),

@@ -162,7 +162,13 @@ pub fn move_mount(from: &OwnedFd, to: &OwnedFd) -> io::Result<()> {
 /// openat2 with RESOLVE_IN_ROOT: `path` is resolved as if `root` were `/`, so `..` and absolute
 /// symlinks in the image cannot lead outside it.
 pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    openat2(root, path, flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    openat2(
+        root,
+        path,
+        flags,
+        mode,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// As [`open_in_root`], but fails with ELOOP if any component of `path` is a symlink: tells a

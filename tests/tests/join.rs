@@ -310,3 +310,71 @@ fn a_killed_keeper_leaves_its_ranks_their_image() {
         sb.processes()
     );
 }
+
+#[test]
+fn a_killed_image_server_is_named_in_every_rank_s_stderr() {
+    let sb = Sandbox::new("server-kill");
+    let image = demo_image();
+    let img = image.to_str().unwrap();
+    let rank = || {
+        sb.berth(&[
+            "run",
+            "--join",
+            "sk",
+            img,
+            "--",
+            "sh",
+            "-c",
+            "read x; cat /etc/debian_version",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let mut ranks = [rank(), rank()];
+    let berth = berth_bin().display().to_string();
+    let find = |prefix: &str| {
+        sb.processes()
+            .into_iter()
+            .find(|(_, cmd)| cmd.starts_with(prefix))
+            .map(|(pid, _)| pid)
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            sb.processes()
+                .iter()
+                .filter(|(_, c)| c.starts_with("sh -c read x"))
+                .count()
+                == 2
+                && find(&berth).is_some()
+        }),
+        "ranks did not start: {:?}",
+        sb.processes()
+    );
+    let server = find("squashfuse_ll").expect("the image server runs");
+    unsafe { libc::kill(server, libc::SIGKILL) };
+    // The keeper tells the ranks and leaves.
+    assert!(eventually(Duration::from_secs(10), || find(&berth).is_none()));
+    for r in ranks.iter_mut() {
+        drop(r.stdin.take());
+    }
+    for r in ranks {
+        let out = r.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the image is gone: {err}");
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.starts_with("berth: the image server of this container"))
+                .count(),
+            1,
+            "one line names the cause: {err}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || sb.processes().is_empty()),
+        "left: {:?}",
+        sb.processes()
+    );
+}

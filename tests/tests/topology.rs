@@ -145,7 +145,11 @@ fn submounts_under_tmp_shm_home_and_cwd_are_shown_as_on_the_host() {
         home = home.display(),
     );
     let host = run(sb.as_user(&["sh".into(), "-c".into(), script.clone()]));
-    assert!(host.stdout.contains("marker-cwd"), "host view: {}", host.stdout);
+    assert!(
+        host.stdout.contains("marker-cwd"),
+        "host view: {}",
+        host.stdout
+    );
     assert!(host.stdout.contains("denied"), "host view: {}", host.stdout);
     let image = demo_image();
     for mode in ["mount", "extract"] {
@@ -160,11 +164,23 @@ fn submounts_under_tmp_shm_home_and_cwd_are_shown_as_on_the_host() {
             &script,
         ]))
         .expect_ok(mode);
-        assert_eq!(r.stdout, host.stdout, "{mode}: the container shows what the host shows");
+        assert_eq!(
+            r.stdout, host.stdout,
+            "{mode}: the container shows what the host shows"
+        );
     }
     // Under --join too (a keeper builds the container).
-    let r = run(sb.berth(&["run", "--join", &tag, image.to_str().unwrap(), "--", "sh", "-c", &script]))
-        .expect_ok("join");
+    let r = run(sb.berth(&[
+        "run",
+        "--join",
+        &tag,
+        image.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]))
+    .expect_ok("join");
     assert_eq!(r.stdout, host.stdout);
     drop(mounts);
     let _ = fs::remove_dir_all(&tmp);
@@ -301,7 +317,11 @@ fn an_rslave_site_mount_shows_mounts_made_on_the_host_after_start() {
         assert!(st.success());
         let out = child.wait_with_output().unwrap();
         let _ = Command::new("umount").arg("-l").arg(&late).status();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             expect,
