@@ -52,7 +52,10 @@ fn entry_dirs(sb: &Sandbox) -> Vec<std::path::PathBuf> {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
-                .filter(|p| p.is_dir())
+                // `.ids` (known files) and `.tmp-*` are not entries.
+                .filter(|p| {
+                    p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+                })
                 .collect()
         })
         .unwrap_or_default()
