@@ -524,8 +524,28 @@ impl Plan {
     /// A digest of what makes two containers interchangeable: ranks may only share a container
     /// built from the same image with the same mounts.
     pub fn fingerprint(&self) -> String {
+        // A squashfs file's identity too: an image replaced or edited in place at the same path
+        // is another container (a lingering keeper must not serve the old one). A directory
+        // image is used live, as it is.
+        use std::os::unix::fs::MetadataExt;
+        let identity = std::fs::metadata(&self.image.path)
+            .ok()
+            .filter(|_| matches!(self.image.kind, ImageKind::Squashfs { .. }))
+            .map(|m| {
+                format!(
+                    "{}:{}:{}:{}.{}:{}.{}",
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec()
+                )
+            })
+            .unwrap_or_default();
         let text = format!(
-            "{:?}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}",
+            "{:?}|{identity}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}",
             self.image.path,
             self.rootfs,
             self.writable,

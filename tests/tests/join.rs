@@ -378,3 +378,41 @@ fn a_killed_image_server_is_named_in_every_rank_s_stderr() {
         sb.processes()
     );
 }
+
+#[test]
+fn a_lingering_container_is_not_reused_for_an_image_replaced_at_the_same_path() {
+    use berth_tests::hostile::{minimal_root, squash};
+    let sb = Sandbox::new("linger-replaced");
+    let image = sb.work.join("app.sqsh");
+    let tree = sb.root.join("tree");
+    let build = |marker: &str| {
+        minimal_root(&tree);
+        std::fs::write(tree.join("etc/marker"), marker).unwrap();
+        let fresh = sb.root.join("fresh.sqsh");
+        squash(&tree, &fresh);
+        // Replaced as tools do: a new file renamed over the old path.
+        std::fs::rename(&fresh, &image).unwrap();
+    };
+    let args = [
+        "run",
+        "--linger",
+        "30",
+        image.to_str().unwrap(),
+        "--",
+        "cat",
+        "/etc/marker",
+    ];
+    build("first");
+    let r = run(sb.berth(&args)).expect_ok("first");
+    assert_eq!(r.stdout, "first");
+    build("second");
+    let r = run(sb.berth(&args)).expect_ok("second");
+    assert_eq!(
+        r.stdout, "second",
+        "the new image, not the warm container of the old"
+    );
+    // The two lingering keepers are not needed any more.
+    for (pid, _) in sb.processes() {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
