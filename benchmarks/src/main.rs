@@ -2,6 +2,7 @@
 
 mod image_import;
 mod policy_cost;
+mod policy_parse;
 mod proc;
 mod slurm_steps;
 mod startup;
@@ -89,6 +90,12 @@ enum Cmd {
     },
     /// Every workload natively and in the container, alternately, and a report (Markdown, JSON, SVG)
     Suite(Box<SuiteArgs>),
+    /// What parsing the site policy costs as it grows: 100 vs 10,000 site mounts, in process
+    PolicyParse {
+        /// Timed loads of each policy
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// What a site policy costs on the per-rank start-up path (empty vs given policy)
     Policy {
         /// The berth launcher binary
@@ -259,6 +266,7 @@ fn main() {
             runs,
             warmup,
         }),
+        Cmd::PolicyParse { runs } => policy_parse::run(&policy_parse::Args { runs: runs.max(1) }),
         Cmd::Suite(s) => {
             let s = *s;
             suite::run(&suite::Args {

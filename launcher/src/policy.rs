@@ -11,7 +11,7 @@
 
 use crate::options::Mode;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -147,7 +147,7 @@ struct PmixSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnvSection {
-    passthrough: Option<Vec<String>>,
+    passthrough: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     set: BTreeMap<String, String>,
     unset: Option<Vec<String>>,
@@ -165,6 +165,9 @@ pub struct SiteMount {
     pub target: String,
     pub readonly: bool,
     pub recursive: bool,
+    /// `rslave`: mounts made on the host under the source later (a Lustre remount, an
+    /// automounted project directory) appear in running containers too.
+    pub slave: bool,
     pub optional: bool,
     pub origin: Origin,
 }
@@ -286,10 +289,18 @@ pub struct PolicyError(pub String);
 
 impl std::fmt::Display for PolicyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // One line whatever the file holds: a value or file name with a newline is escaped.
+        let mut text = String::with_capacity(self.0.len());
+        for c in self.0.chars() {
+            if c.is_control() {
+                text.extend(c.escape_default());
+            } else {
+                text.push(c);
+            }
+        }
         write!(
             f,
-            "policy {} (fix the file or ask the admin; berth will not run with a broken policy)",
-            self.0
+            "policy {text} (fix the file or ask the admin; berth will not run with a broken policy)"
         )
     }
 }
@@ -298,15 +309,18 @@ impl std::error::Error for PolicyError {}
 
 struct Source<'a> {
     path: &'a Path,
-    text: &'a str,
+    /// Offsets of the text's newlines, so a span's line is a binary search: counting from
+    /// the start for every span made a policy of 10,000 mounts take seconds.
+    newlines: Vec<usize>,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    fn new(path: &'a Path, text: &str) -> Self {
+        let newlines = text.match_indices('\n').map(|(i, _)| i).collect();
+        Source { path, newlines }
+    }
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1
+        self.newlines.partition_point(|&nl| nl < offset) + 1
     }
     fn at<T>(&self, s: &Spanned<T>) -> Origin {
         Origin(format!(
@@ -317,6 +331,13 @@ impl Source<'_> {
     }
     fn err<T>(&self, s: &Spanned<T>, msg: impl std::fmt::Display) -> PolicyError {
         PolicyError(format!("{}: {msg}", self.at(s)))
+    }
+    /// A pattern berth expands with the `glob` crate must compile: a typo such as
+    /// `/dev/nvidia[0-9*` would otherwise match nothing, silently.
+    fn check_glob(&self, at: &Spanned<String>, pattern: &str) -> Result<(), PolicyError> {
+        glob::Pattern::new(pattern)
+            .map(|_| ())
+            .map_err(|e| self.err(at, format!("invalid glob pattern '{pattern}': {e}")))
     }
     fn rules(&self, list: &[Spanned<String>], absolute: bool) -> Result<Vec<Rule>, PolicyError> {
         list.iter()
@@ -330,6 +351,17 @@ impl Source<'_> {
                 })
             })
             .collect()
+    }
+    /// Rules that berth expands as globs (`HOST[:CONTAINER]`: the HOST part).
+    fn patterns(&self, list: &[Spanned<String>], absolute: bool) -> Result<Vec<Rule>, PolicyError> {
+        for s in list {
+            let host = s
+                .get_ref()
+                .split_once(':')
+                .map_or(s.get_ref().as_str(), |(h, _)| h);
+            self.check_glob(s, host)?;
+        }
+        self.rules(list, absolute)
     }
 }
 
@@ -368,14 +400,91 @@ pub fn policy_files(explicit: Option<&Path>) -> Result<Vec<PathBuf>, PolicyError
     Ok(files)
 }
 
+/// A policy file larger than this is refused: policies are a few KiB of text, and every rank
+/// reads them.
+pub const MAX_POLICY_BYTES: u64 = 4 << 20;
+
+/// Read one policy file: a regular file of at most [`MAX_POLICY_BYTES`] of UTF-8 text. A FIFO,
+/// socket or device (in conf.d, or as `BERTH_CONFIG`) is refused before it can hang berth or
+/// feed it without end; a byte that is not UTF-8 is reported at its line.
+pub fn read_policy_file(path: &Path) -> Result<String, PolicyError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let fail = |what: String| PolicyError(format!("{}: {what}", path.display()));
+    let kind = |t: std::fs::FileType| {
+        if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() || t.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        }
+    };
+    // Non-blocking: opening a FIFO must not wait for a writer (a socket cannot be opened at
+    // all, so on failure its type is looked up by name).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                fail(format!("is {}, not a regular file", kind(m.file_type())))
+            }
+            _ => fail(format!("cannot read: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail(format!(
+            "is {}, not a regular file",
+            kind(meta.file_type())
+        )));
+    }
+    let too_big = || {
+        fail(format!(
+            "is larger than {} MiB, too large for a policy file",
+            MAX_POLICY_BYTES >> 20
+        ))
+    };
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let bad = e.utf8_error().valid_up_to();
+        let line_start = bytes[..bad]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line = bytes[..bad].iter().filter(|&&b| b == b'\n').count() + 1;
+        PolicyError(format!(
+            "{}:{line}: byte 0x{:02x} at column {} is not UTF-8 (policy files are UTF-8 text)",
+            path.display(),
+            bytes[bad],
+            bad - line_start + 1
+        ))
+    })
+}
+
 impl Policy {
     /// Load the effective policy from the files `policy_files` names.
     pub fn load(explicit: Option<&Path>) -> Result<Policy, PolicyError> {
         let files = policy_files(explicit)?;
         let mut policy = Policy::default();
         for path in &files {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| PolicyError(format!("{}: cannot read: {e}", path.display())))?;
+            let text = read_policy_file(path)?;
             policy.merge(path, &text)?;
         }
         policy.files = files;
@@ -384,7 +493,7 @@ impl Policy {
 
     /// Merge one file's text over this policy.
     pub fn merge(&mut self, path: &Path, text: &str) -> Result<(), PolicyError> {
-        let src = Source { path, text };
+        let src = Source::new(path, text);
         let file: File = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| src.line(s.start)).unwrap_or(1);
             PolicyError(format!(
@@ -414,7 +523,9 @@ impl Policy {
                 self.cache_dir = Some(PathBuf::from(dir.get_ref()));
             }
         }
-        let mut seen: BTreeMap<String, Origin> = BTreeMap::new();
+        // Targets of this file's mounts, with their line.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut added = Vec::with_capacity(file.mount.len());
         for entry in &file.mount {
             let m = entry.get_ref();
             let source = m.source.get_ref().clone();
@@ -435,15 +546,19 @@ impl Policy {
             if let Some(first) = seen.get(&target) {
                 return Err(src.err(
                     at,
-                    format!("duplicate mount target {target} (also at {first})"),
+                    format!(
+                        "duplicate mount target {target} (also at {}:{first})",
+                        path.display()
+                    ),
                 ));
             }
-            seen.insert(target.clone(), src.at(entry));
+            seen.insert(target.clone(), src.line(entry.span().start));
             let mut mount = SiteMount {
                 source,
                 target: target.clone(),
                 readonly: false,
                 recursive: true,
+                slave: false,
                 optional: m.optional,
                 origin: src.at(entry),
             };
@@ -453,18 +568,25 @@ impl Policy {
                     "rw" => mount.readonly = false,
                     "rbind" => mount.recursive = true,
                     "bind" => mount.recursive = false,
+                    "rslave" | "slave" => mount.slave = true,
+                    "rprivate" | "private" => mount.slave = false,
                     // Always so: device nodes only come in through [devices], setuid never works.
-                    "nodev" | "nosuid" | "rprivate" | "private" => {}
+                    "nodev" | "nosuid" => {}
                     other => {
                         return Err(src.err(
                             opt,
-                            format!("unknown mount option '{other}' (use ro, rw, rbind, bind, nodev, nosuid, rprivate)"),
+                            format!("unknown mount option '{other}' (use ro, rw, rbind, bind, nodev, nosuid, rprivate, rslave)"),
                         ))
                     }
                 }
             }
-            self.mounts.retain(|old| old.target != target);
-            self.mounts.push(mount);
+            added.push(mount);
+        }
+        // A later file's mount replaces an earlier one with the same target: one pass over
+        // the earlier mounts (a retain per new mount was quadratic).
+        if !added.is_empty() {
+            self.mounts.retain(|old| !seen.contains_key(&old.target));
+            self.mounts.extend(added);
         }
         if let Some(um) = file.user_mounts {
             if let Some(e) = um.enabled {
@@ -482,13 +604,13 @@ impl Policy {
         }
         if let Some(d) = file.devices {
             if let Some(list) = d.paths {
-                self.device_paths = src.rules(&list, true)?;
+                self.device_paths = src.patterns(&list, true)?;
             }
             if let Some(list) = d.config {
-                self.device_config = src.rules(&list, true)?;
+                self.device_config = src.patterns(&list, true)?;
             }
             if let Some(list) = d.libraries {
-                self.device_libraries = src.rules(&list, false)?;
+                self.device_libraries = src.patterns(&list, false)?;
             }
         }
         if let Some(g) = file.gpu {
@@ -496,10 +618,10 @@ impl Policy {
                 self.gpu_enabled = e;
             }
             if let Some(list) = g.devices {
-                self.gpu_devices = src.rules(&list, true)?;
+                self.gpu_devices = src.patterns(&list, true)?;
             }
             if let Some(list) = g.libraries {
-                self.gpu_libraries = src.rules(&list, false)?;
+                self.gpu_libraries = src.patterns(&list, false)?;
             }
         }
         if let Some(section) = file.mpi {
@@ -518,8 +640,8 @@ impl Policy {
                 version,
                 compatibility: m.compatibility.unwrap_or(Compatibility::Major),
                 on_mismatch: m.on_mismatch.unwrap_or(OnMismatch::Error),
-                bind: src.rules(&m.bind, true)?,
-                libraries: src.rules(&m.libraries, true)?,
+                bind: src.patterns(&m.bind, true)?,
+                libraries: src.patterns(&m.libraries, true)?,
                 origin,
             });
         }
@@ -538,7 +660,10 @@ impl Policy {
         }
         if let Some(e) = file.env {
             if let Some(list) = e.passthrough {
-                self.env.passthrough = Some(list);
+                for p in &list {
+                    src.check_glob(p, p.get_ref())?;
+                }
+                self.env.passthrough = Some(list.into_iter().map(Spanned::into_inner).collect());
             }
             self.env.set.extend(e.set);
             if let Some(list) = e.unset {
@@ -579,11 +704,12 @@ impl Policy {
         for m in &self.mounts {
             let _ = writeln!(
                 out,
-                "  {} <- {} ({}{}, nosuid, nodev{})  [{}]",
+                "  {} <- {} ({}{}{}, nosuid, nodev{})  [{}]",
                 m.target,
                 m.source,
                 if m.recursive { "rbind" } else { "bind" },
                 if m.readonly { ", ro" } else { ", rw" },
+                if m.slave { ", rslave" } else { "" },
                 if m.optional { ", optional" } else { "" },
                 m.origin
             );
@@ -796,12 +922,140 @@ prepend = { PATH = "/opt/site/bin" }
             ("[mpi]\nfamily = \"lam\"\nversion = \"1\"\n", "bad.toml:2:"),
             ("[mpi]\nfamily = \"mpich\"\nversion = \"four\"\n", "bad.toml:3: mpi version 'four'"),
             ("[runtime]\nmode = \"copy\"\n", "bad.toml:2: unknown mode 'copy'"),
+            ("[[mount]]\nsource = \"a\\nb\"\n", "bad.toml:2: mount source 'a\\nb' is not an absolute path"),
         ];
         for (text, want) in cases {
             let err = merged(&[("bad.toml", text)]).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
             assert_eq!(err.lines().count(), 1, "{err}");
         }
+    }
+
+    #[test]
+    fn invalid_globs_name_file_and_line() {
+        let cases = [
+            ("[gpu]\ndevices = [\n  \"/dev/nvidiactl\",\n  \"/dev/nvidia[0-9*\",\n]\n", "bad.toml:4: invalid glob pattern '/dev/nvidia[0-9*'"),
+            ("[devices]\npaths = [\"/dev/in***band:/dev/x\"]\n", "bad.toml:2: invalid glob pattern '/dev/in***band'"),
+            ("[gpu]\nlibraries = [\"libcuda[.so\"]\n", "bad.toml:2: invalid glob pattern"),
+            ("[mpi]\nfamily = \"mpich\"\nversion = \"4\"\nlibraries = [\"/usr/lib/**a/libmpi.so\"]\n", "bad.toml:4: invalid glob pattern"),
+            ("\n[env]\npassthrough = [\"SLURM_*\", \"[PMIX\"]\n", "bad.toml:3: invalid glob pattern '[PMIX'"),
+        ];
+        for (text, want) in cases {
+            let err = merged(&[("bad.toml", text)]).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        // Device rules map HOST:CONTAINER; only the host part is a pattern.
+        assert!(merged(&[(
+            "ok.toml",
+            "[devices]\npaths = [\"/dev/nvidia[0-9]*:/dev/x\"]\n"
+        )])
+        .is_ok());
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-policy-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn non_utf8_is_refused_at_its_line() {
+        let dir = scratch("utf8");
+        let main = dir.join("berth.toml");
+        std::fs::write(&main, b"[runtime]\nmode = \"mount\"\n# caf\xe9\n").unwrap();
+        let err = Policy::load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "{}:3: byte 0xe9 at column 6 is not UTF-8",
+                main.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fifos_sockets_devices_and_huge_files_are_refused() {
+        let dir = scratch("kinds");
+        let main = dir.join("berth.toml");
+        std::fs::write(&main, "# site\n").unwrap();
+        let conf = dir.join("conf.d");
+        let fifo = conf.join("10-fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = Policy::load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "{}: is a FIFO, not a regular file",
+                fifo.display()
+            )),
+            "{err}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
+
+        let sock = conf.join("20-sock.toml");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let err = Policy::load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains("20-sock.toml: is a socket, not a regular file"),
+            "{err}"
+        );
+        std::fs::remove_file(&sock).unwrap();
+
+        std::os::unix::fs::symlink("/dev/zero", conf.join("30-zero.toml")).unwrap();
+        let err = Policy::load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains("30-zero.toml: is a device, not a regular file"),
+            "{err}"
+        );
+        std::fs::remove_file(conf.join("30-zero.toml")).unwrap();
+
+        std::fs::create_dir(conf.join("40-dir.toml")).unwrap();
+        let err = Policy::load(Some(&main)).unwrap_err().to_string();
+        assert!(
+            err.contains("40-dir.toml: is a directory, not a regular file"),
+            "{err}"
+        );
+        std::fs::remove_dir(conf.join("40-dir.toml")).unwrap();
+
+        let huge = std::fs::File::create(conf.join("50-huge.toml")).unwrap();
+        huge.set_len(MAX_POLICY_BYTES + 1).unwrap();
+        let err = Policy::load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("50-huge.toml: is larger than 4 MiB"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn many_mounts_merge_in_order_with_later_files_replacing() {
+        let many = |n: usize, opts: &str| -> String {
+            (0..n)
+                .map(|i| format!("[[mount]]\nsource = \"/site/{i}\"\n{opts}\n"))
+                .collect()
+        };
+        let p = merged(&[
+            ("a.toml", &many(2000, "")),
+            (
+                "b.toml",
+                &format!(
+                    "{}[[mount]]\nsource = \"/new\"\n",
+                    many(10, "options = [\"ro\"]")
+                ),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(p.mounts.len(), 2001);
+        // The earlier file's survivors keep their order, then the later file's mounts.
+        assert_eq!(p.mounts[0].target, "/site/10");
+        assert_eq!(p.mounts[1989].target, "/site/1999");
+        assert_eq!(p.mounts[1990].target, "/site/0");
+        assert!(p.mounts[1990].readonly);
+        assert_eq!(p.mounts[1990].origin.0, "b.toml:1");
+        assert_eq!(p.mounts[2000].target, "/new");
+        assert_eq!(p.mounts[1999].origin.0, "b.toml:28");
+        assert_eq!(p.mounts[1989].origin.0, "a.toml:5998");
     }
 
     #[test]
