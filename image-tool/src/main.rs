@@ -13,6 +13,9 @@ mod registry;
 mod source;
 mod unpack;
 
+#[cfg(test)]
+mod fuzz_unpack;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
