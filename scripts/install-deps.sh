@@ -18,6 +18,7 @@ packages=(
   slurm-wlm slurmctld slurmd munge libslurm-dev iproute2  # the test cluster; spank.h for the plugin
   openssh-server                      # the OpenLava tests: an sshd per test host for mpirun's rsh agent
   busybox-static                      # tests/src/hostile.rs: minimal hostile images (one static binary)
+  libseccomp-dev apt-utils            # the fake-root filter (--remap-root); tests/src/aptrepo.rs: apt-ftparchive
 )
 missing=()
 for p in "${packages[@]}"; do

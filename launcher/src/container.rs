@@ -831,6 +831,13 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
                 .ctx(|| format!("cannot create symlink {}", target.display()))?;
         }
         Action::AddEntry { line } => add_entry(root, target, line)?,
+        Action::AddEntryIfDir { line } => {
+            let dir = target.parent().unwrap_or(Path::new("/"));
+            let rel = dir.strip_prefix("/").unwrap_or(dir);
+            if sys::open_in_root(root.raw(), rel, libc::O_PATH | libc::O_DIRECTORY, 0).is_ok() {
+                add_entry(root, target, line)?
+            }
+        }
         Action::Libraries { files } => {
             let state_dir = staging.parent().unwrap_or(Path::new("/"));
             let dir = library_copy(state_dir, files)?;

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod container;
 pub mod error;
+pub mod fakeroot;
 pub mod host;
 pub mod image;
 pub mod image_config;

@@ -42,6 +42,9 @@ pub enum Action {
     /// Add a line to an image file (/etc/passwd, /etc/group) unless an entry with the same name
     /// already exists.
     AddEntry { line: String },
+    /// As `AddEntry`, only if the target's directory exists in the image: a drop-in for a
+    /// tool the image may not have (apt's, under `--remap-root`).
+    AddEntryIfDir { line: String },
     /// Host libraries, copied once per node into the state directory (named by their SONAME)
     /// and that directory bound read-only: one mount however many libraries a site injects.
     Libraries { files: Vec<PathBuf> },
@@ -255,6 +258,16 @@ impl Plan {
                 target: "/etc/group".into(),
                 action: Action::AddEntry { line: group },
                 origin: "user".into(),
+            });
+        } else {
+            // apt checks that dropping to `_apt` really changed its ids, which the fake-root
+            // filter cannot make true: as enroot does, apt stays root (only the user outside).
+            steps.push(Step {
+                target: crate::fakeroot::APT_DROP_IN.into(),
+                action: Action::AddEntryIfDir {
+                    line: crate::fakeroot::APT_SANDBOX_ROOT.into(),
+                },
+                origin: "fake root".into(),
             });
         }
         let mut notes = Vec::new();
@@ -734,6 +747,9 @@ impl Plan {
                 Action::Devpts => "devpts, new instance (nosuid, noexec)".to_string(),
                 Action::Symlink { to } => format!("symlink -> {}", to.display()),
                 Action::AddEntry { line } => format!("add entry '{line}'"),
+                Action::AddEntryIfDir { line } => {
+                    format!("add entry '{line}' (if the directory exists)")
+                }
                 Action::Libraries { files } => format!("<- host libraries {}", lib_names(files)),
             };
             let _ = writeln!(out, "  {:<20} {what}  [{}]", s.target.display(), s.origin);
@@ -775,6 +791,9 @@ impl Plan {
                 "  uid/gid: {}/{} (no_new_privs set, all mounts nosuid)",
                 p.uid, p.gid
             );
+            if self.remap_root {
+                let _ = writeln!(out, "  {}", crate::fakeroot::DESCRIPTION);
+            }
             let _ = writeln!(out, "  env:");
             for (k, v) in &p.env {
                 let _ = writeln!(out, "    {}={}", k.to_string_lossy(), v.to_string_lossy());

@@ -97,8 +97,9 @@ fn dry(opts: &RunOptions, env: &[(OsString, OsString)], cwd: &Path) -> Result<()
 
 /// Move the calling process into the container (building it, or joining the one of its join
 /// key) and resolve the process to start there. On return the process's root, namespaces,
-/// uid/gid and working directory are the container's; the caller execs (berth run) or lets
-/// its scheduler exec the task (the Slurm plugin).
+/// uid/gid and working directory are the container's, and under `--remap-root` the fake-root
+/// filter is installed; the caller execs (berth run) or lets its scheduler exec the task (the
+/// Slurm plugin).
 pub fn enter(
     opts: &RunOptions,
     env: &[(OsString, OsString)],
@@ -144,6 +145,11 @@ pub fn enter(
             context: "cannot chdir to /".into(),
             source: e,
         })?;
+    }
+    // Last: the filter and no_new_privs stay across the exec that follows, berth's own or the
+    // one Slurm does of the task after its plugin returns.
+    if opts.remap_root {
+        crate::fakeroot::install()?;
     }
     Ok((process, built))
 }

@@ -9,6 +9,7 @@
 //! image, the `berth` binary. A missing prerequisite fails the test with a message saying so;
 //! nothing is skipped silently.
 
+pub mod aptrepo;
 pub mod hostile;
 pub mod openlava;
 pub mod registry;
