@@ -19,6 +19,8 @@ fn cases(n: u32) -> ProptestConfig {
     }
     // Failures print their minimal input; nothing is written into the source tree.
     config.failure_persistence = None;
+    // ChaCha (the default) dominates a debug build's run time; these tests need no crypto.
+    config.rng_algorithm = proptest::test_runner::RngAlgorithm::XorShift;
     config
 }
 

@@ -17,6 +17,8 @@ fn cases(n: u32) -> ProptestConfig {
         config.cases = n;
     }
     config.failure_persistence = None;
+    // ChaCha (the default) dominates a debug build's run time; these tests need no crypto.
+    config.rng_algorithm = proptest::test_runner::RngAlgorithm::XorShift;
     config
 }
 
