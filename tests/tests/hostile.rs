@@ -207,7 +207,12 @@ fn run_cases(name: &str, cases: Vec<Case>) {
             }
             let what = format!("{} [{variant}]", c.name);
             if problems.is_empty() {
-                passed.push(what);
+                // How it passed: the reader of the output sees which cases are refused.
+                let how = match r.code {
+                    Some(0) => "ran".to_string(),
+                    _ => r.stderr.lines().last().unwrap_or_default().to_string(),
+                };
+                passed.push(format!("{what}: {how}"));
             } else {
                 failures.push(format!(
                     "{what}: {}\n    exit {:?} signal {:?}, stderr: {}",
@@ -219,7 +224,7 @@ fn run_cases(name: &str, cases: Vec<Case>) {
             }
         }
     }
-    println!("passed: {}", passed.join(", "));
+    println!("passed:\n  {}", passed.join("\n  "));
     assert!(
         failures.is_empty(),
         "{} of {} runs failed:\n{}",
