@@ -1,0 +1,292 @@
+//! slurmstepd (remote context): in each task, as the user, just before Slurm execs it, move
+//! the task into the node's container for the step. The first task of the step on a node
+//! creates it (the launcher's keeper), the others join its namespaces. Slurm then execs the
+//! task's command inside, with the task's own Slurm/PMIx environment.
+
+use crate::config::{apply_config, config, Config};
+use crate::spank::Spank;
+use berth_launcher::error::Error;
+use berth_plugin::{instance_key, is_reference};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// In each task, as the user, just before Slurm execs it: enter the node's container.
+pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
+    let cfg = config(av)?;
+    let req = crate::args::request(|i| sp.option(i), |n| sp.getenv(n, true), cfg.entrypoint);
+    if !req.wants_container() {
+        return Ok(());
+    }
+    let (job, step) = (sp.job_id(), sp.step_id());
+    let batch = step == SLURM_BATCH_SCRIPT;
+    if batch && !cfg.sbatch {
+        return Ok(());
+    }
+    let env = sp.job_env();
+    let node = env
+        .iter()
+        .find(|(k, _)| k == "SLURMD_NODENAME")
+        .map(|(_, v)| v.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    apply_config(&cfg, &node);
+    let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let key = instance_key(job, step, &node, req.name.as_deref());
+    let argv = sp.job_argv();
+    let mut opts = req.run_options(&key, argv.clone(), &env, &cwd)?;
+    if batch {
+        (opts.scheduler_paths, opts.scheduler_libraries) = slurm_client(&argv[0], &env);
+    }
+    if let Some(reference) = req.image.as_deref().filter(|i| is_reference(i)) {
+        opts.image = import(reference, &cfg, &env)?;
+    }
+    // slurmstepd made this task non-dumpable when it switched to the user; the user
+    // namespace maps in /proc/self need it dumpable again (as after any exec).
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    let (process, _built) = berth_launcher::run::enter(&opts, &env, &cwd)?;
+    if process.argv != argv {
+        run_through_entrypoint(sp, &process.argv)?;
+    }
+    for (k, v) in &process.env {
+        sp.setenv(k, v);
+    }
+    for (k, _) in &env {
+        if !process.env.iter().any(|(pk, _)| pk == k) {
+            sp.unsetenv(k);
+        }
+    }
+    Ok(())
+}
+
+/// Slurm execs the task's own argv after this plugin returns, and SPANK cannot give it a
+/// longer one. So the image's entrypoint runs through a shell script in memory (a memfd left
+/// open across the exec), put in place of the task's argv[0]: `exec ENTRYPOINT... ARGV...`.
+/// The rest of Slurm's argv reaches the script as its arguments and is ignored.
+fn run_through_entrypoint(sp: Spank, full_argv: &[OsString]) -> Result<(), Error> {
+    use std::io::Write as _;
+    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
+    if !Path::new("/bin/sh").exists() {
+        return Err(Error::Usage(
+            "--container-entrypoint needs /bin/sh in the image; run the entrypoint as the command instead".into(),
+        ));
+    }
+    // Single quotes around the bytes, each ' as '\'' (arguments need not be UTF-8).
+    let quote = |s: &OsStr| {
+        let mut q = b"'".to_vec();
+        for b in s.as_bytes() {
+            match b {
+                b'\'' => q.extend_from_slice(b"'\\''"),
+                b => q.push(*b),
+            }
+        }
+        q.push(b'\'');
+        q
+    };
+    let fd = unsafe { libc::memfd_create(c"berth-entrypoint".as_ptr(), 0) };
+    if fd < 0 {
+        return Err(Error::Sys {
+            context: "cannot create the entrypoint script".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let words: Vec<Vec<u8>> = full_argv.iter().map(|a| quote(a)).collect();
+    // The script's own fd stays open in the command (sh can only close fds up to 9).
+    let script = [
+        b"#!/bin/sh\nexec ".to_vec(),
+        words.join(&b' '),
+        b"\n".to_vec(),
+    ]
+    .concat();
+    file.write_all(&script).map_err(|e| Error::Sys {
+        context: "cannot write the entrypoint script".into(),
+        source: e,
+    })?;
+    let fd = file.into_raw_fd();
+    if !sp.set_argv0(&format!("/proc/self/fd/{fd}")) {
+        return Err(Error::Usage(
+            "--container-entrypoint: the task has no command to run".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A registry reference is imported with berth-image into the node's state directory, once:
+/// tasks of the node wait on a lock while the first imports; later steps find it up to date
+/// (berth-image checks the manifest and rebuilds nothing).
+fn import(reference: &str, cfg: &Config, env: &[(OsString, OsString)]) -> Result<PathBuf, Error> {
+    use std::io::Read as _;
+    let uid = unsafe { libc::getuid() };
+    let state = berth_launcher::host::state_dir(uid, None);
+    berth_launcher::host::ensure_private_dir(&state, uid)?;
+    let dir = state.join("imported");
+    berth_launcher::host::ensure_private_dir(&dir, uid)?;
+    let digest: String = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        reference.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    let out = dir.join(format!("{digest}.sqsh"));
+    let lock = std::fs::File::create(dir.join(".lock"))
+        .map_err(|e| Error::Image(format!("cannot lock {}: {e}", dir.display())))?;
+    berth_launcher::sys::flock(&lock, libc::LOCK_EX)
+        .map_err(|e| Error::Image(format!("cannot lock: {e}")))?;
+    let mut cmd = std::process::Command::new(&cfg.berth_image);
+    cmd.args(["import", "--quiet", reference, "-o"]).arg(&out);
+    if cfg
+        .insecure_registries
+        .iter()
+        .any(|h| registry_host(reference) == h)
+    {
+        cmd.arg("--insecure");
+    }
+    // The user's credentials and layer cache come from the job's environment.
+    for (k, v) in env {
+        let name = k.as_bytes();
+        if name == b"HOME"
+            || name.starts_with(b"BERTH_REGISTRY_")
+            || name == b"BERTH_CREDENTIALS"
+            || name == b"BERTH_LAYER_CACHE"
+        {
+            cmd.env(k, v);
+        }
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::Image(format!(
+                "cannot run {} to import {reference}: {e}",
+                cfg.berth_image
+            ))
+        })?;
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait().map_err(|e| Error::Image(e.to_string()))?;
+    if !status.success() {
+        let why = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("failed")
+            .trim_start_matches("berth-image: ");
+        return Err(Error::Image(format!("cannot import {reference}: {why}")));
+    }
+    Ok(out)
+}
+
+/// The registry host of a reference (`docker://HOST[:PORT]/...` or `[USER@]HOST[:PORT]#...`),
+/// without its port; empty for Docker Hub short names.
+fn registry_host(reference: &str) -> &str {
+    let rest = reference.strip_prefix("docker://").unwrap_or(reference);
+    let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
+    let host = if reference.starts_with("docker://") {
+        rest.split('/').next().unwrap_or("")
+    } else {
+        rest.split_once('#').map_or("", |(h, _)| h)
+    };
+    host.split(':').next().unwrap_or("")
+}
+
+/// The batch step of `sbatch`: with `sbatch=1` (the default) its script runs in the container,
+/// with the node's Slurm client made visible there ([`slurm_client`]); the steps it starts
+/// inherit the request and get containers of their own.
+const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
+
+/// The Slurm client commands a batch script may call.
+const SLURM_COMMANDS: &[&str] = &[
+    "srun", "sbatch", "salloc", "scancel", "squeue", "scontrol", "sinfo", "sacct", "sstat",
+    "sattach", "sbcast",
+];
+
+/// What a batch script needs to run Slurm's commands in the container: the job script's
+/// directory, the node's client commands, the directory of libslurmfull and Slurm's plugins
+/// (as loaded by this slurmstepd), the configuration directory, this plugin (srun loads it
+/// through plugstack.conf), all bound read-only at their host paths; and the libraries those
+/// commands link that are not glibc's (an image of the same distribution has them anyway).
+fn slurm_client(script: &OsStr, env: &[(OsString, OsString)]) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(ek, _)| ek == k)
+            .map(|(_, v)| v.as_os_str())
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = Path::new(script).parent().filter(|d| d.is_absolute()) {
+        paths.push(dir.to_path_buf());
+    }
+    let search = get("PATH").unwrap_or(OsStr::new("/usr/local/bin:/usr/bin:/bin"));
+    let mut commands = Vec::new();
+    for name in SLURM_COMMANDS {
+        if let Some(found) = search
+            .as_bytes()
+            .split(|b| *b == b':')
+            .map(|d| Path::new(OsStr::from_bytes(d)).join(name))
+            .find(|p| p.is_file())
+        {
+            paths.push(found.clone());
+            commands.push(found);
+        }
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if let Some(lib) = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libslurmfull"))
+    {
+        if let Some(dir) = Path::new(lib).parent() {
+            paths.push(dir.to_path_buf());
+        }
+    }
+    let conf = get("SLURM_CONF")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("SLURM_CONF").map(PathBuf::from))
+        .unwrap_or_else(|| "/etc/slurm/slurm.conf".into());
+    if let Some(dir) = conf.parent() {
+        paths.push(dir.to_path_buf());
+    }
+    if let Some(me) = crate::spank::own_path() {
+        paths.push(me);
+    }
+    paths.sort();
+    paths.dedup();
+    let glibc = [
+        "libc.so",
+        "libm.so",
+        "libresolv.so",
+        "libpthread.so",
+        "libdl.so",
+        "librt.so",
+        "ld-linux",
+        "linux-vdso",
+    ];
+    let mut libraries = Vec::new();
+    if let Some(srun) = commands.first() {
+        let out = std::process::Command::new("ldd")
+            .arg(srun)
+            .stderr(std::process::Stdio::null())
+            .output();
+        for line in out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            // "libfoo.so.1 => /lib/x86_64-linux-gnu/libfoo.so.1 (0x...)"
+            let Some((name, rest)) = line.trim().split_once(" => ") else {
+                continue;
+            };
+            let lib = rest.split_whitespace().next().unwrap_or("");
+            if lib.starts_with('/')
+                && !glibc.iter().any(|g| name.starts_with(g))
+                && !paths.iter().any(|p| Path::new(lib).starts_with(p))
+            {
+                libraries.push(PathBuf::from(lib));
+            }
+        }
+    }
+    (paths, libraries)
+}
