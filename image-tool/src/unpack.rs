@@ -181,6 +181,13 @@ impl Unpacker {
                 stats.whiteouts += 1;
                 if hidden == ".wh..opq" {
                     self.opaque(&parent)?;
+                } else if matches!(hidden, "" | "." | "..") {
+                    // `.wh..` would remove the directory itself, `.wh...` its parent: outside
+                    // what the layer may touch.
+                    return Err(format!(
+                        "layer entry {} is a whiteout of '{hidden}', which no layer may remove: the image is broken or hostile",
+                        raw.display()
+                    ));
                 } else {
                     let dir = match self.open_dir(&parent, OFlag::O_RDONLY) {
                         Ok(d) => d,

@@ -587,9 +587,10 @@ fn open_target(root: &Root, target: &Path, file: bool) -> Result<OwnedFd> {
             )));
         }
         let name = CString::new(part.as_os_str().as_encoded_bytes()).unwrap();
+        // A dangling symlink in the image (resolv.conf often is one, or a link to a site path
+        // absent here) is replaced, in the container's own layer, by what the mount needs.
+        unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) };
         let made = if last && file {
-            // A dangling symlink in the image (resolv.conf often is one) is replaced by a file.
-            unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) };
             let fd = unsafe {
                 libc::openat(
                     parent.as_raw_fd(),

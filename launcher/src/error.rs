@@ -62,6 +62,36 @@ impl<T> Context<T> for nix::Result<T> {
     }
 }
 
+/// A message as one line: control characters (a newline in a file name, a mount spec or a
+/// variable the user gave) are shown escaped, so an error is always exactly one line.
+pub fn one_line(msg: impl std::fmt::Display) -> String {
+    let text = msg.to_string();
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn usage<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error::Usage(msg.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(one_line("bad mount '\n': x"), "bad mount '\\n': x");
+        assert_eq!(one_line("tab\there\r"), "tab\\there\\r");
+        assert_eq!(one_line("café ok"), "café ok");
+    }
 }

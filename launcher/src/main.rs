@@ -160,7 +160,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
 }
 
 fn fail(e: Error) -> ! {
-    eprintln!("berth: {e}");
+    eprintln!("berth: {}", berth_launcher::error::one_line(&e));
     std::process::exit(e.exit_code());
 }
 
@@ -176,7 +176,10 @@ fn main() {
                 .next()
                 .unwrap_or("bad command line")
                 .trim_start_matches("error: ");
-            eprintln!("berth: {first} (see 'berth --help')");
+            eprintln!(
+                "berth: {} (see 'berth --help')",
+                berth_launcher::error::one_line(first)
+            );
             std::process::exit(125);
         }
     };

@@ -98,6 +98,11 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// The on-disk writable layer of a named container (`<state>/named/<name>`).
     pub persist: Option<PathBuf>,
+    /// A squashfs file's identity (device, inode, size, mtime, ctime), taken when the plan is
+    /// made on the host: an image replaced or edited in place at the same path is another
+    /// container (a lingering keeper must not serve the old one). Empty for a directory image,
+    /// which is used live, as it is.
+    pub image_stamp: String,
 }
 
 /// The process started in the container, resolved once the image config is known.
@@ -471,7 +476,23 @@ impl Plan {
             env_rules: policy.env.clone(),
             notes,
             persist: None,
+            image_stamp: String::new(),
         };
+        if matches!(plan.image.kind, ImageKind::Squashfs { .. }) {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(m) = std::fs::metadata(&plan.image.path) {
+                plan.image_stamp = format!(
+                    "{}:{}:{}:{}.{}:{}.{}",
+                    m.dev(),
+                    m.ino(),
+                    m.size(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec()
+                );
+            }
+        }
         if let Some(name) = &opts.persist {
             crate::options::check_name("container name", name)?;
             plan.persist = Some(plan.state_dir.join("named").join(name));
@@ -537,29 +558,10 @@ impl Plan {
     /// A digest of what makes two containers interchangeable: ranks may only share a container
     /// built from the same image with the same mounts.
     pub fn fingerprint(&self) -> String {
-        // A squashfs file's identity too: an image replaced or edited in place at the same path
-        // is another container (a lingering keeper must not serve the old one). A directory
-        // image is used live, as it is.
-        use std::os::unix::fs::MetadataExt;
-        let identity = std::fs::metadata(&self.image.path)
-            .ok()
-            .filter(|_| matches!(self.image.kind, ImageKind::Squashfs { .. }))
-            .map(|m| {
-                format!(
-                    "{}:{}:{}:{}.{}:{}.{}",
-                    m.dev(),
-                    m.ino(),
-                    m.size(),
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec()
-                )
-            })
-            .unwrap_or_default();
         let text = format!(
-            "{:?}|{identity}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}",
+            "{:?}|{}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}",
             self.image.path,
+            self.image_stamp,
             self.rootfs,
             self.writable,
             self.remap_root,

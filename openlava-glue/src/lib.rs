@@ -49,7 +49,7 @@ pub fn get_os<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsS
 
 /// Print one line on stderr and exit.
 pub fn fail(msg: impl std::fmt::Display, code: i32) -> ! {
-    eprintln!("{msg}");
+    eprintln!("{}", berth_launcher::error::one_line(msg));
     std::process::exit(code)
 }
 
@@ -145,9 +145,16 @@ pub fn env_file_line(name: &str, value: &str) -> std::result::Result<String, Str
 /// `LSB_HOSTS` (one word per slot).
 pub fn job_hosts(env: &[(OsString, OsString)]) -> std::result::Result<Vec<(String, u32)>, String> {
     let mut hosts: Vec<(String, u32)> = Vec::new();
-    let mut add = |host: &str, n: u32| match hosts.iter_mut().find(|(h, _)| h == host) {
-        Some((_, slots)) => *slots += n,
-        None => hosts.push((host.to_string(), n)),
+    let mut add = |host: &str, n: u32| -> std::result::Result<(), String> {
+        match hosts.iter_mut().find(|(h, _)| h == host) {
+            Some((_, slots)) => {
+                *slots = slots
+                    .checked_add(n)
+                    .ok_or_else(|| format!("host {host} has more slots than can be counted"))?
+            }
+            None => hosts.push((host.to_string(), n)),
+        }
+        Ok(())
     };
     if let Some(mcpu) = get(env, "LSB_MCPU_HOSTS") {
         let words: Vec<&str> = mcpu.split_whitespace().collect();
@@ -158,7 +165,7 @@ pub fn job_hosts(env: &[(OsString, OsString)]) -> std::result::Result<Vec<(Strin
         }
         for pair in words.chunks(2) {
             match pair[1].parse::<u32>() {
-                Ok(n) if n > 0 => add(pair[0], n),
+                Ok(n) if n > 0 => add(pair[0], n)?,
                 _ => {
                     return Err(format!(
                         "LSB_MCPU_HOSTS '{mcpu}': '{}' is not a slot count",
@@ -169,7 +176,7 @@ pub fn job_hosts(env: &[(OsString, OsString)]) -> std::result::Result<Vec<(Strin
         }
     } else if let Some(list) = get(env, "LSB_HOSTS") {
         for host in list.split_whitespace() {
-            add(host, 1);
+            add(host, 1)?;
         }
     }
     if hosts.is_empty() {

@@ -80,7 +80,6 @@ proptest! {
 }
 
 #[test]
-#[ignore = "lib.rs job_hosts: slots of a host named twice are added without overflow check"]
 fn fuzz_job_hosts_slot_overflow() {
     let env = vec![(
         OsString::from("LSB_MCPU_HOSTS"),
