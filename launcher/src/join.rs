@@ -263,6 +263,8 @@ fn keeper_main(
         }
     }
     let mut ready = File::from(ready);
+    // Before the build: the image's path is not visible from the container's namespace.
+    let fingerprint = plan.fingerprint();
     let dirfd = match File::options()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -301,13 +303,7 @@ fn keeper_main(
         .as_ref()
         .and_then(|c| sys::pidfd_open(c.id() as i32).ok());
     let linger = Duration::from_secs(plan.linger_secs);
-    serve(
-        &listener,
-        &fds,
-        &plan.fingerprint(),
-        fuse_pidfd.as_ref(),
-        linger,
-    );
+    serve(&listener, &fds, &fingerprint, fuse_pidfd.as_ref(), linger);
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.
     if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
         unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
