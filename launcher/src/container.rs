@@ -18,6 +18,7 @@
 use crate::cache;
 use crate::error::{Context, Error, Result};
 use crate::image_config::{ImageConfig, CONFIG_PATH};
+use crate::options::{Create, Propagation};
 use crate::plan::{Action, MpiPlan, Plan, Process, Rootfs, Step};
 use crate::policy::{parse_version, Compatibility, MpiFamily, OnMismatch};
 use crate::sys;
@@ -101,6 +102,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
     write_id_maps(0, uid, 0, gid)?;
+    unshare_more(plan)?;
     mount(
         None::<&str>,
         "/",
@@ -742,7 +744,9 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
             source,
             recursive,
             readonly,
-            slave,
+            propagation,
+            noexec,
+            create,
         } => {
             let meta =
                 std::fs::metadata(source).ctx(|| format!("cannot bind {}", source.display()))?;
@@ -754,14 +758,17 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
             if *readonly {
                 attrs |= sys::MOUNT_ATTR_RDONLY;
             }
+            if *noexec {
+                attrs |= sys::MOUNT_ATTR_NOEXEC;
+            }
             sys::mount_setattr(&tree, attrs, *recursive)
                 .ctx(|| format!("cannot set options on the mount of {}", source.display()))?;
             // The copy of a host mount stays a slave of it (mounts made there later appear
             // inside) only where the site asked for rslave; otherwise it is cut off.
-            let propagation = if *slave {
-                sys::PROPAGATION_SLAVE
-            } else {
-                sys::PROPAGATION_PRIVATE
+            let propagation = match propagation {
+                Propagation::Private => sys::PROPAGATION_PRIVATE,
+                Propagation::Slave => sys::PROPAGATION_SLAVE,
+                Propagation::Unbindable => sys::PROPAGATION_UNBINDABLE,
             };
             sys::set_propagation(&tree, propagation, *recursive).ctx(|| {
                 format!(
@@ -769,7 +776,12 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
                     source.display()
                 )
             })?;
-            let at = open_target(root, target, !meta.is_dir())?;
+            let file = match create {
+                Create::Auto => !meta.is_dir(),
+                Create::Dir => false,
+                Create::File => true,
+            };
+            let at = open_target(root, target, file)?;
             sys::move_mount(&tree, &at)
                 .ctx(|| format!("cannot mount {} on {}", source.display(), target.display()))?;
             // A recursive bind of an ancestor of the staging area (/tmp, /, a home holding
@@ -785,14 +797,28 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
                 }
             }
         }
-        Action::Tmpfs => {
+        Action::Tmpfs {
+            options,
+            readonly,
+            noexec,
+        } => {
             let at = open_target(root, target, false)?;
+            let mut flags = MsFlags::MS_NOSUID;
+            if !target.starts_with("/dev") {
+                flags |= MsFlags::MS_NODEV;
+            }
+            if *readonly {
+                flags |= MsFlags::MS_RDONLY;
+            }
+            if *noexec {
+                flags |= MsFlags::MS_NOEXEC;
+            }
             mount(
                 Some("tmpfs"),
                 sys::fd_path(&at).as_str(),
                 Some("tmpfs"),
-                MsFlags::MS_NOSUID,
-                Some("mode=0755"),
+                flags,
+                Some(options.as_str()),
             )
             .ctx(|| format!("cannot mount tmpfs on {}", target.display()))?;
             let fd = open_target(root, target, false)?;
@@ -800,6 +826,30 @@ fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
                 sys::mount_id(&fd)
                     .ctx(|| format!("cannot identify the tmpfs on {}", target.display()))?,
             );
+        }
+        Action::Umount => {
+            let rel = target.strip_prefix("/").unwrap_or(target);
+            let at = sys::open_in_root_no_symlinks(root.raw(), rel, libc::O_PATH, 0).ctx(|| {
+                format!(
+                    "cannot unmount {}: not found in the container",
+                    target.display()
+                )
+            })?;
+            umount2(sys::fd_path(&at).as_str(), MntFlags::MNT_DETACH)
+                .ctx(|| format!("cannot unmount {}", target.display()))?;
+        }
+        Action::Sysfs => {
+            // Mountable from here because this user namespace owns the network namespace; it
+            // must be as restrictive as the host's /sys (ro, nosuid, nodev, noexec).
+            let at = open_target(root, target, false)?;
+            mount(
+                Some("sysfs"),
+                sys::fd_path(&at).as_str(),
+                Some("sysfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .ctx(|| format!("cannot mount a sysfs on {}", target.display()))?;
         }
         Action::Devpts => {
             // A devpts of the container's own: ptys opened inside are the user's, and the host's
@@ -979,6 +1029,27 @@ fn add_entry(root: &Root, target: &Path, line: &str) -> Result<()> {
         }
     };
     std::io::Write::write_all(&mut &file, content.as_bytes()).ctx(cannot_write)
+}
+
+/// The namespaces asked for besides user and mount (`--unshare`), made here, in the outer user
+/// namespace, so that it owns them: berth (and the keeper) may then configure them and mount a
+/// sysfs for the network one, and the inner user namespace cannot undo them. A new UTS
+/// namespace starts with the host's hostname, which ranks and MPI expect; it is kept.
+fn unshare_more(plan: &Plan) -> Result<()> {
+    let ns = plan.unshare;
+    let mut flags = CloneFlags::empty();
+    flags.set(CloneFlags::CLONE_NEWNET, ns.net);
+    flags.set(CloneFlags::CLONE_NEWIPC, ns.ipc);
+    flags.set(CloneFlags::CLONE_NEWUTS, ns.uts);
+    if flags.is_empty() {
+        return Ok(());
+    }
+    unshare(flags).ctx(|| format!("cannot unshare the {} namespaces", ns.names().join(", ")))?;
+    if ns.net {
+        // A new network namespace has only lo, and it is down.
+        sys::loopback_up().ctx(|| "cannot bring up lo in the container's network namespace")?;
+    }
+    Ok(())
 }
 
 /// Move into the inner user namespace where the caller is their own uid/gid again.

@@ -35,6 +35,55 @@ pub enum Join {
     Auto,
 }
 
+/// The namespaces a container gets of its own besides the user and mount ones (`--unshare`,
+/// Slurm's `--container-unshare`). Without them the container shares the host's network,
+/// System V IPC and hostname, as an HPC job expects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Namespaces {
+    /// A network namespace with only `lo` (up).
+    pub net: bool,
+    /// System V IPC and POSIX message queues of its own.
+    pub ipc: bool,
+    /// Its own hostname (starting as the host's).
+    pub uts: bool,
+}
+
+impl Namespaces {
+    /// Add the kinds of a comma list (`net,ipc,uts`); an unknown or empty kind is an error.
+    pub fn add(&mut self, list: &str) -> Result<()> {
+        for kind in list.split(',') {
+            match kind {
+                "net" => self.net = true,
+                "ipc" => self.ipc = true,
+                "uts" => self.uts = true,
+                _ => {
+                    return usage(format!(
+                        "cannot unshare '{kind}' (in '{list}'): the kinds are net, ipc and uts, \
+                         as a comma list"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parse a comma list (see [`Namespaces::add`]).
+    pub fn parse(list: &str) -> Result<Namespaces> {
+        let mut ns = Namespaces::default();
+        ns.add(list)?;
+        Ok(ns)
+    }
+
+    /// The kinds set, in the order they are created and entered.
+    pub fn names(&self) -> Vec<&'static str> {
+        [(self.net, "net"), (self.ipc, "ipc"), (self.uts, "uts")]
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name)
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOptions {
     pub image: PathBuf,
@@ -66,20 +115,68 @@ pub struct RunOptions {
     pub scheduler_paths: Vec<PathBuf>,
     /// Host libraries those commands need that an image may lack (copied to /.berth/host-lib).
     pub scheduler_libraries: Vec<PathBuf>,
+    /// Namespaces of its own besides user and mount, one set per container (shared by the
+    /// ranks that join it). Default: none.
+    pub unshare: Namespaces,
+}
+
+/// What a `--mount` puts at its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MountKind {
+    /// A bind of a host path (`SRC:DST`).
+    Bind,
+    /// A fresh tmpfs (`tmpfs:DST[:size=..,mode=..]`), as pyxis and enroot have it.
+    Tmpfs,
+    /// Unmount what the container has at DST (`umount:DST`): a default mount the job does not
+    /// want (its home, its working directory...). Site mounts cannot be removed.
+    Umount,
+}
+
+/// What to make at a missing target (enroot's `x-create`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Create {
+    /// A directory for a directory source, a file for a file.
+    Auto,
+    Dir,
+    File,
+}
+
+/// How a mount relates to the host's mount of its source after start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Propagation {
+    /// Cut off (berth's default; `private`, `rprivate`).
+    Private,
+    /// Receives the host's later mounts under the source (`slave`, `rslave`).
+    Slave,
+    /// Private, and cannot be bound elsewhere (`unbindable`, `runbindable`).
+    Unbindable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
+    pub kind: MountKind,
+    /// The host path of a bind (empty for tmpfs and umount).
     pub source: PathBuf,
     pub target: PathBuf,
     pub readonly: bool,
     pub recursive: bool,
+    pub noexec: bool,
+    pub propagation: Propagation,
+    pub create: Create,
+    /// A tmpfs's own options (`size=1G,mode=1777`), checked.
+    pub tmpfs_options: String,
 }
 
+/// The options a mount spec takes, for the messages.
+const MOUNT_OPTIONS: &str = "ro, rw, rbind, bind, noexec, private, rprivate, slave, rslave, \
+     unbindable, runbindable, x-create=dir|file|auto; for tmpfs also size=, mode=, nr_inodes=, huge=";
+
 impl MountSpec {
-    /// Parse `SRC[:DST[:OPTS]]`; OPTS is a comma list of `ro`, `rw`, `rbind`, `bind`. A relative
-    /// SRC is taken from `cwd`; DST must be absolute and may not contain `.` or `..`. Paths
-    /// are bytes (non-UTF-8 names pass).
+    /// Parse `SRC[:DST[:OPTS]]`, `tmpfs:DST[:OPTS]` or `umount:DST`; OPTS is a comma list (see
+    /// [`MOUNT_OPTIONS`]; pyxis's `+` separator is the glue's to translate). A relative SRC is
+    /// taken from `cwd` (a directory named `tmpfs` or `umount` is `./tmpfs`); DST must be
+    /// absolute and may not contain `.` or `..`; without DST a bind's target is the source's
+    /// own path. Paths are bytes (non-UTF-8 names pass).
     pub fn parse(spec: impl AsRef<OsStr>, cwd: &Path) -> Result<MountSpec> {
         let raw = spec.as_ref();
         let spec = raw.to_string_lossy();
@@ -90,35 +187,146 @@ impl MountSpec {
             .collect();
         if parts.len() > 3 || parts.iter().take(2).any(|p| p.is_empty()) {
             return usage(format!(
-                "bad mount '{spec}': expected SRC[:DST[:ro|rw|bind|rbind,...]]"
+                "bad mount '{spec}': expected SRC[:DST[:OPTS]], tmpfs:DST[:OPTS] or umount:DST"
             ));
         }
-        let source = cwd.join(parts[0]);
-        let target = PathBuf::from(parts.get(1).copied().unwrap_or(parts[0]));
+        let kind = match parts[0].as_bytes() {
+            b"tmpfs" => MountKind::Tmpfs,
+            b"umount" => MountKind::Umount,
+            _ => MountKind::Bind,
+        };
+        let (source, target) = match (kind, parts.get(1)) {
+            (MountKind::Bind, Some(dst)) => (cwd.join(parts[0]), PathBuf::from(dst)),
+            (MountKind::Bind, None) => (cwd.join(parts[0]), cwd.join(parts[0])),
+            (_, Some(dst)) => (PathBuf::new(), PathBuf::from(dst)),
+            (_, None) => {
+                return usage(format!(
+                    "bad mount '{spec}': {} needs a target ({}:/path)",
+                    parts[0].to_string_lossy(),
+                    parts[0].to_string_lossy()
+                ))
+            }
+        };
         let mut m = MountSpec {
+            kind,
             source,
             target,
             readonly: false,
             recursive: true,
+            noexec: false,
+            propagation: Propagation::Private,
+            create: if kind == MountKind::Tmpfs {
+                Create::Dir
+            } else {
+                Create::Auto
+            },
+            tmpfs_options: String::new(),
         };
         let opts = parts
             .get(2)
             .map(|o| o.to_string_lossy())
             .unwrap_or_default();
-        for opt in opts.split(',') {
-            match opt {
-                "ro" => m.readonly = true,
-                "rw" => m.readonly = false,
-                "rbind" => m.recursive = true,
-                "bind" => m.recursive = false,
-                "" => {}
-                _ => {
+        let mut tmpfs = Vec::new();
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
+            let fits = match (kind, name) {
+                (MountKind::Umount, "x-detach") => true,
+                (MountKind::Umount, _) => false,
+                (_, "ro") => {
+                    m.readonly = true;
+                    true
+                }
+                (_, "rw") => {
+                    m.readonly = false;
+                    true
+                }
+                (_, "noexec") => {
+                    m.noexec = true;
+                    true
+                }
+                (_, "exec" | "nosuid" | "nodev") => true, // nosuid and nodev always hold
+                (MountKind::Bind, "rbind") => {
+                    m.recursive = true;
+                    true
+                }
+                (MountKind::Bind, "bind") => {
+                    m.recursive = false;
+                    true
+                }
+                (MountKind::Bind, "private" | "rprivate") => {
+                    m.propagation = Propagation::Private;
+                    true
+                }
+                (MountKind::Bind, "slave" | "rslave") => {
+                    m.propagation = Propagation::Slave;
+                    true
+                }
+                (MountKind::Bind, "unbindable" | "runbindable") => {
+                    m.propagation = Propagation::Unbindable;
+                    true
+                }
+                (MountKind::Bind, "shared" | "rshared") => {
                     return usage(format!(
-                        "bad mount '{spec}': unknown option '{opt}' (use ro, rw, bind, rbind)"
+                        "bad mount '{spec}': '{opt}' is not possible: a container's mounts never propagate to the host (use slave or private)"
                     ))
                 }
+                (_, "x-create") => {
+                    m.create = match value {
+                        "dir" => Create::Dir,
+                        "file" if kind == MountKind::Bind => Create::File,
+                        "auto" if kind == MountKind::Bind => Create::Auto,
+                        _ => {
+                            return usage(format!(
+                                "bad mount '{spec}': x-create={value}: use dir, file or auto (dir for tmpfs)"
+                            ))
+                        }
+                    };
+                    true
+                }
+                (MountKind::Tmpfs, "size" | "nr_inodes" | "nr_blocks") => {
+                    let digits = value.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+                    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                        return usage(format!(
+                            "bad mount '{spec}': {name}={value} is not a size (e.g. {name}=1G)"
+                        ));
+                    }
+                    tmpfs.push(opt.to_string());
+                    true
+                }
+                (MountKind::Tmpfs, "mode") => {
+                    if value.is_empty()
+                        || value.len() > 4
+                        || !value.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                    {
+                        return usage(format!(
+                            "bad mount '{spec}': mode={value} is not an octal mode (e.g. mode=1777)"
+                        ));
+                    }
+                    tmpfs.push(opt.to_string());
+                    true
+                }
+                (MountKind::Tmpfs, "huge") => {
+                    if !matches!(value, "never" | "always" | "within_size" | "advise") {
+                        return usage(format!(
+                            "bad mount '{spec}': huge={value}: use never, always, within_size or advise"
+                        ));
+                    }
+                    tmpfs.push(opt.to_string());
+                    true
+                }
+                _ => false,
+            };
+            if !fits {
+                let allowed = match kind {
+                    MountKind::Umount => "umount takes no options",
+                    _ => MOUNT_OPTIONS,
+                };
+                return usage(format!(
+                    "bad mount '{spec}': unknown option '{opt}' ({allowed})"
+                ));
             }
         }
+        m.tmpfs_options = tmpfs.join(",");
         check_target(&m.target)
             .map_err(|why| crate::error::Error::Usage(format!("bad mount '{spec}': {why}")))?;
         Ok(m)
@@ -207,8 +415,9 @@ mod tests {
             (m.source.as_path(), m.target.as_path(), m.readonly),
             (Path::new("/data"), Path::new("/mnt/data"), true)
         );
-        let m = MountSpec::parse("rel", cwd).unwrap_err().to_string();
-        assert!(m.contains("not an absolute path"), "{m}");
+        // Without a target, the source's own path.
+        let m = MountSpec::parse("rel", cwd).unwrap();
+        assert_eq!(m.target, Path::new("/home/u/rel"));
         let m = MountSpec::parse("rel:/x:bind", cwd).unwrap();
         assert_eq!(m.source, Path::new("/home/u/rel"));
         assert!(!m.recursive);
@@ -232,10 +441,46 @@ mod tests {
             ("/a:/b:rx", "unknown option 'rx'"),
             ("/a:/b:ro:x", "expected SRC"),
             (":/b", "expected SRC"),
+            ("/a:/b:rshared", "never propagate to the host"),
+            ("/a:/b:x-create=pipe", "x-create=pipe"),
+            ("tmpfs", "needs a target"),
+            ("tmpfs:/t:size=lots", "not a size"),
+            ("tmpfs:/t:mode=999", "not an octal mode"),
+            ("tmpfs:/t:huge=yes", "huge=yes"),
+            ("tmpfs:/t:bind", "unknown option 'bind'"),
+            ("tmpfs:/t:x-create=file", "x-create=file"),
+            ("umount:/t:ro", "umount takes no options"),
+            ("umount:/proc", "reserved"),
         ] {
             let err = MountSpec::parse(spec, cwd).unwrap_err().to_string();
             assert!(err.contains(why), "{spec}: {err}");
         }
+    }
+
+    #[test]
+    fn parses_tmpfs_umount_and_flags() {
+        let cwd = Path::new("/w");
+        let m = MountSpec::parse("tmpfs:/scratch:size=1G,mode=1777,noexec", cwd).unwrap();
+        assert_eq!(m.kind, MountKind::Tmpfs);
+        assert_eq!(m.target, Path::new("/scratch"));
+        assert_eq!(m.tmpfs_options, "size=1G,mode=1777");
+        assert!(m.noexec && m.create == Create::Dir);
+        let m = MountSpec::parse("umount:/home/u:x-detach", cwd).unwrap();
+        assert_eq!(
+            (m.kind, m.target.as_path()),
+            (MountKind::Umount, Path::new("/home/u"))
+        );
+        let m = MountSpec::parse("/a:/b:ro,rslave,x-create=file", cwd).unwrap();
+        assert!(m.readonly);
+        assert_eq!(
+            (m.propagation, m.create),
+            (Propagation::Slave, Create::File)
+        );
+        let m = MountSpec::parse("./tmpfs:/b", cwd).unwrap();
+        assert_eq!(
+            (m.kind, m.source.as_path()),
+            (MountKind::Bind, Path::new("/w/./tmpfs"))
+        );
     }
 
     #[test]
@@ -254,6 +499,21 @@ mod tests {
         assert!(check_join_key("job.12_3-a").is_ok());
         for bad in ["", "../x", ".hidden", "a/b", "a b"] {
             assert!(check_join_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parses_namespace_lists() {
+        let ns = Namespaces::parse("net,uts").unwrap();
+        assert_eq!((ns.net, ns.ipc, ns.uts), (true, false, true));
+        assert_eq!(ns.names(), ["net", "uts"]);
+        let mut ns = Namespaces::default();
+        ns.add("ipc").unwrap();
+        ns.add("net,ipc").unwrap();
+        assert_eq!(ns.names(), ["net", "ipc"]);
+        for bad in ["bogus", "net,", "", "net,,ipc", "NET", "user", "mnt"] {
+            let err = Namespaces::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("net, ipc and uts"), "{bad}: {err}");
         }
     }
 }

@@ -5,7 +5,9 @@ use crate::error::{usage, Result};
 use crate::host::HostUser;
 use crate::image::{Image, ImageKind};
 use crate::image_config::ImageConfig;
-use crate::options::{Join, Mode, RunOptions};
+use crate::options::{
+    Create, Join, Mode, MountKind, MountSpec, Namespaces, Propagation, RunOptions,
+};
 use crate::policy::{self, Compatibility, EnvRules, MpiFamily, OnMismatch, Policy, Rule};
 use sha2::{Digest, Sha256};
 use std::ffi::{OsStr, OsString};
@@ -30,11 +32,24 @@ pub enum Action {
         source: PathBuf,
         recursive: bool,
         readonly: bool,
-        /// Receive mounts made later under the source on the host (site mounts' `rslave`).
-        slave: bool,
+        /// Private, or a slave receiving mounts made later under the source on the host
+        /// (site mounts' and `--mount`'s `rslave`), or unbindable.
+        propagation: Propagation,
+        noexec: bool,
+        /// What to make at a missing target.
+        create: Create,
     },
-    /// A fresh tmpfs.
-    Tmpfs,
+    /// A fresh tmpfs with these options (`mode=0755`, a user's `size=1G`...).
+    Tmpfs {
+        options: String,
+        readonly: bool,
+        noexec: bool,
+    },
+    /// Detach what an earlier step mounted at the target (`--mount umount:DST`).
+    Umount,
+    /// A fresh sysfs (read-only): in a new network namespace it shows that namespace's
+    /// interfaces, where the host's /sys shows the host's.
+    Sysfs,
     /// A new devpts instance (`newinstance,ptmxmode=0666`): the container's own ptys.
     Devpts,
     /// A symlink created in the container's /dev.
@@ -103,6 +118,8 @@ pub struct Plan {
     /// container (a lingering keeper must not serve the old one). Empty for a directory image,
     /// which is used live, as it is.
     pub image_stamp: String,
+    /// Namespaces of the container's own besides user and mount (`--unshare`).
+    pub unshare: Namespaces,
 }
 
 /// The process started in the container, resolved once the image config is known.
@@ -132,7 +149,9 @@ fn bind(source: &Path, target: &Path, origin: &str) -> Step {
             source: source.to_path_buf(),
             recursive: true,
             readonly: false,
-            slave: false,
+            propagation: Propagation::Private,
+            noexec: false,
+            create: Create::Auto,
         },
         origin: origin.to_string(),
     }
@@ -155,24 +174,51 @@ impl Plan {
             (ImageKind::Squashfs { .. }, Mode::Extract) => Rootfs::Extract,
         };
         let exists = |p: &Path| p.exists();
+        // The host's /sys, unless the container has a network namespace of its own: then a
+        // fresh sysfs (its /sys/class/net is that namespace's), with the host's cgroups.
+        let sys = if opts.unshare.net {
+            Action::Sysfs
+        } else {
+            Action::Bind {
+                source: "/sys".into(),
+                recursive: true,
+                readonly: true,
+                propagation: Propagation::Private,
+                noexec: false,
+                create: Create::Auto,
+            }
+        };
         let mut steps = vec![
             bind(Path::new("/proc"), Path::new("/proc"), "default"),
             Step {
                 target: "/sys".into(),
-                action: Action::Bind {
-                    source: "/sys".into(),
-                    recursive: true,
-                    readonly: true,
-                    slave: false,
-                },
+                action: sys,
                 origin: "default".into(),
             },
             Step {
                 target: "/dev".into(),
-                action: Action::Tmpfs,
+                action: Action::Tmpfs {
+                    options: "mode=0755".into(),
+                    readonly: false,
+                    noexec: false,
+                },
                 origin: "default".into(),
             },
         ];
+        if opts.unshare.net && exists(Path::new("/sys/fs/cgroup")) {
+            steps.push(Step {
+                target: "/sys/fs/cgroup".into(),
+                action: Action::Bind {
+                    source: "/sys/fs/cgroup".into(),
+                    recursive: true,
+                    readonly: true,
+                    propagation: Propagation::Private,
+                    noexec: false,
+                    create: Create::Auto,
+                },
+                origin: "default".into(),
+            });
+        }
         for node in DEV_NODES {
             let path = Path::new("/dev").join(node);
             if exists(&path) {
@@ -213,7 +259,9 @@ impl Plan {
                 source: "/tmp".into(),
                 recursive: true,
                 readonly: false,
-                slave: false,
+                propagation: Propagation::Private,
+                noexec: false,
+                create: Create::Auto,
             },
             origin: "default".into(),
         });
@@ -303,7 +351,13 @@ impl Plan {
                     source,
                     recursive: m.recursive,
                     readonly: m.readonly,
-                    slave: m.slave,
+                    propagation: if m.slave {
+                        Propagation::Slave
+                    } else {
+                        Propagation::Private
+                    },
+                    noexec: false,
+                    create: Create::Auto,
                 },
                 origin: format!("policy {}", m.origin),
             });
@@ -321,7 +375,9 @@ impl Plan {
                         source: path,
                         recursive: true,
                         readonly: false,
-                        slave: false,
+                        propagation: Propagation::Private,
+                        noexec: false,
+                        create: Create::Auto,
                     },
                     origin: format!("devices {}", rule.origin),
                 });
@@ -337,7 +393,9 @@ impl Plan {
                             source: path,
                             recursive: true,
                             readonly: true,
-                            slave: false,
+                            propagation: Propagation::Private,
+                            noexec: false,
+                            create: Create::Auto,
                         },
                         origin: format!("devices {}", rule.origin),
                     });
@@ -374,7 +432,9 @@ impl Plan {
                             source: path,
                             recursive: false,
                             readonly: false,
-                            slave: false,
+                            propagation: Propagation::Private,
+                            noexec: false,
+                            create: Create::Auto,
                         },
                         origin: format!("gpu {}", rule.origin),
                     });
@@ -410,7 +470,9 @@ impl Plan {
                         source: path.clone(),
                         recursive: true,
                         readonly: true,
-                        slave: false,
+                        propagation: Propagation::Private,
+                        noexec: false,
+                        create: Create::Auto,
                     },
                     origin: "scheduler".into(),
                 });
@@ -439,25 +501,42 @@ impl Plan {
             );
         }
         for m in &opts.mounts {
-            check_user_mount(&m.source, &m.target, policy, &user)?;
+            check_user_mount(m, policy, &user)?;
         }
         for m in &opts.mounts {
-            if !exists(&m.source) {
-                return usage(format!(
-                    "mount source {} does not exist (check the path in --mount {}:{})",
-                    m.source.display(),
-                    m.source.display(),
-                    m.target.display()
-                ));
-            }
+            let action = match m.kind {
+                MountKind::Bind => {
+                    if !exists(&m.source) {
+                        return usage(format!(
+                            "mount source {} does not exist (check the path in --mount {}:{})",
+                            m.source.display(),
+                            m.source.display(),
+                            m.target.display()
+                        ));
+                    }
+                    Action::Bind {
+                        source: std::fs::canonicalize(&m.source)
+                            .unwrap_or_else(|_| m.source.clone()),
+                        recursive: m.recursive,
+                        readonly: m.readonly,
+                        propagation: m.propagation,
+                        noexec: m.noexec,
+                        create: m.create,
+                    }
+                }
+                MountKind::Tmpfs => Action::Tmpfs {
+                    options: m.tmpfs_options.clone(),
+                    readonly: m.readonly,
+                    noexec: m.noexec,
+                },
+                MountKind::Umount => {
+                    check_umount(&steps, &m.target)?;
+                    Action::Umount
+                }
+            };
             steps.push(Step {
                 target: m.target.clone(),
-                action: Action::Bind {
-                    source: std::fs::canonicalize(&m.source).unwrap_or_else(|_| m.source.clone()),
-                    recursive: m.recursive,
-                    readonly: m.readonly,
-                    slave: false,
-                },
+                action,
                 origin: "--mount".into(),
             });
         }
@@ -477,6 +556,7 @@ impl Plan {
             notes,
             persist: None,
             image_stamp: String::new(),
+            unshare: opts.unshare,
         };
         if matches!(plan.image.kind, ImageKind::Squashfs { .. }) {
             use std::os::unix::fs::MetadataExt;
@@ -508,7 +588,9 @@ impl Plan {
                             source: path,
                             recursive: true,
                             readonly: true,
-                            slave: false,
+                            propagation: Propagation::Private,
+                            noexec: false,
+                            create: Create::Auto,
                         },
                         origin: format!("mpi {}", rule.origin),
                     });
@@ -559,7 +641,7 @@ impl Plan {
     /// built from the same image with the same mounts.
     pub fn fingerprint(&self) -> String {
         let text = format!(
-            "{:?}|{}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}",
+            "{:?}|{}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}",
             self.image.path,
             self.image_stamp,
             self.rootfs,
@@ -568,7 +650,8 @@ impl Plan {
             self.steps,
             self.user.uid,
             self.mpi,
-            self.persist
+            self.persist,
+            self.unshare
         );
         Sha256::digest(text.as_bytes())
             .iter()
@@ -713,6 +796,19 @@ impl Plan {
             self.user.gid,
             if groups.is_empty() { "none".to_string() } else { groups.join(" ") }
         );
+        let _ = writeln!(
+            out,
+            "namespaces: user, mount{}",
+            self.unshare
+                .names()
+                .iter()
+                .map(|n| match *n {
+                    "net" => ", net (only lo, up)",
+                    "ipc" => ", ipc",
+                    _ => ", uts (the host's hostname)",
+                })
+                .collect::<String>()
+        );
         let _ = writeln!(out, "state:    {}", self.state_dir.display());
         let _ = writeln!(
             out,
@@ -737,15 +833,42 @@ impl Plan {
                     source,
                     recursive,
                     readonly,
-                    slave,
+                    propagation,
+                    noexec,
+                    create,
                 } => format!(
-                    "<- {} ({}{}{}, nosuid)",
+                    "<- {} ({}{}{}{}, nosuid{})",
                     source.display(),
                     if *recursive { "rbind" } else { "bind" },
                     if *readonly { ", ro" } else { "" },
-                    if *slave { ", rslave" } else { "" }
+                    match propagation {
+                        Propagation::Private => "",
+                        Propagation::Slave => ", rslave",
+                        Propagation::Unbindable => ", runbindable",
+                    },
+                    if *noexec { ", noexec" } else { "" },
+                    match create {
+                        Create::Auto => "",
+                        Create::Dir => ", x-create=dir",
+                        Create::File => ", x-create=file",
+                    }
                 ),
-                Action::Tmpfs => "tmpfs (nosuid)".to_string(),
+                Action::Tmpfs {
+                    options,
+                    readonly,
+                    noexec,
+                } => format!(
+                    "tmpfs ({}{}nosuid{})",
+                    if options.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{options}, ")
+                    },
+                    if *readonly { "ro, " } else { "" },
+                    if *noexec { ", noexec" } else { "" }
+                ),
+                Action::Umount => "unmount what is there".to_string(),
+                Action::Sysfs => "sysfs of the container's network namespace (ro)".to_string(),
                 Action::Devpts => "devpts, new instance (nosuid, noexec)".to_string(),
                 Action::Symlink { to } => format!("symlink -> {}", to.display()),
                 Action::AddEntry { line } => format!("add entry '{line}'"),
@@ -1000,17 +1123,17 @@ fn covered_by(steps: &[Step], path: &Path) -> bool {
 }
 
 /// A user mount must pass the site's rules; a refusal names the rule and where it is written.
-pub fn check_user_mount(
-    source: &Path,
-    target: &Path,
-    policy: &Policy,
-    user: &HostUser,
-) -> Result<()> {
+pub fn check_user_mount(m: &MountSpec, policy: &Policy, user: &HostUser) -> Result<()> {
+    let (source, target) = (m.source.as_path(), m.target.as_path());
     let expand =
         |r: &Rule| PathBuf::from(policy::expand(&r.path, &user.name, &user.home, user.uid));
+    let rules = &policy.user_mounts;
+    if m.kind != MountKind::Bind {
+        // No host source: only the target rules apply.
+        return check_target_rules(target, rules, &expand);
+    }
     // Judge the real path, so a symlink cannot lead past the rules.
     let real = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
-    let rules = &policy.user_mounts;
     if let Some(rule) = rules
         .denied_sources
         .iter()
@@ -1040,6 +1163,14 @@ pub fn check_user_mount(
             ));
         }
     }
+    check_target_rules(target, rules, &expand)
+}
+
+fn check_target_rules(
+    target: &Path,
+    rules: &policy::UserMountRules,
+    expand: &dyn Fn(&Rule) -> PathBuf,
+) -> Result<()> {
     if let Some(rule) = rules
         .denied_targets
         .iter()
@@ -1050,6 +1181,37 @@ pub fn check_user_mount(
             target.display(),
             rule.path,
             rule.origin
+        ));
+    }
+    Ok(())
+}
+
+/// `umount:DST` removes a mount the job may do without (its home, its working directory, /tmp,
+/// its own --mounts), never one the site requires (site mounts, devices, PMIx, the scheduler's).
+fn check_umount(steps: &[Step], target: &Path) -> Result<()> {
+    let Some(step) = steps.iter().rev().find(|s| {
+        s.target == target
+            && matches!(
+                s.action,
+                Action::Bind { .. } | Action::Tmpfs { .. } | Action::Libraries { .. }
+            )
+    }) else {
+        return usage(format!(
+            "bad mount 'umount:{}': nothing is mounted there in the container",
+            target.display()
+        ));
+    };
+    let removable = matches!(step.origin.as_str(), "home" | "cwd" | "--mount")
+        || (step.origin == "default"
+            && matches!(
+                target.to_str(),
+                Some("/tmp" | "/etc/hosts" | "/etc/resolv.conf")
+            ));
+    if !removable {
+        return usage(format!(
+            "bad mount 'umount:{}': it is mounted by {}, which a job cannot remove",
+            target.display(),
+            step.origin
         ));
     }
     Ok(())
@@ -1124,6 +1286,7 @@ mod tests {
             persist: None,
             scheduler_paths: vec![],
             scheduler_libraries: vec![],
+            unshare: Namespaces::default(),
         }
     }
 
@@ -1222,7 +1385,9 @@ mod tests {
                 source: "/tmp".into(),
                 recursive: true,
                 readonly: true,
-                slave: false,
+                propagation: Propagation::Private,
+                noexec: false,
+                create: Create::Auto,
             }
         );
         o.mounts
@@ -1370,7 +1535,9 @@ mod tests {
                 source: "/tmp".into(),
                 recursive: true,
                 readonly: true,
-                slave: false,
+                propagation: Propagation::Private,
+                noexec: false,
+                create: Create::Auto,
             }
         );
         assert_eq!(lustre.origin, "policy site.toml:1");

@@ -46,13 +46,13 @@ pub fn check(opts: &RunOptions, image_is_file: bool) -> Result<()> {
         ));
     }
     for m in &opts.mounts {
-        if !m.source.exists() {
+        if m.kind == crate::options::MountKind::Bind && !m.source.exists() {
             return Err(Error::Usage(format!(
                 "mount source {} does not exist",
                 m.source.display()
             )));
         }
-        crate::plan::check_user_mount(&m.source, &m.target, &policy, &user)?;
+        crate::plan::check_user_mount(m, &policy, &user)?;
     }
     Ok(())
 }

@@ -42,6 +42,7 @@ const RESOLVE_IN_ROOT: u64 = 0x10;
 /// Propagation types for [`set_propagation`] (mount(2)'s MS_* values, as mount_setattr takes them).
 pub const PROPAGATION_PRIVATE: u64 = libc::MS_PRIVATE;
 pub const PROPAGATION_SLAVE: u64 = libc::MS_SLAVE;
+pub const PROPAGATION_UNBINDABLE: u64 = libc::MS_UNBINDABLE;
 
 pub fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
@@ -255,4 +256,26 @@ pub fn flock(fd: &impl AsRawFd, op: libc::c_int) -> io::Result<()> {
             return Err(e);
         }
     }
+}
+
+/// Bring the loopback interface of the current network namespace up, as `ip link set lo up`
+/// does (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP), without needing `ip` anywhere.
+pub fn loopback_up() -> io::Result<()> {
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, from) in req.ifr_name.iter_mut().zip(b"lo") {
+        *to = *from as libc::c_char;
+    }
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -273,26 +273,32 @@ fn an_rslave_site_mount_shows_mounts_made_on_the_host_after_start() {
     let policy_dir = sb.root.join("etc-berth");
     fs::create_dir_all(&policy_dir).unwrap();
     let image = demo_image();
-    for (options, expect) in [("[\"rslave\"]", "late-mount\n"), ("[]", "not-seen\n")] {
+    // A site mount with and without rslave, then a user's --mount with rslave.
+    let user_mount = format!("{}:/project:rslave", project.display());
+    for (options, user, expect) in [
+        ("[\"rslave\"]", false, "late-mount\n"),
+        ("[]", false, "not-seen\n"),
+        ("", true, "late-mount\n"),
+    ] {
         let policy = policy_dir.join("berth.toml");
-        fs::write(
-            &policy,
+        let text = if user {
+            String::new()
+        } else {
             format!(
                 "[[mount]]\nsource = \"{}\"\ntarget = \"/project\"\noptions = {options}\n",
                 project.display()
-            ),
-        )
-        .unwrap();
+            )
+        };
+        fs::write(&policy, text).unwrap();
         let started = sb.work.join("started");
         let _ = fs::remove_file(&started);
-        let mut cmd = sb.berth(&[
-            "run",
-            image.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &watch_script("/project/late/marker", &started),
-        ]);
+        let script = watch_script("/project/late/marker", &started);
+        let mut args = vec!["run"];
+        if user {
+            args.extend(["-m", user_mount.as_str()]);
+        }
+        args.extend([image.to_str().unwrap(), "--", "sh", "-c", &script]);
+        let mut cmd = sb.berth(&args);
         cmd.env("BERTH_CONFIG", &policy);
         let child = cmd
             .stdout(std::process::Stdio::piped())
