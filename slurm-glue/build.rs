@@ -7,7 +7,7 @@ fn main() {
     let bindings = bindgen::Builder::default()
         .header("wrapper.h")
         .allowlist_function("spank_.*")
-        .allowlist_function("slurm_(error|info|debug)")
+        .allowlist_function("slurm_(error|info|verbose|debug)")
         .allowlist_type("spank_.*")
         .allowlist_var("SLURM_VERSION_NUMBER")
         .allowlist_var("SPANK_.*")

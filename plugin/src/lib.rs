@@ -130,12 +130,31 @@ pub fn key_part(s: &str) -> String {
         .collect()
 }
 
+/// The name part of a named container's key: the name itself when it is at most 39 of
+/// [`key_part`]'s characters, else (exactly 40 characters) its first 15 characters made safe,
+/// `-` and 24 hex digits of its SHA-256. The two forms differ in length, so two different
+/// names never share a key (a container, its writable layer).
+pub fn name_part(name: &str) -> String {
+    if name.len() <= 39 && key_part(name) == name {
+        return name.to_string();
+    }
+    use sha2::{Digest, Sha256};
+    let hash: String = Sha256::digest(name.as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{:_<15}-{hash}",
+        key_part(name).chars().take(15).collect::<String>()
+    )
+}
+
 /// The per-node instance a task joins: one per step, or one per job for a named container.
 pub fn instance_key(job: u32, step: u32, node: &str, name: Option<&str>) -> String {
-    let clean = key_part;
     match name {
-        Some(n) if !n.is_empty() => format!("slurm-{job}-{}-{}", clean(n), clean(node)),
-        _ => format!("slurm-{job}.{step}-{}", clean(node)),
+        Some(n) if !n.is_empty() => format!("slurm-{job}-{}-{}", name_part(n), key_part(node)),
+        _ => format!("slurm-{job}.{step}-{}", key_part(node)),
     }
 }
 
@@ -183,8 +202,35 @@ mod tests {
         assert_eq!(instance_key(7, 0, "n1", None), "slurm-7.0-n1");
         assert_eq!(
             instance_key(7, 1, "n1", Some("my env")),
-            "slurm-7-my_env-n1"
+            format!("slurm-7-{}-n1", name_part("my env"))
         );
+        assert_eq!(instance_key(7, 1, "n1", Some("env")), "slurm-7-env-n1");
         assert_eq!(pyxis_mount("/a:/b:ro+private"), "/a:/b:ro");
+    }
+
+    #[test]
+    fn different_names_never_share_a_key() {
+        let long = "n".repeat(39);
+        let names = [
+            "x/y".to_string(),
+            "x_y".to_string(),
+            "my env".to_string(),
+            "my_env".to_string(),
+            long.clone(),
+            format!("{long}n"),
+            format!("{long}nn"),
+            "a".repeat(200),
+            "a".repeat(201),
+        ];
+        let keys: std::collections::HashSet<String> = names
+            .iter()
+            .map(|n| instance_key(7, 0, "n1", Some(n)))
+            .collect();
+        assert_eq!(keys.len(), names.len(), "{keys:?}");
+        for k in &keys {
+            berth_launcher::options::check_join_key(k).unwrap();
+        }
+        assert_eq!(name_part("x_y"), "x_y");
+        assert_eq!(name_part("x/y").len(), 40);
     }
 }

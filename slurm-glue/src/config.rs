@@ -1,20 +1,31 @@
-//! The site's configuration: the plugin's arguments in plugstack.conf.
+//! The site's configuration: the plugin's arguments in plugstack.conf, parsed strictly (one
+//! line naming the argument), and the per-user state directory every context computes the
+//! same way.
 
+use crate::args::parse_bool_named;
 use berth_launcher::error::Error;
-use std::path::Path;
+use berth_launcher::options::Mode;
+use std::path::{Path, PathBuf};
 
 /// plugstack.conf arguments: `policy=FILE`, `runtime_dir=DIR` (the per-user state goes in
-/// DIR/berth-<uid>; `%n` is the node name), `mode=mount|extract`, `sbatch=0|1`, `entrypoint=0|1`,
+/// DIR/berth-<uid>; `%n` is the node name), `mode=mount|extract` (when the policy sets none),
+/// `sbatch=BOOL`, `entrypoint=BOOL`, `remap_root=BOOL` and `mount_home=BOOL` (the defaults of
+/// `--container-remap-root` and `--container-mount-home`; `container_mount_home=` is the same),
 /// `berth_image=PATH` (the importer for registry references; default: `berth-image` on PATH),
 /// `insecure_registries=HOST,...` (registries reached over plain http; default: loopback only).
+#[derive(Debug, Clone)]
 pub struct Config {
     pub policy: Option<String>,
     pub runtime_dir: Option<String>,
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     pub sbatch: bool,
     /// Run images' entrypoints unless the user says `--no-container-entrypoint` (pyxis's
     /// `execute_entrypoint`); off by default.
     pub entrypoint: bool,
+    /// Off by default, as with pyxis and enroot's default configuration.
+    pub remap_root: bool,
+    /// On by default, as with pyxis and enroot's default configuration.
+    pub mount_home: bool,
     pub berth_image: String,
     pub insecure_registries: Vec<String>,
 }
@@ -26,23 +37,35 @@ pub fn config(av: &[String]) -> Result<Config, Error> {
         mode: None,
         sbatch: true,
         entrypoint: false,
+        remap_root: false,
+        mount_home: true,
         berth_image: "berth-image".into(),
         insecure_registries: Vec::new(),
     };
     for a in av {
+        let what = |k: &str| format!("plugstack.conf: spank_berth.so {k}");
         match a.split_once('=') {
             Some(("policy", v)) => c.policy = Some(v.into()),
             Some(("runtime_dir", v)) => c.runtime_dir = Some(v.into()),
-            Some(("mode", v)) => c.mode = Some(v.into()),
-            Some(("sbatch", v)) => c.sbatch = v != "0",
-            Some(("entrypoint", v)) => c.entrypoint = v != "0",
+            Some(("mode", v)) => {
+                c.mode = Some(
+                    v.parse()
+                        .map_err(|e| Error::Usage(format!("{}: {e}", what("mode"))))?,
+                )
+            }
+            Some(("sbatch", v)) => c.sbatch = parse_bool_named(&what("sbatch"), v)?,
+            Some(("entrypoint", v)) => c.entrypoint = parse_bool_named(&what("entrypoint"), v)?,
+            Some(("remap_root", v)) => c.remap_root = parse_bool_named(&what("remap_root"), v)?,
+            Some((k @ ("mount_home" | "container_mount_home"), v)) => {
+                c.mount_home = parse_bool_named(&what(k), v)?
+            }
             Some(("berth_image", v)) => c.berth_image = v.into(),
             Some(("insecure_registries", v)) => {
                 c.insecure_registries = v.split(',').filter(|h| !h.is_empty()).map(String::from).collect()
             }
             _ => {
                 return Err(Error::Usage(format!(
-                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=, entrypoint=, berth_image=, insecure_registries=)"
+                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=, entrypoint=, remap_root=, mount_home=, berth_image=, insecure_registries=)"
                 )))
             }
         }
@@ -50,20 +73,90 @@ pub fn config(av: &[String]) -> Result<Config, Error> {
     Ok(c)
 }
 
-pub fn apply_config(c: &Config, node: &str) {
-    // The task process is single-threaded (forked by slurmstepd): setting its environment is
-    // safe here, and this is the launcher's environment, not the job's.
+/// The user's state directory on a node (named containers, join sockets, imports): the
+/// task and the job epilog both use this. `runtime_dir=` (with `%n` the node name) wins, then
+/// the policy's `runtime.cache_dir`, then /tmp; the user's own directory is `berth-<uid>` there.
+pub fn state_dir(c: &Config, cache_dir: Option<&Path>, node: &str, uid: u32) -> PathBuf {
+    let base = match &c.runtime_dir {
+        Some(d) => PathBuf::from(d.replace("%n", node)),
+        None => cache_dir.unwrap_or(Path::new("/tmp")).to_path_buf(),
+    };
+    base.join(format!("berth-{uid}"))
+}
+
+/// The site policy named by `policy=` (else the default one).
+pub fn policy(c: &Config) -> Result<berth_launcher::policy::Policy, Error> {
+    Ok(berth_launcher::policy::Policy::load(
+        c.policy.as_deref().map(Path::new),
+    )?)
+}
+
+/// Hand the site's configuration to the launcher code that runs in this process (it reads
+/// the policy's path and the state directory from its environment).
+pub fn apply_config(c: &Config, state_dir: Option<&Path>) {
+    // The task process is single-threaded (forked by slurmstepd), as is srun's plugin stack
+    // at this point: setting the environment is safe here, and it is the launcher's
+    // environment, not the job's.
     if let Some(p) = &c.policy {
         std::env::set_var("BERTH_CONFIG", p);
     }
-    if let Some(d) = &c.runtime_dir {
-        let uid = unsafe { libc::getuid() };
-        std::env::set_var(
-            "BERTH_STATE_DIR",
-            Path::new(&d.replace("%n", node)).join(format!("berth-{uid}")),
-        );
+    if let Some(d) = state_dir {
+        std::env::set_var("BERTH_STATE_DIR", d);
     }
-    if let Some(m) = &c.mode {
-        std::env::set_var("BERTH_MODE", m);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config, Error> {
+        config(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn plugstack_arguments() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.sbatch && !c.entrypoint && !c.remap_root && c.mount_home);
+        assert_eq!(c.mode, None);
+        let c = cfg(&[
+            "mode=extract",
+            "sbatch=false",
+            "entrypoint=YES",
+            "remap_root=y",
+            "container_mount_home=0",
+            "insecure_registries=a,,b",
+        ])
+        .unwrap();
+        assert_eq!(c.mode, Some(Mode::Extract));
+        assert!(!c.sbatch && c.entrypoint && c.remap_root && !c.mount_home);
+        assert_eq!(c.insecure_registries, ["a", "b"]);
+        for bad in [
+            "sbatch=",
+            "sbatch=2",
+            "entrypoint=on",
+            "mode=fast",
+            "nope=1",
+            "policy",
+        ] {
+            let e = cfg(&[bad]).unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{e}");
+            let key = bad.split('=').next().unwrap();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn one_state_directory() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(state_dir(&c, None, "n1", 7), Path::new("/tmp/berth-7"));
+        assert_eq!(
+            state_dir(&c, Some(Path::new("/var/cache/b")), "n1", 7),
+            Path::new("/var/cache/b/berth-7")
+        );
+        let c = cfg(&["runtime_dir=/run/%n/x"]).unwrap();
+        assert_eq!(
+            state_dir(&c, Some(Path::new("/var/cache/b")), "n1", 7),
+            Path::new("/run/n1/x/berth-7")
+        );
     }
 }

@@ -1,32 +1,87 @@
 //! The job epilog (job script context, as root, on each node of the job): remove the saved
-//! layers of the job's named containers.
+//! layers of the job's named containers. They live in the user's state directory, which the
+//! user owns: the removal runs as the job's user (in a child process that drops root), so a
+//! symlink or mount the user left there cannot make root delete anything else.
 
-use crate::config::config;
-use crate::spank::Spank;
+use crate::config::{config, state_dir};
+use crate::spank::{log, Level, Spank};
 use berth_launcher::error::Error;
 use std::os::raw::c_char;
 use std::path::Path;
 
 pub fn job_epilog(sp: Spank, av: &[String]) -> Result<(), Error> {
     let cfg = config(av)?;
-    let job = sp.job_id();
-    let uid = sp.job_uid();
-    let node = nix_hostname();
-    let base = cfg
-        .runtime_dir
-        .map(|d| d.replace("%n", &node))
-        .unwrap_or_else(|| "/tmp".into());
-    let named = Path::new(&base).join(format!("berth-{uid}")).join("named");
+    let (job, uid, gid) = (sp.job_id(), sp.job_uid(), sp.job_gid());
+    // The node name as the task saw it (SLURMD_NODENAME is in the epilog's environment).
+    let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| hostname());
+    let policy = crate::config::policy(&cfg)?;
+    let named = state_dir(&cfg, policy.cache_dir.as_deref(), &node, uid).join("named");
+    if !named.is_dir() {
+        return Ok(());
+    }
     let prefix = format!("slurm-{job}-");
-    for entry in std::fs::read_dir(&named).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_dir_all(entry.path());
+    match unsafe { libc::fork() } {
+        -1 => Err(Error::Sys {
+            context: "cannot fork to remove the job's named containers".into(),
+            source: std::io::Error::last_os_error(),
+        }),
+        0 => {
+            let code = if drop_to(uid, gid) {
+                remove_named(&named, &prefix)
+            } else {
+                2
+            };
+            unsafe { libc::_exit(code) }
+        }
+        pid => {
+            let mut status = 0;
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                log(
+                    Level::Error,
+                    &format!(
+                        "job {job}: could not remove all of its named containers in {} as uid {uid}",
+                        named.display()
+                    ),
+                );
+            } else {
+                log(
+                    Level::Debug,
+                    &format!(
+                        "job {job}: removed its named containers in {}",
+                        named.display()
+                    ),
+                );
+            }
+            Ok(())
         }
     }
-    Ok(())
 }
 
-fn nix_hostname() -> String {
+/// In the forked child: become the job's user, with no supplementary groups.
+fn drop_to(uid: u32, gid: u32) -> bool {
+    unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(gid) == 0
+            && libc::setuid(uid) == 0
+            && libc::getuid() == uid
+    }
+}
+
+/// Remove the job's entries (`slurm-JOB-*`); 0 if all went, 1 otherwise.
+fn remove_named(named: &Path, prefix: &str) -> i32 {
+    let mut code = 0;
+    for entry in std::fs::read_dir(named).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix)
+            && std::fs::remove_dir_all(entry.path()).is_err()
+        {
+            code = 1;
+        }
+    }
+    code
+}
+
+fn hostname() -> String {
     let mut buf = [0u8; 256];
     if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut c_char, buf.len()) } != 0 {
         return String::new();

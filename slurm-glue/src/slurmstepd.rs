@@ -3,8 +3,8 @@
 //! creates it (the launcher's keeper), the others join its namespaces. Slurm then execs the
 //! task's command inside, with the task's own Slurm/PMIx environment.
 
-use crate::config::{apply_config, config, Config};
-use crate::spank::Spank;
+use crate::config::{apply_config, config, state_dir, Config};
+use crate::spank::{log, Level, Spank};
 use berth_launcher::error::Error;
 use berth_plugin::{instance_key, is_reference};
 use std::ffi::{OsStr, OsString};
@@ -14,36 +14,60 @@ use std::path::{Path, PathBuf};
 /// In each task, as the user, just before Slurm execs it: enter the node's container.
 pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     let cfg = config(av)?;
-    let req = crate::args::request(|i| sp.option(i), |n| sp.getenv(n, true), cfg.entrypoint);
-    if !req.wants_container() {
+    let given = |i| sp.option(i);
+    let getenv = |n: &str| sp.getenv(n, true);
+    let src = crate::args::Source {
+        given: &given,
+        getenv: &getenv,
+    };
+    let Some(req) = crate::args::request(&src, &cfg)? else {
         return Ok(());
-    }
+    };
     let (job, step) = (sp.job_id(), sp.step_id());
     let batch = step == SLURM_BATCH_SCRIPT;
     if batch && !cfg.sbatch {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     let env = sp.job_env();
     let node = env
         .iter()
         .find(|(k, _)| k == "SLURMD_NODENAME")
         .map(|(_, v)| v.to_string_lossy().into_owned())
         .unwrap_or_default();
-    apply_config(&cfg, &node);
+    let uid = unsafe { libc::getuid() };
+    let policy = crate::config::policy(&cfg)?;
+    let state = state_dir(&cfg, policy.cache_dir.as_deref(), &node, uid);
+    apply_config(&cfg, Some(&state));
     let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let key = instance_key(job, step, &node, req.name.as_deref());
     let argv = sp.job_argv();
     let mut opts = req.run_options(&key, argv.clone(), &env, &cwd)?;
+    // The policy's mode wins; plugstack's mode= is the site default under it.
+    opts.mode = policy.mode.or(cfg.mode);
     if batch {
         (opts.scheduler_paths, opts.scheduler_libraries) = slurm_client(&argv[0], &env);
     }
-    if let Some(reference) = req.image.as_deref().filter(|i| is_reference(i)) {
-        opts.image = import(reference, &cfg, &env)?;
+    let image = req.image.clone().unwrap_or_default();
+    if is_reference(&image) {
+        log(Level::Verbose, &format!("importing {image} on {node}"));
+        opts.image = import(&image, &cfg, &state, &env)?;
     }
     // slurmstepd made this task non-dumpable when it switched to the user; the user
     // namespace maps in /proc/self need it dumpable again (as after any exec).
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     let (process, _built) = berth_launcher::run::enter(&opts, &env, &cwd)?;
+    log(
+        Level::Info,
+        &format!(
+            "job {job} step {step} on {node}: image {image}, key {key}, mode {}, in the container after {} ms",
+            match opts.mode {
+                Some(berth_launcher::options::Mode::Extract) => "extract",
+                _ => "mount",
+            },
+            started.elapsed().as_millis()
+        ),
+    );
     if process.argv != argv {
         run_through_entrypoint(sp, &process.argv)?;
     }
@@ -114,11 +138,15 @@ fn run_through_entrypoint(sp: Spank, full_argv: &[OsString]) -> Result<(), Error
 /// A registry reference is imported with berth-image into the node's state directory, once:
 /// tasks of the node wait on a lock while the first imports; later steps find it up to date
 /// (berth-image checks the manifest and rebuilds nothing).
-fn import(reference: &str, cfg: &Config, env: &[(OsString, OsString)]) -> Result<PathBuf, Error> {
+fn import(
+    reference: &str,
+    cfg: &Config,
+    state: &Path,
+    env: &[(OsString, OsString)],
+) -> Result<PathBuf, Error> {
     use std::io::Read as _;
     let uid = unsafe { libc::getuid() };
-    let state = berth_launcher::host::state_dir(uid, None);
-    berth_launcher::host::ensure_private_dir(&state, uid)?;
+    berth_launcher::host::ensure_private_dir(state, uid)?;
     let dir = state.join("imported");
     berth_launcher::host::ensure_private_dir(&dir, uid)?;
     let digest: String = {

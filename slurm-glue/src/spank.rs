@@ -265,3 +265,29 @@ pub fn own_path() -> Option<PathBuf> {
     let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy();
     std::fs::canonicalize(name.as_ref()).ok()
 }
+
+/// Slurm's log levels berth uses.
+#[derive(Clone, Copy)]
+pub enum Level {
+    Error,
+    Info,
+    Verbose,
+    Debug,
+}
+
+/// A line in Slurm's log: srun's stderr (by its `-v` count) in srun, sbatch and salloc; the
+/// slurmd log (and srun's stderr at its `--slurmd-debug` level) in slurmstepd.
+pub fn log(level: Level, msg: &str) {
+    let Ok(msg) = CString::new(msg.replace('\0', " ")) else {
+        return;
+    };
+    let fmt = c"berth: %s".as_ptr();
+    unsafe {
+        match level {
+            Level::Error => ffi::slurm_error(fmt, msg.as_ptr()),
+            Level::Info => ffi::slurm_info(fmt, msg.as_ptr()),
+            Level::Verbose => ffi::slurm_verbose(fmt, msg.as_ptr()),
+            Level::Debug => ffi::slurm_debug(fmt, msg.as_ptr()),
+        }
+    }
+}
