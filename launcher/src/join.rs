@@ -109,7 +109,24 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
         .ctx(|| "cannot join the container's user namespace")?;
     setns(fds[1].as_fd(), CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot join the container's mount namespace")?;
-    if let Some(inner) = fds.get(2) {
+    // Owned by the outer user namespace: entered while the rank has its capabilities there.
+    let kinds = plan.unshare.names();
+    if fds.len() < 2 + kinds.len() {
+        return Err(Error::Image(format!(
+            "the keeper of container '{key}' sent {} namespaces, not the {} asked for",
+            fds.len(),
+            2 + kinds.len()
+        )));
+    }
+    for (kind, fd) in kinds.iter().zip(&fds[2..]) {
+        let flag = match *kind {
+            "net" => CloneFlags::CLONE_NEWNET,
+            "ipc" => CloneFlags::CLONE_NEWIPC,
+            _ => CloneFlags::CLONE_NEWUTS,
+        };
+        setns(fd.as_fd(), flag).ctx(|| format!("cannot join the container's {kind} namespace"))?;
+    }
+    if let Some(inner) = fds.get(2 + kinds.len()) {
         setns(inner.as_fd(), CloneFlags::CLONE_NEWUSER)
             .ctx(|| "cannot join the container's inner user namespace")?;
     }
@@ -181,7 +198,8 @@ fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
     )
     .ctx(|| "cannot talk to the container keeper")?;
     let mut buf = [0u8; 64];
-    let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+    // user, mount, net, ipc, uts, inner user.
+    let mut cmsg = nix::cmsg_space!([RawFd; 6]);
     let mut iov = [IoSliceMut::new(&mut buf)];
     let msg = recvmsg::<()>(
         stream.as_raw_fd(),
@@ -280,6 +298,12 @@ fn keeper_main(
         let outer = File::open("/proc/self/ns/user").ctx(|| "cannot open the user namespace")?;
         let mnt = File::open("/proc/self/ns/mnt").ctx(|| "cannot open the mount namespace")?;
         let mut fds: Vec<OwnedFd> = vec![outer.into(), mnt.into()];
+        // Then the namespaces of `--unshare`, in the order a rank enters them.
+        for kind in plan.unshare.names() {
+            let ns = File::open(format!("/proc/self/ns/{kind}"))
+                .ctx(|| format!("cannot open the {kind} namespace"))?;
+            fds.push(ns.into());
+        }
         if !plan.remap_root {
             fds.push(make_inner_userns(plan)?);
         }

@@ -1,7 +1,9 @@
 //! The `berth` command line.
 
 use berth_launcher::error::Error;
-use berth_launcher::options::{check_join_key, parse_env, Join, Mode, MountSpec, RunOptions};
+use berth_launcher::options::{
+    check_join_key, parse_env, Join, Mode, MountSpec, Namespaces, RunOptions,
+};
 use berth_launcher::policy::Policy;
 use berth_launcher::{cache, host, run};
 use clap::{Args, Parser, Subcommand};
@@ -25,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a command inside an image as yourself
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// See and evict the node-local extract cache
     Cache {
         #[command(subcommand)]
@@ -100,6 +102,10 @@ struct RunArgs {
     /// with the same NAME starts with them (implies --writable; `berth cache` does not touch it)
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// New namespaces of these kinds for the container: net (only loopback, up), ipc, uts
+    /// (the host's hostname to start with); a comma list, repeatable
+    #[arg(long, value_name = "net,ipc,uts", env = "BERTH_UNSHARE")]
+    unshare: Vec<String>,
     /// Print the plan (mounts, identity, environment, command) and do nothing
     #[arg(long)]
     dry_run: bool,
@@ -132,6 +138,10 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
         }
         (false, None) => Join::Auto,
     };
+    let mut unshare = Namespaces::default();
+    for list in &a.unshare {
+        unshare.add(list)?;
+    }
     let mut argv = a.command;
     if argv.first().is_some_and(|a| a == "--") {
         argv.remove(0);
@@ -154,6 +164,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             persist: a.name,
             scheduler_paths: Vec::new(),
             scheduler_libraries: Vec::new(),
+            unshare,
         },
         a.dry_run,
     ))
@@ -185,7 +196,7 @@ fn main() {
     };
     match cli.command {
         Cmd::Run(args) => {
-            let (opts, dry_run) = options(args).unwrap_or_else(|e| fail(e));
+            let (opts, dry_run) = options(*args).unwrap_or_else(|e| fail(e));
             if let Err(e) = run::run(&opts, dry_run) {
                 fail(e);
             }

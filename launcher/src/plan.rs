@@ -1669,4 +1669,30 @@ mod tests {
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), plan(&opts(), "/").fingerprint());
     }
+
+    #[test]
+    fn unshared_namespaces_are_another_container_and_net_gets_its_own_sysfs() {
+        let a = plan(&opts(), "/");
+        let mut o = opts();
+        o.unshare = Namespaces::parse("net").unwrap();
+        let b = plan(&o, "/");
+        o.unshare = Namespaces::parse("ipc").unwrap();
+        let c = plan(&o, "/");
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_ne!(b.fingerprint(), c.fingerprint());
+        let sys = |p: &Plan| {
+            p.steps
+                .iter()
+                .find(|s| s.target == Path::new("/sys"))
+                .map(|s| s.action.clone())
+                .unwrap()
+        };
+        assert!(matches!(sys(&a), Action::Bind { .. }));
+        assert_eq!(sys(&b), Action::Sysfs);
+        assert!(matches!(sys(&c), Action::Bind { .. }));
+        assert!(b
+            .describe(None)
+            .contains("namespaces: user, mount, net (only lo, up)"));
+        assert!(a.describe(None).contains("namespaces: user, mount\n"));
+    }
 }
