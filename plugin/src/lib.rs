@@ -89,6 +89,8 @@ impl JobRequest {
                 .map(|_| key.to_string()),
             scheduler_paths: Vec::new(),
             scheduler_libraries: Vec::new(),
+            // pyxis's --container-unshare is not wired yet: the host's net, ipc and uts.
+            unshare: Default::default(),
         })
     }
 }
