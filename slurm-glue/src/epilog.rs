@@ -72,10 +72,13 @@ fn drop_to(uid: u32, gid: u32) -> bool {
 fn remove_named(named: &Path, prefix: &str) -> i32 {
     let mut code = 0;
     for entry in std::fs::read_dir(named).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(prefix)
-            && std::fs::remove_dir_all(entry.path()).is_err()
-        {
-            code = 1;
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            // The writable layer has directories without permissions (overlayfs's work
+            // directory, the image's read-only ones): the user opens them up first.
+            berth_launcher::cache::remove_tree(&entry.path());
+            if std::fs::symlink_metadata(entry.path()).is_ok() {
+                code = 1;
+            }
         }
     }
     code

@@ -89,6 +89,22 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
     })
 }
 
+/// In srun, once the job step's allocation exists: say what the option check found (`-v`).
+///
+/// # Safety
+/// Called by Slurm with its handle and `ac` valid C strings in `av`.
+#[no_mangle]
+pub unsafe extern "C" fn slurm_spank_local_user_init(
+    _sp: ffi::spank_t,
+    _ac: c_int,
+    _av: *mut *mut c_char,
+) -> c_int {
+    guard("slurm_spank_local_user_init", || match spank::context() {
+        Context::Local => srun::local_user_init(),
+        _ => Ok(()),
+    })
+}
+
 /// In each task, as the user, just before Slurm execs it: enter the node's container.
 ///
 /// # Safety

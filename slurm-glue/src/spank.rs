@@ -76,6 +76,26 @@ unsafe fn os_args(ac: c_int, av: *mut *mut c_char) -> Vec<OsString> {
         .collect()
 }
 
+/// The options srun, sbatch and salloc saw on their command line (option number, argument),
+/// recorded as they parse them: `spank_option_getopt` does not answer for them there yet
+/// when the options are checked.
+static SEEN: std::sync::Mutex<Vec<(usize, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Slurm's callback for each of berth's options it parses.
+unsafe extern "C" fn option_seen(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
+    let arg = if optarg.is_null() {
+        String::new()
+    } else {
+        unsafe { CStr::from_ptr(optarg) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.push((val as usize, arg));
+    }
+    0
+}
+
 /// The registered option structs, kept for the life of the process (Slurm keeps pointers).
 fn options() -> &'static Vec<usize> {
     static OPTS: OnceLock<Vec<usize>> = OnceLock::new();
@@ -91,7 +111,7 @@ fn options() -> &'static Vec<usize> {
                     usage: leak(usage),
                     has_arg: arg.is_some() as c_int,
                     val: i as c_int,
-                    cb: None,
+                    cb: Some(option_seen),
                 });
                 Box::into_raw(opt) as usize
             })
@@ -114,6 +134,14 @@ impl Spank {
         let rc = unsafe {
             ffi::spank_option_getopt(self.0, options()[i] as *mut ffi::spank_option, &mut optarg)
         };
+        if !ok(rc) {
+            let seen = SEEN.lock().ok()?;
+            return seen
+                .iter()
+                .rev()
+                .find(|(v, _)| *v == i)
+                .map(|(_, a)| a.clone());
+        }
         ok(rc).then(|| {
             if optarg.is_null() {
                 String::new()

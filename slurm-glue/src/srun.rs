@@ -42,27 +42,36 @@ pub fn check(sp: Spank, cfg: &Config, allocator: bool) -> Result<(), Error> {
     let image = req.image.as_deref().unwrap_or_default();
     let reference = is_reference(image);
     berth_launcher::run::check(&opts, !reference)?;
-    log(
-        Level::Verbose,
-        &format!(
-            "image {image} ({}), {} mount(s), {}{}{}checked before submitting",
-            if reference {
-                "a registry image, imported on the nodes"
-            } else {
-                "a file"
-            },
-            opts.mounts.len(),
-            if opts.writable { "writable, " } else { "" },
-            if opts.remap_root {
-                "remapped to root, "
-            } else {
-                ""
-            },
-            req.name
-                .as_deref()
-                .map(|n| format!("named {n}, "))
-                .unwrap_or_default(),
-        ),
-    );
+    let _ = CHECKED.set(format!(
+        "image {image} ({}), {} mount(s), {}{}{}checked before submitting",
+        if reference {
+            "a registry image, imported on the nodes"
+        } else {
+            "a file"
+        },
+        opts.mounts.len(),
+        if opts.writable { "writable, " } else { "" },
+        if opts.remap_root {
+            "remapped to root, "
+        } else {
+            ""
+        },
+        req.name
+            .as_deref()
+            .map(|n| format!("named {n}, "))
+            .unwrap_or_default(),
+    ));
+    Ok(())
+}
+
+/// What the submit-time check found, said at `srun -v` once srun's log level is set (it is
+/// not yet when the options are checked).
+static CHECKED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// srun, after the allocation, before the step is launched.
+pub fn local_user_init() -> Result<(), Error> {
+    if let Some(line) = CHECKED.get() {
+        log(Level::Verbose, line);
+    }
     Ok(())
 }

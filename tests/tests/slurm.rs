@@ -687,3 +687,154 @@ fn tasks_start_as_slurm_starts_them_and_bytes_pass_unchanged() {
         r.stderr
     );
 }
+
+/// Issue 12: empty, conflicting and malformed arguments, and bad boolean variables, are one
+/// `berth:` line at submit and nothing runs (on the host or elsewhere).
+#[test]
+fn bad_arguments_are_one_line_at_submit_and_run_nothing() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-badargs");
+    let img = format!("--container-image={}", image());
+    // (flags, a variable in srun's environment, what the error line says)
+    type Case<'a> = (Vec<&'a str>, Option<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["--container-image="], None, "--container-image"),
+        (vec![&img, "--container-name=a/b"], None, "'/'"),
+        (vec![&img, "--container-name=:exec"], None, "empty name"),
+        (vec![&img, "--container-name=a:sometimes"], None, "flag"),
+        (
+            vec![&img, "--container-readonly", "--container-writable"],
+            None,
+            "--container-readonly",
+        ),
+        (vec![&img, "--container-env="], None, "--container-env"),
+        (vec![&img, "--container-env=FOO,"], None, "--container-env"),
+        (
+            vec![&img, "--container-mounts="],
+            None,
+            "--container-mounts",
+        ),
+        (vec!["--container-name=solo"], None, "not supported yet"),
+        (
+            vec![&img],
+            Some(("BERTH_CONTAINER_WRITABLE", "maybe")),
+            "BERTH_CONTAINER_WRITABLE=maybe",
+        ),
+        (
+            vec![&img],
+            Some(("PYXIS_CONTAINER_REMAP_ROOT", "on")),
+            "PYXIS_CONTAINER_REMAP_ROOT=on",
+        ),
+    ];
+    for (flags, var, says) in cases {
+        let mut argv = vec!["srun", "-n1"];
+        argv.extend(&flags);
+        argv.extend(["echo", "ran"]);
+        let mut cmd = c.cmd(&sb, &argv);
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
+        let r = run(cmd);
+        assert_ne!(r.code, Some(0), "{flags:?} {var:?}: {}", r.stderr);
+        assert_eq!(r.stdout, "", "{flags:?} {var:?} ran");
+        let lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains("berth:")).collect();
+        assert_eq!(lines.len(), 1, "{flags:?} {var:?}: {}", r.stderr);
+        assert!(lines[0].contains(says), "{flags:?} {var:?}: {}", r.stderr);
+        // At submit, in srun: no step reached a node.
+        assert!(
+            !r.stderr.contains("slurmstepd"),
+            "{flags:?} {var:?}: {}",
+            r.stderr
+        );
+    }
+}
+
+/// Issue 12: PYXIS_CONTAINER_* variables as with pyxis (the command line wins), and srun -v
+/// shows what berth did at submit.
+#[test]
+fn pyxis_variables_and_srun_verbose() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-pyxisenv");
+    let probe = "test -e /.berth/image.json && echo image || echo host; touch /w 2>/dev/null && echo writable || echo readonly";
+    let mut cmd = c.cmd(&sb, &["srun", "-n1", "sh", "-c", probe]);
+    cmd.env("PYXIS_CONTAINER_IMAGE", image())
+        .env("PYXIS_CONTAINER_WRITABLE", "yes");
+    assert_eq!(run(cmd).expect_ok("env").stdout, "image\nwritable\n");
+    let mut cmd = c.cmd(
+        &sb,
+        &["srun", "-n1", "--container-readonly", "sh", "-c", probe],
+    );
+    cmd.env("PYXIS_CONTAINER_IMAGE", image())
+        .env("PYXIS_CONTAINER_WRITABLE", "yes");
+    assert_eq!(run(cmd).expect_ok("cli wins").stdout, "image\nreadonly\n");
+    let img = format!("--container-image={}", image());
+    let r = c
+        .run(&sb, &["srun", "-v", "-n1", &img, "true"])
+        .expect_ok("srun -v");
+    assert!(
+        r.stderr.contains("berth: image ") && r.stderr.contains("checked before submitting"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Issue 12: the job epilog removes the job's named containers as the job's user: what the
+/// user cannot remove (a root-owned directory planted among them) stays.
+#[test]
+fn the_epilog_removes_named_containers_as_the_user() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-epilog");
+    let mark = sb.work.join("go");
+    let script = format!(
+        "srun -n1 --container-image={} --container-name=ep sh -c 'echo x > /f' && \
+         while [ ! -e {} ]; do sleep 0.2; done",
+        image(),
+        mark.display()
+    );
+    let r = c
+        .run(&sb, &["sbatch", "-w", "n1", "-n1", "--wrap", &script])
+        .expect_ok("sbatch");
+    let job: u32 = r
+        .stdout
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|j| j.parse().ok())
+        .expect("a job id");
+    let named = std::path::PathBuf::from(format!("/tmp/berth-{}/named", user().uid));
+    let prefix = format!("slurm-{job}-");
+    let layer = eventually(Duration::from_secs(60), || {
+        std::fs::read_dir(&named)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            })
+            .unwrap_or(false)
+    });
+    assert!(layer, "no saved layer of job {job} in {}", named.display());
+    // Root's, in the user's directory, named like the job's containers.
+    let planted = named.join(format!("{prefix}planted"));
+    std::fs::create_dir_all(planted.join("sub")).unwrap();
+    std::fs::write(planted.join("sub/root-file"), "root's\n").unwrap();
+    std::fs::write(&mark, "").unwrap();
+    let only_planted = eventually(Duration::from_secs(60), || {
+        std::fs::read_dir(&named)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .all(|e| e.path() == planted)
+            })
+            .unwrap_or(true)
+    });
+    let kept = planted.join("sub/root-file").exists();
+    let _ = std::fs::remove_dir_all(&planted);
+    assert!(
+        only_planted,
+        "the job's own layer is left in {}",
+        named.display()
+    );
+    assert!(
+        kept,
+        "the epilog removed a root-owned file: it did not run as the user"
+    );
+}
