@@ -776,6 +776,25 @@ fn pyxis_variables_and_srun_verbose() {
         "{}",
         r.stderr
     );
+    // slurmd's log says what berth did on the node: image, key, mode, time taken.
+    let logged = eventually(Duration::from_secs(20), || {
+        (1..=3).any(|n| {
+            std::fs::read_to_string(c.dir.join(format!("log/slurmd-n{n}.log")))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.contains("berth: job ")
+                        && l.contains(&format!("image {}", image()))
+                        && l.contains("mode mount")
+                        && l.contains(" ms")
+                })
+        })
+    });
+    assert!(
+        logged,
+        "no berth line in {}/log/slurmd-n*.log",
+        c.dir.display()
+    );
 }
 
 /// Issue 12: the job epilog removes the job's named containers as the job's user: what the
