@@ -32,6 +32,10 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 /// Held (flock, exclusive) by whoever runs the test cluster: tests and `berth-bench slurm`.
 pub const CLUSTER_LOCK: &str = "/run/berth-test-cluster.lock";
 
+/// The test cluster's site policy. Its mode (mount) wins over plugstack's `mode=extract`,
+/// which a test shows by taking it out.
+pub const POLICY: &str = "# the test cluster's site policy\n[user_mounts]\ndenied_sources = [\"/etc/shadow\"]\n[runtime]\nmode = \"mount\"\n";
+
 /// The host's address on the cluster's bridge (tests/slurm/cluster.sh), reachable from every node.
 pub const BRIDGE_IP: &str = "10.197.0.1";
 
@@ -110,16 +114,12 @@ fn start() -> &'static Cluster {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let policy = dir.join("berth.toml");
-        fs::write(
-            &policy,
-            "# the test cluster's site policy\n[user_mounts]\ndenied_sources = [\"/etc/shadow\"]\n",
-        )
-        .unwrap();
+        fs::write(&policy, POLICY).unwrap();
         fs::set_permissions(&policy, fs::Permissions::from_mode(0o644)).unwrap();
         let importer = crate::registry::berth_image_bin();
         // The nodes reach a test registry on the bridge over plain http.
         let args = format!(
-            "policy={} berth_image={} insecure_registries={BRIDGE_IP} entrypoint=1",
+            "policy={} berth_image={} insecure_registries={BRIDGE_IP} entrypoint=1 mode=extract",
             policy.display(),
             importer.display()
         );

@@ -2,7 +2,7 @@
 //! --container`, the pyxis flags, one container per node per step, MPI over PMIx, exit codes,
 //! scancel clean-up and bad input. Jobs are submitted as the non-root test user.
 
-use berth_tests::slurm::cluster;
+use berth_tests::slurm::{cluster, POLICY};
 use berth_tests::*;
 use std::time::Duration;
 
@@ -855,5 +855,60 @@ fn the_epilog_removes_named_containers_as_the_user() {
     assert!(
         kept,
         "the epilog removed a root-owned file: it did not run as the user"
+    );
+}
+
+/// Issue 12: plugstack's `mode=` is the site's default under the policy's: the cluster has
+/// `mode=extract` and a policy with `mode = "mount"`; without the policy's line, extract.
+#[test]
+fn plugstack_mode_is_the_default_under_the_policy() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-mode");
+    let img = format!("--container-image={}", image());
+    let mode_of = |c: &berth_tests::slurm::Serial| {
+        let r = c
+            .run(
+                &sb,
+                &[
+                    "srun",
+                    "-n1",
+                    "-w",
+                    "n1",
+                    &img,
+                    "sh",
+                    "-c",
+                    "echo $SLURM_JOB_ID",
+                ],
+            )
+            .expect_ok("srun");
+        let job = r.stdout.trim().to_string();
+        let mut mode = String::new();
+        eventually(Duration::from_secs(20), || {
+            let log = std::fs::read_to_string(c.dir.join("log/slurmd-n1.log")).unwrap_or_default();
+            if let Some(l) = log
+                .lines()
+                .find(|l| l.contains(&format!("berth: job {job} step 0 ")))
+            {
+                mode = l
+                    .split("mode ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(',')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                return true;
+            }
+            false
+        });
+        mode
+    };
+    assert_eq!(mode_of(&c), "mount", "the policy's mode wins");
+    std::fs::write(&c.policy, POLICY.replace("mode = \"mount\"\n", "")).unwrap();
+    let without = mode_of(&c);
+    std::fs::write(&c.policy, POLICY).unwrap();
+    assert_eq!(
+        without, "extract",
+        "plugstack mode= when the policy has none"
     );
 }
