@@ -3,8 +3,8 @@
 //! [`RunOptions`] with one container per node per step ([`instance_key`]). The Slurm and
 //! OpenLava glue only translate their scheduler's options and environment into a request.
 
-use berth_launcher::error::{usage, Result};
-use berth_launcher::options::{Join, MountSpec, RunOptions};
+use berth_launcher::error::{usage, Error, Result};
+use berth_launcher::options::{Join, MountSpec, Namespaces, RunOptions};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,9 @@ pub struct JobRequest {
     /// `--no-container-mount-home` turns it off.
     pub mount_home: bool,
     pub entrypoint: bool,
+    /// `--container-unshare=net,ipc,uts`: namespaces of the container's own (one set per node,
+    /// shared by the step's tasks).
+    pub unshare: Option<String>,
 }
 
 impl JobRequest {
@@ -89,8 +92,11 @@ impl JobRequest {
                 .map(|_| key.to_string()),
             scheduler_paths: Vec::new(),
             scheduler_libraries: Vec::new(),
-            // pyxis's --container-unshare is not wired yet: the host's net, ipc and uts.
-            unshare: Default::default(),
+            unshare: match &self.unshare {
+                Some(list) => Namespaces::parse(list)
+                    .map_err(|e| Error::Usage(format!("--container-unshare={list}: {e}")))?,
+                None => Namespaces::default(),
+            },
         })
     }
 }
@@ -102,20 +108,19 @@ pub fn is_reference(image: &str) -> bool {
         || (!image.starts_with('/') && !image.starts_with('.') && !Path::new(image).exists())
 }
 
-/// pyxis writes mount flags as `ro`, `rw`, `rbind`, `bind`, like berth; `private`/`rprivate`
-/// are accepted and dropped (berth's mounts are private).
+/// A pyxis mount item in berth's `--mount` form: pyxis joins flags with `+` (its items are
+/// comma-separated), and a relative DST is inside the container's root, as enroot has it.
 fn pyxis_mount(spec: &str) -> String {
-    let parts: Vec<&str> = spec.split(':').collect();
-    if parts.len() == 3 {
-        let flags: Vec<&str> = parts[2]
-            .split('+')
-            .flat_map(|f| f.split(','))
-            .filter(|f| !matches!(*f, "private" | "rprivate"))
-            .collect();
-        format!("{}:{}:{}", parts[0], parts[1], flags.join(","))
-    } else {
-        spec.to_string()
+    let mut parts: Vec<String> = spec.split(':').map(String::from).collect();
+    if let Some(dst) = parts.get_mut(1) {
+        if !dst.is_empty() && !dst.starts_with('/') {
+            dst.insert(0, '/');
+        }
     }
+    if let Some(flags) = parts.get_mut(2) {
+        *flags = flags.replace('+', ",");
+    }
+    parts.join(":")
 }
 
 /// A part of an instance key from a user or host name: safe in a file name, at most 40 chars.
@@ -207,7 +212,13 @@ mod tests {
             format!("slurm-7-{}-n1", name_part("my env"))
         );
         assert_eq!(instance_key(7, 1, "n1", Some("env")), "slurm-7-env-n1");
-        assert_eq!(pyxis_mount("/a:/b:ro+private"), "/a:/b:ro");
+        assert_eq!(pyxis_mount("/a:/b:ro+private"), "/a:/b:ro,private");
+        assert_eq!(pyxis_mount("/a:b"), "/a:/b");
+        assert_eq!(
+            pyxis_mount("tmpfs:t:size=1G+mode=1777"),
+            "tmpfs:/t:size=1G,mode=1777"
+        );
+        assert_eq!(pyxis_mount("umount:/home/u"), "umount:/home/u");
     }
 
     #[test]

@@ -36,12 +36,24 @@ fn request(mounts: &str, env_names: &str) -> JobRequest {
 /// else (readonly, recursive).
 fn mount_item() -> impl Strategy<Value = (String, Option<(bool, bool)>)> {
     let flag = prop::sample::select(vec![
-        "ro", "rw", "bind", "rbind", "private", "rprivate", "bogus", "",
+        "ro",
+        "rw",
+        "bind",
+        "rbind",
+        "private",
+        "rprivate",
+        "rslave",
+        "noexec",
+        "x-create=dir",
+        "bogus",
+        "rshared",
+        "",
     ]);
     let target = prop::sample::select(vec![
         ("/data", true),
         ("/x/y", true),
-        ("rel", false),
+        // Relative: inside the container's root, as enroot has it.
+        ("rel", true),
         ("/proc/x", false),
         ("/a/../b", false),
         ("/", false),
@@ -64,7 +76,7 @@ fn mount_item() -> impl Strategy<Value = (String, Option<(bool, bool)>)> {
                         "rw" => ro = false,
                         "bind" => rec = false,
                         "rbind" => rec = true,
-                        "private" | "rprivate" | "" => {}
+                        "private" | "rprivate" | "rslave" | "noexec" | "x-create=dir" | "" => {}
                         _ => ok = false,
                     }
                 }

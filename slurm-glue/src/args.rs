@@ -65,6 +65,11 @@ pub const OPTIONS: &[(&str, Option<&str>, &str)] = &[
         "[berth] do not bind mount the user's home directory",
     ),
     (
+        "container-unshare",
+        Some("NAMESPACE[,NAMESPACE...]"),
+        "[berth] unshare the given namespaces (net, ipc, uts) in the container; the step's tasks on a node share them",
+    ),
+    (
         "container-entrypoint",
         None,
         "[berth] execute the entrypoint from the container image",
@@ -213,6 +218,11 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
             )));
         }
     }
+    let unshare = src.value("container-unshare")?;
+    if let Some(list) = &unshare {
+        berth_launcher::options::Namespaces::parse(list)
+            .map_err(|e| Error::Usage(format!("--container-unshare={list}: {e}")))?;
+    }
     let writable = src.switch("container-writable", "container-readonly")?;
     let remap_root = src.switch("container-remap-root", "no-container-remap-root")?;
     let mount_home = src.switch("container-mount-home", "no-container-mount-home")?;
@@ -236,6 +246,7 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
         remap_root: remap_root.unwrap_or(site.remap_root),
         mount_home: mount_home.unwrap_or(site.mount_home),
         entrypoint: entrypoint.unwrap_or(site.entrypoint),
+        unshare,
     }))
 }
 

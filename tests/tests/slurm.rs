@@ -912,3 +912,78 @@ fn plugstack_mode_is_the_default_under_the_policy() {
         "plugstack mode= when the policy has none"
     );
 }
+
+#[test]
+fn container_mounts_types_and_container_unshare() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-mount-types");
+    let img = format!("--container-image={}", image());
+    let home = user().home.display().to_string();
+    // pyxis's flag separator is "+"; tmpfs with its options, umount of the home.
+    let mounts = format!("--container-mounts=tmpfs:/scratch:size=1M+mode=0700,umount:{home}");
+    let script = format!(
+        "stat -c '%a %u' /scratch; grep ' /scratch ' /proc/self/mountinfo | grep -c size=1024k; \
+         grep -c ' {home} ' /proc/self/mountinfo || true"
+    );
+    let r = c
+        .run(&sb, &["srun", "-n1", &img, &mounts, "sh", "-c", &script])
+        .expect_ok("tmpfs and umount");
+    assert_eq!(
+        r.stdout,
+        format!("700 {}\n1\n0\n", user().uid),
+        "a 1 MiB tmpfs of the user's, no home mount"
+    );
+    // Two tasks on one node share one new network namespace with only lo, up.
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-w",
+                "n1",
+                "-n2",
+                &img,
+                "--container-unshare=net,ipc",
+                "sh",
+                "-c",
+                "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+            ],
+        )
+        .expect_ok("unshare");
+    let out = lines(&r);
+    // The two tasks' lines may interleave.
+    let nets: Vec<&String> = out.iter().filter(|l| l.starts_with("net:")).collect();
+    let interfaces: Vec<&String> = out.iter().filter(|l| !l.starts_with("net:")).collect();
+    assert_eq!(nets.len(), 2, "{}", r.stdout);
+    assert_eq!(nets[0], nets[1], "one net namespace per node: {}", r.stdout);
+    let plain = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-w",
+                "n1",
+                "-n1",
+                &img,
+                "readlink",
+                "/proc/self/ns/net",
+            ],
+        )
+        .expect_ok("no unshare");
+    assert_ne!(
+        nets[0].as_str(),
+        plain.stdout.trim(),
+        "not the node's network namespace"
+    );
+    assert_eq!(interfaces, ["lo", "lo"], "only lo: {}", r.stdout);
+    let r = c.run(
+        &sb,
+        &["srun", "-n1", &img, "--container-unshare=pid", "true"],
+    );
+    assert_ne!(r.code, Some(0));
+    assert!(
+        r.stderr.contains("--container-unshare=pid"),
+        "one line naming the flag: {}",
+        r.stderr
+    );
+}
