@@ -35,24 +35,39 @@ use std::time::{Duration, Instant};
 const FIRST_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 enum Reply {
-    Joined(Vec<OwnedFd>),
+    /// The namespaces, and what of the rank's plan the container ignores (attach only).
+    Joined(Vec<OwnedFd>, Vec<String>),
     Closing,
     Mismatch,
 }
 
-/// Enter the container registered under `key` on this node, creating it if needed. On success
-/// the calling process is inside its namespaces, as the user (or root with `--remap-root`).
-pub fn join(plan: &Plan, key: &str) -> Result<()> {
-    let dir = plan.state_dir.join("join");
-    ensure_private_dir(&plan.state_dir, plan.user.uid)?;
-    ensure_private_dir(&dir, plan.user.uid)?;
-    // Socket paths are limited to 108 bytes: name the files by a short hash of the key.
+/// The keeper's socket for `key`: paths are limited to 108 bytes, so it is named by a short
+/// hash of the key.
+fn sock_path(dir: &Path, key: &str) -> PathBuf {
     let name: String = Sha256::digest(key.as_bytes())
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect();
-    let sock_path = dir.join(format!("{name}.sock"));
+    dir.join(format!("{name}.sock"))
+}
+
+/// Whether a keeper serves `key` on this node now (a container some rank still runs in, or
+/// one lingering): its socket accepts a connection. The probe says nothing, so the keeper
+/// registers no rank for it.
+pub fn running(state_dir: &Path, key: &str) -> bool {
+    UnixStream::connect(sock_path(&state_dir.join("join"), key)).is_ok()
+}
+
+/// Enter the container registered under `key` on this node, creating it if needed. On success
+/// the calling process is inside its namespaces, as the user (or root with `--remap-root`).
+/// With `attach`, a running container under the key is joined whatever its options; the
+/// names of the options of this plan it ignores are returned (else none).
+pub fn join(plan: &Plan, key: &str, attach: bool) -> Result<Vec<String>> {
+    let dir = plan.state_dir.join("join");
+    ensure_private_dir(&plan.state_dir, plan.user.uid)?;
+    ensure_private_dir(&dir, plan.user.uid)?;
+    let sock_path = sock_path(&dir, key);
     let lock_file = File::options()
         .read(true)
         .write(true)
@@ -61,13 +76,21 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
         .open(dir.join(".lock"))
         .ctx(|| format!("cannot open the join lock in {}", dir.display()))?;
     sys::flock(&lock_file, libc::LOCK_EX).ctx(|| "cannot take the join lock")?;
-    let fingerprint = plan.fingerprint();
+    let message = if attach {
+        let (strict, parts) = plan.fingerprint_parts();
+        let parts: Vec<String> = parts.iter().map(|(n, h)| format!("{n}={h}")).collect();
+        format!("attach {strict} {}\n", parts.join(","))
+    } else {
+        format!("join {}\n", plan.fingerprint())
+    };
     let mut fds = None;
+    let mut ignored = Vec::new();
     for _ in 0..50 {
         match UnixStream::connect(&sock_path) {
-            Ok(stream) => match request(&stream, &fingerprint)? {
-                Reply::Joined(got) => {
+            Ok(stream) => match request(&stream, &message)? {
+                Reply::Joined(got, differ) => {
                     fds = Some(got);
+                    ignored = differ;
                     break;
                 }
                 Reply::Closing => std::thread::sleep(Duration::from_millis(20)),
@@ -109,28 +132,26 @@ pub fn join(plan: &Plan, key: &str) -> Result<()> {
         .ctx(|| "cannot join the container's user namespace")?;
     setns(fds[1].as_fd(), CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot join the container's mount namespace")?;
-    // Owned by the outer user namespace: entered while the rank has its capabilities there.
-    let kinds = plan.unshare.names();
-    if fds.len() < 2 + kinds.len() {
-        return Err(Error::Image(format!(
-            "the keeper of container '{key}' sent {} namespaces, not the {} asked for",
-            fds.len(),
-            2 + kinds.len()
-        )));
+    // Then the keeper's own namespaces (net, ipc, uts: owned by the outer user namespace,
+    // entered while the rank has its capabilities there), and last its inner user namespace,
+    // if any. Each is entered as the kind the kernel says it is: an attaching rank gets the
+    // container's set, not the one its own options ask for.
+    let mut inner = None;
+    for fd in &fds[2..] {
+        // NS_GET_NSTYPE
+        let kind = unsafe { libc::ioctl(fd.as_raw_fd(), 0xb703) };
+        if kind == libc::CLONE_NEWUSER {
+            inner = Some(fd);
+            continue;
+        }
+        let flag = CloneFlags::from_bits_truncate(kind);
+        setns(fd.as_fd(), flag).ctx(|| "cannot join one of the container's namespaces")?;
     }
-    for (kind, fd) in kinds.iter().zip(&fds[2..]) {
-        let flag = match *kind {
-            "net" => CloneFlags::CLONE_NEWNET,
-            "ipc" => CloneFlags::CLONE_NEWIPC,
-            _ => CloneFlags::CLONE_NEWUTS,
-        };
-        setns(fd.as_fd(), flag).ctx(|| format!("cannot join the container's {kind} namespace"))?;
-    }
-    if let Some(inner) = fds.get(2 + kinds.len()) {
+    if let Some(inner) = inner {
         setns(inner.as_fd(), CloneFlags::CLONE_NEWUSER)
             .ctx(|| "cannot join the container's inner user namespace")?;
     }
-    Ok(())
+    Ok(ignored)
 }
 
 /// Remove the join sockets of keepers that are gone (killed: a keeper that exits removes its
@@ -185,9 +206,8 @@ pub fn sweep(state_dir: &Path) -> Vec<String> {
     sweep_locked(&dir)
 }
 
-fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
+fn request(stream: &UnixStream, request: &str) -> Result<Reply> {
     // The rank's stderr goes along: if the image server dies, the keeper says so there.
-    let request = format!("join {fingerprint}\n");
     let stderr = [2 as RawFd];
     sendmsg::<()>(
         stream.as_raw_fd(),
@@ -197,7 +217,7 @@ fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
         None,
     )
     .ctx(|| "cannot talk to the container keeper")?;
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 256];
     // user, mount, net, ipc, uts, inner user.
     let mut cmsg = nix::cmsg_space!([RawFd; 6]);
     let mut iov = [IoSliceMut::new(&mut buf)];
@@ -219,9 +239,18 @@ fn request(stream: &UnixStream, fingerprint: &str) -> Result<Reply> {
     }
     let n = msg.bytes;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    Ok(match text.trim() {
-        "ok" if fds.len() >= 2 => Reply::Joined(fds),
-        "mismatch" => Reply::Mismatch,
+    let text = text.trim();
+    // "ok", or "ok NAME,NAME" for an attaching rank: what of its plan the container ignores.
+    Ok(match text.split_once(' ').unwrap_or((text, "")) {
+        ("ok", differ) if fds.len() >= 2 => Reply::Joined(
+            fds,
+            differ
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        ),
+        ("mismatch", _) => Reply::Mismatch,
         _ => Reply::Closing,
     })
 }
@@ -282,7 +311,10 @@ fn keeper_main(
     }
     let mut ready = File::from(ready);
     // Before the build: the image's path is not visible from the container's namespace.
-    let fingerprint = plan.fingerprint();
+    let id = Identity {
+        fingerprint: plan.fingerprint(),
+        parts: plan.fingerprint_parts(),
+    };
     let dirfd = match File::options()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -327,7 +359,7 @@ fn keeper_main(
         .as_ref()
         .and_then(|c| sys::pidfd_open(c.id() as i32).ok());
     let linger = Duration::from_secs(plan.linger_secs);
-    serve(&listener, &fds, &fingerprint, fuse_pidfd.as_ref(), linger);
+    serve(&listener, &fds, &id, fuse_pidfd.as_ref(), linger);
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.
     if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
         unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
@@ -373,12 +405,41 @@ fn make_inner_userns(plan: &Plan) -> Result<OwnedFd> {
     }
 }
 
+/// What a keeper compares a rank's request with: the whole fingerprint (a joining rank), or
+/// its parts (an attaching one, see `Plan::fingerprint_parts`).
+struct Identity {
+    fingerprint: String,
+    parts: (String, Vec<(&'static str, String)>),
+}
+
+impl Identity {
+    /// The answer to a request line: "ok" (and for an attaching rank the names of the options
+    /// of its plan that differ from the container's), or None for a mismatch.
+    fn answer(&self, line: &str) -> Option<String> {
+        if let Some(fp) = line.strip_prefix("join ") {
+            return (fp == self.fingerprint).then(|| "ok".to_string());
+        }
+        let (strict, parts) = line.strip_prefix("attach ")?.split_once(' ')?;
+        if strict != self.parts.0 {
+            return None;
+        }
+        let differ: Vec<&str> = self
+            .parts
+            .1
+            .iter()
+            .filter(|(name, hash)| !parts.split(',').any(|p| p == format!("{name}={hash}")))
+            .map(|(name, _)| *name)
+            .collect();
+        Some(format!("ok {}", differ.join(",")).trim_end().to_string())
+    }
+}
+
 /// Register ranks until the last one has exited and `linger` has passed without a newcomer (or
 /// none came at all, or the FUSE server died).
 fn serve(
     listener: &UnixListener,
     fds: &[OwnedFd],
-    fingerprint: &str,
+    id: &Identity,
     fuse: Option<&OwnedFd>,
     linger: Duration,
 ) {
@@ -439,7 +500,7 @@ fn serve(
         }
         if accept {
             if let Ok((conn, _)) = listener.accept() {
-                if let Some(rank) = register(&conn, fds, fingerprint) {
+                if let Some(rank) = register(&conn, fds, id) {
                     ranks.push(rank);
                     joined_once = true;
                 }
@@ -462,13 +523,9 @@ fn tell_ranks(ranks: &[(OwnedFd, Option<File>)], line: &str) {
     }
 }
 
-fn register(
-    conn: &UnixStream,
-    fds: &[OwnedFd],
-    fingerprint: &str,
-) -> Option<(OwnedFd, Option<File>)> {
+fn register(conn: &UnixStream, fds: &[OwnedFd], id: &Identity) -> Option<(OwnedFd, Option<File>)> {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = [0u8; 128];
+    let mut line = [0u8; 512];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     let mut iov = [IoSliceMut::new(&mut line)];
     let msg = recvmsg::<()>(
@@ -492,21 +549,51 @@ fn register(
         return None; // a liveness probe (a sweep), not a rank
     }
     let text = String::from_utf8_lossy(&line[..n]);
-    if text.trim() != format!("join {fingerprint}") {
+    let Some(answer) = id.answer(text.trim()) else {
         let _ = (&*conn).write_all(b"mismatch\n");
         return None;
-    }
+    };
     let cred = getsockopt(&conn.as_fd(), sockopt::PeerCredentials).ok()?;
     let pidfd = sys::pidfd_open(cred.pid()).ok()?;
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
     sendmsg::<()>(
         conn.as_raw_fd(),
-        &[IoSlice::new(b"ok\n")],
+        &[IoSlice::new(format!("{answer}\n").as_bytes())],
         &cmsg,
         MsgFlags::empty(),
         None,
     )
     .ok()?;
     Some((pidfd, stderr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_are_strict_and_attaches_name_what_differs() {
+        let id = Identity {
+            fingerprint: "f00".into(),
+            parts: (
+                "s1".into(),
+                vec![("image", "a".into()), ("mounts", "b".into())],
+            ),
+        };
+        assert_eq!(id.answer("join f00").as_deref(), Some("ok"));
+        assert_eq!(id.answer("join f01"), None);
+        assert_eq!(id.answer("attach s1 image=a,mounts=b").as_deref(), Some("ok"));
+        assert_eq!(
+            id.answer("attach s1 image=a,mounts=c").as_deref(),
+            Some("ok mounts")
+        );
+        assert_eq!(
+            id.answer("attach s1 image=z,mounts=c").as_deref(),
+            Some("ok image,mounts")
+        );
+        // Another user or another named container's layer: never.
+        assert_eq!(id.answer("attach s2 image=a,mounts=b"), None);
+        assert_eq!(id.answer("attach"), None);
+    }
 }

@@ -164,6 +164,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             persist: a.name,
             scheduler_paths: Vec::new(),
             scheduler_libraries: Vec::new(),
+            attach: false,
             unshare,
         },
         a.dry_run,

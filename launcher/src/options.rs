@@ -118,6 +118,10 @@ pub struct RunOptions {
     /// Namespaces of its own besides user and mount, one set per container (shared by the
     /// ranks that join it). Default: none.
     pub unshare: Namespaces,
+    /// Join the running container of the join key whatever its image and options (a named
+    /// container another step still runs in, as pyxis attaches): what differs is ignored, with
+    /// a warning. False: a container with other options under the key is an error.
+    pub attach: bool,
 }
 
 /// What a `--mount` puts at its target.

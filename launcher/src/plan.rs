@@ -659,6 +659,36 @@ impl Plan {
             .collect()
     }
 
+    /// The fingerprint in parts, for a rank that attaches whatever the options (see
+    /// `RunOptions::attach`): first what must still match (the user, the named container's
+    /// layer), then each option a keeper compares to name what the rank's plan has that the
+    /// running container ignores, as `name=hash`.
+    pub fn fingerprint_parts(&self) -> (String, Vec<(&'static str, String)>) {
+        let hash = |text: String| -> String {
+            Sha256::digest(text.as_bytes())
+                .iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let strict = hash(format!("{}|{:?}", self.user.uid, self.persist));
+        let parts = vec![
+            (
+                "image",
+                hash(format!(
+                    "{:?}|{}|{:?}",
+                    self.image.path, self.image_stamp, self.rootfs
+                )),
+            ),
+            ("mounts", hash(format!("{:?}", self.steps))),
+            ("writable", hash(self.writable.to_string())),
+            ("remap-root", hash(self.remap_root.to_string())),
+            ("mpi", hash(format!("{:?}", self.mpi))),
+            ("unshare", hash(format!("{:?}", self.unshare))),
+        ];
+        (strict, parts)
+    }
+
     /// The uid and gid the process has inside.
     pub fn inner_ids(&self) -> (u32, u32) {
         if self.remap_root {
@@ -1286,6 +1316,7 @@ mod tests {
             persist: None,
             scheduler_paths: vec![],
             scheduler_libraries: vec![],
+            attach: false,
             unshare: Namespaces::default(),
         }
     }

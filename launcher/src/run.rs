@@ -108,7 +108,13 @@ pub fn enter(
     let plan = plan(opts, env, cwd)?;
     let built = match &plan.join_key {
         Some(key) => {
-            crate::join::join(&plan, key)?;
+            let ignored = crate::join::join(&plan, key, opts.attach)?;
+            if !ignored.is_empty() {
+                eprintln!(
+                    "berth: warning: attached to the running container '{key}': ignoring this step's {} (the container keeps its own)",
+                    ignored.join(", ")
+                );
+            }
             None
         }
         None => {

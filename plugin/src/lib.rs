@@ -92,6 +92,7 @@ impl JobRequest {
                 .map(|_| key.to_string()),
             scheduler_paths: Vec::new(),
             scheduler_libraries: Vec::new(),
+            attach: false,
             unshare: match &self.unshare {
                 Some(list) => Namespaces::parse(list)
                     .map_err(|e| Error::Usage(format!("--container-unshare={list}: {e}")))?,
