@@ -583,7 +583,10 @@ mod tests {
         };
         assert_eq!(id.answer("join f00").as_deref(), Some("ok"));
         assert_eq!(id.answer("join f01"), None);
-        assert_eq!(id.answer("attach s1 image=a,mounts=b").as_deref(), Some("ok"));
+        assert_eq!(
+            id.answer("attach s1 image=a,mounts=b").as_deref(),
+            Some("ok")
+        );
         assert_eq!(
             id.answer("attach s1 image=a,mounts=c").as_deref(),
             Some("ok mounts")

@@ -18,6 +18,8 @@ pub struct JobRequest {
     pub workdir: Option<String>,
     /// `--container-name`: the instance is shared by every step of the job that names it.
     pub name: Option<String>,
+    /// `--container-name=NAME:FLAG`: whether the named container may or must exist or run.
+    pub name_flag: NameFlag,
     /// `--container-env=NAME,...`: these host variables win over the image's.
     pub env_names: Option<String>,
     pub writable: bool,
@@ -99,6 +101,73 @@ impl JobRequest {
                 None => Namespaces::default(),
             },
         })
+    }
+}
+
+/// pyxis's `--container-name=NAME:FLAG`: how a step treats the named container of its job on
+/// a node, which exists once a step created it, and runs while a step of it runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NameFlag {
+    /// Attach to it if it runs, else start it again from its saved layer, else create it.
+    #[default]
+    Auto,
+    /// It must not exist: create it.
+    Create,
+    /// It must run: attach to it.
+    Exec,
+    /// Never attach: start a container of this step's own over its saved layer (or create it).
+    NoExec,
+}
+
+impl NameFlag {
+    pub fn parse(flag: &str) -> Option<NameFlag> {
+        Some(match flag {
+            "" | "auto" => NameFlag::Auto,
+            "create" => NameFlag::Create,
+            "exec" => NameFlag::Exec,
+            "no_exec" => NameFlag::NoExec,
+            _ => return None,
+        })
+    }
+}
+
+/// What a step does with its named container on a node: decided once per step per node (its
+/// tasks must agree), from what the node has: `saved` is the image the container was created
+/// from when it exists, `running` whether a step of it still runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// Join the running container, whatever this step's options (pyxis ignores them).
+    Attach(PathBuf),
+    /// Start a container from the saved layer and the image it was created from.
+    Reuse(PathBuf),
+    /// Create it from this step's image.
+    Create,
+}
+
+/// pyxis's rules for `--container-name=NAME:FLAG` (its `slurm_spank_user_init`). Errors are
+/// one line naming the name and the node.
+pub fn decide_named(
+    name: &str,
+    flag: NameFlag,
+    node: &str,
+    saved: Option<PathBuf>,
+    running: bool,
+    has_image: bool,
+) -> Result<Named> {
+    let running = running && saved.is_some() && flag != NameFlag::NoExec;
+    match (flag, saved) {
+        (NameFlag::Create, Some(_)) => usage(format!(
+            "--container-name={name}:create: a container named '{name}' already exists on {node} in this job; use another name, or {name}:auto to reuse it"
+        )),
+        (NameFlag::Exec, _) if !running => usage(format!(
+            "--container-name={name}:exec: no step of this job runs in a container named '{name}' on {node}"
+        )),
+        (_, Some(image)) if running => Ok(Named::Attach(image)),
+        (_, Some(image)) => Ok(Named::Reuse(image)),
+        (_, None) if has_image => Ok(Named::Create),
+        (_, None) => usage(format!(
+            "--container-name={name}: no container named '{name}' exists on {node} in this job, and no --container-image was given to create it"
+        )),
     }
 }
 
@@ -194,6 +263,45 @@ mod tests {
         };
         assert!(bad.run_options("k", vec![], &[], Path::new("/")).is_err());
         assert!(!JobRequest::default().wants_container());
+    }
+
+    #[test]
+    fn named_container_flags_as_pyxis() {
+        use NameFlag::*;
+        let img = || Some(PathBuf::from("/i.sqsh"));
+        let d = |flag, saved, running, has_image| {
+            decide_named("env", flag, "n1", saved, running, has_image)
+        };
+        for flag in [Auto, Create, NoExec] {
+            assert_eq!(d(flag, None, false, true).unwrap(), Named::Create);
+            let e = d(flag, None, false, false).unwrap_err().to_string();
+            assert!(
+                e.contains("no container named 'env'") && e.contains("n1"),
+                "{e}"
+            );
+        }
+        assert_eq!(
+            d(Auto, img(), false, false).unwrap(),
+            Named::Reuse(img().unwrap())
+        );
+        assert_eq!(
+            d(Auto, img(), true, true).unwrap(),
+            Named::Attach(img().unwrap())
+        );
+        assert_eq!(
+            d(Exec, img(), true, false).unwrap(),
+            Named::Attach(img().unwrap())
+        );
+        assert_eq!(
+            d(NoExec, img(), true, false).unwrap(),
+            Named::Reuse(img().unwrap())
+        );
+        assert!(d(Create, img(), false, true).is_err());
+        assert!(d(Create, img(), true, true).is_err());
+        assert!(d(Exec, img(), false, true).is_err());
+        assert!(d(Exec, None, false, true).is_err());
+        assert_eq!(NameFlag::parse("no_exec"), Some(NoExec));
+        assert_eq!(NameFlag::parse("x"), None);
     }
 
     #[test]

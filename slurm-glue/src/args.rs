@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use berth_launcher::error::Error;
-use berth_plugin::JobRequest;
+use berth_plugin::{JobRequest, NameFlag};
 
 /// The options users get: (name, argument, `--help` text), with pyxis's meanings.
 pub const OPTIONS: &[(&str, Option<&str>, &str)] = &[
@@ -198,17 +198,12 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
         }
     }
     let workdir = src.value("container-workdir")?;
-    let name = match src.value("container-name")? {
+    let (name, name_flag) = match src.value("container-name")? {
         Some(v) => {
             let (name, flag) = parse_name(&v)?;
-            if flag != "auto" {
-                return Err(Error::Usage(format!(
-                    "--container-name={v}: the flag {flag} is not supported yet (use {name} or {name}:auto)"
-                )));
-            }
-            Some(name)
+            (Some(name), NameFlag::parse(&flag).unwrap_or_default())
         }
-        None => None,
+        None => (None, NameFlag::Auto),
     };
     let env_names = src.value("container-env")?;
     if let Some(e) = &env_names {
@@ -227,21 +222,19 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
     let remap_root = src.switch("container-remap-root", "no-container-remap-root")?;
     let mount_home = src.switch("container-mount-home", "no-container-mount-home")?;
     let entrypoint = src.switch("container-entrypoint", "no-container-entrypoint")?;
-    let Some(image) = image else {
-        if name.is_some() {
-            return Err(Error::Usage(
-                "--container-name without --container-image: re-entering a named container without --container-image is not supported yet".into(),
-            ));
-        }
+    // A name without an image re-enters the job's named container on each node (whether the
+    // node has it is known only there).
+    if image.is_none() && name.is_none() {
         return Ok(None);
-    };
+    }
     Ok(Some(JobRequest {
-        image: Some(image),
+        image,
         mounts,
         workdir,
         // A named container is writable (its changes are what it is for) unless told otherwise.
         writable: writable.unwrap_or(name.is_some()),
         name,
+        name_flag,
         env_names,
         remap_root: remap_root.unwrap_or(site.remap_root),
         mount_home: mount_home.unwrap_or(site.mount_home),
@@ -354,15 +347,17 @@ mod tests {
         }
         assert!(parse_name(&"n".repeat(NAME_MAX)).is_ok());
         assert!(parse_name(&"n".repeat(NAME_MAX + 1)).is_err());
-        // Only auto is done; the others say so rather than act as auto.
-        assert!(err(req(&[IMG, ("container-name", "a:exec")], &[])).contains("not supported yet"));
         let r = req(&[IMG, ("container-name", "a:auto")], &[])
             .unwrap()
             .unwrap();
         assert_eq!(r.name.as_deref(), Some("a"));
+        assert_eq!(r.name_flag, NameFlag::Auto);
         assert!(r.writable, "a named container is writable by default");
-        // No image: not on the host, one line.
-        assert!(err(req(&[("container-name", "a")], &[])).contains("not supported yet"));
+        let r = req(&[IMG, ("container-name", "a:no_exec")], &[]);
+        assert_eq!(r.unwrap().unwrap().name_flag, NameFlag::NoExec);
+        // No image: a request to re-enter it (the node knows whether it exists), not the host.
+        let r = req(&[("container-name", "a:exec")], &[]).unwrap().unwrap();
+        assert_eq!((r.image, r.name_flag), (None, NameFlag::Exec));
     }
 
     #[test]

@@ -74,8 +74,13 @@ fn remove_named(named: &Path, prefix: &str) -> i32 {
     for entry in std::fs::read_dir(named).into_iter().flatten().flatten() {
         if entry.file_name().to_string_lossy().starts_with(prefix) {
             // The writable layer has directories without permissions (overlayfs's work
-            // directory, the image's read-only ones): the user opens them up first.
-            berth_launcher::cache::remove_tree(&entry.path());
+            // directory, the image's read-only ones): the user opens them up first. Beside
+            // it are the step records of the container (`KEY.lock`, `KEY.step`), files.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                berth_launcher::cache::remove_tree(&entry.path());
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
             if std::fs::symlink_metadata(entry.path()).is_ok() {
                 code = 1;
             }

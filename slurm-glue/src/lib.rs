@@ -18,6 +18,7 @@ pub mod alloc;
 pub mod args;
 pub mod config;
 pub mod epilog;
+pub mod named;
 pub mod slurmstepd;
 pub mod spank;
 pub mod srun;

@@ -6,7 +6,8 @@
 use crate::config::{apply_config, config, state_dir, Config};
 use crate::spank::{log, Level, Spank};
 use berth_launcher::error::Error;
-use berth_plugin::{instance_key, is_reference};
+use berth_launcher::options::Join;
+use berth_plugin::{decide_named, instance_key, is_reference, JobRequest, NameFlag, Named};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -42,17 +43,23 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let key = instance_key(job, step, &node, req.name.as_deref());
     let argv = sp.job_argv();
-    let mut opts = req.run_options(&key, argv.clone(), &env, &cwd)?;
+    let (image_path, join_key, attach) = resolve(&req, &cfg, &state, &env, &node, job, step, &key)?;
+    let mut opts = JobRequest {
+        image: Some(image_path.to_string_lossy().into_owned()),
+        ..req.clone()
+    }
+    .run_options(&key, argv.clone(), &env, &cwd)?;
+    (opts.image, opts.join, opts.attach) = (image_path, Join::Key(join_key), attach);
+
     // The policy's mode wins; plugstack's mode= is the site default under it.
     opts.mode = policy.mode.or(cfg.mode);
     if batch {
         (opts.scheduler_paths, opts.scheduler_libraries) = slurm_client(&argv[0], &env);
     }
-    let image = req.image.clone().unwrap_or_default();
-    if is_reference(&image) {
-        log(Level::Verbose, &format!("importing {image} on {node}"));
-        opts.image = import(&image, &cfg, &state, &env)?;
-    }
+    let image = req
+        .image
+        .clone()
+        .unwrap_or_else(|| opts.image.display().to_string());
     // slurmstepd made this task non-dumpable when it switched to the user; the user
     // namespace maps in /proc/self need it dumpable again (as after any exec).
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
@@ -135,16 +142,79 @@ fn run_through_entrypoint(sp: Spank, full_argv: &[OsString]) -> Result<(), Error
     Ok(())
 }
 
-/// A registry reference is imported with berth-image into the node's state directory, once:
-/// tasks of the node wait on a lock while the first imports; later steps find it up to date
-/// (berth-image checks the manifest and rebuilds nothing).
+/// The image file for this task, the join key and whether to attach. A registry reference is
+/// imported once per step on the node. A named container's fate is decided once per step on the
+/// node, by pyxis's `NAME:FLAG` rules ([`decide_named`]): a container that exists is started
+/// again (or attached to, if a step of it runs) from the image it was created from, whatever
+/// image this step names; one that does not is created from this step's image.
+#[allow(clippy::too_many_arguments)]
+fn resolve(
+    req: &JobRequest,
+    cfg: &Config,
+    state: &Path,
+    env: &[(OsString, OsString)],
+    node: &str,
+    job: u32,
+    step: u32,
+    key: &str,
+) -> Result<(PathBuf, String, bool), Error> {
+    let given = || -> Result<PathBuf, Error> {
+        let image = req.image.as_deref().unwrap_or_default();
+        if is_reference(image) {
+            log(Level::Verbose, &format!("importing {image} on {node}"));
+            import(image, cfg, state, env, job, step)
+        } else {
+            Ok(PathBuf::from(image))
+        }
+    };
+    let Some(name) = req.name.as_deref() else {
+        return Ok((given()?, key.to_string(), false));
+    };
+    let uid = unsafe { libc::getuid() };
+    berth_launcher::host::ensure_private_dir(state, uid)?;
+    let dir = state.join("named");
+    berth_launcher::host::ensure_private_dir(&dir, uid)?;
+    let decided = crate::named::once_per_step(&dir, key, job, step, || {
+        let saved = crate::named::saved_image(state, key);
+        let running = berth_launcher::join::running(state, key);
+        let has_image = req.image.is_some();
+        Ok(
+            match decide_named(name, req.name_flag, node, saved, running, has_image)? {
+                Named::Attach(image) => format!("attach {}", image.display()),
+                Named::Reuse(image) => format!("reuse {}", image.display()),
+                Named::Create => {
+                    let image = given()?;
+                    crate::named::record_image(state, key, &image)?;
+                    format!("create {}", image.display())
+                }
+            },
+        )
+    })?;
+    let (how, image) = decided.split_once(' ').unwrap_or((&decided, ""));
+    log(
+        Level::Verbose,
+        &format!("job {job} step {step} on {node}: named container {name}: {how} ({image})"),
+    );
+    // no_exec: a container of this step's own, over the named container's saved layer.
+    let join = match req.name_flag {
+        NameFlag::NoExec => instance_key(job, step, node, None),
+        _ => key.to_string(),
+    };
+    Ok((PathBuf::from(image), join, how == "attach"))
+}
+
+/// A registry reference is imported with berth-image into the node's state directory, once
+/// per step on the node: the first task imports under a lock and records the result, the
+/// step's other tasks get it (the file, or the same error) without asking the registry again.
+/// Later steps find the file up to date (berth-image checks the manifest and rebuilds nothing).
 fn import(
     reference: &str,
     cfg: &Config,
     state: &Path,
     env: &[(OsString, OsString)],
+    job: u32,
+    step: u32,
 ) -> Result<PathBuf, Error> {
-    use std::io::Read as _;
     let uid = unsafe { libc::getuid() };
     berth_launcher::host::ensure_private_dir(state, uid)?;
     let dir = state.join("imported");
@@ -156,12 +226,22 @@ fn import(
         format!("{:016x}", h.finish())
     };
     let out = dir.join(format!("{digest}.sqsh"));
-    let lock = std::fs::File::create(dir.join(".lock"))
-        .map_err(|e| Error::Image(format!("cannot lock {}: {e}", dir.display())))?;
-    berth_launcher::sys::flock(&lock, libc::LOCK_EX)
-        .map_err(|e| Error::Image(format!("cannot lock: {e}")))?;
+    crate::named::once_per_step(&dir, &digest, job, step, || {
+        run_import(reference, cfg, env, &out).map(|()| out.display().to_string())
+    })
+    .map(PathBuf::from)
+}
+
+/// Run berth-image to import `reference` to `out`; its last line if it fails.
+fn run_import(
+    reference: &str,
+    cfg: &Config,
+    env: &[(OsString, OsString)],
+    out: &Path,
+) -> Result<(), Error> {
+    use std::io::Read as _;
     let mut cmd = std::process::Command::new(&cfg.berth_image);
-    cmd.args(["import", "--quiet", reference, "-o"]).arg(&out);
+    cmd.args(["import", "--quiet", reference, "-o"]).arg(out);
     if cfg
         .insecure_registries
         .iter()
@@ -205,7 +285,7 @@ fn import(
             .trim_start_matches("berth-image: ");
         return Err(Error::Image(format!("cannot import {reference}: {why}")));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The registry host of a reference (`docker://HOST[:PORT]/...` or `[USER@]HOST[:PORT]#...`),

@@ -35,6 +35,14 @@ pub fn check(sp: Spank, cfg: &Config, allocator: bool) -> Result<(), Error> {
         ));
     }
     apply_config(cfg, None);
+    // A name without an image: only the node knows whether it has that container.
+    if req.image.is_none() {
+        let _ = CHECKED.set(format!(
+            "no image: the named container {} of this job is re-entered on each node",
+            req.name.as_deref().unwrap_or_default()
+        ));
+        return Ok(());
+    }
     // vars_os: a non-UTF-8 variable in the submit environment is carried, not a panic.
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());

@@ -714,7 +714,6 @@ fn bad_arguments_are_one_line_at_submit_and_run_nothing() {
             None,
             "--container-mounts",
         ),
-        (vec!["--container-name=solo"], None, "not supported yet"),
         (
             vec![&img],
             Some(("BERTH_CONTAINER_WRITABLE", "maybe")),
@@ -984,6 +983,170 @@ fn container_mounts_types_and_container_unshare() {
     assert!(
         r.stderr.contains("--container-unshare=pid"),
         "one line naming the flag: {}",
+        r.stderr
+    );
+}
+
+/// Issue 12 (bugs 1 and 9, `NAME:FLAG`): `--container-name=NAME` without an image re-enters
+/// the job's named container on the node (its changes, and its namespaces while a step of it
+/// runs, whatever this step's options, with one warning naming what is ignored); without one
+/// it fails on the node in one line; `create`, `exec` and `no_exec` as with pyxis.
+#[test]
+fn named_containers_are_re_entered_by_name_as_with_pyxis() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-reenter");
+    let w = sb.work.display().to_string();
+    let script = sb.user_file(
+        "reenter.sh",
+        format!(
+            r#"#!/bin/sh
+img={img}
+# --overlap: a step may start while the one in the background runs.
+step() {{ echo "== $1"; shift; srun -n1 --overlap "$@"; echo "rc=$?"; }}
+step none --container-name=env true
+step exec-none --container-name=env:exec --container-image=$img true
+step create --container-name=env:create --container-image=$img sh -c 'echo installed > /tool'
+step reenter --container-name=env cat /tool
+step create-again --container-name=env:create --container-image=$img true
+srun -n1 --overlap --container-name=env --container-mounts={w}:/out sh -c 'touch /out/started; i=0; while [ ! -e /out/stop ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done' &
+i=0; while [ ! -e {w}/started ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+step attach --container-name=env:exec --container-mounts={w}:/elsewhere sh -c 'test -e /out/started && echo sees-out; test -e /elsewhere || echo no-elsewhere; cat /tool'
+step no-exec --container-name=env:no_exec sh -c 'test -e /out/started && echo sees-out || echo own-mounts; cat /tool'
+touch {w}/stop; wait
+"#,
+            img = image(),
+        )
+        .as_bytes(),
+    );
+    let out = sb.work.join("reenter.out");
+    let o = format!("--output={}", out.display());
+    let path = script.display().to_string();
+    c.run(&sb, &["sbatch", "--wait", "-w", "n1", "-n1", &o, &path])
+        .expect_ok("sbatch");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let section = |name: &str| -> String {
+        let start = text
+            .find(&format!("== {name}\n"))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        let rest = &text[start..];
+        let end = rest.find("rc=").map(|e| rest[e..].find('\n').unwrap() + e);
+        rest[..end.unwrap_or(rest.len())].to_string()
+    };
+    let berth_lines = |s: &str| s.lines().filter(|l| l.contains("berth:")).count();
+    // Not on the host: one line from the task, the step fails.
+    let none = section("none");
+    assert!(
+        none.contains("no container named 'env' exists on n1") && !none.contains("rc=0"),
+        "{none}"
+    );
+    assert_eq!(berth_lines(&none), 1, "{none}");
+    let exec = section("exec-none");
+    assert!(
+        exec.contains(":exec: no step") && !exec.contains("rc=0"),
+        "{exec}"
+    );
+    assert!(section("create").contains("rc=0"), "{text}");
+    let reenter = section("reenter");
+    assert!(reenter.contains("installed\nrc=0"), "{reenter}");
+    let again = section("create-again");
+    assert!(
+        again.contains("already exists on n1") && !again.contains("rc=0"),
+        "{again}"
+    );
+    // Attached to the running step's container: its mounts, not this step's, one warning.
+    let attach = section("attach");
+    assert!(
+        attach.contains("sees-out\nno-elsewhere\ninstalled\nrc=0"),
+        "{attach}"
+    );
+    let warnings: Vec<&str> = attach.lines().filter(|l| l.contains("berth:")).collect();
+    assert_eq!(warnings.len(), 1, "{attach}");
+    assert!(
+        warnings[0].contains("warning") && warnings[0].contains("ignoring this step's mounts"),
+        "{attach}"
+    );
+    // no_exec: a container of its own over the same saved layer.
+    let no_exec = section("no-exec");
+    assert!(no_exec.contains("own-mounts\ninstalled\nrc=0"), "{no_exec}");
+    let states = c.node_states();
+    assert!(
+        states
+            .iter()
+            .all(|s| !["drain", "down", "fail"].iter().any(|bad| s.contains(bad))),
+        "{states:?}"
+    );
+}
+
+/// Issue 12 (bug 4): a registry import that fails is tried once per node for a step, not once
+/// per task: four tasks on a node make the requests one task makes, and each task fails with
+/// the one error. The registry is a stand-in on the cluster's bridge that answers every
+/// request 404 (a missing tag) and counts them.
+#[test]
+fn a_failed_registry_import_is_tried_once_per_node() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let c = cluster();
+    let sb = Sandbox::new("slurm-import-once");
+    let listener =
+        std::net::TcpListener::bind(format!("{}:0", berth_tests::slurm::BRIDGE_IP)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                match conn.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if head.is_empty() {
+                continue;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let flag = format!("--container-image=docker://{addr}/demo/shell:missing");
+    let one = c.run(&sb, &["srun", "-w", "n1", "-n1", &flag, "echo", "ran"]);
+    assert_ne!(one.code, Some(0));
+    let per_attempt = requests.swap(0, Ordering::SeqCst);
+    assert!(
+        per_attempt > 0,
+        "the registry was not asked: {}",
+        one.stderr
+    );
+    let r = c.run(&sb, &["srun", "-w", "n1", "-n4", &flag, "echo", "ran"]);
+    assert_ne!(r.code, Some(0));
+    assert!(!r.stdout.contains("ran"), "{}", r.stdout);
+    let failed: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("berth: cannot import"))
+        .collect();
+    assert_eq!(
+        failed.len(),
+        4,
+        "each task fails with the error:\n{}",
+        r.stderr
+    );
+    assert!(failed
+        .iter()
+        .all(|l| l.ends_with(failed[0].split("berth: ").last().unwrap())));
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        per_attempt,
+        "one attempt for the node, not one per task:\n{}",
         r.stderr
     );
 }
