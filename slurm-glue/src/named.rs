@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Run `work` once for step `job.step` on this node under `dir/<stem>.lock`, and record its
-/// result in `dir/<stem>.step` ("JOB.STEP", then "ok VALUE" or "error MESSAGE"). A record of
+/// result in `dir/<stem>.step` ("JOB.STEP.PPID", then "ok VALUE" or "error MESSAGE"). A record of
 /// another step is stale: the work is done again (a later step may succeed where one failed).
 pub fn once_per_step(
     dir: &Path,
@@ -30,7 +30,9 @@ pub fn once_per_step(
         .map_err(|e| Error::Image(format!("cannot lock in {}: {e}", dir.display())))?;
     flock(&lock, libc::LOCK_EX).map_err(|e| Error::Image(format!("cannot lock: {e}")))?;
     let record = dir.join(format!("{stem}.step"));
-    let this = format!("{job}.{step}");
+    // The step's slurmstepd (the tasks' parent) too: a job id Slurm gives again after its
+    // state was reset must not find an old record.
+    let this = format!("{job}.{step}.{}", unsafe { libc::getppid() });
     if let Some(done) = read_record(&record, &this) {
         return done;
     }
