@@ -266,7 +266,13 @@ impl Plan {
             origin: "default".into(),
         });
         if opts.mount_home && user.home != Path::new("/") && exists(&user.home) {
-            steps.push(bind(&user.home, &user.home, "home"));
+            // As enroot's home hook: under remap-root the home is root's, where HOME points.
+            let target = if opts.remap_root {
+                Path::new("/root")
+            } else {
+                user.home.as_path()
+            };
+            steps.push(bind(&user.home, target, "home"));
         }
         let covered = |p: &Path| {
             steps.iter().any(|s| {
@@ -453,6 +459,25 @@ impl Plan {
             if let Some(dir) = env_get("PMIX_SERVER_TMPDIR").map(PathBuf::from) {
                 if dir.is_absolute() && dir.is_dir() && !covered_by(&steps, &dir) {
                     steps.push(bind(&dir, &dir, "pmix PMIX_SERVER_TMPDIR"));
+                }
+            }
+            // Slurm's PMIx plugin gives each step's clients a directory of their own (PMIx's
+            // PMIX_TMPDIR: Open MPI's session directory goes there) under SLURM_PMIX_TMPDIR
+            // when the job sets it, else under TmpFS (usually /tmp, shown anyway).
+            if let (Some(base), Some(job), Some(step)) = (
+                env_get("SLURM_PMIX_TMPDIR"),
+                env_get("SLURM_JOB_ID"),
+                env_get("SLURM_STEP_ID"),
+            ) {
+                let name = format!(
+                    "spmix_appdir_{}_{}.{}",
+                    user.uid,
+                    job.to_string_lossy(),
+                    step.to_string_lossy()
+                );
+                let dir = PathBuf::from(base).join(name);
+                if dir.is_absolute() && dir.is_dir() && !covered_by(&steps, &dir) {
+                    steps.push(bind(&dir, &dir, "pmix SLURM_PMIX_TMPDIR"));
                 }
             }
         }

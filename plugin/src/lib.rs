@@ -27,6 +27,9 @@ pub struct JobRequest {
     /// `--no-container-mount-home` turns it off.
     pub mount_home: bool,
     pub entrypoint: bool,
+    /// `--container-entrypoint-log`: the entrypoint's own output reaches the task's
+    /// stdout/stderr (without it, it is discarded, as pyxis keeps enroot's start log).
+    pub entrypoint_log: bool,
     /// `--container-unshare=net,ipc,uts`: namespaces of the container's own (one set per node,
     /// shared by the step's tasks).
     pub unshare: Option<String>,

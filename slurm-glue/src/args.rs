@@ -79,6 +79,11 @@ pub const OPTIONS: &[(&str, Option<&str>, &str)] = &[
         None,
         "[berth] do not execute the entrypoint from the container image",
     ),
+    (
+        "container-entrypoint-log",
+        None,
+        "[berth] print the output of the entrypoint script",
+    ),
 ];
 
 /// Names longer than this are refused (pyxis's names become file names).
@@ -158,6 +163,18 @@ impl Source<'_> {
         Ok(Some(v))
     }
 
+    /// A flag without a `--no-` form: given on the command line, else its variables (strict
+    /// booleans).
+    fn flag(&self, name: &str) -> Result<bool, Error> {
+        if self.cli(name).is_some() {
+            return Ok(true);
+        }
+        match self.env(name) {
+            Some((k, v)) => parse_bool_named(&k, &v),
+            None => Ok(false),
+        }
+    }
+
     /// A pair of flags `--X` / `--no-X` (or `--X` / `--other`): both on the command line is an
     /// error; else one of them; else `X`'s variables (strict booleans; `off`'s as its negation).
     fn switch(&self, on: &str, off: &str) -> Result<Option<bool>, Error> {
@@ -222,6 +239,7 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
     let remap_root = src.switch("container-remap-root", "no-container-remap-root")?;
     let mount_home = src.switch("container-mount-home", "no-container-mount-home")?;
     let entrypoint = src.switch("container-entrypoint", "no-container-entrypoint")?;
+    let entrypoint_log = src.flag("container-entrypoint-log")?;
     // A name without an image re-enters the job's named container on each node (whether the
     // node has it is known only there).
     if image.is_none() && name.is_none() {
@@ -239,6 +257,7 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
         remap_root: remap_root.unwrap_or(site.remap_root),
         mount_home: mount_home.unwrap_or(site.mount_home),
         entrypoint: entrypoint.unwrap_or(site.entrypoint),
+        entrypoint_log,
         unshare,
     }))
 }

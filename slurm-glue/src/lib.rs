@@ -22,6 +22,7 @@ pub mod named;
 pub mod slurmstepd;
 pub mod spank;
 pub mod srun;
+pub mod taskenv;
 
 use berth_launcher::error::Error;
 use spank::{ffi, Context, Spank};

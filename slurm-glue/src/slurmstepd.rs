@@ -43,14 +43,16 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let key = instance_key(job, step, &node, req.name.as_deref());
     let argv = sp.job_argv();
+    // The host's locale variables stay out unless named, as with pyxis.
+    let named = crate::taskenv::named(req.env_names.as_deref());
+    let task_env = crate::taskenv::without_locale(&env, &named);
     let (image_path, join_key, attach) = resolve(&req, &cfg, &state, &env, &node, job, step, &key)?;
     let mut opts = JobRequest {
         image: Some(image_path.to_string_lossy().into_owned()),
         ..req.clone()
     }
-    .run_options(&key, argv.clone(), &env, &cwd)?;
+    .run_options(&key, argv.clone(), &task_env, &cwd)?;
     (opts.image, opts.join, opts.attach) = (image_path, Join::Key(join_key), attach);
-
     // The policy's mode wins; plugstack's mode= is the site default under it.
     opts.mode = policy.mode.or(cfg.mode);
     if batch {
@@ -63,7 +65,7 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     // slurmstepd made this task non-dumpable when it switched to the user; the user
     // namespace maps in /proc/self need it dumpable again (as after any exec).
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-    let (process, _built) = berth_launcher::run::enter(&opts, &env, &cwd)?;
+    let (mut process, _built) = berth_launcher::run::enter(&opts, &task_env, &cwd)?;
     log(
         Level::Info,
         &format!(
@@ -75,9 +77,7 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
             started.elapsed().as_millis()
         ),
     );
-    if process.argv != argv {
-        run_through_entrypoint(sp, &process.argv)?;
-    }
+    task_env_in_container(sp, &req, &env, &named, &argv, batch, &mut process)?;
     for (k, v) in &process.env {
         sp.setenv(k, v);
     }
@@ -89,55 +89,48 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Slurm execs the task's own argv after this plugin returns, and SPANK cannot give it a
-/// longer one. So the image's entrypoint runs through a shell script in memory (a memfd left
-/// open across the exec), put in place of the task's argv[0]: `exec ENTRYPOINT... ARGV...`.
-/// The rest of Slurm's argv reaches the script as its arguments and is ignored.
-fn run_through_entrypoint(sp: Spank, full_argv: &[OsString]) -> Result<(), Error> {
-    use std::io::Write as _;
-    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
-    if !Path::new("/bin/sh").exists() {
-        return Err(Error::Usage(
-            "--container-entrypoint needs /bin/sh in the image; run the entrypoint as the command instead".into(),
-        ));
+/// The task's start directory, enroot's hook variables and the entrypoint, in the container
+/// ([`crate::taskenv`]): the image's `WorkingDir` unless `--container-workdir`, as pyxis. The
+/// batch script keeps the submit directory: the steps it starts with srun get its cwd, which
+/// their slurmstepd needs on the host.
+fn task_env_in_container(
+    sp: Spank,
+    req: &berth_plugin::JobRequest,
+    env: &[(OsString, OsString)],
+    named: &[String],
+    argv: &[OsString],
+    batch: bool,
+    process: &mut berth_launcher::plan::Process,
+) -> Result<(), Error> {
+    use crate::taskenv;
+    let config = berth_launcher::container::read_config(Path::new("/"))?;
+    if req.workdir.is_none() && !batch {
+        process.workdir = taskenv::image_workdir(&config)?;
+        process.env.retain(|(k, _)| k != "PWD");
+        process
+            .env
+            .push(("PWD".into(), process.workdir.clone().into_os_string()));
     }
-    // Single quotes around the bytes, each ' as '\'' (arguments need not be UTF-8).
-    let quote = |s: &OsStr| {
-        let mut q = b"'".to_vec();
-        for b in s.as_bytes() {
-            match b {
-                b'\'' => q.extend_from_slice(b"'\\''"),
-                b => q.push(*b),
-            }
-        }
-        q.push(b'\'');
-        q
-    };
-    let fd = unsafe { libc::memfd_create(c"berth-entrypoint".as_ptr(), 0) };
-    if fd < 0 {
-        return Err(Error::Sys {
-            context: "cannot create the entrypoint script".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let words: Vec<Vec<u8>> = full_argv.iter().map(|a| quote(a)).collect();
-    // The script's own fd stays open in the command (sh can only close fds up to 9).
-    let script = [
-        b"#!/bin/sh\nexec ".to_vec(),
-        words.join(&b' '),
-        b"\n".to_vec(),
-    ]
-    .concat();
-    file.write_all(&script).map_err(|e| Error::Sys {
-        context: "cannot write the entrypoint script".into(),
-        source: e,
-    })?;
-    let fd = file.into_raw_fd();
-    if !sp.set_argv0(&format!("/proc/self/fd/{fd}")) {
-        return Err(Error::Usage(
-            "--container-entrypoint: the task has no command to run".into(),
-        ));
+    let mut set_inside: Vec<String> = config
+        .config
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_string()))
+        .collect();
+    set_inside.extend(named.iter().cloned());
+    taskenv::hook_vars(env, &mut process.env, &set_inside);
+    if process.argv.len() > argv.len() && process.argv.ends_with(argv) {
+        let entrypoint = &process.argv[..process.argv.len() - argv.len()];
+        let ep_env = taskenv::entrypoint_env(&process.env, &set_inside);
+        taskenv::run_through_entrypoint(
+            sp,
+            entrypoint,
+            argv,
+            &process.env,
+            &ep_env,
+            named,
+            req.entrypoint_log,
+        )?;
     }
     Ok(())
 }

@@ -987,6 +987,281 @@ fn container_mounts_types_and_container_unshare() {
     );
 }
 
+#[test]
+fn host_locale_stays_out_unless_named_and_tasks_start_in_the_image_workdir() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-locale");
+    let img = format!("--container-image={}", image());
+    let show = "echo \"[${LANG-}] [${LANGUAGE-}] [${LC_ALL-}] [${LC_CTYPE-}]\"; pwd; echo $PWD";
+    let locale = |cmd: &mut std::process::Command| {
+        cmd.env("LANG", "xx_YY.UTF-8")
+            .env("LANGUAGE", "xx")
+            .env("LC_ALL", "xx_YY.UTF-8")
+            .env("LC_CTYPE", "C");
+    };
+    // pyxis drops the host's LANG, LANGUAGE and LC_ALL (not the other LC_*), and starts in
+    // the image's WorkingDir (the demo image's is /srv/demo), not the submit directory.
+    let mut cmd = c.cmd(&sb, &["srun", "-n1", &img, "sh", "-c", show]);
+    locale(&mut cmd);
+    assert_eq!(
+        run(cmd).expect_ok("default").stdout,
+        "[] [] [] [C]\n/srv/demo\n/srv/demo\n"
+    );
+    let mut cmd = c.cmd(
+        &sb,
+        &[
+            "srun",
+            "-n1",
+            &img,
+            "--container-env=LANG,LC_ALL",
+            "sh",
+            "-c",
+            show,
+        ],
+    );
+    locale(&mut cmd);
+    assert_eq!(
+        run(cmd).expect_ok("named").stdout,
+        "[xx_YY.UTF-8] [] [xx_YY.UTF-8] [C]\n/srv/demo\n/srv/demo\n"
+    );
+    // The same without the entrypoint, and --container-workdir still wins.
+    let r = c
+        .run(
+            &sb,
+            &["srun", "-n1", &img, "--no-container-entrypoint", "pwd"],
+        )
+        .expect_ok("no entrypoint");
+    assert_eq!(r.stdout, "/srv/demo\n");
+    let r = c
+        .run(
+            &sb,
+            &["srun", "-n1", &img, "--container-workdir=/tmp", "pwd"],
+        )
+        .expect_ok("workdir");
+    assert_eq!(r.stdout, "/tmp\n");
+}
+
+/// An entrypoint (mounted over the demo image's) that shows what it sees on stdout and
+/// stderr, exports two variables, then runs its arguments.
+const SHOW_ENTRYPOINT: &str = "#!/bin/sh
+echo \"ep HOSTVAR=${HOSTVAR-unset} NAMED=${NAMED-unset} SLURM=${SLURM_JOB_ID:+set} DEMO_IMAGE=${DEMO_IMAGE-unset} PWD=$(pwd)\"
+echo ep-stderr >&2
+export DEMO_ENTRYPOINT=ran HOSTVAR=from-entrypoint
+exec \"$@\"
+";
+
+#[test]
+fn the_entrypoint_sees_the_container_environment_and_its_output_only_when_asked() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-entrypoint-env");
+    let img = format!("--container-image={}", image());
+    let ep = sb.user_file("entrypoint", SHOW_ENTRYPOINT.as_bytes());
+    std::fs::set_permissions(&ep, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mount = format!(
+        "--container-mounts={}:/usr/local/bin/demo-entrypoint:ro",
+        ep.display()
+    );
+    let task = "echo \"task HOSTVAR=$HOSTVAR OTHER=$OTHER NAMED=$NAMED DEMO_ENTRYPOINT=$DEMO_ENTRYPOINT\" '[it'\\''s]' \"[$1]\"";
+    let srun = |extra: &[&str]| {
+        let mut argv = vec!["srun", "-n1", &img, &mount, "--container-env=NAMED"];
+        argv.extend_from_slice(extra);
+        argv.extend_from_slice(&["sh", "-c", task, "zero", "one two"]);
+        let mut cmd = c.cmd(&sb, &argv);
+        cmd.env("HOSTVAR", "from-host")
+            .env("OTHER", "other")
+            .env("NAMED", "named");
+        run(cmd)
+    };
+    // The entrypoint sees the image's variables, the named ones and Slurm's, not the rest of
+    // the host's; the task gets its usual environment, with what the entrypoint exported
+    // winning over the host's (as pyxis takes the container's environment over the job's).
+    let r = srun(&["--container-entrypoint-log"]).expect_ok("log");
+    assert_eq!(
+        r.stdout,
+        "ep HOSTVAR=unset NAMED=named SLURM=set DEMO_IMAGE=berth-demo PWD=/srv/demo\n\
+         task HOSTVAR=from-entrypoint OTHER=other NAMED=named DEMO_ENTRYPOINT=ran [it's] [one two]\n"
+    );
+    assert!(r.stderr.contains("ep-stderr"), "{}", r.stderr);
+    // Without --container-entrypoint-log its output is hidden, the task's is not.
+    let r = srun(&[]).expect_ok("no log");
+    assert_eq!(
+        r.stdout,
+        "task HOSTVAR=from-entrypoint OTHER=other NAMED=named DEMO_ENTRYPOINT=ran [it's] [one two]\n"
+    );
+    assert!(!r.stderr.contains("ep-stderr"), "{}", r.stderr);
+    let mut cmd = c.cmd(
+        &sb,
+        &[
+            "srun",
+            "-n1",
+            &img,
+            &mount,
+            "sh",
+            "-c",
+            "echo out; echo err >&2",
+        ],
+    );
+    cmd.env("PYXIS_CONTAINER_ENTRYPOINT_LOG", "1");
+    let r = run(cmd).expect_ok("variable");
+    assert!(
+        r.stdout.starts_with("ep ") && r.stdout.ends_with("out\n"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("ep-stderr") && r.stderr.contains("err"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn remap_root_has_home_at_root_and_mount_home_binds_it_there() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-remap-home");
+    let img = format!("--container-image={}", image());
+    let marker = format!(".berth-remap-home-{}", std::process::id());
+    let host_marker = user().home.join(&marker);
+    std::fs::write(&host_marker, "x").unwrap();
+    let show = format!("echo $HOME; test -f /root/{marker} && echo home-at-root || echo no-home");
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-n1",
+                &img,
+                "--container-remap-root",
+                "sh",
+                "-c",
+                &show,
+            ],
+        )
+        .expect_ok("remap");
+    let r2 = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-n1",
+                &img,
+                "--container-remap-root",
+                "--no-container-mount-home",
+                "sh",
+                "-c",
+                &show,
+            ],
+        )
+        .expect_ok("remap, no home");
+    std::fs::remove_file(&host_marker).unwrap();
+    assert_eq!(r.stdout, "/root\nhome-at-root\n");
+    assert_eq!(r2.stdout, "/root\nno-home\n");
+}
+
+#[test]
+fn enroot_hook_variables_for_pmix_and_pytorch() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-hook-vars");
+    let img = format!("--container-image={}", image());
+    // Slurm's PMIx plugin sets PMIX_SECURITY_MODE and PMIX_GDS_MODULE; enroot's hook gives
+    // them to PMIx clients as PMIX_MCA_psec and PMIX_MCA_gds.
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "--mpi=pmix",
+                "-n1",
+                &img,
+                "sh",
+                "-c",
+                "echo \"$PMIX_SECURITY_MODE=$PMIX_MCA_psec $PMIX_GDS_MODULE=$PMIX_MCA_gds\"",
+            ],
+        )
+        .expect_ok("pmix");
+    let (psec, gds) = r.stdout.trim().split_once(' ').unwrap();
+    for pair in [psec, gds] {
+        let (slurm, mca) = pair.split_once('=').unwrap();
+        assert!(!slurm.is_empty() && slurm == mca, "{}", r.stdout);
+    }
+    // PyTorch's variables when the container has PYTORCH_VERSION (here a named host variable).
+    let show = "echo $SLURM_JOB_ID $SLURM_STEP_NODELIST $SLURM_PROCID $SLURM_LOCALID \
+                ${MASTER_ADDR:-none} ${MASTER_PORT:-none} ${WORLD_SIZE:-none} ${RANK:-none} \
+                ${LOCAL_RANK:-none} ${OMP_NUM_THREADS:-none}";
+    let mut cmd = c.cmd(
+        &sb,
+        &[
+            "srun",
+            "-N2",
+            "-n4",
+            "--ntasks-per-node=2",
+            &img,
+            "--container-env=PYTORCH_VERSION",
+            "sh",
+            "-c",
+            show,
+        ],
+    );
+    cmd.env("PYTORCH_VERSION", "2.1");
+    let r = run(cmd).expect_ok("pytorch");
+    let out = lines(&r);
+    assert_eq!(out.len(), 4, "{}", r.stdout);
+    let first_node = |list: &str| {
+        let out = c
+            .run(&sb, &["scontrol", "show", "hostname", list])
+            .expect_ok("scontrol");
+        out.stdout.lines().next().unwrap().to_string()
+    };
+    for l in &out {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let job: u64 = f[0].parse().unwrap();
+        assert_eq!(f[4], first_node(f[1]), "{l}");
+        assert_eq!(f[5], (job % 4536 + 61000).to_string(), "{l}");
+        // WORLD_SIZE, RANK, LOCAL_RANK, and OMP_NUM_THREADS=1 with two tasks a node.
+        assert_eq!(f[6..], ["4", f[2], f[3], "1"], "{l}");
+    }
+    let r = c
+        .run(&sb, &["srun", "-n1", &img, "sh", "-c", show])
+        .expect_ok("no pytorch");
+    assert!(
+        r.stdout.trim().ends_with("none none none none none none"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn mpi_works_with_slurm_pmix_tmpdir_elsewhere() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-pmix-tmpdir");
+    let flag = format!("--container={}", image());
+    // Slurm's PMIx plugin makes the step's client directory under SLURM_PMIX_TMPDIR (Open MPI
+    // puts its session directory there); outside /tmp it was not in the container. One node:
+    // the test nodes share this machine's directories, and two would make the same one.
+    for base in ["/var/tmp", "/dev/shm"] {
+        let dir = std::path::Path::new(base).join(format!("berth-pmix-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+            .unwrap();
+        let mut cmd = c.cmd(
+            &sb,
+            &["srun", "--mpi=pmix", "-w", "n1", "-n2", &flag, "mpi-hello"],
+        );
+        cmd.env("SLURM_PMIX_TMPDIR", &dir);
+        let r = run(cmd);
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = r.expect_ok(base);
+        let ranks = lines(&r);
+        assert_eq!(ranks.len(), 2, "{base}: {}{}", r.stdout, r.stderr);
+        for (i, l) in ranks.iter().enumerate() {
+            assert!(
+                l.starts_with(&format!("rank {i}/2 ")) && l.contains("allreduce=ok"),
+                "{base}: {l}"
+            );
+        }
+    }
+}
+
 /// Issue 12 (bugs 1 and 9, `NAME:FLAG`): `--container-name=NAME` without an image re-enters
 /// the job's named container on the node (its changes, and its namespaces while a step of it
 /// runs, whatever this step's options, with one warning naming what is ignored); without one
