@@ -486,8 +486,8 @@ fn bad_input_fails_fast_in_srun_output_and_the_node_stays_usable() {
         ),
         (
             format!("--container-image={}", image()),
-            vec!["--container-mounts=/tmp:relative"],
-            "not an absolute path",
+            vec!["--container-mounts=/tmp:/x/../etc"],
+            "contains '.' or '..'",
         ),
         (
             format!("--container-image={}", image()),
