@@ -536,22 +536,33 @@ fn a_named_container_keeps_its_changes_across_the_steps_of_a_job() {
                   srun -n1 sh -c 'test -e /saved-file && echo unnamed-sees-it || echo unnamed-fresh'";
     let flag = format!("--container={}", image());
     let o = format!("--output={}", out.display());
-    c.run(
-        &sb,
-        &[
-            "sbatch", "--wait", "-w", "n1", "-n1", &flag, &o, "--wrap", script,
-        ],
-    )
-    .expect_ok("sbatch");
+    let submitted = c
+        .run(
+            &sb,
+            &[
+                "sbatch", "--wait", "-w", "n1", "-n1", &flag, &o, "--wrap", script,
+            ],
+        )
+        .expect_ok("sbatch");
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
         "saved\nunnamed-fresh\n"
     );
-    // The job epilog removed the saved layer.
+    // The job epilog removed this job's saved layer and records (other jobs' may come and go).
+    let job = submitted
+        .stdout
+        .split_whitespace()
+        .last()
+        .expect("sbatch prints the job id")
+        .to_string();
+    let prefix = format!("slurm-{job}-");
     let named = std::path::PathBuf::from(format!("/tmp/berth-{}/named", user().uid));
     let gone = eventually(Duration::from_secs(20), || {
         std::fs::read_dir(&named)
-            .map(|rd| rd.flatten().count() == 0)
+            .map(|rd| {
+                !rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            })
             .unwrap_or(true)
     });
     assert!(gone, "saved layers left in {}", named.display());
@@ -1424,4 +1435,106 @@ fn a_failed_registry_import_is_tried_once_per_node() {
         "one attempt for the node, not one per task:\n{}",
         r.stderr
     );
+}
+
+/// Issue 12: `--container-save=PATH` (relative to the submit directory) saves the step's
+/// container, image plus writes (a deletion included), as a squashfs owned by the user, usable
+/// as `--container-image` afterwards; the binds (/tmp, /etc/hosts...) stay out. A PATH in a
+/// missing directory, or one that is a directory, is one error line and leaves no file.
+#[test]
+fn container_save_writes_the_container_as_an_image() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-save");
+    let img = format!("--container-image={}", image());
+    let write =
+        "echo saved > /etc/marker && rm /etc/issue && echo host-tmp > /tmp/berth-save-probe";
+    c.run(
+        &sb,
+        &[
+            "srun",
+            "-w",
+            "n1",
+            &img,
+            "--container-save=out.sqsh",
+            "sh",
+            "-c",
+            write,
+        ],
+    )
+    .expect_ok("srun --container-save");
+    let out = sb.work.join("out.sqsh");
+    let meta = std::fs::metadata(&out).expect("the saved image");
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta)
+        ),
+        (user().uid, user().gid),
+        "the saved image is the user's"
+    );
+    let _ = std::fs::remove_file("/tmp/berth-save-probe");
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-w",
+                "n2",
+                "--container-image=out.sqsh",
+                "sh",
+                "-c",
+                "cat /etc/marker; test -e /etc/issue || echo no-issue; test -e /tmp/berth-save-probe || echo no-probe",
+            ],
+        )
+        .expect_ok("srun --container-image=out.sqsh");
+    assert_eq!(r.stdout, "saved\nno-issue\nno-probe\n");
+    let leftovers = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("berth-save"))
+            .collect()
+    };
+    assert_eq!(leftovers(&sb.work), Vec::<String>::new());
+
+    let r = c.run(
+        &sb,
+        &[
+            "srun",
+            "-w",
+            "n1",
+            &img,
+            "--container-save=missing/out.sqsh",
+            "true",
+        ],
+    );
+    // srun's exit status stays the tasks' (as with pyxis); the error is one line of its output.
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("srun: job"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {}", r.stderr);
+    assert!(
+        errors[0].contains("missing/out.sqsh") && errors[0].contains("is not a directory"),
+        "{}",
+        errors[0]
+    );
+    assert!(!sb.work.join("missing").exists());
+
+    std::fs::create_dir(sb.work.join("adir")).unwrap();
+    std::os::unix::fs::chown(sb.work.join("adir"), Some(user().uid), Some(user().gid)).unwrap();
+    let r = c.run(
+        &sb,
+        &["srun", "-w", "n1", &img, "--container-save=adir", "true"],
+    );
+    let errors: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("srun: job"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line: {}", r.stderr);
+    assert!(errors[0].contains("adir"), "{}", errors[0]);
+    assert_eq!(leftovers(&sb.work), Vec::<String>::new());
 }
