@@ -30,6 +30,11 @@ pub const OPTIONS: &[(&str, Option<&str>, &str)] = &[
         "[berth] name to use for saving and loading the container on the node: the steps of the job that name it share its filesystem (FLAG: auto)",
     ),
     (
+        "container-save",
+        Some("PATH"),
+        "[berth] Save the container state to a squashfs file on the remote host filesystem.",
+    ),
+    (
         "container-env",
         Some("NAME[,NAME...]"),
         "[berth] names of environment variables to override with the host environment",
@@ -197,6 +202,20 @@ impl Source<'_> {
     }
 }
 
+/// `--container-save=PATH` (or its variables): where each node saves the step's container,
+/// relative to the submit directory; pyxis refuses a PATH that ends with '/'.
+pub fn save_path(src: &Source) -> Result<Option<String>, Error> {
+    let save = src.value("container-save")?;
+    if let Some(p) = &save {
+        if p.ends_with('/') {
+            return Err(Error::Usage(format!(
+                "--container-save={p}: target is a directory (give a file name)"
+            )));
+        }
+    }
+    Ok(save)
+}
+
 /// The user's request, or None when no container is asked for. Slurm's own `--container`
 /// (SLURM_CONTAINER, when the site has no oci.conf) is the image if no option names one.
 /// The site's defaults for the switches come from `site` (plugstack.conf). Errors are one line
@@ -240,6 +259,7 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
     let mount_home = src.switch("container-mount-home", "no-container-mount-home")?;
     let entrypoint = src.switch("container-entrypoint", "no-container-entrypoint")?;
     let entrypoint_log = src.flag("container-entrypoint-log")?;
+    let save = save_path(src)?;
     // A name without an image re-enters the job's named container on each node (whether the
     // node has it is known only there).
     if image.is_none() && name.is_none() {
@@ -249,8 +269,9 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
         image,
         mounts,
         workdir,
-        // A named container is writable (its changes are what it is for) unless told otherwise.
-        writable: writable.unwrap_or(name.is_some()),
+        // A named or saved container is writable (its changes are what it is for) unless told
+        // otherwise.
+        writable: writable.unwrap_or(name.is_some() || save.is_some()),
         name,
         name_flag,
         env_names,
@@ -377,6 +398,21 @@ mod tests {
         // No image: a request to re-enter it (the node knows whether it exists), not the host.
         let r = req(&[("container-name", "a:exec")], &[]).unwrap().unwrap();
         assert_eq!((r.image, r.name_flag), (None, NameFlag::Exec));
+    }
+
+    #[test]
+    fn container_save_is_a_file_and_makes_the_container_writable() {
+        let save = |cli: &[(&str, &str)], env: &[(&str, &str)]| {
+            let r = req(&[&[IMG], cli].concat(), env)?.unwrap();
+            Ok::<_, Error>(r.writable)
+        };
+        assert!(save(&[("container-save", "out.sqsh")], &[]).unwrap());
+        assert!(save(&[], &[("PYXIS_CONTAINER_SAVE", "out.sqsh")]).unwrap());
+        assert!(!save(&[("container-save", "o"), ("container-readonly", "")], &[]).unwrap());
+        assert!(!save(&[], &[]).unwrap());
+        let e = err(req(&[IMG, ("container-save", "dir/")], &[]));
+        assert!(e.contains("--container-save=dir/"), "{e}");
+        assert!(err(req(&[IMG], &[("BERTH_CONTAINER_SAVE", "")])).contains("BERTH_CONTAINER_SAVE"));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub fn job_epilog(sp: Spank, av: &[String]) -> Result<(), Error> {
 }
 
 /// In the forked child: become the job's user, with no supplementary groups.
-fn drop_to(uid: u32, gid: u32) -> bool {
+pub(crate) fn drop_to(uid: u32, gid: u32) -> bool {
     unsafe {
         libc::setgroups(0, std::ptr::null()) == 0
             && libc::setgid(gid) == 0

@@ -5,6 +5,7 @@
 //! - [`srun`] (local context) and [`alloc`] (sbatch, salloc): the pyxis-style `--container-*`
 //!   options ([`args`]) are registered and a request is checked before the job is submitted;
 //! - [`slurmstepd`] (remote context): each task enters the node's container for its step;
+//! - [`save`] (remote context, as root, after the step's last task): `--container-save`;
 //! - [`epilog`] (job script context, as root): the job's named containers are removed.
 //!
 //! [`config`] reads the plugstack.conf arguments and [`spank`] holds every call into Slurm.
@@ -19,6 +20,7 @@ pub mod args;
 pub mod config;
 pub mod epilog;
 pub mod named;
+pub mod save;
 pub mod slurmstepd;
 pub mod spank;
 pub mod srun;
@@ -126,6 +128,24 @@ pub unsafe extern "C" fn slurm_spank_task_init(
     });
     signals.apply();
     rc
+}
+
+/// In slurmstepd, as root, as each task's exit is collected: after the step's last task on the
+/// node, `--container-save` (before the step's end reaches srun, as with pyxis).
+///
+/// # Safety
+/// Called by Slurm with its handle and `ac` valid C strings in `av`.
+#[no_mangle]
+pub unsafe extern "C" fn slurm_spank_task_exit(
+    sp: ffi::spank_t,
+    ac: c_int,
+    av: *mut *mut c_char,
+) -> c_int {
+    let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
+    guard("slurm_spank_task_exit", move || match spank::context() {
+        Context::Remote => save::task_exit(sp, &av),
+        _ => Ok(()),
+    })
 }
 
 /// At the end of a job, on each of its nodes (as root): remove the saved layers of the job's

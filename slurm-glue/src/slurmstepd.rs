@@ -53,6 +53,10 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     }
     .run_options(&key, argv.clone(), &task_env, &cwd)?;
     (opts.image, opts.join, opts.attach) = (image_path, Join::Key(join_key), attach);
+    // --container-save: the writable layer is kept on disk, for the step's exit to save.
+    if opts.persist.is_none() && crate::args::save_path(&src)?.is_some() {
+        opts.persist = Some(crate::save::save_key(job, step, &node));
+    }
     // The policy's mode wins; plugstack's mode= is the site default under it.
     opts.mode = policy.mode.or(cfg.mode);
     if batch {
@@ -141,7 +145,7 @@ fn task_env_in_container(
 /// again (or attached to, if a step of it runs) from the image it was created from, whatever
 /// image this step names; one that does not is created from this step's image.
 #[allow(clippy::too_many_arguments)]
-fn resolve(
+pub(crate) fn resolve(
     req: &JobRequest,
     cfg: &Config,
     state: &Path,
@@ -297,7 +301,7 @@ fn registry_host(reference: &str) -> &str {
 /// The batch step of `sbatch`: with `sbatch=1` (the default) its script runs in the container,
 /// with the node's Slurm client made visible there ([`slurm_client`]); the steps it starts
 /// inherit the request and get containers of their own.
-const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
+pub(crate) const SLURM_BATCH_SCRIPT: u32 = 0xffff_fffb;
 
 /// The Slurm client commands a batch script may call.
 const SLURM_COMMANDS: &[&str] = &[

@@ -189,6 +189,11 @@ impl Spank {
         self.get_u32(ffi::spank_item_S_JOB_STEPID)
     }
 
+    /// How many of the step's tasks run on this node.
+    pub fn local_task_count(self) -> u32 {
+        self.get_u32(ffi::spank_item_S_JOB_LOCAL_TASK_COUNT)
+    }
+
     pub fn job_uid(self) -> u32 {
         self.get_u32(ffi::spank_item_S_JOB_UID)
     }
