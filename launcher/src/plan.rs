@@ -167,7 +167,19 @@ impl Plan {
         env: &[(OsString, OsString)],
         policy: &Policy,
     ) -> Result<Plan> {
-        let mode = opts.mode.or(policy.mode).unwrap_or(Mode::Mount);
+        // A writable fake-root container is where package managers change owners. An image
+        // file whose owner the user namespace cannot map (group shadow, adm) cannot be copied up
+        // from the FUSE lower, so unless someone chose a mode such a container is unpacked (the
+        // extract cache, where the files are the user's), as enroot always does.
+        let fake_root_default = opts.mode.or(policy.mode).is_none()
+            && opts.remap_root
+            && opts.writable
+            && matches!(image.kind, ImageKind::Squashfs { .. });
+        let mode = match opts.mode.or(policy.mode) {
+            Some(m) => m,
+            None if fake_root_default => Mode::Extract,
+            None => Mode::Mount,
+        };
         let rootfs = match (&image.kind, mode) {
             (ImageKind::Directory, _) => Rootfs::Directory,
             (ImageKind::Squashfs { .. }, Mode::Mount) => Rootfs::Fuse,
@@ -330,6 +342,12 @@ impl Plan {
             });
         }
         let mut notes = Vec::new();
+        if fake_root_default {
+            notes.push(
+                "extract mode: a writable --remap-root container is unpacked, so package managers can change the owners of its files (--mode mount keeps the FUSE mount)"
+                    .to_string(),
+            );
+        }
         let (user_name, user_home, uid) = (user.name.clone(), user.home.clone(), user.uid);
         let expand = |p: &str| policy::expand(p, &user_name, &user_home, uid);
         for m in &policy.mounts {

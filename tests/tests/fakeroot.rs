@@ -52,6 +52,38 @@ fn apt_get_install_works_under_remap_root() {
 }
 
 #[test]
+fn a_writable_fake_root_container_is_unpacked_unless_a_mode_is_chosen() {
+    let sb = Sandbox::new("fakeroot-default");
+    let repo = AptRepo::serve(&sb.root.join("apt"));
+    let image = demo_image();
+    // No --mode and no site mode: apt-get install works (in mount mode adduser could not
+    // rewrite /etc/gshadow, whose group the user namespace does not map).
+    let r = run(sb.berth(&[
+        "run",
+        "--remap-root",
+        "--writable",
+        image.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &install_script(&repo),
+    ]))
+    .expect_ok("apt-get install without --mode");
+    assert!(r.stdout.contains(aptrepo::GREETING), "{}", r.stdout);
+    let dry = |args: &[&str]| {
+        let mut all = vec!["run", "--dry-run"];
+        all.extend_from_slice(args);
+        all.extend([image.to_str().unwrap(), "--", "true"]);
+        run(sb.berth(&all)).expect_ok("dry run").stdout
+    };
+    assert!(dry(&["--remap-root", "--writable"])
+        .contains("extract mode: a writable --remap-root container"));
+    // A chosen mode is kept; read-only or not remapped: mount mode as always.
+    assert!(!dry(&["--mode", "mount", "--remap-root", "--writable"]).contains("extract mode:"));
+    assert!(!dry(&["--remap-root"]).contains("extract mode:"));
+}
+
+#[test]
 fn without_remap_root_apt_get_fails_as_the_user() {
     let sb = Sandbox::new("fakeroot-user");
     let repo = AptRepo::serve(&sb.root.join("apt"));
