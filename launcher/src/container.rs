@@ -31,6 +31,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tracing::{debug, info};
 
 /// What must stay alive as long as the container does.
 pub struct Built {
@@ -66,6 +68,13 @@ fn write_id_maps(
 /// process's root is the container's root and it is uid 0 of the outer user namespace.
 pub fn build(plan: &Plan) -> Result<Built> {
     let (uid, gid) = (plan.user.uid, plan.user.gid);
+    let started = Instant::now();
+    let mut phase = Instant::now();
+    // Each phase's time, for -v: where a slow start goes.
+    let mut done = |what: &str| {
+        info!("build: {what} in {:.1?}", phase.elapsed());
+        phase = Instant::now();
+    };
     let staging = plan.state_dir.join("mnt");
     crate::host::ensure_private_dir(&plan.state_dir, uid)?;
     crate::host::ensure_private_dir(&staging, uid)?;
@@ -74,6 +83,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
     let (cache_lock, lower_dir, image_file) = match plan.rootfs {
         Rootfs::Extract => {
             let entry = cache::ensure_extracted(&plan.image, &plan.state_dir)?;
+            done(&format!("extract cache {}", entry.rootfs.display()));
             (Some(entry.lock), Some(entry.rootfs), None)
         }
         Rootfs::Directory => (None, Some(plan.image.path.clone()), None),
@@ -99,10 +109,14 @@ pub fn build(plan: &Plan) -> Result<Built> {
         Some(f) => Some(FuseServer::fork(f)?),
         None => None,
     };
+    if let Some(f) = &fuse {
+        done(&format!("FUSE server forked (pid {})", f.id()));
+    }
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
         .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
     write_id_maps(0, uid, 0, gid)?;
     unshare_more(plan)?;
+    done("unshare (user, mount and --unshare namespaces, id maps)");
     mount(
         None::<&str>,
         "/",
@@ -126,6 +140,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
 
     if let Some(server) = fuse.as_mut() {
         server.mount_and_start(&plan.image.path, "lower")?;
+        done("FUSE server start (squashfuse_ll serving the image)");
     } else if let Some(dir) = lower_dir {
         let tree =
             sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
@@ -165,6 +180,11 @@ pub fn build(plan: &Plan) -> Result<Built> {
             source: e.into(),
         }));
     }
+    done(if persist.is_some() {
+        "overlay (upper layer on disk)"
+    } else {
+        "overlay"
+    });
     let mut root = Root::new(OwnedFd::from(
         File::options()
             .read(true)
@@ -178,11 +198,16 @@ pub fn build(plan: &Plan) -> Result<Built> {
             None => e,
         })?;
     }
+    done(&format!("{} steps", plan.steps.len()));
     let mut warnings = Vec::new();
     if let Some(mpi) = &plan.mpi {
         match mpi_check(&root.fd, mpi, &plan.state_dir) {
-            MpiCheck::NoMpi => {}
+            MpiCheck::NoMpi => info!("mpi: the image has no MPI library; nothing injected"),
             MpiCheck::Compatible => {
+                info!(
+                    "mpi: the image's MPI passes the ABI check: injecting the host's [{}]",
+                    mpi.origin
+                );
                 for step in &mpi.steps {
                     apply_step(&mut root, step, &staging)?;
                 }
@@ -195,6 +220,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
                     )))
                 }
                 OnMismatch::Image => {
+                    info!("mpi: {why}: not injected [{}]", mpi.origin);
                     warnings.push(format!("{why}; running with the image's own MPI"))
                 }
             },
@@ -212,6 +238,8 @@ pub fn build(plan: &Plan) -> Result<Built> {
     sys::pivot_root_here().ctx(|| "pivot_root failed")?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the host root")?;
     std::env::set_current_dir("/").ctx(|| "cannot chdir to /")?;
+    done("pivot_root");
+    info!("build: container ready in {:.1?}", started.elapsed());
     Ok(Built {
         cache_lock,
         fuse,
@@ -738,6 +766,20 @@ fn clone_source(source: &Path, recursive: bool, origin: &str) -> Result<OwnedFd>
 }
 
 fn apply_step(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
+    let started = Instant::now();
+    let done = apply_action(root, step, staging);
+    debug!(
+        "step {} {} [{}] in {:.1?}{}",
+        step.target.display(),
+        step.action.describe(),
+        step.origin,
+        started.elapsed(),
+        if done.is_err() { " (failed)" } else { "" }
+    );
+    done
+}
+
+fn apply_action(root: &mut Root, step: &Step, staging: &Path) -> Result<()> {
     let target = &step.target;
     match &step.action {
         Action::Bind {

@@ -30,6 +30,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
 
 /// A keeper nobody joined within this time was orphaned by a failed first rank: it exits.
 const FIRST_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,19 +87,25 @@ pub fn join(plan: &Plan, key: &str, attach: bool) -> Result<Vec<String>> {
     let mut fds = None;
     let mut ignored = Vec::new();
     for _ in 0..50 {
+        debug!("join: connecting to {} (key '{key}')", sock_path.display());
         match UnixStream::connect(&sock_path) {
             Ok(stream) => match request(&stream, &message)? {
                 Reply::Joined(got, differ) => {
+                    info!("join: joined the container '{key}'");
                     fds = Some(got);
                     ignored = differ;
                     break;
                 }
-                Reply::Closing => std::thread::sleep(Duration::from_millis(20)),
+                Reply::Closing => {
+                    debug!("join: the keeper is closing; trying again");
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Reply::Mismatch => {
+                    info!("join: the keeper of '{key}' refused: its container differs");
                     return usage(format!(
                     "join key '{key}' is in use on this node by a container with another image, \
                          mounts or options; use the same options or another key"
-                ))
+                ));
                 }
             },
             Err(e)
@@ -109,7 +116,11 @@ pub fn join(plan: &Plan, key: &str, attach: bool) -> Result<Vec<String>> {
             {
                 let _ = std::fs::remove_file(&sock_path);
                 // A first rank also removes what killed keepers left (under the join lock).
-                sweep_locked(&dir);
+                sweep_locked(&dir, false);
+                info!(
+                    "join: no container '{key}' on this node: spawning a keeper (log {})",
+                    log_path(&sock_path).display()
+                );
                 spawn_keeper(plan, &sock_path, &dir, &lock_file)?;
             }
             Err(e) => {
@@ -154,11 +165,17 @@ pub fn join(plan: &Plan, key: &str, attach: bool) -> Result<Vec<String>> {
     Ok(ignored)
 }
 
+/// A keeper's log file: beside its socket.
+fn log_path(sock_path: &Path) -> PathBuf {
+    sock_path.with_extension("log")
+}
+
 /// Remove the join sockets of keepers that are gone (killed: a keeper that exits removes its
 /// own), with the join lock held so that no keeper is between its bind and its listen. A
 /// socket nobody listens on refuses the connection; a live keeper's accepts it (and the keeper
 /// drops a connection that says nothing), one that is busy answers EAGAIN: both are kept.
-fn sweep_locked(dir: &Path) -> Vec<String> {
+/// With `logs`, also the logs failed keepers left (those with no socket).
+fn sweep_locked(dir: &Path, logs: bool) -> Vec<String> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let mut gone = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -182,6 +199,16 @@ fn sweep_locked(dir: &Path) -> Vec<String> {
             gone.push(format!("dead join socket {}", path.display()));
         }
     }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if logs
+            && path.extension().is_some_and(|x| x == "log")
+            && !path.with_extension("sock").exists()
+            && std::fs::remove_file(&path).is_ok()
+        {
+            gone.push(format!("keeper log {}", path.display()));
+        }
+    }
     gone
 }
 
@@ -203,7 +230,7 @@ pub fn sweep(state_dir: &Path) -> Vec<String> {
     if sys::flock(&lock_file, libc::LOCK_EX).is_err() {
         return Vec::new();
     }
-    sweep_locked(&dir)
+    sweep_locked(&dir, true)
 }
 
 fn request(stream: &UnixStream, request: &str) -> Result<Reply> {
@@ -303,12 +330,22 @@ fn keeper_main(
     dir: &Path,
     sock_name: &Path,
 ) -> i32 {
-    // The keeper outlives the first rank: it must not hold the job's stdout/stderr open.
+    // The keeper outlives the first rank: it must not hold the job's stdout/stderr open. It
+    // logs to its own file instead (opened before the build hides the host's paths).
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
+    let log_name = sock_name.with_extension("log");
+    let _log = crate::log::to_file(&dir.join(&log_name)).ok();
+    info!(
+        "keeper {}: container '{}' for {}, linger {} s",
+        std::process::id(),
+        plan.join_key.as_deref().unwrap_or(""),
+        plan.image.path.display(),
+        plan.linger_secs
+    );
     let mut ready = File::from(ready);
     // Before the build: the image's path is not visible from the container's namespace.
     let id = Identity {
@@ -344,10 +381,12 @@ fn keeper_main(
     let (mut built, fds) = match built {
         Ok(ok) => ok,
         Err(e) => {
+            warn!("keeper: the build failed: {e}");
             let _ = write!(ready, "{e}");
             return 1;
         }
     };
+    info!("keeper: ready, waiting for ranks");
     let mut answer = String::from("ok");
     for w in &built.warnings {
         answer.push_str(&format!("\nwarning: {w}"));
@@ -359,7 +398,7 @@ fn keeper_main(
         .as_ref()
         .and_then(|c| sys::pidfd_open(c.id() as i32).ok());
     let linger = Duration::from_secs(plan.linger_secs);
-    serve(&listener, &fds, &id, fuse_pidfd.as_ref(), linger);
+    let end = serve(&listener, &fds, &id, fuse_pidfd.as_ref(), linger);
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.
     if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
         unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
@@ -372,7 +411,40 @@ fn keeper_main(
         let _ = fuse.kill();
         let _ = fuse.wait();
     }
-    0
+    match end {
+        End::LastRankGone => {
+            info!("keeper: the last rank has exited: closing");
+            // A clean end leaves nothing behind; a failure's log stays for the user to read.
+            drop(_log);
+            if let Ok(name) = std::ffi::CString::new(log_name.as_os_str().as_encoded_bytes()) {
+                unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
+            }
+            0
+        }
+        End::NoneJoined => {
+            warn!("keeper: no rank joined within {FIRST_JOIN_TIMEOUT:?}: closing");
+            1
+        }
+        End::ServerDied(status) => {
+            warn!("keeper: the image server (squashfuse_ll) died ({status}): closing");
+            1
+        }
+        End::PollFailed(e) => {
+            warn!("keeper: cannot wait for ranks: {e}: closing");
+            1
+        }
+    }
+}
+
+/// Why a keeper stopped serving.
+enum End {
+    /// The last rank exited (and the linger time passed): the normal end.
+    LastRankGone,
+    /// Nobody joined: the first rank failed before it could.
+    NoneJoined,
+    /// The FUSE server died (its wait status, as far as known).
+    ServerDied(String),
+    PollFailed(nix::errno::Errno),
 }
 
 /// The inner user namespace (the user's own uid/gid) shared by all ranks: made by a short-lived
@@ -442,10 +514,10 @@ fn serve(
     id: &Identity,
     fuse: Option<&OwnedFd>,
     linger: Duration,
-) {
+) -> End {
     let mut started = Instant::now();
-    // Each rank's pidfd and its stderr.
-    let mut ranks: Vec<(OwnedFd, Option<File>)> = Vec::new();
+    // Each rank's pidfd, its stderr and its pid (for the log).
+    let mut ranks: Vec<(OwnedFd, Option<File>, i32)> = Vec::new();
     let mut joined_once = false;
     loop {
         let mut pollfds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
@@ -456,7 +528,7 @@ fn serve(
         pollfds.extend(
             ranks
                 .iter()
-                .map(|(r, _)| PollFd::new(r.as_fd(), PollFlags::POLLIN)),
+                .map(|(r, _, _)| PollFd::new(r.as_fd(), PollFlags::POLLIN)),
         );
         // Idle: wait for the first rank, or linger after the last one.
         let idle_limit = if joined_once {
@@ -472,10 +544,11 @@ fn serve(
                 .unwrap_or(PollTimeout::ZERO)
         };
         match poll(&mut pollfds, timeout) {
-            Ok(0) if ranks.is_empty() => return,
+            Ok(0) if ranks.is_empty() && joined_once => return End::LastRankGone,
+            Ok(0) if ranks.is_empty() => return End::NoneJoined,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
+            Err(e) => return End::PollFailed(e),
         }
         let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
         if fuse.is_some() && ready(&pollfds[1]) {
@@ -485,7 +558,7 @@ fn serve(
                 "berth: the image server of this container (squashfuse_ll) died: the image's files \
                  are gone (reads fail, code mapped from the image may die of SIGBUS)\n",
             );
-            return;
+            return End::ServerDied(fuse.map_or_else(String::new, server_status));
         }
         let gone: Vec<usize> = pollfds[first_rank..]
             .iter()
@@ -496,7 +569,8 @@ fn serve(
         let accept = ready(&pollfds[0]);
         drop(pollfds);
         for i in gone.into_iter().rev() {
-            ranks.remove(i);
+            let (_, _, pid) = ranks.remove(i);
+            info!("keeper: rank {pid} exited ({} left)", ranks.len());
         }
         if accept {
             if let Ok((conn, _)) = listener.accept() {
@@ -508,22 +582,50 @@ fn serve(
         }
         if joined_once && ranks.is_empty() {
             if linger.is_zero() {
-                return;
+                return End::LastRankGone;
             }
+            info!("keeper: no rank left: lingering {linger:?}");
             started = Instant::now();
         }
     }
 }
 
+/// How the FUSE server ended, as waitid on its pidfd tells (without reaping it).
+fn server_status(fuse: &OwnedFd) -> String {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // P_PIDFD = 3
+    let r = unsafe {
+        libc::waitid(
+            3,
+            fuse.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r != 0 {
+        return "status unknown".into();
+    }
+    let status = unsafe { info.si_status() };
+    match info.si_code {
+        libc::CLD_EXITED => format!("exit status {status}"),
+        libc::CLD_KILLED | libc::CLD_DUMPED => format!("killed by signal {status}"),
+        _ => "status unknown".into(),
+    }
+}
+
 /// Write `line` to the stderr of every registered rank: their processes may fail oddly next,
 /// and this names the cause.
-fn tell_ranks(ranks: &[(OwnedFd, Option<File>)], line: &str) {
-    for mut err in ranks.iter().filter_map(|(_, e)| e.as_ref()) {
+fn tell_ranks(ranks: &[(OwnedFd, Option<File>, i32)], line: &str) {
+    for mut err in ranks.iter().filter_map(|(_, e, _)| e.as_ref()) {
         let _ = err.write_all(line.as_bytes());
     }
 }
 
-fn register(conn: &UnixStream, fds: &[OwnedFd], id: &Identity) -> Option<(OwnedFd, Option<File>)> {
+fn register(
+    conn: &UnixStream,
+    fds: &[OwnedFd],
+    id: &Identity,
+) -> Option<(OwnedFd, Option<File>, i32)> {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
     let mut line = [0u8; 512];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
@@ -546,14 +648,19 @@ fn register(conn: &UnixStream, fds: &[OwnedFd], id: &Identity) -> Option<(OwnedF
         }
     }
     if n == 0 {
+        debug!("keeper: a liveness probe");
         return None; // a liveness probe (a sweep), not a rank
     }
     let text = String::from_utf8_lossy(&line[..n]);
+    let cred = getsockopt(&conn.as_fd(), sockopt::PeerCredentials).ok()?;
     let Some(answer) = id.answer(text.trim()) else {
+        info!(
+            "keeper: refused pid {}: its image, mounts or options differ",
+            cred.pid()
+        );
         let _ = (&*conn).write_all(b"mismatch\n");
         return None;
     };
-    let cred = getsockopt(&conn.as_fd(), sockopt::PeerCredentials).ok()?;
     let pidfd = sys::pidfd_open(cred.pid()).ok()?;
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let cmsg = [ControlMessage::ScmRights(&raw)];
@@ -565,7 +672,8 @@ fn register(conn: &UnixStream, fds: &[OwnedFd], id: &Identity) -> Option<(OwnedF
         None,
     )
     .ok()?;
-    Some((pidfd, stderr))
+    info!("keeper: rank {} joined ({answer})", cred.pid());
+    Some((pidfd, stderr, cred.pid()))
 }
 
 #[cfg(test)]

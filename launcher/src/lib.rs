@@ -9,6 +9,7 @@ pub mod host;
 pub mod image;
 pub mod image_config;
 pub mod join;
+pub mod log;
 pub mod options;
 pub mod plan;
 pub mod policy;

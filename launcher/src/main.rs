@@ -20,6 +20,10 @@ berth_launcher::record_signals_at_start!();
     about = "Run HPC jobs in squashfs container images, without setuid"
 )]
 struct Cli {
+    /// Say what berth does on stderr: -v each phase and decision, -vv each mount too
+    /// (or BERTH_LOG=DIRECTIVE, e.g. debug)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -195,6 +199,7 @@ fn main() {
             std::process::exit(125);
         }
     };
+    berth_launcher::log::init(cli.verbose);
     match cli.command {
         Cmd::Run(args) => {
             let (opts, dry_run) = options(*args).unwrap_or_else(|e| fail(e));

@@ -65,6 +65,61 @@ pub enum Action {
     Libraries { files: Vec<PathBuf> },
 }
 
+impl Action {
+    /// One line for `--dry-run` and the -vv log: what is mounted or written, and how.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Bind {
+                source,
+                recursive,
+                readonly,
+                propagation,
+                noexec,
+                create,
+            } => format!(
+                "<- {} ({}{}{}{}, nosuid{})",
+                source.display(),
+                if *recursive { "rbind" } else { "bind" },
+                if *readonly { ", ro" } else { "" },
+                match propagation {
+                    Propagation::Private => "",
+                    Propagation::Slave => ", rslave",
+                    Propagation::Unbindable => ", runbindable",
+                },
+                if *noexec { ", noexec" } else { "" },
+                match create {
+                    Create::Auto => "",
+                    Create::Dir => ", x-create=dir",
+                    Create::File => ", x-create=file",
+                }
+            ),
+            Action::Tmpfs {
+                options,
+                readonly,
+                noexec,
+            } => format!(
+                "tmpfs ({}{}nosuid{})",
+                if options.is_empty() {
+                    String::new()
+                } else {
+                    format!("{options}, ")
+                },
+                if *readonly { "ro, " } else { "" },
+                if *noexec { ", noexec" } else { "" }
+            ),
+            Action::Umount => "unmount what is there".to_string(),
+            Action::Sysfs => "sysfs of the container's network namespace (ro)".to_string(),
+            Action::Devpts => "devpts, new instance (nosuid, noexec)".to_string(),
+            Action::Symlink { to } => format!("symlink -> {}", to.display()),
+            Action::AddEntry { line } => format!("add entry '{line}'"),
+            Action::AddEntryIfDir { line } => {
+                format!("add entry '{line}' (if the directory exists)")
+            }
+            Action::Libraries { files } => format!("<- host libraries {}", lib_names(files)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Step {
     pub target: PathBuf,
@@ -901,55 +956,7 @@ impl Plan {
         }
         let _ = writeln!(out, "mounts (in order):");
         for s in &self.steps {
-            let what = match &s.action {
-                Action::Bind {
-                    source,
-                    recursive,
-                    readonly,
-                    propagation,
-                    noexec,
-                    create,
-                } => format!(
-                    "<- {} ({}{}{}{}, nosuid{})",
-                    source.display(),
-                    if *recursive { "rbind" } else { "bind" },
-                    if *readonly { ", ro" } else { "" },
-                    match propagation {
-                        Propagation::Private => "",
-                        Propagation::Slave => ", rslave",
-                        Propagation::Unbindable => ", runbindable",
-                    },
-                    if *noexec { ", noexec" } else { "" },
-                    match create {
-                        Create::Auto => "",
-                        Create::Dir => ", x-create=dir",
-                        Create::File => ", x-create=file",
-                    }
-                ),
-                Action::Tmpfs {
-                    options,
-                    readonly,
-                    noexec,
-                } => format!(
-                    "tmpfs ({}{}nosuid{})",
-                    if options.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{options}, ")
-                    },
-                    if *readonly { "ro, " } else { "" },
-                    if *noexec { ", noexec" } else { "" }
-                ),
-                Action::Umount => "unmount what is there".to_string(),
-                Action::Sysfs => "sysfs of the container's network namespace (ro)".to_string(),
-                Action::Devpts => "devpts, new instance (nosuid, noexec)".to_string(),
-                Action::Symlink { to } => format!("symlink -> {}", to.display()),
-                Action::AddEntry { line } => format!("add entry '{line}'"),
-                Action::AddEntryIfDir { line } => {
-                    format!("add entry '{line}' (if the directory exists)")
-                }
-                Action::Libraries { files } => format!("<- host libraries {}", lib_names(files)),
-            };
+            let what = s.action.describe();
             let _ = writeln!(out, "  {:<20} {what}  [{}]", s.target.display(), s.origin);
         }
         if let Some(mpi) = &self.mpi {

@@ -106,6 +106,22 @@ pub fn enter(
     cwd: &Path,
 ) -> Result<(Process, Option<container::Built>)> {
     let plan = plan(opts, env, cwd)?;
+    tracing::info!(
+        "plan: {} ({:?} root, {}), {} steps, {}",
+        plan.image.path.display(),
+        plan.rootfs,
+        if plan.writable {
+            "writable"
+        } else {
+            "read-only"
+        },
+        plan.steps.len(),
+        plan.join_key
+            .as_deref()
+            .map_or("a container of its own".to_string(), |k| format!(
+                "join key '{k}'"
+            ))
+    );
     let built = match &plan.join_key {
         Some(key) => {
             let ignored = crate::join::join(&plan, key, opts.attach)?;
