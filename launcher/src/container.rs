@@ -332,7 +332,16 @@ fn image_mpi_version(root: &OwnedFd, path: &Path, state_dir: &Path) -> Option<St
     }
     // A FIFO or a link to /dev/zero in the image must not hang or exhaust berth.
     let bytes = read_image_file(&fd, path, MPI_LIBRARY_LIMIT).ok()?;
-    let version = bytes.split(|b| *b == 0).find_map(|s| {
+    let version = mpi_version_in(&bytes)?;
+    let _ = std::fs::create_dir_all(&cache_dir);
+    let _ = std::fs::write(&key, &version);
+    Some(version)
+}
+
+/// The first NUL-delimited `[v]X.Y.Z` string of an MPI library (also `berth doctor`'s reading
+/// of the host's).
+pub(crate) fn mpi_version_in(bytes: &[u8]) -> Option<String> {
+    bytes.split(|b| *b == 0).find_map(|s| {
         let s = std::str::from_utf8(s).ok()?;
         let v = s.strip_prefix('v').unwrap_or(s);
         let parts: Vec<&str> = v.split('.').collect();
@@ -341,10 +350,7 @@ fn image_mpi_version(root: &OwnedFd, path: &Path, state_dir: &Path) -> Option<St
                 .iter()
                 .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
         .then(|| v.to_string())
-    })?;
-    let _ = std::fs::create_dir_all(&cache_dir);
-    let _ = std::fs::write(&key, &version);
-    Some(version)
+    })
 }
 
 /// If squashfuse_ll has died, say so with its exit status: that is the real cause.
@@ -519,7 +525,7 @@ impl Drop for FuseServer {
 }
 
 /// The first `name` on the caller's PATH.
-fn find_in_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .map(|d| d.join(name))

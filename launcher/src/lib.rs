@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod container;
+pub mod doctor;
 pub mod error;
 pub mod fakeroot;
 pub mod host;

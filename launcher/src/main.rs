@@ -42,6 +42,13 @@ enum Cmd {
         #[command(subcommand)]
         action: PolicyCmd,
     },
+    /// Check that berth can run here (user namespaces, FUSE, kernel features, state directory,
+    /// policy, Slurm plugin, host MPI): a table of ✓/✗ with the fix for each ✗
+    Doctor {
+        /// Print the checks as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -201,6 +208,7 @@ fn main() {
     };
     berth_launcher::log::init(cli.verbose);
     match cli.command {
+        Cmd::Doctor { json } => std::process::exit(berth_launcher::doctor::run(json)),
         Cmd::Run(args) => {
             let (opts, dry_run) = options(*args).unwrap_or_else(|e| fail(e));
             if let Err(e) = run::run(&opts, dry_run) {
