@@ -159,8 +159,6 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
     }
     Ok((
         RunOptions {
-            image: a.image,
-            argv,
             mode,
             mounts,
             workdir: a.workdir,
@@ -173,10 +171,8 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             linger_secs: a.linger,
             mpi: !a.no_mpi,
             persist: a.name,
-            scheduler_paths: Vec::new(),
-            scheduler_libraries: Vec::new(),
-            attach: false,
             unshare,
+            ..RunOptions::new(a.image, argv)
         },
         a.dry_run,
     ))

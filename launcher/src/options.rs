@@ -124,6 +124,35 @@ pub struct RunOptions {
     pub attach: bool,
 }
 
+impl RunOptions {
+    /// `berth run IMAGE -- ARGV` with no other option: the site policy's mode, a read-only
+    /// container with the image's entrypoint, the home directory mounted, the host's MPI when
+    /// the policy injects it, the join key derived from the launcher's environment, no extra
+    /// mounts, environment or namespaces. Front ends set the fields their options change.
+    pub fn new(image: impl Into<PathBuf>, argv: Vec<OsString>) -> RunOptions {
+        RunOptions {
+            image: image.into(),
+            argv,
+            mode: None,
+            mounts: Vec::new(),
+            workdir: None,
+            env: Vec::new(),
+            writable: false,
+            entrypoint: true,
+            remap_root: false,
+            mount_home: true,
+            join: Join::Auto,
+            linger_secs: None,
+            mpi: true,
+            persist: None,
+            scheduler_paths: Vec::new(),
+            scheduler_libraries: Vec::new(),
+            unshare: Namespaces::default(),
+            attach: false,
+        }
+    }
+}
+
 /// What a `--mount` puts at its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MountKind {

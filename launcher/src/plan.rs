@@ -1350,24 +1350,9 @@ mod tests {
 
     fn opts() -> RunOptions {
         RunOptions {
-            image: "/img.sqsh".into(),
-            argv: vec!["true".into()],
             mode: Some(Mode::Mount),
-            mounts: vec![],
-            workdir: None,
-            env: vec![],
-            writable: false,
-            entrypoint: true,
-            remap_root: false,
-            mount_home: true,
             join: Join::No,
-            linger_secs: None,
-            mpi: true,
-            persist: None,
-            scheduler_paths: vec![],
-            scheduler_libraries: vec![],
-            attach: false,
-            unshare: Namespaces::default(),
+            ..RunOptions::new("/img.sqsh", vec!["true".into()])
         }
     }
 

@@ -76,9 +76,6 @@ impl JobRequest {
             }
         }
         Ok(RunOptions {
-            image: PathBuf::from(image),
-            argv,
-            mode: None,
             mounts,
             workdir: self.workdir.as_ref().map(PathBuf::from),
             env: host_env,
@@ -87,22 +84,18 @@ impl JobRequest {
             remap_root: self.remap_root,
             mount_home: self.mount_home,
             join: Join::Key(key.to_string()),
-            linger_secs: None,
-            mpi: true,
             // A named container keeps its changes on disk, under its instance key.
             persist: self
                 .name
                 .as_ref()
                 .filter(|n| !n.is_empty())
                 .map(|_| key.to_string()),
-            scheduler_paths: Vec::new(),
-            scheduler_libraries: Vec::new(),
-            attach: false,
             unshare: match &self.unshare {
                 Some(list) => Namespaces::parse(list)
                     .map_err(|e| Error::Usage(format!("--container-unshare={list}: {e}")))?,
                 None => Namespaces::default(),
             },
+            ..RunOptions::new(image, argv)
         })
     }
 }
