@@ -77,6 +77,43 @@ pub fn to_file(path: &Path) -> std::io::Result<tracing::subscriber::DefaultGuard
     Ok(tracing::subscriber::set_default(subscriber))
 }
 
+/// Send events (info and debug) to `sink`, a host's own log function: the Slurm plugin passes
+/// Slurm's, so the launcher's steps show in slurmd's log at its verbose/debug levels. A no-op
+/// if a logger is installed already.
+pub fn to_sink(sink: fn(tracing::Level, &str)) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::DEBUG)
+        .with(Sink(sink));
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// A layer that hands each event's message (and its other fields, `name=value`) to a function.
+struct Sink(fn(tracing::Level, &str));
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Sink {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        (self.0)(*event.metadata().level(), &text.0);
+    }
+}
+
+struct Text(String);
+
+impl tracing::field::Visit for Text {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        let _ = match field.name() {
+            "message" => write!(self.0, "{value:?}"),
+            name => write!(self.0, "{name}={value:?}"),
+        };
+    }
+}
+
 /// A log file that starts over when it would exceed the cap: a long-lived keeper keeps its
 /// most recent events, which are the ones that explain a failure.
 struct Capped {
@@ -106,6 +143,33 @@ impl Write for Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static SEEN: Mutex<Vec<(tracing::Level, String)>> = Mutex::new(Vec::new());
+
+    fn collect(level: tracing::Level, msg: &str) {
+        SEEN.lock().unwrap().push((level, msg.to_string()));
+    }
+
+    #[test]
+    fn a_sink_gets_each_event_as_one_line() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .with(Sink(collect));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!("step {} [{}]", "/proc", "default");
+            tracing::info!(rank = 7, "joined");
+            tracing::trace!("not this");
+        });
+        let seen = SEEN.lock().unwrap();
+        assert_eq!(
+            *seen,
+            vec![
+                (tracing::Level::DEBUG, "step /proc [default]".to_string()),
+                (tracing::Level::INFO, "joined rank=7".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn a_capped_log_starts_over_and_stays_under_the_cap() {

@@ -12,6 +12,16 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// A launcher log event in Slurm's log: its info at Slurm's verbose level, its debug at debug.
+fn slurm_log(level: tracing::Level, msg: &str) {
+    let level = if level >= tracing::Level::DEBUG {
+        Level::Debug
+    } else {
+        Level::Verbose
+    };
+    log(level, msg);
+}
+
 /// In each task, as the user, just before Slurm execs it: enter the node's container.
 pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     let cfg = config(av)?;
@@ -30,6 +40,8 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
         return Ok(());
     }
     let started = std::time::Instant::now();
+    // The launcher's steps and decisions, in slurmd's log at its verbose/debug levels.
+    berth_launcher::log::to_sink(slurm_log);
     let env = sp.job_env();
     let node = env
         .iter()
