@@ -97,6 +97,8 @@ SlurmctldPidFile=$dir/run/slurmctld.pid
 SlurmdPidFile=$dir/run/slurmd-%n.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd-%n.log
+# berth logs its phases at Slurm's verbose level: the tests read them here.
+SlurmdDebug=verbose
 TmpFS=$dir/tmp/%n
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

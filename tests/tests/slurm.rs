@@ -805,6 +805,31 @@ fn pyxis_variables_and_srun_verbose() {
         "no berth line in {}/log/slurmd-n*.log",
         c.dir.display()
     );
+    // And the launcher's own log events, at Slurm's verbose level: the plan and the join (the
+    // keeper that builds the container logs to its own file).
+    let phases = eventually(Duration::from_secs(20), || {
+        (1..=3).any(|n| {
+            let log = std::fs::read_to_string(c.dir.join(format!("log/slurmd-n{n}.log")))
+                .unwrap_or_default();
+            log.contains("berth: plan: ") && log.contains("berth: join: joined the container")
+        })
+    });
+    let berth_lines: Vec<String> = (1..=3)
+        .flat_map(|n| {
+            std::fs::read_to_string(c.dir.join(format!("log/slurmd-n{n}.log")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("berth"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        phases,
+        "no berth plan and join lines in {}/log/slurmd-n*.log:\n{}",
+        c.dir.display(),
+        berth_lines.join("\n")
+    );
 }
 
 /// Issue 12: the job epilog removes the job's named containers as the job's user: what the
