@@ -70,7 +70,15 @@ fn no_way_to_another_uid() {
         "id",
         "-u",
     ]));
+    // The kernel refuses: uid 0 has no mapping (EINVAL). A bare non-zero exit is not enough,
+    // since a shell's 127 for a missing setpriv would pass too.
     assert_ne!(r.code, Some(0), "setuid(0) must fail inside: {}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("setpriv: setresuid failed: Invalid argument"),
+        "setuid(0) must fail for want of a mapping: {}",
+        r.stderr
+    );
     let r = run(sb.berth(&[
         "run",
         image.to_str().unwrap(),
@@ -94,7 +102,7 @@ fn setuid_binaries_do_not_raise_privileges() {
     let uid = user().uid;
     for mode in ["mount", "extract"] {
         let r = run(sb.berth(&["run", "--mode", mode, image.to_str().unwrap(), "--", "sh", "-c",
-            "ls -l /usr/local/bin/suid-probe | cut -c1-10; /usr/local/bin/suid-probe; grep NoNewPrivs /proc/self/status; grep -c nosuid /proc/self/mountinfo"]))
+            "ls -l /usr/local/bin/suid-probe | cut -c1-10; /usr/local/bin/suid-probe; grep NoNewPrivs /proc/self/status; awk '$6 !~ /(^|,)nosuid(,|$)/' /proc/self/mountinfo"]))
             .expect_ok(mode);
         let lines: Vec<&str> = r.stdout.lines().collect();
         if mode == "mount" {
@@ -111,6 +119,13 @@ fn setuid_binaries_do_not_raise_privileges() {
         assert_eq!(
             lines[2].split_whitespace().collect::<Vec<_>>(),
             vec!["NoNewPrivs:", "1"]
+        );
+        // awk printed every mount whose own options lack nosuid: there must be none.
+        assert_eq!(
+            lines.len(),
+            3,
+            "mounts without nosuid ({mode}):\n{}",
+            lines[3..].join("\n")
         );
     }
     // Every mount of the container's own is nosuid.
