@@ -148,7 +148,13 @@ fn sigkill_of_berth_leaves_no_mount_and_no_helper() {
             !helpers.is_empty(),
             "a helper process exists while running ({join:?})"
         );
+        // The container's mounts (FUSE, overlay, binds) live as long as its mount namespace:
+        // while some process is in it or holds it open. The probe must see the running one.
         let mnt_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+        assert!(
+            !namespace_holders(&mnt_ns).is_empty(),
+            "the probe finds the running container ({join:?})"
+        );
         kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
         child.wait().unwrap();
         let gone = eventually(Duration::from_secs(20), || {
@@ -161,25 +167,48 @@ fn sigkill_of_berth_leaves_no_mount_and_no_helper() {
             "helpers left after SIGKILL ({join:?}): {:?}",
             live_processes(user().uid)
         );
-        // No live process of the user is still in the container's mount namespace, so its
-        // mounts (FUSE, overlay, binds) are gone with it.
-        let left: Vec<_> = live_processes(user().uid)
-            .into_iter()
-            .filter(|(p, _)| {
-                std::fs::read_link(format!("/proc/{p}/ns/mnt"))
-                    .ok()
-                    .as_ref()
-                    == Some(&mnt_ns)
-            })
-            .collect();
         assert!(
-            left.is_empty(),
-            "processes still in the container ({join:?}): {left:?}"
+            eventually(Duration::from_secs(20), || sb.processes().is_empty()),
+            "processes of the sandbox left ({join:?}): {:?}",
+            sb.processes()
         );
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(
-            !mounts.contains("squashfuse") && !mounts.contains(sb.state.to_str().unwrap()),
-            "host mount table changed"
+            eventually(Duration::from_secs(20), || namespace_holders(&mnt_ns)
+                .is_empty()),
+            "the container's mount namespace is still held ({join:?}): {:?}",
+            namespace_holders(&mnt_ns)
         );
     }
+}
+
+/// The live processes (any user) that are in the mount namespace `ns` (a `/proc/PID/ns/mnt`
+/// link such as `mnt:[4026532301]`) or hold an open descriptor to it.
+fn namespace_holders(ns: &std::path::Path) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let inside = std::fs::read_link(e.path().join("ns/mnt")).ok().as_deref() == Some(ns);
+        let holds = std::fs::read_dir(e.path().join("fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).ok().as_deref() == Some(ns))
+            })
+            .unwrap_or(false);
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = matches!(
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next(),
+            Some("Z" | "X") | None
+        );
+        if (inside || holds) && !zombie {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            out.push((p, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    out
 }
