@@ -2,6 +2,7 @@
 //! Open MPI's shared memory with CMA works between them.
 
 use berth_tests::*;
+use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -33,6 +34,14 @@ fn two_runs_with_the_same_key_share_namespaces() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // The second starts only once the first is inside (it has printed both lines), so the
+    // second joins the first's container rather than racing it to make one.
+    let mut first_out = BufReader::new(first.stdout.take().unwrap());
+    let mut out = String::new();
+    for _ in 0..2 {
+        first_out.read_line(&mut out).unwrap();
+    }
+    assert!(out.contains("user:"), "first did not start: {out}");
     let second = run(sb.berth(&[
         "run",
         "--join",
@@ -55,8 +64,7 @@ fn two_runs_with_the_same_key_share_namespaces() {
     ]))
     .expect_ok("alone");
     drop(first.stdin.take());
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut first.stdout.take().unwrap(), &mut out).unwrap();
+    first_out.read_to_string(&mut out).unwrap();
     assert!(first.wait().unwrap().success());
     assert!(out.contains("mnt:"), "first: {out}");
     assert_eq!(ns(&out, "mnt:"), ns(&second.stdout, "mnt:"));
