@@ -75,37 +75,33 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
 
 /// Set mount attributes (ro, nosuid, nodev...) on a detached or attached mount fd.
 pub fn mount_setattr(fd: &OwnedFd, set: u64, recursive: bool) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= AT_RECURSIVE;
-    }
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty().as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })?;
-    Ok(())
+    setattr(
+        fd,
+        MountAttr {
+            attr_set: set,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        },
+        recursive,
+    )
 }
 
 /// Set the propagation type of a mount (and, with `recursive`, of every mount under it).
 pub fn set_propagation(fd: &OwnedFd, propagation: u64, recursive: bool) -> io::Result<()> {
-    let attr = MountAttr {
-        attr_set: 0,
-        attr_clr: 0,
-        propagation,
-        userns_fd: 0,
-    };
+    setattr(
+        fd,
+        MountAttr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation,
+            userns_fd: 0,
+        },
+        recursive,
+    )
+}
+
+fn setattr(fd: &OwnedFd, attr: MountAttr, recursive: bool) -> io::Result<()> {
     let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
     if recursive {
         flags |= AT_RECURSIVE;

@@ -252,37 +252,27 @@ fn linger_keeps_a_warm_container_for_the_next_run_then_goes() {
     );
 }
 
-#[test]
-fn a_killed_keeper_leaves_its_ranks_their_image() {
-    let sb = Sandbox::new("keeper-kill");
-    let image = demo_image();
-    let img = image.to_str().unwrap();
+/// The first sandbox process whose command line starts with `prefix`.
+fn process_of(sb: &Sandbox, prefix: &str) -> Option<i32> {
+    sb.processes()
+        .into_iter()
+        .find(|(_, cmd)| cmd.starts_with(prefix))
+        .map(|(pid, _)| pid)
+}
+
+/// Two ranks joining `key`, each running `script` (which starts with `read x`, so they wait for
+/// their stdin to close), returned once both are inside and the keeper serves them.
+fn two_waiting_ranks(sb: &Sandbox, key: &str, img: &str, script: &str) -> [std::process::Child; 2] {
     let rank = || {
-        sb.berth(&[
-            "run",
-            "--join",
-            "kk",
-            img,
-            "--",
-            "sh",
-            "-c",
-            "read x; cat /etc/debian_version; ls /usr/bin | wc -l",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        sb.berth(&["run", "--join", key, img, "--", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     };
-    let mut ranks = [rank(), rank()];
+    let ranks = [rank(), rank()];
     let berth = berth_bin().display().to_string();
-    let keeper = || {
-        sb.processes()
-            .into_iter()
-            .find(|(_, cmd)| cmd.starts_with(&berth))
-            .map(|(pid, _)| pid)
-    };
-    // Both ranks are in the container (their shells run) and the keeper serves it.
     assert!(
         eventually(Duration::from_secs(30), || {
             sb.processes()
@@ -290,11 +280,26 @@ fn a_killed_keeper_leaves_its_ranks_their_image() {
                 .filter(|(_, c)| c.starts_with("sh -c read x"))
                 .count()
                 == 2
-                && keeper().is_some()
+                && process_of(sb, &berth).is_some()
         }),
         "ranks did not start: {:?}",
         sb.processes()
     );
+    ranks
+}
+
+#[test]
+fn a_killed_keeper_leaves_its_ranks_their_image() {
+    let sb = Sandbox::new("keeper-kill");
+    let image = demo_image();
+    let img = image.to_str().unwrap();
+    let mut ranks = two_waiting_ranks(
+        &sb,
+        "kk",
+        img,
+        "read x; cat /etc/debian_version; ls /usr/bin | wc -l",
+    );
+    let keeper = || process_of(&sb, &berth_bin().display().to_string());
     let pid = keeper().unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
     assert!(eventually(Duration::from_secs(10), || keeper().is_none()));
@@ -324,43 +329,9 @@ fn a_killed_image_server_is_named_in_every_rank_s_stderr() {
     let sb = Sandbox::new("server-kill");
     let image = demo_image();
     let img = image.to_str().unwrap();
-    let rank = || {
-        sb.berth(&[
-            "run",
-            "--join",
-            "sk",
-            img,
-            "--",
-            "sh",
-            "-c",
-            "read x; cat /etc/debian_version",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-    };
-    let mut ranks = [rank(), rank()];
+    let mut ranks = two_waiting_ranks(&sb, "sk", img, "read x; cat /etc/debian_version");
     let berth = berth_bin().display().to_string();
-    let find = |prefix: &str| {
-        sb.processes()
-            .into_iter()
-            .find(|(_, cmd)| cmd.starts_with(prefix))
-            .map(|(pid, _)| pid)
-    };
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            sb.processes()
-                .iter()
-                .filter(|(_, c)| c.starts_with("sh -c read x"))
-                .count()
-                == 2
-                && find(&berth).is_some()
-        }),
-        "ranks did not start: {:?}",
-        sb.processes()
-    );
+    let find = |prefix: &str| process_of(&sb, prefix);
     let server = find("squashfuse_ll").expect("the image server runs");
     unsafe { libc::kill(server, libc::SIGKILL) };
     // The keeper tells the ranks and leaves.
