@@ -16,4 +16,5 @@ pub mod plan;
 pub mod policy;
 pub mod run;
 pub mod signals;
+mod squashfs;
 pub mod sys;
