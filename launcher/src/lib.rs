@@ -9,6 +9,7 @@ pub mod fakeroot;
 pub mod host;
 pub mod image;
 pub mod image_config;
+mod imagefs;
 pub mod join;
 pub mod log;
 pub mod options;

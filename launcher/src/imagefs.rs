@@ -1,0 +1,440 @@
+//! berth-imagefs: mount mode's FUSE server, a forked child of berth serving the image through
+//! berth's own squashfs reader (issue 14).
+//!
+//! berth mounts `fuse.berth` itself and hands this server the mounted `/dev/fuse` fd (see
+//! `container::FuseServer`); fuser does the INIT handshake on it. The server asks for the kernel
+//! options that let a warm mount answer from the kernel's caches: READDIRPLUS, CACHE_SYMLINKS,
+//! PARALLEL_DIROPS, MAX_PAGES, ASYNC_READ; it answers OPEN and OPENDIR with ENOSYS (the kernel
+//! then stops sending them and keeps the page cache), and every entry, negative entry and
+//! attribute is valid "forever": the image never changes under a mount.
+//!
+//! It is stateless: a FUSE node id is the squashfs inode reference (shifted so that it never
+//! collides with the root's id 1), so FORGET is a no-op. fuser sends a node id as st_ino too,
+//! so st_ino is that same number: stable for the image and shared by hard links.
+//! A reader error is EIO and one log line; a panic in a request is EIO for that request.
+
+use crate::squashfs::{Archive, Inode, InodeRef, Kind, SquashError};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, UNIX_EPOCH};
+use tracing::{debug, warn};
+
+/// The decompressed-block cache of one server (a policy key later).
+pub(crate) const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+/// Threads reading requests: two overlap one cold read's decompression with the next request.
+pub(crate) const THREADS: usize = 2;
+
+/// The server's name in `ps`, /proc/PID/comm and /proc/PID/cmdline.
+pub const PROCESS_NAME: &str = "berth-imagefs";
+
+/// "Forever" for the kernel's caches: about 136 years (the kernel clamps it anyway).
+const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
+
+/// Node ids: the root is FUSE's 1; any other inode reference r is r + 2 (never 0 or 1).
+const NODE_SHIFT: u64 = 2;
+
+/// Readdir offsets: 1 is after ".", 2 after ".."; the reader's cookie c is c + 2.
+const DOTS: u64 = 2;
+
+pub(crate) struct ImageFs {
+    archive: Archive,
+    root: InodeRef,
+    blksize: u32,
+}
+
+thread_local! {
+    /// One read buffer per server thread, reused: no allocation per READ.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Serve `archive` on `dev`, a /dev/fuse fd already mounted, until the mount goes away.
+pub(crate) fn serve(archive: Archive, dev: OwnedFd) -> std::io::Result<()> {
+    let mut config = fuser::Config::default();
+    // The kernel decides who may look (allow_other, the container's user namespace); fuser's
+    // own owner check would refuse the container's uids.
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(THREADS);
+    let root = archive.root();
+    let blksize = archive.block_size().clamp(4096, 1 << 20);
+    let fs = ImageFs {
+        archive,
+        root,
+        blksize,
+    };
+    fuser::Session::from_fd(fs, dev, fuser::SessionACL::All, config)?.run()
+}
+
+/// Make the forked child a server process: its name, signals and allocator. Call it first.
+pub(crate) fn become_server_process() {
+    // SAFETY: plain libc calls on this process, no pointers kept.
+    unsafe {
+        // fuser zeroes a 16 MiB buffer per thread: keep glibc from moving its mmap threshold
+        // up (it does after a large free), or each buffer is memset from the heap.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::prctl(libc::PR_SET_NAME, c"berth-imagefs".as_ptr(), 0, 0, 0);
+        // Schedulers signal every process group of a job (OpenLava's bkill -s, Slurm's
+        // scancel -s): the server serves the job's files until its mount goes away, whatever
+        // the job is told.
+        for sig in [
+            libc::SIGHUP,
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+            libc::SIGPIPE,
+            libc::SIGALRM,
+            libc::SIGTSTP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+        ] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+    set_cmdline(PROCESS_NAME);
+    // A panic is one request's EIO (see `guard`); say so in the log, not on the job's stderr.
+    std::panic::set_hook(Box::new(|info| warn!("imagefs: {info}")));
+}
+
+/// Overwrite this process's argument area (as setproctitle does), so /proc/PID/cmdline shows
+/// the server rather than the berth command line it was forked from.
+fn set_cmdline(name: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command's closing parenthesis start at field 3; arg_start and arg_end
+    // are fields 48 and 49.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let (Some(start), Some(end)) = (
+        fields.get(45).and_then(|f| f.parse::<usize>().ok()),
+        fields.get(46).and_then(|f| f.parse::<usize>().ok()),
+    ) else {
+        return;
+    };
+    if end <= start + name.len() {
+        return;
+    }
+    // SAFETY: [start, end) is this process's own argument strings, writable stack memory the
+    // kernel set up; only std::env::args reads it again, and this process no longer does.
+    unsafe {
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, end - start);
+        area.fill(0);
+        area[..name.len()].copy_from_slice(name.as_bytes());
+    }
+}
+
+/// Run one request's handler; a panic in it is logged, and its reply (dropped while unwinding)
+/// goes to the kernel as EIO. The server goes on.
+fn guard(what: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        warn!("imagefs: {what} panicked: answered EIO");
+    }
+}
+
+fn eio(what: &str, node: INodeNo, e: SquashError) -> Errno {
+    warn!("imagefs: {what} of node {:#x}: {e}", node.0);
+    Errno::EIO
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
+        Kind::BlockDev => FileType::BlockDevice,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+impl ImageFs {
+    fn node(&self, r: InodeRef) -> Option<INodeNo> {
+        if r == self.root {
+            return Some(INodeNo::ROOT);
+        }
+        r.checked_add(NODE_SHIFT).map(INodeNo)
+    }
+
+    fn reference(&self, node: INodeNo) -> Option<InodeRef> {
+        match node.0 {
+            1 => Some(self.root),
+            n => n.checked_sub(NODE_SHIFT),
+        }
+    }
+
+    /// The inode behind a node id the kernel sent.
+    fn inode(&self, what: &str, node: INodeNo) -> Result<Inode, Errno> {
+        let r = self.reference(node).ok_or(Errno::EIO)?;
+        self.archive.inode(r).map_err(|e| eio(what, node, e))
+    }
+
+    fn attr(&self, node: INodeNo, inode: &Inode) -> FileAttr {
+        let time = UNIX_EPOCH + Duration::from_secs(inode.mtime.into());
+        FileAttr {
+            ino: node,
+            size: inode.size,
+            blocks: inode.size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind: file_type(inode.kind),
+            perm: inode.mode & 0o7777,
+            nlink: inode.nlink,
+            uid: inode.uid,
+            gid: inode.gid,
+            // squashfs and FUSE both carry the kernel's new_encode_dev() form: no conversion.
+            rdev: inode.rdev,
+            blksize: self.blksize,
+            flags: 0,
+        }
+    }
+
+    fn lookup_entry(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
+        let dir = self.inode("lookup", parent)?;
+        if dir.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        match self.archive.lookup(&dir, name.as_bytes()) {
+            Ok(Some(r)) => {
+                let node = self.node(r).ok_or(Errno::EIO)?;
+                let inode = self.inode("lookup", node)?;
+                Ok(self.attr(node, &inode))
+            }
+            // Node id 0 is a negative entry the kernel caches for the entry's time.
+            Ok(None) => Ok(FileAttr {
+                ino: INodeNo(0),
+                ..self.attr(parent, &dir)
+            }),
+            Err(e) => Err(eio("lookup", parent, e)),
+        }
+    }
+
+    /// Fill a READDIR(PLUS) reply from `offset`: `add` returns true when the reply is full.
+    fn list(
+        &self,
+        node: INodeNo,
+        offset: u64,
+        add: &mut dyn FnMut(INodeNo, u64, &OsStr, &FileAttr) -> bool,
+    ) -> Result<(), Errno> {
+        let dir = self.inode("readdir", node)?;
+        if dir.kind != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let own = self.attr(node, &dir);
+        // "." and "..": the kernel does not make them for FUSE. ".." shows the directory's
+        // own attributes (the reader has no parent reference; the kernel ignores them).
+        for (at, name) in [(0, "."), (1, "..")] {
+            if offset <= at && add(node, at + 1, OsStr::new(name), &own) {
+                return Ok(());
+            }
+        }
+        let mut failed = None;
+        let cookie = offset.saturating_sub(DOTS);
+        let walked = self.archive.read_dir(&dir, cookie, &mut |entry| {
+            let (Some(child), Some(next)) =
+                (self.node(entry.inode), entry.cookie.checked_add(DOTS))
+            else {
+                failed = Some(Errno::EIO);
+                return false;
+            };
+            let attr = FileAttr {
+                kind: file_type(entry.kind),
+                ..own
+            };
+            !add(child, next, OsStr::from_bytes(entry.name), &attr)
+        });
+        walked.map_err(|e| eio("readdir", node, e))?;
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let offered = config.capabilities();
+        let wanted = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_MAX_PAGES
+            | InitFlags::FUSE_NO_OPEN_SUPPORT
+            | InitFlags::FUSE_NO_OPENDIR_SUPPORT;
+        // An older kernel lacks some: serve without them.
+        let _ = config.add_capabilities(wanted & offered);
+        debug!(
+            "imagefs: init: kernel ABI {}; enabled {:?}; not offered {:?}",
+            config.kernel_abi(),
+            wanted & offered,
+            wanted - offered
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guard("lookup", || match self.lookup_entry(parent, name) {
+            Ok(attr) => reply.entry(&FOREVER, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        })
+    }
+
+    fn getattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: Option<FileHandle>,
+        reply: fuser::ReplyAttr,
+    ) {
+        guard("getattr", || match self.inode("getattr", ino) {
+            Ok(inode) => reply.attr(&FOREVER, &self.attr(ino, &inode)),
+            Err(e) => reply.error(e),
+        })
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        guard("readlink", || {
+            let target = self.inode("readlink", ino).and_then(|inode| {
+                if inode.kind != Kind::Symlink {
+                    return Err(Errno::EINVAL);
+                }
+                self.archive
+                    .read_link(&inode)
+                    .map_err(|e| eio("readlink", ino, e))
+            });
+            match target {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // No-open: the kernel stops asking and keeps the page cache across opens.
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        guard("read", || {
+            let inode = match self.inode("read", ino) {
+                Ok(i) if i.kind == Kind::File => i,
+                Ok(i) if i.kind == Kind::Dir => return reply.error(Errno::EISDIR),
+                Ok(_) => return reply.error(Errno::EINVAL),
+                Err(e) => return reply.error(e),
+            };
+            READ_BUF.with_borrow_mut(|buf| {
+                buf.clear();
+                match self.archive.read(&inode, offset, size, buf) {
+                    Ok(()) => reply.data(buf),
+                    Err(e) => reply.error(eio("read", ino, e)),
+                }
+            })
+        })
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        guard("readdir", || {
+            match self.list(ino, offset, &mut |node, next, name, attr| {
+                reply.add(node, next, attr.kind, name)
+            }) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        guard("readdirplus", || {
+            let mut failed = None;
+            let listed = self.list(ino, offset, &mut |node, next, name, attr| {
+                // "." and ".." carry the directory's own attributes; others their own.
+                let attr = if node == ino {
+                    *attr
+                } else {
+                    match self.inode("readdirplus", node) {
+                        Ok(inode) => self.attr(node, &inode),
+                        Err(e) => {
+                            failed = Some(e);
+                            return true;
+                        }
+                    }
+                };
+                reply.add(node, next, name, &FOREVER, &attr, Generation(0))
+            });
+            match listed.and_then(|()| failed.map_or(Ok(()), Err)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        guard("statfs", || {
+            let bsize = self.archive.block_size().max(1);
+            reply.statfs(
+                self.archive.bytes_used().div_ceil(bsize.into()),
+                0,
+                0,
+                self.archive.inode_count().into(),
+                0,
+                bsize,
+                256,
+                bsize,
+            )
+        })
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        // xattrs are ignored: ENOSYS once, and the kernel answers EOPNOTSUPP itself after.
+        reply.error(Errno::ENOSYS)
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS)
+    }
+}
