@@ -123,6 +123,9 @@ pub fn import(opts: &Options) -> Result<Summary, String> {
     if let Source::Rootfs(dir) = &opts.source {
         return import_rootfs(opts, &progress, dir, &work_path, &comp, level);
     }
+    if let Source::Sif(file) = &opts.source {
+        return crate::sif::import(opts, &progress, file, &work_path);
+    }
     let plan = match &opts.source {
         Source::Registry(r) => plan_registry(opts, &progress, r)?,
         Source::OciDir { dir, tag } => {
@@ -144,7 +147,7 @@ pub fn import(opts: &Options) -> Result<Summary, String> {
             )?
         }
         Source::DockerArchive { file } => plan_docker_archive(file, opts)?,
-        Source::Rootfs(_) => unreachable!("handled above"),
+        Source::Rootfs(_) | Source::Sif(_) => unreachable!("handled above"),
     };
     if plan.up_to_date {
         return Ok(Summary {
@@ -780,7 +783,7 @@ fn flock(f: &File, how: libc::c_int) -> io::Result<()> {
 
 /// Make the private work directory and lock its owner file for the import's life: a directory
 /// whose lock nobody holds was left by a killed import (see [`sweep_stale_temps`]).
-fn make_work_dir(work_path: &Path) -> Result<(TempGuard, File), String> {
+pub(crate) fn make_work_dir(work_path: &Path) -> Result<(TempGuard, File), String> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let work = TempGuard::new(work_path.to_path_buf());
     let cant = |e: io::Error| format!("cannot create {}: {e}", work_path.display());

@@ -10,6 +10,7 @@ mod inspect;
 mod oci;
 mod progress;
 mod registry;
+mod sif;
 mod source;
 mod unpack;
 
@@ -42,7 +43,8 @@ enum Cmd {
     /// Import an image into a squashfs file.
     ///
     /// SOURCE: docker://[USER@]REGISTRY/REPO[:TAG|@sha256:DIGEST], [USER@][REGISTRY#]IMAGE[:TAG],
-    /// oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, or a rootfs directory.
+    /// oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE, a rootfs directory, or an
+    /// Apptainer SIF file (its squashfs partition is copied out).
     Import {
         source: String,
         /// The squashfs file to write (replaced atomically if it exists).

@@ -58,6 +58,7 @@ pub enum Source {
     OciArchive { file: PathBuf, tag: Option<String> },
     DockerArchive { file: PathBuf },
     Rootfs(PathBuf),
+    Sif(PathBuf),
 }
 
 /// `PATH[:TAG]` of the `oci:` forms; a colon in the last component starts the tag.
@@ -89,6 +90,9 @@ pub fn parse_source(s: &str) -> Result<Source, String> {
     }
     if let Some(rest) = s.strip_prefix("dir:") {
         return Ok(Source::Rootfs(PathBuf::from(rest)));
+    }
+    if crate::sif::is_sif(std::path::Path::new(s)) {
+        return Ok(Source::Sif(PathBuf::from(s)));
     }
     // Paths look like paths; everything else is an image name (the pyxis/enroot form).
     if s.starts_with('/') || s.starts_with('.') || std::path::Path::new(s).is_dir() {

@@ -203,7 +203,9 @@ fn extract(image: &Image, id: &Identity, root: &Path, key: &str) -> Result<()> {
     let fd = id.file.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
     let mut cmd = Command::new("unsquashfs");
-    cmd.args(["-no-xattrs", "-quiet", "-no-progress", "-d"])
+    cmd.args(["-no-xattrs", "-quiet", "-no-progress", "-o"])
+        .arg(image.offset.to_string())
+        .arg("-d")
         .arg(tmp.join("rootfs"))
         .arg(format!("/proc/self/fd/{fd}"))
         .stdin(Stdio::null())

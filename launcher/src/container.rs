@@ -106,7 +106,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
     };
 
     let mut fuse = match &image_file {
-        Some(f) => Some(FuseServer::fork(f)?),
+        Some(f) => Some(FuseServer::fork(f, plan.image.offset)?),
         None => None,
     };
     if let Some(f) = &fuse {
@@ -382,7 +382,7 @@ pub struct FuseServer {
 }
 
 impl FuseServer {
-    fn fork(image: &File) -> Result<FuseServer> {
+    fn fork(image: &File, offset: u64) -> Result<FuseServer> {
         let program = find_in_path("squashfuse_ll").ok_or_else(|| {
             Error::Image(
                 "squashfuse_ll is not installed: install squashfuse or use --mode extract".into(),
@@ -424,6 +424,8 @@ impl FuseServer {
                 let argv: Vec<CString> = [
                     "squashfuse_ll".to_string(),
                     "-f".into(),
+                    "-o".into(),
+                    format!("offset={offset}"),
                     format!("/proc/self/fd/{image_fd}"),
                     format!("/dev/fd/{dev_fd}"),
                 ]

@@ -23,6 +23,9 @@ pub struct Image {
     /// Absolute path of the image.
     pub path: PathBuf,
     pub kind: ImageKind,
+    /// Where the squashfs starts in the file: 0, or a SIF's system partition (found by magic,
+    /// not by the file's name). unsquashfs takes it as `-o`, the image server as its offset.
+    pub offset: u64,
 }
 
 impl Image {
@@ -41,6 +44,7 @@ impl Image {
             return Ok(Image {
                 path: abs,
                 kind: ImageKind::Directory,
+                offset: 0,
             });
         }
         let not_a_file = |meta: &std::fs::Metadata| {
@@ -66,13 +70,31 @@ impl Image {
         if !meta.is_file() {
             return Err(not_a_file(&meta));
         }
-        let sb = read_superblock(&mut file, meta.len())
-            .map_err(|why| Error::Image(format!("image {}: {why}", path.display())))?;
+        let bad = |why: String| Error::Image(format!("image {}: {why}", path.display()));
+        let mut head = [0u8; crate::sif::HEADER_LEN];
+        let got = file
+            .read_at(&mut head, 0)
+            .map_err(|e| bad(format!("cannot read: {e}")))?;
+        // A SIF (Apptainer) holds the squashfs as its system partition: served in place.
+        let (offset, len) = if crate::sif::looks_like_sif(&head[..got]) {
+            let part = crate::sif::locate(&file, meta.len()).map_err(bad)?;
+            (part.offset, part.size)
+        } else {
+            (0, meta.len())
+        };
+        let sb = read_superblock(&mut file, offset, len).map_err(|why| {
+            bad(if offset == 0 {
+                why
+            } else {
+                format!("the SIF's system partition: {why}")
+            })
+        })?;
         Ok(Image {
             path: abs,
             kind: ImageKind::Squashfs {
                 bytes_used: sb.bytes_used,
             },
+            offset,
         })
     }
 
@@ -193,11 +215,16 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// Parse and sanity-check a squashfs 4.0 superblock. The error says what is wrong in words a
-/// user can act on.
-pub fn read_superblock(file: &mut File, file_len: u64) -> std::result::Result<Superblock, String> {
+/// Parse and sanity-check a squashfs 4.0 superblock that starts at `offset` and may use `len`
+/// bytes from there. The error says what is wrong in words a user can act on.
+pub fn read_superblock(
+    file: &mut File,
+    offset: u64,
+    len: u64,
+) -> std::result::Result<Superblock, String> {
     let mut sb = [0u8; SUPERBLOCK_LEN];
-    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| e.to_string())?;
     let mut got = 0;
     while got < SUPERBLOCK_LEN {
         match file.read(&mut sb[got..]) {
@@ -206,7 +233,7 @@ pub fn read_superblock(file: &mut File, file_len: u64) -> std::result::Result<Su
             Err(e) => return Err(format!("cannot read: {e}")),
         }
     }
-    parse_superblock(&sb[..got], file_len)
+    parse_superblock(&sb[..got], len)
 }
 
 pub fn parse_superblock(sb: &[u8], file_len: u64) -> std::result::Result<Superblock, String> {

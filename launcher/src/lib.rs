@@ -16,6 +16,7 @@ pub mod options;
 pub mod plan;
 pub mod policy;
 pub mod run;
+pub mod sif;
 pub mod signals;
 mod squashfs;
 pub mod sys;

@@ -900,6 +900,10 @@ impl Plan {
             Rootfs::Directory => "directory rootfs",
         };
         let _ = writeln!(out, "image:    {} ({kind})", self.image.path.display());
+        if self.image.offset != 0 {
+            let at = self.image.offset;
+            let _ = writeln!(out, "          SIF: its squashfs partition at byte {at}");
+        }
         let _ = writeln!(
             out,
             "root:     overlay on the image, {} (changes discarded at exit)",
@@ -1360,6 +1364,7 @@ mod tests {
         Image {
             path: "/img.sqsh".into(),
             kind: ImageKind::Squashfs { bytes_used: 4096 },
+            offset: 0,
         }
     }
 

@@ -186,7 +186,7 @@ fn config_without_container(plan: &Plan) -> Result<ImageConfig> {
         Rootfs::Directory => container::read_config(&plan.image.path),
         Rootfs::Extract | Rootfs::Fuse => {
             let child = Command::new("unsquashfs")
-                .args(["-cat"])
+                .args(["-o", &plan.image.offset.to_string(), "-cat"])
                 .arg(&plan.image.path)
                 .arg(CONFIG_PATH)
                 .stdin(Stdio::null())
@@ -206,7 +206,7 @@ fn config_without_container(plan: &Plan) -> Result<ImageConfig> {
                 Ok(Some(bytes)) if done => ImageConfig::parse_bytes(&bytes).map_err(Error::Image),
                 Ok(None) => Err(Error::Image(too_large())),
                 // unsquashfs -cat refuses what is not a regular file: say what is there.
-                _ => match squashfs_kind(&plan.image.path) {
+                _ => match squashfs_kind(&plan.image.path, plan.image.offset) {
                     Some(kind) => Err(Error::Image(crate::image_config::not_regular(kind))),
                     None => Ok(ImageConfig::default()),
                 },
@@ -217,9 +217,9 @@ fn config_without_container(plan: &Plan) -> Result<ImageConfig> {
 
 /// What the image's config path is when it is not a regular file or a symlink (`unsquashfs
 /// -lls` names it by its mode's first letter), or None.
-fn squashfs_kind(image: &Path) -> Option<&'static str> {
+fn squashfs_kind(image: &Path, offset: u64) -> Option<&'static str> {
     let out = std::process::Command::new("unsquashfs")
-        .args(["-lls", "-d", "R"])
+        .args(["-o", &offset.to_string(), "-lls", "-d", "R"])
         .arg(image)
         .arg(CONFIG_PATH)
         .stdin(std::process::Stdio::null())

@@ -13,6 +13,7 @@ pub mod aptrepo;
 pub mod hostile;
 pub mod openlava;
 pub mod registry;
+pub mod sif;
 pub mod slurm;
 
 use std::fs;

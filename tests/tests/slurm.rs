@@ -1563,3 +1563,43 @@ fn container_save_writes_the_container_as_an_image() {
     assert!(errors[0].contains("adir"), "{}", errors[0]);
     assert_eq!(leftovers(&sb.work), Vec::<String>::new());
 }
+
+#[test]
+fn srun_container_runs_an_apptainer_sif_in_place() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-sif");
+    let sif = sb.work.join("app.sif");
+    berth_tests::sif::write_sif(&demo_image(), &sif, berth_tests::sif::Damage::None);
+    std::os::unix::fs::chown(&sif, Some(user().uid), Some(user().gid)).unwrap();
+    let flag = format!("--container={}", sif.display());
+    let r = c
+        .run(
+            &sb,
+            &[
+                "srun",
+                "-N2",
+                "-n2",
+                &flag,
+                "grep",
+                "^PRETTY_NAME",
+                "/etc/os-release",
+            ],
+        )
+        .expect_ok("srun --container=app.sif");
+    assert_eq!(
+        lines(&r),
+        vec!["PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\""; 2]
+    );
+    // A SIF without a squashfs system partition fails at submit, in srun's output.
+    let bad = sb.work.join("ext3.sif");
+    berth_tests::sif::write_sif(&demo_image(), &bad, berth_tests::sif::Damage::Ext3);
+    std::os::unix::fs::chown(&bad, Some(user().uid), Some(user().gid)).unwrap();
+    let flag = format!("--container={}", bad.display());
+    let r = c.run(&sb, &["srun", "-n1", &flag, "true"]);
+    assert!(!r.ok(), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("system partition is ext3"),
+        "{}",
+        r.stderr
+    );
+}
