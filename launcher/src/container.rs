@@ -3,7 +3,7 @@
 //! The sequence, like Charliecloud's ch-run, reads top to bottom in [`build`]:
 //! 1. an outer user namespace where the caller is uid 0 (mapped to their own uid: no other uid
 //!    is reachable) and a private mount namespace;
-//! 2. a tmpfs staging area; the image as the overlay's lower layer (squashfuse_ll serving the
+//! 2. a tmpfs staging area; the image as the overlay's lower layer (berth-imagefs serving the
 //!    squashfs, or a bind of the extracted/directory rootfs) under a tmpfs upper layer, so
 //!    mount points can be made anywhere without touching the image;
 //! 3. the plan's mounts, resolved inside the new root with openat2(RESOLVE_IN_ROOT) so symlinks
@@ -38,7 +38,7 @@ use tracing::{debug, info};
 pub struct Built {
     /// Shared lock on the extract-cache entry (keeps `berth cache clean` away).
     pub cache_lock: Option<File>,
-    /// The squashfuse_ll server (mount mode); it ends with the FUSE mount (see [`FuseServer`]).
+    /// The image server (mount mode); it ends with the FUSE mount (see [`FuseServer`]).
     pub fuse: Option<FuseServer>,
     /// Things the user should know (an MPI left as the image's own...).
     pub warnings: Vec<String>,
@@ -106,7 +106,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
     };
 
     let mut fuse = match &image_file {
-        Some(f) => Some(FuseServer::fork(f, plan.image.offset)?),
+        Some(f) => Some(FuseServer::fork(f, plan.image.offset, &plan.image.path)?),
         None => None,
     };
     if let Some(f) = &fuse {
@@ -140,7 +140,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
 
     if let Some(server) = fuse.as_mut() {
         server.mount_and_start(&plan.image.path, "lower")?;
-        done("FUSE server start (squashfuse_ll serving the image)");
+        done("FUSE server start (berth-imagefs serving the image)");
     } else if let Some(dir) = lower_dir {
         let tree =
             sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
@@ -353,27 +353,27 @@ pub(crate) fn mpi_version_in(bytes: &[u8]) -> Option<String> {
     })
 }
 
-/// If squashfuse_ll has died, say so with its exit status: that is the real cause.
+/// If the image server has died, say so with its exit status: that is the real cause.
 fn fuse_failure(fuse: &mut Option<FuseServer>) -> Option<Error> {
     let server = fuse.as_mut()?;
     match server.try_wait() {
         Ok(Some(status)) => Some(Error::Image(format!(
-            "squashfuse_ll could not serve the image ({status}); check the image with unsquashfs -s or use --mode extract"
+            "the image server (berth-imagefs) could not serve the image ({status}); check the image with unsquashfs -s or use --mode extract"
         ))),
         _ => None,
     }
 }
 
-/// The squashfuse_ll server of a mount-mode container.
+/// The image server of a mount-mode container: berth-imagefs ([`crate::imagefs`]), forked.
 ///
 /// It is forked before the namespaces exist, so it lives in the host's namespaces and holds no
 /// reference to the container's: it then lives exactly as long as the FUSE mount, which goes
 /// with the container's last process (the kernel ends the connection, the server exits). So a
 /// killed keeper leaves its ranks their image, and a command's background processes keep
-/// theirs. It waits for a byte on a pipe until berth has mounted FUSE on its /dev/fuse fd
-/// (berth holds CAP_SYS_ADMIN in the new namespace; no fusermount, no privilege), and runs in a
-/// process group of its own: a signal to the command's group (Ctrl-C, OpenLava's bkill) is for
-/// the command, which may handle it and still need its files.
+/// theirs. It waits on a socket pair until berth has mounted FUSE and sends it the /dev/fuse fd
+/// (berth holds CAP_SYS_ADMIN in the new namespace; no fusermount, no privilege). It runs in a
+/// process group of its own and ignores the signals schedulers send to a job's groups: the
+/// command may handle them and still need its files.
 pub struct FuseServer {
     pid: nix::unistd::Pid,
     status: Option<std::process::ExitStatus>,
@@ -382,25 +382,40 @@ pub struct FuseServer {
 }
 
 impl FuseServer {
-    fn fork(image: &File, offset: u64) -> Result<FuseServer> {
-        let program = find_in_path("squashfuse_ll").ok_or_else(|| {
-            Error::Image(
-                "squashfuse_ll is not installed: install squashfuse or use --mode extract".into(),
-            )
-        })?;
-        let program = sys::cstr(&program).ctx(|| "squashfuse_ll's path")?;
-        let image_fd = image.as_raw_fd();
+    /// Open the image's squashfs (here, so a corrupt or unsupported image is one line before
+    /// anything is mounted) and fork the server that will serve it.
+    fn fork(image: &File, offset: u64, path: &Path) -> Result<FuseServer> {
+        let file = image.try_clone().ctx(|| "cannot duplicate the image's descriptor")?;
+        // The server keeps this descriptor, and only this one, of berth's.
+        let image_fd = file.as_raw_fd();
+        let archive =
+            crate::squashfs::Archive::open(file, offset, crate::imagefs::BLOCK_CACHE_BYTES)
+                .map_err(|e| {
+                    Error::Image(format!(
+                        "cannot serve {}: {e}; check it with unsquashfs -s or use --mode extract",
+                        path.display()
+                    ))
+                })?;
         let null = File::options()
             .read(true)
             .write(true)
             .open("/dev/null")
             .ctx(|| "cannot open /dev/null")?;
         let (ours, theirs) = UnixStream::pair().ctx(|| "cannot make a socket pair")?;
-        // The caller is single-threaded (see `build`), so the child may allocate.
+        // The caller is single-threaded (see `build`), so the child may allocate and start
+        // threads.
         match unsafe { nix::unistd::fork() }.ctx(|| "cannot fork the FUSE server")? {
-            nix::unistd::ForkResult::Child => unsafe {
-                libc::setpgid(0, 0);
+            nix::unistd::ForkResult::Child => {
+                unsafe { libc::setpgid(0, 0) };
+                crate::imagefs::become_server_process();
                 drop(ours);
+                unsafe {
+                    libc::dup2(null.as_raw_fd(), 0);
+                    libc::dup2(null.as_raw_fd(), 1);
+                }
+                // Nothing else berth had open (a keeper's socket, a scheduler's pipe, the
+                // job's other descriptors) may stay open for as long as the mount lives.
+                close_other_fds(&[0, 1, 2, theirs.as_raw_fd(), image_fd]);
                 // /dev/fuse must be opened in the namespace that mounts it: berth sends it.
                 let mut byte = [0u8; 1];
                 let mut iov = [std::io::IoSliceMut::new(&mut byte)];
@@ -420,27 +435,21 @@ impl FuseServer {
                         _ => None,
                     })
                 });
-                let Some(dev_fd) = dev_fd else { libc::_exit(0) };
-                let argv: Vec<CString> = [
-                    "squashfuse_ll".to_string(),
-                    "-f".into(),
-                    "-o".into(),
-                    format!("offset={offset}"),
-                    format!("/proc/self/fd/{image_fd}"),
-                    format!("/dev/fd/{dev_fd}"),
-                ]
-                .into_iter()
-                .map(|a| CString::new(a).unwrap_or_default())
-                .collect();
-                libc::dup2(null.as_raw_fd(), 0);
-                libc::dup2(null.as_raw_fd(), 1);
-                libc::fcntl(dev_fd, libc::F_SETFD, 0);
-                libc::fcntl(image_fd, libc::F_SETFD, 0);
-                let mut args: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-                args.push(std::ptr::null());
-                libc::execv(program.as_ptr(), args.as_ptr());
-                libc::_exit(127)
-            },
+                let Some(dev_fd) = dev_fd else {
+                    unsafe { libc::_exit(0) }
+                };
+                drop(theirs);
+                // SAFETY: the fd just received is this process's own.
+                let dev = unsafe { OwnedFd::from_raw_fd(dev_fd) };
+                let code = match crate::imagefs::serve(archive, dev) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::warn!("imagefs: the server stopped: {e}");
+                        1
+                    }
+                };
+                unsafe { libc::_exit(code) }
+            }
             nix::unistd::ForkResult::Parent { child } => Ok(FuseServer {
                 pid: child,
                 status: None,
@@ -463,7 +472,7 @@ impl FuseServer {
         mount(
             Some(image_path),
             at,
-            Some("fuse.squashfuse"),
+            Some("fuse.berth"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
             Some(opts.as_str()),
         )
@@ -524,6 +533,20 @@ impl Drop for FuseServer {
             let _ = self.wait();
         }
     }
+}
+
+/// Close every descriptor but `keep` (in a forked child that does not exec).
+fn close_other_fds(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep.iter().filter_map(|&fd| u32::try_from(fd).ok()).collect();
+    keep.sort_unstable();
+    let mut from = 0u32;
+    for fd in keep {
+        if fd > from {
+            unsafe { libc::close_range(from, fd - 1, 0) };
+        }
+        from = from.max(fd + 1);
+    }
+    unsafe { libc::close_range(from, u32::MAX, 0) };
 }
 
 /// The first `name` on the caller's PATH.

@@ -426,7 +426,7 @@ fn keeper_main(
             1
         }
         End::ServerDied(status) => {
-            warn!("keeper: the image server (squashfuse_ll) died ({status}): closing");
+            warn!("keeper: the image server (berth-imagefs) died ({status}): closing");
             1
         }
         End::PollFailed(e) => {
@@ -555,7 +555,7 @@ fn serve(
             // The mount outlives nothing the keeper holds: the server was killed.
             tell_ranks(
                 &ranks,
-                "berth: the image server of this container (squashfuse_ll) died: the image's files \
+                "berth: the image server of this container (berth-imagefs) died: the image's files \
                  are gone (reads fail, code mapped from the image may die of SIGBUS)\n",
             );
             return End::ServerDied(fuse.map_or_else(String::new, server_status));

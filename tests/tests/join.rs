@@ -215,7 +215,7 @@ fn linger_keeps_a_warm_container_for_the_next_run_then_goes() {
     assert_eq!(
         keepers.len(),
         2,
-        "keeper and its squashfuse stay after the command: {keepers:?}"
+        "keeper and its berth-imagefs stay after the command: {keepers:?}"
     );
     let second = run(sb.berth(&args)).expect_ok("second");
     assert_eq!(
@@ -332,7 +332,7 @@ fn a_killed_image_server_is_named_in_every_rank_s_stderr() {
     let mut ranks = two_waiting_ranks(&sb, "sk", img, "read x; cat /etc/debian_version");
     let berth = berth_bin().display().to_string();
     let find = |prefix: &str| process_of(&sb, prefix);
-    let server = find("squashfuse_ll").expect("the image server runs");
+    let server = find("berth-imagefs").expect("the image server runs");
     unsafe { libc::kill(server, libc::SIGKILL) };
     // The keeper tells the ranks and leaves.
     assert!(eventually(Duration::from_secs(10), || find(&berth).is_none()));

@@ -124,7 +124,7 @@ fn sigkill_of_berth_leaves_no_mount_and_no_helper() {
         args.extend(["--", "sleep", "300"]);
         let mut child = sb.berth(&args).spawn().unwrap();
         let pid = child.id() as i32;
-        // Wait for the container to be up: the command is `sleep` and squashfuse serves it.
+        // Wait for the container to be up: the command is `sleep` and berth-imagefs serves it.
         let up = eventually(Duration::from_secs(20), || {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|c| c.trim() == "sleep")
@@ -134,7 +134,7 @@ fn sigkill_of_berth_leaves_no_mount_and_no_helper() {
         let helpers: Vec<i32> = if join[0] == "--no-join" {
             children(pid)
                 .into_iter()
-                .filter(|(_, c)| c.starts_with("squashfuse"))
+                .filter(|(_, c)| c.starts_with("berth-imagefs"))
                 .map(|(p, _)| p)
                 .collect()
         } else {

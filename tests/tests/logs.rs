@@ -152,7 +152,7 @@ fn a_keeper_whose_image_server_dies_keeps_its_log_until_cache_clean() {
     let servers: Vec<i32> = sb
         .processes()
         .into_iter()
-        .filter(|(_, cmd)| cmd.starts_with("squashfuse_ll") || cmd.contains("/squashfuse_ll"))
+        .filter(|(_, cmd)| cmd.starts_with("berth-imagefs"))
         .map(|(pid, _)| pid)
         .collect();
     assert_eq!(servers.len(), 1, "{:?}", sb.processes());
@@ -163,7 +163,7 @@ fn a_keeper_whose_image_server_dies_keeps_its_log_until_cache_clean() {
     .unwrap();
     assert!(
         eventually(Duration::from_secs(10), || read_log(&sb)
-            .contains("the image server (squashfuse_ll) died")),
+            .contains("the image server (berth-imagefs) died")),
         "{}",
         read_log(&sb)
     );

@@ -48,7 +48,7 @@ fn assert_nothing_left(sb: &Sandbox, mnt_ns: Option<&Path>) {
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !mounts.contains("squashfuse") && !mounts.contains(sb.state.to_str().unwrap()),
+        !mounts.contains("fuse.berth") && !mounts.contains(sb.state.to_str().unwrap()),
         "the host's mount table changed"
     );
 }

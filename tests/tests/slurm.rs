@@ -412,7 +412,7 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     let snapshot = live_processes(user().uid);
     let helpers = live_processes(user().uid)
         .iter()
-        .filter(|(_, c)| c.starts_with("squashfuse_ll"))
+        .filter(|(_, c)| c.starts_with("berth-imagefs"))
         .count();
     let cancel = c.run(&sb, &["scancel", "--name=berth-cancel"]);
     let srun = srun.wait_with_output().unwrap();
@@ -433,7 +433,7 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
-        !mounts.contains("fuse.squashfuse") && !mounts.contains("/tmp/berth-"),
+        !mounts.contains("fuse.berth") && !mounts.contains("/tmp/berth-"),
         "host mount table changed:\n{mounts}"
     );
     // Nothing of the job is left in the state directory: only the lock and the caches.
