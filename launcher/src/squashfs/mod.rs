@@ -751,10 +751,12 @@ impl Archive {
             return self.pread(out.get_mut(old..).unwrap_or_default(), pos + from);
         }
         let value = self.cache.get_or_insert_with(&Key::Data(pos, word), || {
-            let mut packed = vec![0u8; len as usize];
-            self.pread(&mut packed, pos)?;
             let mut data = vec![0u8; self.block_size as usize];
-            let got = self.codec.decompress(&packed, &mut data)?;
+            let got = PACKED.with_borrow_mut(|packed| {
+                packed.resize(len as usize, 0);
+                self.pread(packed, pos)?;
+                self.codec.decompress(packed, &mut data)
+            })?;
             data.truncate(got);
             Ok::<_, SquashError>(Value::Block(Arc::new(meta::Block {
                 data: data.into_boxed_slice(),
@@ -771,6 +773,12 @@ impl Archive {
         out.extend_from_slice(bytes);
         Ok(())
     }
+}
+
+thread_local! {
+    /// The compressed bytes of a block being read, per thread: no allocation (an mmap, for
+    /// large blocks) per block.
+    static PACKED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The data position after a block of size word `word` at `data`.
