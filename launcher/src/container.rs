@@ -385,7 +385,9 @@ impl FuseServer {
     /// Open the image's squashfs (here, so a corrupt or unsupported image is one line before
     /// anything is mounted) and fork the server that will serve it.
     fn fork(image: &File, offset: u64, path: &Path) -> Result<FuseServer> {
-        let file = image.try_clone().ctx(|| "cannot duplicate the image's descriptor")?;
+        let file = image
+            .try_clone()
+            .ctx(|| "cannot duplicate the image's descriptor")?;
         // The server keeps this descriptor, and only this one, of berth's.
         let image_fd = file.as_raw_fd();
         let archive =
@@ -537,7 +539,10 @@ impl Drop for FuseServer {
 
 /// Close every descriptor but `keep` (in a forked child that does not exec).
 fn close_other_fds(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep.iter().filter_map(|&fd| u32::try_from(fd).ok()).collect();
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .collect();
     keep.sort_unstable();
     let mut from = 0u32;
     for fd in keep {
