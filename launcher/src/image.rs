@@ -35,7 +35,7 @@ impl Image {
             .map_err(|e| Error::Image(format!("image {}: {e}", path.display())))?;
         let meta = std::fs::metadata(&abs).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Image(format!(
-                "image not found: {} (give the path of a .sqsh file or a rootfs directory)",
+                "image not found: {} (give the path of a .sqsh or .sif file or a rootfs directory)",
                 path.display()
             )),
             _ => Error::Image(format!("cannot open image {}: {e}", path.display())),
