@@ -40,11 +40,13 @@ pub struct Built {
     pub cache_lock: Option<File>,
     /// The image server (mount mode); it ends with the FUSE mount (see [`FuseServer`]).
     pub fuse: Option<FuseServer>,
+    /// The image keeper whose mount the container uses (mount mode, shared): its pid.
+    pub image_keeper: Option<i32>,
     /// Things the user should know (an MPI left as the image's own...).
     pub warnings: Vec<String>,
 }
 
-fn write_id_maps(
+pub(crate) fn write_id_maps(
     inside_uid: u32,
     outside_uid: u32,
     inside_gid: u32,
@@ -105,6 +107,16 @@ pub fn build(plan: &Plan) -> Result<Built> {
         None => None,
     };
 
+    // Mount mode: a share of this node's mount of the image (its keeper's), or a mount of
+    // the run's own (`--image-idle 0`).
+    let shared = match &image_file {
+        Some(f) if plan.image_idle_secs > 0 => Some(crate::imagekeeper::attach(plan, f)?),
+        _ => None,
+    };
+    if let Some(s) = &shared {
+        done(&format!("image keeper {} attached", s.keeper));
+    }
+    let image_file = if shared.is_some() { None } else { image_file };
     let mut fuse = match &image_file {
         Some(f) => Some(FuseServer::fork(f, plan.image.offset, &plan.image.path)?),
         None => None,
@@ -112,9 +124,20 @@ pub fn build(plan: &Plan) -> Result<Built> {
     if let Some(f) = &fuse {
         done(&format!("FUSE server forked (pid {})", f.id()));
     }
-    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
-        .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
-    write_id_maps(0, uid, 0, gid)?;
+    match &shared {
+        // The mount is usable only in the keeper's user namespace (and its children).
+        Some(s) => {
+            nix::sched::setns(&s.userns, CloneFlags::CLONE_NEWUSER)
+                .ctx(|| "cannot join the image keeper's user namespace")?;
+            unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create a mount namespace")?;
+        }
+        None => {
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).ctx(|| {
+                "cannot create a user namespace (are unprivileged user namespaces enabled?)"
+            })?;
+            write_id_maps(0, uid, 0, gid)?;
+        }
+    }
     unshare_more(plan)?;
     done("unshare (user, mount and --unshare namespaces, id maps)");
     mount(
@@ -138,7 +161,12 @@ pub fn build(plan: &Plan) -> Result<Built> {
         std::fs::create_dir(d).ctx(|| format!("cannot create staging directory {d}"))?;
     }
 
-    if let Some(server) = fuse.as_mut() {
+    if let Some(s) = &shared {
+        let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
+        sys::move_mount(&s.tree, &OwnedFd::from(target))
+            .ctx(|| "cannot attach the image keeper's mount")?;
+        done("image attached (the node's shared mount)");
+    } else if let Some(server) = fuse.as_mut() {
         server.mount_and_start(&plan.image.path, "lower")?;
         done("FUSE server start (berth-imagefs serving the image)");
     } else if let Some(dir) = lower_dir {
@@ -243,6 +271,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
     Ok(Built {
         cache_lock,
         fuse,
+        image_keeper: shared.as_ref().map(|s| s.keeper),
         warnings,
     })
 }

@@ -393,10 +393,13 @@ fn keeper_main(
     }
     let _ = ready.write_all(answer.as_bytes());
     drop(ready);
+    // The image's server: a FUSE server of this container's own, or the node's image keeper.
     let fuse_pidfd = built
         .fuse
         .as_ref()
-        .and_then(|c| sys::pidfd_open(c.id() as i32).ok());
+        .map(|c| c.id() as i32)
+        .or(built.image_keeper)
+        .and_then(|pid| sys::pidfd_open(pid).ok());
     let linger = Duration::from_secs(plan.linger_secs);
     let end = serve(&listener, &fds, &id, fuse_pidfd.as_ref(), linger);
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.

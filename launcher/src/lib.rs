@@ -10,6 +10,7 @@ pub mod host;
 pub mod image;
 pub mod image_config;
 mod imagefs;
+mod imagekeeper;
 pub mod join;
 pub mod log;
 pub mod options;

@@ -106,6 +106,10 @@ struct RunArgs {
     /// runs of the same image and mounts on this node start in it (never for --writable)
     #[arg(long, value_name = "SECONDS", env = "BERTH_LINGER")]
     linger: Option<u64>,
+    /// Mount mode: keep this node's mount of the image for SECONDS after the last run started
+    /// on it, so later runs find it warm (0: a mount of this run's own)
+    #[arg(long, value_name = "SECONDS", env = "BERTH_IMAGE_IDLE")]
+    image_idle: Option<u64>,
     /// Do not inject the host's MPI even if the site policy does: use the image's own
     #[arg(long)]
     no_mpi: bool,
@@ -169,6 +173,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             mount_home: !a.no_home,
             join,
             linger_secs: a.linger,
+            image_idle_secs: a.image_idle,
             mpi: !a.no_mpi,
             persist: a.name,
             unshare,

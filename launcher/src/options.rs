@@ -103,6 +103,9 @@ pub struct RunOptions {
     /// Keep the container (and its FUSE mount, warm) this long after its last process, for
     /// later runs of the same image and mounts on this node. 0: gone with the command.
     pub linger_secs: Option<u64>,
+    /// Mount mode: how long this node's mount of the image waits for the next run (its image
+    /// keeper's idle time). Some(0): a mount of the run's own. None: the site's or the default.
+    pub image_idle_secs: Option<u64>,
     /// Inject the host's MPI when the site policy says so (`--no-mpi` turns it off).
     pub mpi: bool,
     /// Keep the container's writable layer on disk under this name in the state directory
@@ -143,6 +146,7 @@ impl RunOptions {
             mount_home: true,
             join: Join::Auto,
             linger_secs: None,
+            image_idle_secs: None,
             mpi: true,
             persist: None,
             scheduler_paths: Vec::new(),

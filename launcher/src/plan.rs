@@ -161,6 +161,13 @@ pub struct Plan {
     pub join_key: Option<String>,
     /// Seconds the keeper stays after its last rank (see `RunOptions::linger_secs`).
     pub linger_secs: u64,
+    /// Mount mode: the image keeper's idle time; 0: the run mounts the image itself.
+    pub image_idle_secs: u64,
+    /// Mount mode: the image server's block cache, in bytes.
+    pub image_cache_bytes: usize,
+    /// Whose keeper a run may share: the job step under a scheduler (which kills a step's
+    /// processes when it ends), else empty (any run of the user on this node).
+    pub keeper_scope: String,
     pub mpi: Option<MpiPlan>,
     /// The site's environment rules.
     pub env_rules: EnvRules,
@@ -649,6 +656,13 @@ impl Plan {
             cwd_visible,
             join_key: None,
             linger_secs: opts.linger_secs.or(policy.linger).unwrap_or(0),
+            image_idle_secs: opts
+                .image_idle_secs
+                .or(policy.image_idle)
+                .unwrap_or(DEFAULT_IMAGE_IDLE_SECS),
+            image_cache_bytes: (policy.image_cache_mib.unwrap_or(DEFAULT_IMAGE_CACHE_MIB) as usize)
+                << 20,
+            keeper_scope: keeper_scope(env),
             mpi: None,
             env_rules: policy.env.clone(),
             notes,
@@ -1299,6 +1313,27 @@ fn check_umount(steps: &[Step], target: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Mount mode's default image keeper idle time (`[runtime] image_idle`).
+pub const DEFAULT_IMAGE_IDLE_SECS: u64 = 0; // TEMPORARY: 60 once imagefs lands
+/// The image server's default block cache (`[runtime] image_cache_mib`).
+pub const DEFAULT_IMAGE_CACHE_MIB: u64 = 64;
+
+/// The job step a run belongs to, if a scheduler started it: Slurm's job and step (`batch` for
+/// the batch script), OpenLava's job and array index. The step's processes are killed when it
+/// ends, so its image keeper serves only it.
+pub fn keeper_scope(env: &[(OsString, OsString)]) -> String {
+    let get = |k: &str| get_var(env, k).map(|v| v.to_string_lossy().into_owned());
+    if let Some(job) = get("SLURM_JOB_ID") {
+        let step = get("SLURM_STEP_ID").unwrap_or_else(|| "batch".into());
+        return format!("slurm-{job}.{step}");
+    }
+    if let Some(job) = get("LSB_JOBID") {
+        let index = get("LSB_JOBINDEX").unwrap_or_else(|| "0".into());
+        return format!("lsf-{job}.{index}");
+    }
+    String::new()
 }
 
 /// A join key from the environment of a parallel launcher, so that the ranks one launcher

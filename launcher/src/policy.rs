@@ -49,6 +49,8 @@ struct RuntimeSection {
     mode: Option<Spanned<String>>,
     linger: Option<u64>,
     cache_dir: Option<Spanned<String>>,
+    image_idle: Option<u64>,
+    image_cache_mib: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +217,11 @@ pub struct Policy {
     pub mode: Option<Mode>,
     pub linger: Option<u64>,
     pub cache_dir: Option<PathBuf>,
+    /// Mount mode: seconds an image keeper waits for another run before it stops taking runs
+    /// (0: every run mounts the image itself). None: the built-in default.
+    pub image_idle: Option<u64>,
+    /// Mount mode: the image server's cache of decompressed blocks, in MiB.
+    pub image_cache_mib: Option<u64>,
     pub mounts: Vec<SiteMount>,
     pub user_mounts: UserMountRules,
     pub device_paths: Vec<Rule>,
@@ -248,6 +255,8 @@ impl Default for Policy {
             mode: None,
             linger: None,
             cache_dir: None,
+            image_idle: None,
+            image_cache_mib: None,
             mounts: Vec::new(),
             user_mounts: UserMountRules {
                 enabled: true,
@@ -513,6 +522,18 @@ impl Policy {
             if let Some(l) = rt.linger {
                 self.linger = Some(l);
             }
+            if let Some(i) = rt.image_idle {
+                self.image_idle = Some(i);
+            }
+            if let Some(m) = rt.image_cache_mib {
+                if !(1..=65536).contains(m.get_ref()) {
+                    return Err(src.err(
+                        &m,
+                        format!("image_cache_mib {} is not between 1 and 65536", m.get_ref()),
+                    ));
+                }
+                self.image_cache_mib = Some(*m.get_ref());
+            }
             if let Some(dir) = rt.cache_dir {
                 if !dir.get_ref().starts_with('/') {
                     return Err(src.err(
@@ -697,6 +718,18 @@ impl Policy {
                     .to_lowercase())
         );
         let _ = writeln!(out, "linger:       {} s", self.linger.unwrap_or(0));
+        let _ = writeln!(
+            out,
+            "image_idle:   {} s",
+            self.image_idle
+                .unwrap_or(crate::plan::DEFAULT_IMAGE_IDLE_SECS)
+        );
+        let _ = writeln!(
+            out,
+            "image_cache:  {} MiB",
+            self.image_cache_mib
+                .unwrap_or(crate::plan::DEFAULT_IMAGE_CACHE_MIB)
+        );
         if let Some(d) = &self.cache_dir {
             let _ = writeln!(out, "cache_dir:    {}", d.display());
         }

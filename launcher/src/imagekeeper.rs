@@ -1,0 +1,453 @@
+//! One FUSE mount of an image per user, node and job step: the image keeper.
+//!
+//! The first mount-mode run of an image forks a keeper. The keeper makes its own user and mount
+//! namespaces, mounts the image with berth's FUSE server ([`crate::imagefs`], threads of the
+//! keeper) and listens on `<state>/keepers/<hash>.sock`. A run connects and receives the keeper's
+//! user namespace and a detached clone of the mount. It joins that user namespace (FUSE's
+//! `allow_other` reaches only the mounter's user namespace and its children: a sibling gets
+//! EACCES), makes its own mount namespace there and attaches the clone as the overlay's lower
+//! layer. A warm mount answers from the kernel's caches, so later runs start without FUSE
+//! requests and without decompressing anything.
+//!
+//! After `idle` seconds without a new run the keeper stops taking runs (under the image's lock,
+//! so no run is half-way in), unmounts its own copy and serves on until the last clone is gone:
+//! the kernel then ends the FUSE connection and the keeper exits. No container ever loses its
+//! image to the idle timer. Keepers are keyed by the image file's identity (a replaced .sqsh gets
+//! a fresh one) and by the job step they serve under a scheduler, because the scheduler kills a
+//! step's processes when it ends and a keeper of one step must not serve another's containers.
+
+use crate::error::{Context, Error, Result};
+use crate::host::ensure_private_dir;
+use crate::plan::Plan;
+use crate::squashfs::Archive;
+use crate::sys;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::socket::{
+    getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+};
+use nix::unistd::{fork, ForkResult};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// A run's share of the keeper's mount.
+pub struct Attached {
+    /// The keeper's user namespace: the run must join it to use the mount.
+    pub userns: OwnedFd,
+    /// A detached clone of the image mount (read-only, nosuid, nodev).
+    pub tree: OwnedFd,
+    /// The keeper's pid (the FUSE server runs in it), to watch it.
+    pub keeper: i32,
+}
+
+/// How long a run waits for a keeper's answer before calling it hung.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The keeper's file name stem for this image, user and scope.
+fn keeper_name(plan: &Plan, image: &File) -> Result<String> {
+    let st = image
+        .metadata()
+        .ctx(|| format!("cannot stat image {}", plan.image.path.display()))?;
+    let identity = format!(
+        "{}\0{}\0{}\0{}\0{}.{}\0{}.{}\0{}\0{}\0{}",
+        plan.user.uid,
+        st.dev(),
+        st.ino(),
+        st.size(),
+        st.mtime(),
+        st.mtime_nsec(),
+        st.ctime(),
+        st.ctime_nsec(),
+        plan.image.offset,
+        plan.image_cache_bytes,
+        plan.keeper_scope,
+    );
+    Ok(Sha256::digest(identity.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Get a share of this image's mount on this node, starting its keeper if there is none.
+pub fn attach(plan: &Plan, image: &File) -> Result<Attached> {
+    let dir = plan.state_dir.join("keepers");
+    ensure_private_dir(&plan.state_dir, plan.user.uid)?;
+    ensure_private_dir(&dir, plan.user.uid)?;
+    let name = keeper_name(plan, image)?;
+    let sock = dir.join(format!("{name}.sock"));
+    // One lock per image: held only while connecting or starting a keeper, never while a
+    // container runs, and a keeper closes only under it (so no run meets a closing keeper).
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(format!("{name}.lock")))
+        .ctx(|| format!("cannot open the image lock in {}", dir.display()))?;
+    sys::flock(&lock, libc::LOCK_EX).ctx(|| "cannot take the image lock")?;
+    for _ in 0..3 {
+        match UnixStream::connect(&sock) {
+            Ok(stream) => {
+                if let Some(attached) = ask(&stream, &sock)? {
+                    debug!("image keeper {}: attached", attached.keeper);
+                    return Ok(attached);
+                }
+                // Its server died: it is on its way out. Start another.
+                info!("image keeper of {name} is closing; starting another");
+                let _ = std::fs::remove_file(&sock);
+                spawn(plan, image, &sock, &dir, &name, &lock)?;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                // No keeper, or a killed one's socket: start one.
+                let _ = std::fs::remove_file(&sock);
+                spawn(plan, image, &sock, &dir, &name, &lock)?;
+            }
+            Err(e) => {
+                return Err(Error::Sys {
+                    context: format!("cannot reach the image keeper at {}", sock.display()),
+                    source: e,
+                })
+            }
+        }
+    }
+    Err(Error::Image(format!(
+        "the image keeper of {} keeps closing; run `berth doctor`, or use --image-idle 0",
+        plan.image.path.display()
+    )))
+}
+
+/// Ask a keeper for a share. `None`: it is closing.
+fn ask(stream: &UnixStream, sock: &Path) -> Result<Option<Attached>> {
+    let peer =
+        getsockopt(stream, sockopt::PeerCredentials).ctx(|| "cannot identify the image keeper")?;
+    if peer.uid() != nix::unistd::getuid().as_raw() {
+        return Err(Error::Image(format!(
+            "the image keeper socket is served by uid {}, not by you; remove it with `berth cache clean`",
+            peer.uid()
+        )));
+    }
+    let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
+    (&*stream)
+        .write_all(b"attach\n")
+        .ctx(|| "cannot talk to the image keeper")?;
+    let mut buf = [0u8; 32];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 2]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| {
+        Error::Image(format!(
+            "the image keeper at {} does not answer ({e}); kill its berth-imagefs process or use --image-idle 0",
+            sock.display()
+        ))
+    })?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs().ctx(|| "cannot read the keeper's answer")? {
+        if let ControlMessageOwned::ScmRights(got) = c {
+            fds.extend(
+                got.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let text = msg
+        .iovs()
+        .next()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    // "ok PID": the keeper's own pid (SO_PEERCRED names the run that bound the socket).
+    let keeper = text
+        .strip_prefix("ok ")
+        .and_then(|rest| rest.trim_end().parse::<i32>().ok());
+    match (keeper, fds.len()) {
+        (Some(keeper), 2) => {
+            let tree = fds.pop().expect("two fds");
+            let userns = fds.pop().expect("two fds");
+            Ok(Some(Attached {
+                userns,
+                tree,
+                keeper,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Fork the keeper (detached: its own session, reparented) and wait until it serves the image
+/// or says why it cannot.
+fn spawn(
+    plan: &Plan,
+    image: &File,
+    sock: &Path,
+    dir: &Path,
+    name: &str,
+    lock: &File,
+) -> Result<()> {
+    // Read the superblock and tables now: a bad image is the run's one-line error, before
+    // anything is forked or mounted.
+    let file = image.try_clone().ctx(|| "cannot duplicate the image fd")?;
+    let archive = Archive::open(file, plan.image.offset, plan.image_cache_bytes).map_err(|e| {
+        Error::Image(format!(
+            "cannot serve {}: {e}; check it with unsquashfs -s or use --mode extract",
+            plan.image.path.display()
+        ))
+    })?;
+    let listener = UnixListener::bind(sock).ctx(|| format!("cannot create {}", sock.display()))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
+    // The caller is single-threaded (see container::build), so the children may allocate.
+    match unsafe { fork() }.ctx(|| "cannot fork the image keeper")? {
+        ForkResult::Child => {
+            drop(ready_r);
+            // The lock's open file would otherwise stay locked for the keeper's life.
+            unsafe { libc::close(lock.as_raw_fd()) };
+            let _ = nix::unistd::setsid();
+            if let Ok(ForkResult::Child) = unsafe { fork() } {
+                let code = keeper_main(plan, listener, ready_w, dir, name, archive);
+                unsafe { libc::_exit(code) };
+            }
+            unsafe { libc::_exit(0) };
+        }
+        ForkResult::Parent { child } => {
+            drop(ready_w);
+            drop(listener);
+            drop(archive);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut answer = String::new();
+            let _ = File::from(ready_r).read_to_string(&mut answer);
+            if answer == "ok" {
+                Ok(())
+            } else {
+                let _ = std::fs::remove_file(sock);
+                Err(Error::Image(if answer.is_empty() {
+                    "the image keeper died while starting; see `berth -v` or use --image-idle 0"
+                        .into()
+                } else {
+                    answer
+                }))
+            }
+        }
+    }
+}
+
+fn keeper_main(
+    plan: &Plan,
+    listener: UnixListener,
+    ready: OwnedFd,
+    dir: &Path,
+    name: &str,
+    archive: Archive,
+) -> i32 {
+    // The server's name, and deaf to the signals schedulers send to every process group of a
+    // job: it serves other runs' containers too, and ends when its mount is no longer used.
+    crate::imagefs::become_server_process();
+    // It outlives the run that started it: it must not hold the job's stdout/stderr open.
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    let log_path = dir.join(format!("{name}.log"));
+    let log = crate::log::to_file(&log_path).ok();
+    let idle = Duration::from_secs(plan.image_idle_secs);
+    info!(
+        "image keeper {}: {} (scope '{}'), idle {} s",
+        std::process::id(),
+        plan.image.path.display(),
+        plan.keeper_scope,
+        idle.as_secs()
+    );
+    let mut ready = File::from(ready);
+    let mounted = match mount_image(plan) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!("image keeper: cannot mount the image: {e}");
+            let _ = write!(ready, "{e}");
+            return 1;
+        }
+    };
+    let Mounted { dev, at, userns } = mounted;
+    let server = std::thread::spawn(move || crate::imagefs::serve(archive, dev));
+    // The first look waits for the server's INIT: a server that cannot start fails the first
+    // run here, with a message, not later inside it.
+    if let Err(e) = std::fs::metadata(&at) {
+        warn!("image keeper: the image server did not start: {e}");
+        let _ = write!(ready, "the image server did not start: {e}");
+        return 1;
+    }
+    let _ = ready.write_all(b"ok");
+    drop(ready);
+    info!("image keeper: serving; waiting for runs");
+
+    let lock_path = dir.join(format!("{name}.lock"));
+    let sock_path = dir.join(format!("{name}.sock"));
+    let mut last = Instant::now();
+    let end = loop {
+        if server.is_finished() {
+            break "the image server stopped";
+        }
+        let left = idle.saturating_sub(last.elapsed());
+        if left.is_zero() {
+            // Close only under the image's lock: a run holding it is between connect and
+            // answer, and gets its share first.
+            if let Ok(lock) = File::options().read(true).write(true).open(&lock_path) {
+                if sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+                    let _ = std::fs::remove_file(&sock_path);
+                    drop(lock);
+                    break "idle";
+                }
+            }
+        }
+        let wait = left.clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(wait.as_millis() as u64).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!("image keeper: cannot wait for runs: {e}");
+                let _ = std::fs::remove_file(&sock_path);
+                break "poll failed";
+            }
+        }
+        let Ok((conn, _)) = listener.accept() else {
+            continue;
+        };
+        match answer(&conn, &userns, &at) {
+            Ok(pid) => {
+                last = Instant::now();
+                debug!("image keeper: run {pid} attached");
+            }
+            Err(e) => debug!("image keeper: a connection went away: {e}"),
+        }
+    };
+    drop(listener);
+    // Our own copy goes now; the server serves the containers' clones until the last is gone
+    // and the kernel ends the connection.
+    let _ = umount2(&at, MntFlags::MNT_DETACH);
+    drop(userns);
+    info!("image keeper: closing ({end}); serving until the last container using it ends");
+    let served = server.join();
+    info!("image keeper: the image is no longer mounted anywhere: exiting");
+    let clean = end == "idle" && matches!(served, Ok(Ok(())));
+    if clean {
+        drop(log);
+        let _ = std::fs::remove_file(&log_path);
+        0
+    } else {
+        1
+    }
+}
+
+/// What the keeper holds once the image is mounted in its namespaces.
+struct Mounted {
+    /// The /dev/fuse connection, for the server.
+    dev: OwnedFd,
+    /// Where the image is mounted (in the keeper's mount namespace only).
+    at: PathBuf,
+    userns: File,
+}
+
+/// A user and mount namespace of the keeper's own (the user is uid 0 there, as in a run's outer
+/// namespace), and the image mounted in it.
+fn mount_image(plan: &Plan) -> Result<Mounted> {
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .ctx(|| "cannot create a user namespace (are unprivileged user namespaces enabled?)")?;
+    crate::container::write_id_maps(0, plan.user.uid, 0, plan.user.gid)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ctx(|| "cannot make the keeper's mounts private")?;
+    let staging = plan.state_dir.join("mnt");
+    mount(
+        Some("berth"),
+        &staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .ctx(|| format!("cannot mount a tmpfs on {}", staging.display()))?;
+    let at = staging.join("image");
+    std::fs::create_dir(&at).ctx(|| format!("cannot create {}", at.display()))?;
+    let dev = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| {
+            Error::Image(format!(
+                "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
+            ))
+        })?;
+    let opts = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+        dev.as_raw_fd()
+    );
+    mount(
+        Some("berth"),
+        &at,
+        Some("fuse.berth"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .ctx(|| "cannot mount FUSE")?;
+    let userns = File::open("/proc/self/ns/user").ctx(|| "cannot open the user namespace")?;
+    Ok(Mounted {
+        dev: dev.into(),
+        at,
+        userns,
+    })
+}
+
+/// Answer one connection: a clone of the mount and the user namespace. Returns the run's pid.
+fn answer(conn: &UnixStream, userns: &File, at: &Path) -> Result<i32> {
+    let peer = getsockopt(conn, sockopt::PeerCredentials).ctx(|| "cannot identify the caller")?;
+    if peer.uid() != nix::unistd::getuid().as_raw() {
+        return Err(Error::Image(format!(
+            "uid {} is not the keeper's user",
+            peer.uid()
+        )));
+    }
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = [0u8; 7];
+    (&*conn)
+        .read_exact(&mut line)
+        .ctx(|| "no request from the run")?;
+    if &line != b"attach\n" {
+        return Err(Error::Image("an unknown request".into()));
+    }
+    let tree = sys::open_tree_clone(at, false).ctx(|| "cannot clone the image mount")?;
+    let fds = [userns.as_raw_fd(), tree.as_raw_fd()];
+    let text = format!("ok {}\n", std::process::id());
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(text.as_bytes())],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .ctx(|| "cannot send the mount")?;
+    Ok(peer.pid())
+}
