@@ -692,7 +692,7 @@ impl Archive {
                     break;
                 };
                 let word = c.u32()?;
-                self.read_block(word, *data, in_block, n, out)?;
+                self.read_block(word, *data, in_block, n, n == block_len, out)?;
                 *data = next_data(*data, word)?;
             } else {
                 // The tail, in a fragment block.
@@ -701,7 +701,7 @@ impl Archive {
                 }
                 let (word, data) = self.fragment(file.fragment)?;
                 let from = u64::from(file.frag_offset) + in_block;
-                self.read_block(word, data, from, n, out)?;
+                self.read_block(word, data, from, n, false, out)?;
             }
             at += n;
         }
@@ -722,13 +722,15 @@ impl Archive {
         Ok((word, start))
     }
 
-    /// Appends `n` bytes from `from` in the block at `pos` whose size word is `word`.
+    /// Appends `n` bytes from `from` in the block at `pos` whose size word is `word`. `whole`:
+    /// the bytes are the whole of a data block.
     fn read_block(
         &self,
         word: u32,
         pos: u64,
         from: u64,
         n: u64,
+        whole: bool,
         out: &mut Vec<u8>,
     ) -> Result<(), SquashError> {
         if word == 0 {
@@ -742,21 +744,31 @@ impl Archive {
         {
             return Err(corrupt("a data block lies outside the image"));
         }
+        let short = || corrupt("a data block is shorter than its file");
+        let old = out.len();
         if word & UNCOMPRESSED_BLOCK != 0 {
             if from + n > len {
-                return Err(corrupt("a data block is shorter than its file"));
+                return Err(short());
             }
-            let old = out.len();
             out.resize(old + n as usize, 0);
             return self.pread(out.get_mut(old..).unwrap_or_default(), pos + from);
         }
-        let value = self.cache.get_or_insert_with(&Key::Data(pos, word), || {
+        let key = Key::Data(pos, word);
+        if whole && self.cache.peek(&key).is_none() {
+            // The reply wants the whole block: decompress it straight there. The kernel's
+            // page cache keeps it; caching it here too would only evict fragments.
+            out.resize(old + self.block_size as usize, 0);
+            let got = self.unpack(pos, len, out.get_mut(old..).unwrap_or_default());
+            if got.as_ref().is_ok_and(|&got| got as u64 >= n) {
+                out.truncate(old + n as usize);
+                return Ok(());
+            }
+            out.truncate(old);
+            return Err(got.err().unwrap_or_else(short));
+        }
+        let value = self.cache.get_or_insert_with(&key, || {
             let mut data = vec![0u8; self.block_size as usize];
-            let got = PACKED.with_borrow_mut(|packed| {
-                packed.resize(len as usize, 0);
-                self.pread(packed, pos)?;
-                self.codec.decompress(packed, &mut data)
-            })?;
+            let got = self.unpack(pos, len, &mut data)?;
             data.truncate(got);
             Ok::<_, SquashError>(Value::Block(Arc::new(meta::Block {
                 data: data.into_boxed_slice(),
@@ -767,11 +779,17 @@ impl Archive {
             return Err(corrupt("a data block is also a block list"));
         };
         let bytes = block.data.get(from as usize..(from + n) as usize);
-        let Some(bytes) = bytes else {
-            return Err(corrupt("a data block is shorter than its file"));
-        };
-        out.extend_from_slice(bytes);
+        out.extend_from_slice(bytes.ok_or_else(short)?);
         Ok(())
+    }
+
+    /// Decompresses the `len` bytes at `pos` into `dst`; returns the length.
+    fn unpack(&self, pos: u64, len: u64, dst: &mut [u8]) -> Result<usize, SquashError> {
+        PACKED.with_borrow_mut(|packed| {
+            packed.resize(len as usize, 0);
+            self.pread(packed, pos)?;
+            self.codec.decompress(packed, dst)
+        })
     }
 }
 

@@ -438,13 +438,17 @@ fn check_image(img: &Path, work: &Path, full: bool) {
                     String::from_utf8_lossy(&x.stderr)
                 )
             });
-            let got = read_all(&a, inode, bs + 1234, u64::MAX).unwrap();
-            assert!(
-                got == want,
-                "{}: contents of {}",
-                img.display(),
-                String::from_utf8_lossy(path)
-            );
+            // Unaligned reads (through the block cache), then whole blocks (straight into the
+            // reply, or from the cache where the first pass left them).
+            for chunk in [bs + 1234, 2 * bs] {
+                let got = read_all(&a, inode, chunk, u64::MAX).unwrap();
+                assert!(
+                    got == want,
+                    "{}: contents of {} in reads of {chunk}",
+                    img.display(),
+                    String::from_utf8_lossy(path)
+                );
+            }
             if !full {
                 continue;
             }
