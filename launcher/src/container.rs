@@ -567,7 +567,7 @@ impl Drop for FuseServer {
 }
 
 /// Close every descriptor but `keep` (in a forked child that does not exec).
-fn close_other_fds(keep: &[RawFd]) {
+pub(crate) fn close_other_fds(keep: &[RawFd]) {
     let mut keep: Vec<u32> = keep
         .iter()
         .filter_map(|&fd| u32::try_from(fd).ok())

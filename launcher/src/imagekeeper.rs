@@ -205,6 +205,9 @@ fn spawn(
     // Read the superblock and tables now: a bad image is the run's one-line error, before
     // anything is forked or mounted.
     let file = image.try_clone().ctx(|| "cannot duplicate the image fd")?;
+    // The keeper keeps this descriptor of the run's, and only this one (with its socket and
+    // the ready pipe).
+    let image_fd = file.as_raw_fd();
     let archive = Archive::open(file, plan.image.offset, plan.image_cache_bytes).map_err(|e| {
         Error::Image(format!(
             "cannot serve {}: {e}; check it with unsquashfs -s or use --mode extract",
@@ -221,7 +224,8 @@ fn spawn(
             unsafe { libc::close(lock.as_raw_fd()) };
             let _ = nix::unistd::setsid();
             if let Ok(ForkResult::Child) = unsafe { fork() } {
-                let code = keeper_main(plan, listener, ready_w, dir, name, archive);
+                let keep = [listener.as_raw_fd(), ready_w.as_raw_fd(), image_fd];
+                let code = keeper_main(plan, listener, ready_w, dir, name, archive, &keep);
                 unsafe { libc::_exit(code) };
             }
             unsafe { libc::_exit(0) };
@@ -255,6 +259,7 @@ fn keeper_main(
     dir: &Path,
     name: &str,
     archive: Archive,
+    keep: &[RawFd],
 ) -> i32 {
     // The server's name, and deaf to the signals schedulers send to every process group of a
     // job: it serves other runs' containers too, and ends when its mount is no longer used.
@@ -265,6 +270,9 @@ fn keeper_main(
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
+    // Nothing else the run had open (a join keeper's socket, a scheduler's pipes, the job's
+    // other descriptors) may stay open as long as the keeper lives.
+    crate::container::close_other_fds(&[&[0, 1, 2], keep].concat());
     let log_path = dir.join(format!("{name}.log"));
     let log = crate::log::to_file(&log_path).ok();
     let idle = Duration::from_secs(plan.image_idle_secs);
