@@ -453,10 +453,10 @@ fn check_image(img: &Path, work: &Path, full: bool) {
                 continue;
             }
             let meta = std::fs::symlink_metadata(&host).unwrap();
-            assert_eq!(
-                u64::from(inode.nlink),
-                std::os::unix::fs::MetadataExt::nlink(&meta)
-            );
+            use std::os::unix::fs::MetadataExt;
+            // Exact times (the listing has minutes), and links as extracted.
+            assert_eq!(i64::from(inode.mtime), meta.mtime());
+            assert_eq!(u64::from(inode.nlink), meta.nlink());
             // Unaligned reads around every block boundary, and past the end.
             let size = want.len() as u64;
             let mut k = u64::from(bs);
@@ -621,6 +621,15 @@ fn demo_image() {
         return;
     }
     let a = open(img);
+    for pass in ["cold", "warm"] {
+        let started = std::time::Instant::now();
+        let w = walk(&a, usize::MAX).unwrap();
+        eprintln!(
+            "walk of {} inodes ({pass}): {:?}",
+            w.inodes.len(),
+            started.elapsed()
+        );
+    }
     let w = walk(&a, usize::MAX).unwrap();
     let lln = Command::new("unsquashfs")
         .args(["-lln", "-UTC", "-d", ""])
@@ -1154,5 +1163,66 @@ proptest! {
             bytes.truncate(cut as usize % (bytes.len() + 1));
         }
         exercise(&bytes);
+    }
+}
+
+#[test]
+fn concurrent_readers_agree_with_a_tiny_cache() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Archive>();
+    if !have_tools() {
+        return;
+    }
+    let t = TempDir::new("threads");
+    let src = t.0.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut big = text(1 << 20);
+    big.extend(noise(11, 2 << 20));
+    std::fs::write(src.join("big"), &big).unwrap();
+    for i in 0..200u64 {
+        std::fs::write(src.join(format!("f{i}")), noise(i, 100 + i as usize * 37)).unwrap();
+    }
+    let img = t.0.join("img");
+    mksquashfs(&src, &img, &["-comp", "zstd", "-b", "4096"]);
+    // 64 KiB of cache: blocks and checkpoints are evicted and rebuilt under the threads' feet.
+    let a = Arc::new(Archive::open(std::fs::File::open(&img).unwrap(), 0, 64 << 10).unwrap());
+    let root = a.inode(a.root()).unwrap();
+    let mut want = BTreeMap::new();
+    a.read_dir(&root, 0, &mut |e| {
+        want.insert(e.name.to_vec(), e.inode);
+        true
+    })
+    .unwrap();
+    let threads: Vec<_> = (0..4u32)
+        .map(|k| {
+            let a = Arc::clone(&a);
+            let want = want.clone();
+            std::thread::spawn(move || {
+                let root = a.inode(a.root()).unwrap();
+                for (name, r) in want.iter().rev().skip(k as usize) {
+                    let inode = a.inode(a.lookup(&root, name).unwrap().unwrap()).unwrap();
+                    assert_eq!(inode.reference, *r);
+                    if inode.kind != Kind::File {
+                        continue; // the corpus's pseudo devices
+                    }
+                    let got = read_all(&a, &inode, 4096 * (k + 1) + k * 333, u64::MAX).unwrap();
+                    let expected = if name == b"big" {
+                        big_contents()
+                    } else {
+                        let i: u64 = std::str::from_utf8(&name[1..]).unwrap().parse().unwrap();
+                        noise(i, 100 + i as usize * 37)
+                    };
+                    assert!(got == expected, "{}", String::from_utf8_lossy(name));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    fn big_contents() -> Vec<u8> {
+        let mut big = text(1 << 20);
+        big.extend(noise(11, 2 << 20));
+        big
     }
 }
