@@ -97,11 +97,10 @@ impl Archive {
             .get_mut(..want)
             .ok_or_else(|| corrupt("metadata read"))?;
         self.pread(buf, pos)?;
-        let (head, rest) = buf.split_at(2);
-        let header = u16::from_le_bytes([head[0], head[1]]);
+        let header = super::le16(buf, 0);
         let len = usize::from(header & 0x7fff);
-        let body = rest
-            .get(..len)
+        let body = buf
+            .get(2..2 + len)
             .filter(|b| !b.is_empty() && b.len() <= META_SIZE)
             .ok_or_else(|| corrupt("a metadata block's length is wrong"))?;
         let data: Box<[u8]> = if header & 0x8000 != 0 {

@@ -10,9 +10,13 @@
 //! size and its tables before use, walks are bounded, and decompression never writes past a
 //! block's size. A bad image gives `SquashError::Corrupt` with a one-line reason, never a panic.
 
+// Every index into image bytes goes through .get(): a hostile image cannot make it panic.
+#![deny(clippy::indexing_slicing)]
+
 mod codec;
 mod meta;
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests;
 
 use codec::Codec;
