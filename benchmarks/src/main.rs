@@ -1,6 +1,7 @@
 //! berth-bench: berth measured side by side with its peers, in one run, as ratios.
 
 mod image_import;
+mod mount_mode;
 mod policy_cost;
 mod policy_parse;
 mod proc;
@@ -95,6 +96,48 @@ enum Cmd {
         /// Timed loads of each policy
         #[arg(long, default_value_t = 20)]
         runs: usize,
+    },
+    /// Mount mode (berth's FUSE server and image keeper) vs ch-run IMG.sqsh and extract mode
+    MountMode {
+        /// The berth launcher binary
+        #[arg(long, default_value = "target/release/berth")]
+        berth: PathBuf,
+        /// Charliecloud's ch-run (the start-up peer)
+        #[arg(long, default_value = "ch-run")]
+        ch_run: PathBuf,
+        /// The demo image the test image is made from (plus /bench)
+        #[arg(long, default_value = "/var/cache/berth-test/demo.sqsh")]
+        demo_image: PathBuf,
+        /// Where the test image is built once and kept
+        #[arg(long, default_value = "/var/tmp/berth-bench/mount-mode")]
+        cache_dir: PathBuf,
+        /// Timed start-up rounds (medians need at least 20)
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Untimed start-up warm-up rounds
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Timed I/O rounds (after one untimed round)
+        #[arg(long, default_value_t = 5)]
+        io_runs: usize,
+        /// Runs started at once
+        #[arg(long, default_value_t = 16)]
+        burst: usize,
+        /// The image server's block cache (policy's image_cache_mib), for the memory target
+        #[arg(long, default_value_t = 64.0)]
+        block_cache_mib: f64,
+        /// Print the figures as JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// (internal) the timed part of mount-mode's I/O rows, run inside the container
+    #[command(hide = true)]
+    MountModeProbe {
+        /// walk, stat or read
+        what: String,
+        path: PathBuf,
+        #[arg(default_value_t = 1)]
+        readers: usize,
     },
     /// What a site policy costs on the per-rank start-up path (empty vs given policy)
     Policy {
@@ -266,6 +309,34 @@ fn main() {
             runs,
             warmup,
         }),
+        Cmd::MountMode {
+            berth,
+            ch_run,
+            demo_image,
+            cache_dir,
+            runs,
+            warmup,
+            io_runs,
+            burst,
+            block_cache_mib,
+            json,
+        } => mount_mode::run(&mount_mode::Args {
+            berth,
+            ch_run,
+            demo_image,
+            cache_dir,
+            runs,
+            warmup,
+            io_runs,
+            burst,
+            block_cache_mib,
+            json,
+        }),
+        Cmd::MountModeProbe {
+            what,
+            path,
+            readers,
+        } => mount_mode::probe(&what, &path, readers),
         Cmd::PolicyParse { runs } => policy_parse::run(&policy_parse::Args { runs: runs.max(1) }),
         Cmd::Suite(s) => {
             let s = *s;

@@ -228,7 +228,7 @@ pub fn run(a: &Args) -> Result<(), String> {
 }
 
 /// ch-run refuses to start without $USER; fill it in from the passwd entry if unset.
-fn ensure_user_env() {
+pub(crate) fn ensure_user_env() {
     if std::env::var_os("USER").is_some() {
         return;
     }
