@@ -1013,10 +1013,12 @@ fn burst(b: &Bench) -> Result<Burst, String> {
     let all_ready_ms = t0.elapsed().as_secs_f64() * 1e3;
     let runs: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
     let servers = image_servers(&b.image.path);
-    // The warm keeper serves another state directory: not one of these.
+    // These runs' servers: children of a run (a mount of its own) or keepers, reparented to
+    // us as their subreaper. Not the warm keeper (reparented elsewhere), nor anyone else's.
+    let me = std::process::id() as i32;
     let servers: Vec<&Server> = servers
         .iter()
-        .filter(|s| Some(s.pid) != b.work.warm_keeper)
+        .filter(|s| s.ppid == me || runs.contains(&s.ppid))
         .collect();
     let keepers: Vec<&&Server> = servers.iter().filter(|s| !runs.contains(&s.ppid)).collect();
     let keeper_hwm_mib = match keepers[..] {
