@@ -48,7 +48,10 @@ pub(crate) struct Inode {
     pub kind: Kind,
     /// Permission bits incl. setuid/setgid/sticky (no type bits).
     pub mode: u16,
+    /// Owners through the id table (imagefs shows every file as the mounting user's).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub uid: u32,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub gid: u32,
     pub mtime: u32,
     /// File size; symlink target length; directories: as squashfs says.
