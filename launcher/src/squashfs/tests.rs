@@ -540,22 +540,15 @@ fn check_image(img: &Path, work: &Path, full: bool) {
     }
 }
 
-fn corpus_src() -> &'static (TempDir, PathBuf) {
-    static SRC: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
-    SRC.get_or_init(|| {
-        let t = TempDir::new("src");
-        let src = t.0.join("tree");
-        build_tree(&src);
-        (t, src)
-    })
-}
-
 fn corpus(variants: &[&[&str]]) {
     if !have_tools() {
         return;
     }
-    let (_, src) = corpus_src();
+    // Each test builds its own tree: a static one would never be removed.
     let work = TempDir::new("img");
+    let src = work.0.join("tree");
+    build_tree(&src);
+    let src = &src;
     for args in variants {
         let img = work.0.join("img.sqsh");
         mksquashfs(src, &img, args);
