@@ -6,7 +6,7 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
 
 packages=(
-  squashfs-tools squashfuse fuse3     # images: mksquashfs/unsquashfs, the FUSE server
+  squashfs-tools squashfuse fuse3     # images: mksquashfs/unsquashfs; squashfuse: tests' other-user FUSE mounts, ch-run
   openmpi-bin libopenmpi-dev          # MPI jobs in the demo and the tests (mpicc builds mpi-hello)
   debootstrap                         # the demo image (Debian minbase)
   util-linux procps openssh-client    # setpriv, ps; mpirun wants an rsh agent even on one node

@@ -149,7 +149,7 @@ pub fn checks() -> Vec<Row> {
 
     rows.extend(kernel_probes(uid, gid, mount_mode));
 
-    // Mount mode: /dev/fuse opened by the user, squashfuse_ll to serve the image.
+    // Mount mode: /dev/fuse opened by the user (berth serves the image itself).
     let other = |m: &str| format!("(the default mode is {mode_name}; --mode {m} needs it)");
     let fuse = match std::fs::OpenOptions::new()
         .read(true)
@@ -165,22 +165,6 @@ pub fn checks() -> Vec<Row> {
         ),
     };
     rows.push(fuse);
-    rows.push(match crate::container::find_in_path("squashfuse_ll") {
-        Some(p) => ok("squashfuse_ll", p.display().to_string()),
-        None => bad(
-            "squashfuse_ll",
-            mount_mode,
-            format!(
-                "not on PATH {}",
-                if mount_mode {
-                    String::new()
-                } else {
-                    other("mount")
-                }
-            ),
-            "install squashfuse (Debian/Ubuntu: apt install squashfuse), or use --mode extract",
-        ),
-    });
     rows.push(match crate::container::find_in_path("unsquashfs") {
         Some(p) => ok("unsquashfs", p.display().to_string()),
         None => bad(

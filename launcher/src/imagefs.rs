@@ -193,8 +193,13 @@ impl ImageFs {
             kind: file_type(inode.kind),
             perm: inode.mode & 0o7777,
             nlink: inode.nlink,
-            uid: inode.uid,
-            gid: inode.gid,
+            // Every file is the mounting user's (uid 0 of the namespace that mounted it, which
+            // maps to them), as in extract mode, where unsquashfs unpacks them as the user. The
+            // image's other owners (group shadow, _apt) have no mapping in a user namespace: as
+            // the overflow id their files could not be copied up into a writable overlay, so a
+            // fake-root package manager could not rewrite /etc/gshadow.
+            uid: 0,
+            gid: 0,
             // squashfs and FUSE both carry the kernel's new_encode_dev() form: no conversion.
             rdev: inode.rdev,
             blksize: self.blksize,

@@ -2,13 +2,13 @@
 //! launcher's environment).
 //!
 //! The first rank to arrive forks a keeper: a detached berth process that builds the container
-//! (namespaces, mounts, the squashfuse server), then waits on a unix socket in the user's
+//! (namespaces, mounts, the image's FUSE mount), then waits on a unix socket in the user's
 //! private state directory. Every rank, the first included, connects, is registered by its pid
 //! (taken from the kernel, SO_PEERCRED, and watched through a pidfd) and receives the
 //! namespace fds over SCM_RIGHTS; it then `setns`es into them and execs its command, so it
 //! stays the process the launcher started (signals and exit status need no relaying). When the
-//! last registered rank has exited, the keeper removes its socket and exits; the squashfuse
-//! server dies with it and the namespaces with their last process. No shell is needed in the
+//! last registered rank has exited, the keeper removes its socket and exits; the image server
+//! ends with the mount and the namespaces with their last process. No shell is needed in the
 //! image, and the lock is only held while connecting or creating, not while ranks run.
 
 use crate::container;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// Where the container's root filesystem comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Rootfs {
-    /// squashfuse_ll serves the squashfs inside the namespace.
+    /// berth's own FUSE server (berth-imagefs) serves the squashfs.
     Fuse,
     /// The node-local extract cache holds an unpacked copy (made on first use).
     Extract,
@@ -229,19 +229,9 @@ impl Plan {
         env: &[(OsString, OsString)],
         policy: &Policy,
     ) -> Result<Plan> {
-        // A writable fake-root container is where package managers change owners. An image
-        // file whose owner the user namespace cannot map (group shadow, adm) cannot be copied up
-        // from the FUSE lower, so unless someone chose a mode such a container is unpacked (the
-        // extract cache, where the files are the user's), as enroot always does.
-        let fake_root_default = opts.mode.or(policy.mode).is_none()
-            && opts.remap_root
-            && opts.writable
-            && matches!(image.kind, ImageKind::Squashfs { .. });
-        let mode = match opts.mode.or(policy.mode) {
-            Some(m) => m,
-            None if fake_root_default => Mode::Extract,
-            None => Mode::Mount,
-        };
+        // Both modes give the user every file of the image (berth-imagefs shows them as the
+        // mounting user's), so a fake-root package manager can rewrite any of them in either.
+        let mode = opts.mode.or(policy.mode).unwrap_or(Mode::Mount);
         let rootfs = match (&image.kind, mode) {
             (ImageKind::Directory, _) => Rootfs::Directory,
             (ImageKind::Squashfs { .. }, Mode::Mount) => Rootfs::Fuse,
@@ -404,12 +394,6 @@ impl Plan {
             });
         }
         let mut notes = Vec::new();
-        if fake_root_default {
-            notes.push(
-                "extract mode: a writable --remap-root container is unpacked, so package managers can change the owners of its files (--mode mount keeps the FUSE mount)"
-                    .to_string(),
-            );
-        }
         let (user_name, user_home, uid) = (user.name.clone(), user.home.clone(), user.uid);
         let expand = |p: &str| policy::expand(p, &user_name, &user_home, uid);
         for m in &policy.mounts {
@@ -909,7 +893,7 @@ impl Plan {
     pub fn describe(&self, process: Option<&Process>) -> String {
         let mut out = String::new();
         let kind = match self.rootfs {
-            Rootfs::Fuse => "squashfs, mount mode: squashfuse_ll inside the namespace",
+            Rootfs::Fuse => "squashfs, mount mode: served by berth-imagefs",
             Rootfs::Extract => "squashfs, extract mode: node-local cache",
             Rootfs::Directory => "directory rootfs",
         };
@@ -1316,7 +1300,7 @@ fn check_umount(steps: &[Step], target: &Path) -> Result<()> {
 }
 
 /// Mount mode's default image keeper idle time (`[runtime] image_idle`).
-pub const DEFAULT_IMAGE_IDLE_SECS: u64 = 0; // TEMPORARY: 60 once imagefs lands
+pub const DEFAULT_IMAGE_IDLE_SECS: u64 = 60;
 /// The image server's default block cache (`[runtime] image_cache_mib`).
 pub const DEFAULT_IMAGE_CACHE_MIB: u64 = 64;
 

@@ -208,6 +208,9 @@ impl Sandbox {
             .env("LOGNAME", &u.name)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("BERTH_STATE_DIR", &self.state)
+            // Image keepers wait 2 s for the next run (60 by default): long enough for a
+            // test's runs in a row to share one, short enough that leftover checks see it go.
+            .env("BERTH_IMAGE_IDLE", "2")
             .current_dir(&self.work)
             .stdin(Stdio::null());
         cmd

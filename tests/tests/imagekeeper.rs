@@ -22,11 +22,18 @@ fn sockets(sb: &Sandbox) -> Vec<String> {
         .collect()
 }
 
-fn mounts_of_user() -> usize {
-    // The keeper's mount lives in its own namespace: count berth's FUSE mounts in every
-    // mount namespace the test user's processes are in.
+/// berth's FUSE mounts in the mount namespaces of the sandbox's processes, each namespace
+/// counted once (the keeper's mount lives in a namespace of its own).
+fn fuse_mounts(sb: &Sandbox) -> usize {
+    let mut seen = std::collections::BTreeSet::new();
     let mut n = 0;
-    for (pid, _) in live_processes(user().uid) {
+    for (pid, _) in sb.processes() {
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if !seen.insert(ns) {
+            continue;
+        }
         let m = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap_or_default();
         n += m.lines().filter(|l| l.contains("fuse.berth")).count();
     }
@@ -108,7 +115,7 @@ fn concurrent_first_runs_start_one_keeper() {
     }
     assert_eq!(servers(&sb).len(), 1, "{:?}", sb.processes());
     assert_eq!(sockets(&sb).len(), 1, "{:?}", sb.state_entries());
-    assert_eq!(mounts_of_user(), 1, "one FUSE mount (the keeper's)");
+    assert_eq!(fuse_mounts(&sb), 1, "one FUSE mount (the keeper's)");
     for (pid, _) in sb.processes() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }

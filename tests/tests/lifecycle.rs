@@ -61,28 +61,6 @@ fn exit_codes_pass_through() {
     }
 }
 
-fn children(pid: i32) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.len() > 2 && fields[1].parse::<i32>().ok() == Some(pid) && fields[0] != "Z" {
-            let comm = stat
-                .split('(')
-                .nth(1)
-                .and_then(|s| s.split(')').next())
-                .unwrap_or("")
-                .to_string();
-            out.push((p, comm));
-        }
-    }
-    out
-}
-
 #[test]
 fn sigterm_to_berth_reaches_the_command() {
     let sb = Sandbox::new("sigterm");
@@ -131,8 +109,10 @@ fn sigkill_of_berth_leaves_no_mount_and_no_helper() {
                 .unwrap_or(false)
         });
         assert!(up, "container did not start ({join:?})");
+        // The image server: the image keeper, detached, which must go once the container is
+        // gone and its idle time (the sandbox's: 2 s) has passed.
         let helpers: Vec<i32> = if join[0] == "--no-join" {
-            children(pid)
+            sb.processes()
                 .into_iter()
                 .filter(|(_, c)| c.starts_with("berth-imagefs"))
                 .map(|(p, _)| p)
