@@ -315,11 +315,18 @@ fn keeper_main(
         let left = idle.saturating_sub(last.elapsed());
         if left.is_zero() {
             // Close only under the image's lock: a run holding it is between connect and
-            // answer, and gets its share first.
-            if let Ok(lock) = File::options().read(true).write(true).open(&lock_path) {
-                if sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+            // answer, and gets its share first. A lock that is gone (the state directory was
+            // removed) protects nobody: close.
+            match File::options().read(true).write(true).open(&lock_path) {
+                Ok(lock) => {
+                    if sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_ok() {
+                        let _ = std::fs::remove_file(&sock_path);
+                        drop(lock);
+                        break "idle";
+                    }
+                }
+                Err(_) => {
                     let _ = std::fs::remove_file(&sock_path);
-                    drop(lock);
                     break "idle";
                 }
             }
