@@ -56,8 +56,12 @@ fn keeper_name(plan: &Plan, image: &File) -> Result<String> {
     let st = image
         .metadata()
         .ctx(|| format!("cannot stat image {}", plan.image.path.display()))?;
+    // The node's name too: a state directory shared between nodes (a home on NFS) must not
+    // lead a run to another node's keeper, or to removing its socket.
+    let node = nix::unistd::gethostname().unwrap_or_default();
     let identity = format!(
-        "{}\0{}\0{}\0{}\0{}.{}\0{}.{}\0{}\0{}\0{}",
+        "{}\0{}\0{}\0{}\0{}\0{}.{}\0{}.{}\0{}\0{}\0{}",
+        node.to_string_lossy(),
         plan.user.uid,
         st.dev(),
         st.ino(),
