@@ -211,20 +211,15 @@ fn extract(image: &Image, id: &Identity, root: &Path, key: &str) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec, so it calls only async-signal-safe
+    // functions (fcntl, prctl, getppid, _exit) and allocates nothing (an Errno converts to an
+    // io::Error without allocating).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0
-                || libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
+            let no_cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty());
+            nix::fcntl::fcntl(fd, no_cloexec)?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid().as_raw() != parent {
                 libc::_exit(1);
             }
             Ok(())

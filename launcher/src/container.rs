@@ -433,17 +433,16 @@ impl FuseServer {
             .open("/dev/null")
             .ctx(|| "cannot open /dev/null")?;
         let (ours, theirs) = UnixStream::pair().ctx(|| "cannot make a socket pair")?;
-        // The caller is single-threaded (see `build`), so the child may allocate and start
-        // threads.
+        // SAFETY: the caller is single-threaded (see `build`), so the child may allocate and
+        // start threads; it ends in _exit, never returning into the caller.
         match unsafe { nix::unistd::fork() }.ctx(|| "cannot fork the FUSE server")? {
             nix::unistd::ForkResult::Child => {
-                unsafe { libc::setpgid(0, 0) };
+                let me = nix::unistd::Pid::from_raw(0);
+                let _ = nix::unistd::setpgid(me, me);
                 crate::imagefs::become_server_process();
                 drop(ours);
-                unsafe {
-                    libc::dup2(null.as_raw_fd(), 0);
-                    libc::dup2(null.as_raw_fd(), 1);
-                }
+                let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+                let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
                 // Nothing else berth had open (a keeper's socket, a scheduler's pipe, the
                 // job's other descriptors) may stay open for as long as the mount lives.
                 close_other_fds(&[0, 1, 2, theirs.as_raw_fd(), image_fd]);
@@ -467,6 +466,7 @@ impl FuseServer {
                     })
                 });
                 let Some(dev_fd) = dev_fd else {
+                    // SAFETY: _exit runs none of the forking berth's destructors or atexit.
                     unsafe { libc::_exit(0) }
                 };
                 drop(theirs);
@@ -479,6 +479,7 @@ impl FuseServer {
                         1
                     }
                 };
+                // SAFETY: as above.
                 unsafe { libc::_exit(code) }
             }
             nix::unistd::ForkResult::Parent { child } => Ok(FuseServer {
@@ -545,6 +546,8 @@ impl FuseServer {
     fn reap(&mut self, flags: libc::c_int) -> std::io::Result<Option<std::process::ExitStatus>> {
         if self.status.is_none() {
             let mut raw = 0;
+            // SAFETY: `raw` is a live int the kernel writes; `pid` is this server's own child,
+            // not yet reaped (`status` is None).
             let got = unsafe { libc::waitpid(self.pid.as_raw(), &mut raw, flags) };
             if got < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -576,10 +579,13 @@ pub(crate) fn close_other_fds(keep: &[RawFd]) {
     let mut from = 0u32;
     for fd in keep {
         if fd > from {
+            // SAFETY: called only in a forked child that never returns to its caller's frames
+            // (it ends in _exit), so no object that owned a closed descriptor uses it again.
             unsafe { libc::close_range(from, fd - 1, 0) };
         }
         from = from.max(fd + 1);
     }
+    // SAFETY: as above.
     unsafe { libc::close_range(from, u32::MAX, 0) };
 }
 
@@ -684,8 +690,13 @@ fn open_target(root: &Root, target: &Path, file: bool) -> Result<OwnedFd> {
         let name = CString::new(part.as_os_str().as_encoded_bytes()).unwrap();
         // A dangling symlink in the image (resolv.conf often is one, or a link to a site path
         // absent here) is replaced, in the container's own layer, by what the mount needs.
-        unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), 0) };
+        let _ = nix::unistd::unlinkat(
+            Some(parent.as_raw_fd()),
+            name.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
         let made = if last && file {
+            // SAFETY: `parent` is open and `name` a NUL-terminated name alive for the call.
             let fd = unsafe {
                 libc::openat(
                     parent.as_raw_fd(),
@@ -699,10 +710,12 @@ fn open_target(root: &Root, target: &Path, file: bool) -> Result<OwnedFd> {
                 )
             };
             if fd >= 0 {
+                // SAFETY: `fd` was just opened here and nothing else owns it.
                 unsafe { libc::close(fd) };
             }
             fd
         } else {
+            // SAFETY: as for openat above.
             unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) }
         };
         if made < 0 {
@@ -1116,7 +1129,12 @@ fn add_entry(root: &Root, target: &Path, line: &str) -> Result<()> {
                 return Err(leaves_image(dir_path, &root.shown(&dir)));
             }
             let c = CString::new(file_name.as_encoded_bytes()).unwrap_or_default();
-            unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+            let _ = nix::unistd::unlinkat(
+                Some(dir.as_raw_fd()),
+                c.as_c_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+            // SAFETY: `dir` is open and `c` a NUL-terminated name alive for the call.
             let fd = unsafe {
                 libc::openat(
                     dir.as_raw_fd(),
@@ -1132,6 +1150,7 @@ fn add_entry(root: &Root, target: &Path, line: &str) -> Result<()> {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error()).ctx(cannot_write);
             }
+            // SAFETY: openat succeeded, so `fd` is a new descriptor that nothing else owns.
             unsafe { File::from_raw_fd(fd) }
         }
     };

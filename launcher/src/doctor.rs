@@ -325,16 +325,18 @@ fn kernel_probes(uid: u32, gid: u32, mount_mode: bool) -> Vec<Row> {
             )]
         }
     };
-    // Safety: berth is single-threaded here; the child only runs the probes and exits.
+    // SAFETY: berth is single-threaded here, so the child may allocate; it only runs the
+    // probes and leaves by _exit, never returning into the caller.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             drop(rd);
             // A probe that hangs (a FUSE mount gone wrong) must not hang doctor.
-            unsafe { libc::alarm(20) };
+            nix::unistd::alarm::set(20);
             let rows = probes_in_child(uid, gid, mount_mode);
             let mut out = File::from(wr);
             let _ = out.write_all(serde_json::to_string(&rows).unwrap_or_default().as_bytes());
             drop(out);
+            // SAFETY: _exit runs none of the forking berth's destructors or atexit handlers.
             unsafe { libc::_exit(0) }
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {

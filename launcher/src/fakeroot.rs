@@ -145,10 +145,10 @@ mod tests {
     }
 
     fn tempfile_in_memory() -> std::fs::File {
-        let name = std::ffi::CString::new("pfc").unwrap();
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        memfd_create(c"pfc", MemFdCreateFlag::MFD_CLOEXEC)
+            .expect("memfd_create")
+            .into()
     }
 
     /// The PFC text of one architecture's section.

@@ -74,12 +74,13 @@ pub(crate) fn serve(archive: Archive, dev: OwnedFd) -> std::io::Result<()> {
 
 /// Make the forked child a server process: its name, signals and allocator. Call it first.
 pub(crate) fn become_server_process() {
-    // SAFETY: plain libc calls on this process, no pointers kept.
+    let _ = nix::sys::prctl::set_name(c"berth-imagefs");
+    // SAFETY: mallopt only sets a threshold of glibc's allocator, called before this process
+    // starts a thread; signal() installs SIG_IGN only, so no handler code can run.
     unsafe {
         // fuser zeroes a 16 MiB buffer per thread: keep glibc from moving its mmap threshold
         // up (it does after a large free), or each buffer is memset from the heap.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::prctl(libc::PR_SET_NAME, c"berth-imagefs".as_ptr(), 0, 0, 0);
         // Schedulers signal every process group of a job (OpenLava's bkill -s, Slurm's
         // scancel -s): the server serves the job's files until its mount goes away, whatever
         // the job is told.

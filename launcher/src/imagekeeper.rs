@@ -169,6 +169,7 @@ fn ask(stream: &UnixStream, sock: &Path) -> Result<Option<Attached>> {
         if let ControlMessageOwned::ScmRights(got) = c {
             fds.extend(
                 got.into_iter()
+                    // SAFETY: SCM_RIGHTS gave this process new descriptors nothing else owns.
                     .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
             );
         }
@@ -220,18 +221,24 @@ fn spawn(
     })?;
     let listener = UnixListener::bind(sock).ctx(|| format!("cannot create {}", sock.display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
-    // The caller is single-threaded (see container::build), so the children may allocate.
+    // SAFETY: the caller is single-threaded (see container::build), so the children may
+    // allocate and run any code; each ends in _exit, never returning into the caller.
     match unsafe { fork() }.ctx(|| "cannot fork the image keeper")? {
         ForkResult::Child => {
             drop(ready_r);
             // The lock's open file would otherwise stay locked for the keeper's life.
-            unsafe { libc::close(lock.as_raw_fd()) };
+            // (`lock` is borrowed from a frame this child never returns to.)
+            let _ = nix::unistd::close(lock.as_raw_fd());
             let _ = nix::unistd::setsid();
+            // SAFETY: still single-threaded, as above.
             if let Ok(ForkResult::Child) = unsafe { fork() } {
                 let keep = [listener.as_raw_fd(), ready_w.as_raw_fd(), image_fd];
                 let code = keeper_main(plan, listener, ready_w, dir, name, archive, &keep);
+                // SAFETY: _exit ends the process without running destructors or atexit
+                // handlers, which belong to the berth that forked.
                 unsafe { libc::_exit(code) };
             }
+            // SAFETY: as above.
             unsafe { libc::_exit(0) };
         }
         ForkResult::Parent { child } => {

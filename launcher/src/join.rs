@@ -149,7 +149,8 @@ pub fn join(plan: &Plan, key: &str, attach: bool) -> Result<Vec<String>> {
     // container's set, not the one its own options ask for.
     let mut inner = None;
     for fd in &fds[2..] {
-        // NS_GET_NSTYPE
+        // SAFETY: NS_GET_NSTYPE (0xb703) takes no argument and returns the namespace kind;
+        // `fd` is an open descriptor the keeper sent.
         let kind = unsafe { libc::ioctl(fd.as_raw_fd(), 0xb703) };
         if kind == libc::CLONE_NEWUSER {
             inner = Some(fd);
@@ -260,6 +261,7 @@ fn request(stream: &UnixStream, request: &str) -> Result<Reply> {
         if let ControlMessageOwned::ScmRights(raw) = c {
             fds.extend(
                 raw.into_iter()
+                    // SAFETY: SCM_RIGHTS gave this process new descriptors nothing else owns.
                     .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
             );
         }
@@ -287,17 +289,24 @@ fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> 
     let listener =
         UnixListener::bind(sock_path).ctx(|| format!("cannot create {}", sock_path.display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
+    // SAFETY: berth is single-threaded here (see container::build), so the children may
+    // allocate and run any code; each ends in _exit, never returning into the caller.
     match unsafe { fork() }.ctx(|| "cannot fork the container keeper")? {
         ForkResult::Child => {
             drop(ready_r);
             // The join lock's open file would otherwise stay locked for the keeper's life.
-            unsafe { libc::close(join_lock.as_raw_fd()) };
+            // (`join_lock` is borrowed from a frame this child never returns to.)
+            let _ = nix::unistd::close(join_lock.as_raw_fd());
             let _ = nix::unistd::setsid();
+            // SAFETY: still single-threaded, as above.
             if let Ok(ForkResult::Child) = unsafe { fork() } {
                 let name = sock_path.file_name().map(PathBuf::from).unwrap_or_default();
                 let code = keeper_main(plan, listener, ready_w, dir, &name);
+                // SAFETY: _exit ends the process without running the parent's atexit or
+                // destructors, which belong to the berth that forked.
                 unsafe { libc::_exit(code) };
             }
+            // SAFETY: as above.
             unsafe { libc::_exit(0) };
         }
         ForkResult::Parent { child } => {
@@ -404,7 +413,11 @@ fn keeper_main(
     let end = serve(&listener, &fds, &id, fuse_pidfd.as_ref(), linger);
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.
     if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
-        unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
+        let _ = nix::unistd::unlinkat(
+            Some(dirfd.as_raw_fd()),
+            name.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
     let _ = listener.set_nonblocking(true);
     while let Ok((mut conn, _)) = listener.accept() {
@@ -420,7 +433,11 @@ fn keeper_main(
             // A clean end leaves nothing behind; a failure's log stays for the user to read.
             drop(_log);
             if let Ok(name) = std::ffi::CString::new(log_name.as_os_str().as_encoded_bytes()) {
-                unsafe { libc::unlinkat(dirfd.as_raw_fd(), name.as_ptr(), 0) };
+                let _ = nix::unistd::unlinkat(
+                    Some(dirfd.as_raw_fd()),
+                    name.as_c_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
             }
             0
         }
@@ -454,13 +471,15 @@ enum End {
 /// child, kept alive by the fd the keeper holds.
 fn make_inner_userns(plan: &Plan) -> Result<OwnedFd> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
+    // SAFETY: the keeper is single-threaded while it builds, so the child may allocate; it
+    // never returns, it pauses until the parent kills it.
     match unsafe { fork() }.ctx(|| "fork")? {
         ForkResult::Child => {
             drop(r);
             let ok = container::enter_user(plan).is_ok();
             let _ = File::from(w).write_all(if ok { b"1" } else { b"0" });
             loop {
-                unsafe { libc::pause() };
+                nix::unistd::pause();
             }
         }
         ForkResult::Parent { child } => {
@@ -595,8 +614,9 @@ fn serve(
 
 /// How the FUSE server ended, as waitid on its pidfd tells (without reaping it).
 fn server_status(fuse: &OwnedFd) -> String {
+    // SAFETY: siginfo_t is a C struct of integers and unions of them: all zeroes is valid.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // P_PIDFD = 3
+    // P_PIDFD = 3. SAFETY: `fuse` is an open pidfd and `info` a live, writable siginfo_t.
     let r = unsafe {
         libc::waitid(
             3,
@@ -608,6 +628,8 @@ fn server_status(fuse: &OwnedFd) -> String {
     if r != 0 {
         return "status unknown".into();
     }
+    // SAFETY: `info` is initialised (zeroed, then filled by waitid in its SIGCHLD layout,
+    // which si_status reads).
     let status = unsafe { info.si_status() };
     match info.si_code {
         libc::CLD_EXITED => format!("exit status {status}"),
@@ -645,6 +667,7 @@ fn register(
     for c in msg.cmsgs().into_iter().flatten() {
         if let ControlMessageOwned::ScmRights(raw) = c {
             for fd in raw {
+                // SAFETY: SCM_RIGHTS gave this process a new descriptor that nothing else owns.
                 let fd = unsafe { File::from_raw_fd(fd) };
                 stderr.get_or_insert(fd);
             }

@@ -23,7 +23,8 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
     let (process, built) = enter(opts, &env, &cwd)?;
     // The cache lock stays open in the command so `berth cache clean` leaves a used image alone.
     if let Some(lock) = built.as_ref().and_then(|b| b.cache_lock.as_ref()) {
-        unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_SETFD, 0) };
+        let no_cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty());
+        let _ = nix::fcntl::fcntl(lock.as_raw_fd(), no_cloexec);
     }
     let err = container::exec(&process);
     drop(built);

@@ -25,14 +25,20 @@ fn bit(sig: i32) -> u64 {
 }
 
 fn disposition(sig: i32) -> Option<libc::sighandler_t> {
+    // SAFETY: sigaction is a C struct of a handler address, a mask and integers: all zeroes
+    // is valid.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // Fails (EINVAL) only for numbers that are not signals, or glibc's reserved ones.
+    // SAFETY: a null new action only reads the disposition, into the live `old`.
     (unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } == 0).then_some(old.sa_sigaction)
 }
 
 fn set_disposition(sig: i32, handler: libc::sighandler_t) {
+    // SAFETY: all zeroes is a valid sigaction (see `disposition`).
     let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
     new.sa_sigaction = handler;
+    // SAFETY: `new` and its mask are live; callers pass only SIG_DFL or SIG_IGN, so no
+    // handler code is installed that could run at an unsafe moment.
     unsafe {
         libc::sigemptyset(&mut new.sa_mask);
         libc::sigaction(sig, &new, std::ptr::null_mut());
@@ -46,12 +52,15 @@ impl SignalState {
             ignored: 0,
             blocked: 0,
         };
+        // SAFETY: sigset_t is an array of integers: all zeroes is valid (and the empty set).
         let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new set only reads the thread's mask into the live `mask`.
         unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
         for sig in SIGNALS {
             if disposition(sig) == Some(libc::SIG_IGN) {
                 state.ignored |= bit(sig);
             }
+            // SAFETY: `mask` is an initialised sigset_t; a bad `sig` only returns -1.
             if unsafe { libc::sigismember(&mask, sig) } == 1 {
                 state.blocked |= bit(sig);
             }
@@ -76,13 +85,17 @@ impl SignalState {
                 _ => {}
             }
         }
+        // SAFETY: all zeroes is a valid sigset_t, and sigemptyset initialises it anyway.
         let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `mask` is a live, writable sigset_t.
         unsafe { libc::sigemptyset(&mut mask) };
         for sig in SIGNALS {
             if self.blocked & bit(sig) != 0 {
+                // SAFETY: as above; a bad `sig` only returns -1.
                 unsafe { libc::sigaddset(&mut mask, sig) };
             }
         }
+        // SAFETY: `mask` is an initialised set, the old mask is not asked for.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut()) };
     }
 }
@@ -136,6 +149,8 @@ mod tests {
     #[test]
     fn apply_restores_dispositions_and_mask() {
         // In a child, so the test harness keeps its own state.
+        // SAFETY: the harness is multi-threaded, so the child only calls async-signal-safe
+        // functions (sigaction, sigprocmask, the bit tests) and leaves by _exit.
         match unsafe { libc::fork() } {
             0 => {
                 let saved = SignalState {
@@ -149,10 +164,12 @@ mod tests {
                 let ok = now.ignored & (bit(libc::SIGINT) | bit(libc::SIGPIPE))
                     == bit(libc::SIGINT)
                     && now.blocked == bit(libc::SIGUSR1);
+                // SAFETY: _exit is async-signal-safe and runs none of the harness's code.
                 unsafe { libc::_exit(if ok { 0 } else { 1 }) };
             }
             pid => {
                 let mut status = 0;
+                // SAFETY: `status` is a live int the kernel writes; `pid` is our child.
                 unsafe { libc::waitpid(pid, &mut status, 0) };
                 assert_eq!(status, 0);
             }

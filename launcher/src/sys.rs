@@ -1,6 +1,7 @@
-//! Thin wrappers over the Linux syscalls berth needs and that nix does not cover: the new mount
-//! API (open_tree, move_mount, mount_setattr), openat2 with RESOLVE_IN_ROOT, pidfd_open, and a
-//! few helpers. Each returns `io::Result` so callers can attach context.
+//! Thin wrappers over the Linux syscalls berth needs and that nix does not cover (the new mount
+//! API: open_tree, move_mount, mount_setattr; pidfd_open, statx's mount id, flock with berth's
+//! lock semantics), and the few that nix does (openat2 with RESOLVE_IN_ROOT, pivot_root, the
+//! prctls). Each returns `io::Result` so callers can attach context.
 //!
 //! Minimum kernel: 5.12 (mount_setattr; unprivileged overlayfs needs 5.11).
 
@@ -9,6 +10,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
 
 pub const AT_RECURSIVE: libc::c_uint = 0x8000;
 pub const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -27,17 +31,6 @@ struct MountAttr {
     propagation: u64,
     userns_fd: u64,
 }
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_IN_ROOT: u64 = 0x10;
 
 /// Propagation types for [`set_propagation`] (mount(2)'s MS_* values, as mount_setattr takes them).
 pub const PROPAGATION_PRIVATE: u64 = libc::MS_PRIVATE;
@@ -68,8 +61,10 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     if recursive {
         flags |= AT_RECURSIVE;
     }
+    // SAFETY: `c` is a NUL-terminated path that lives across the call, the only pointer passed.
     let fd =
         check(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
+    // SAFETY: open_tree succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
@@ -106,6 +101,9 @@ fn setattr(fd: &OwnedFd, attr: MountAttr, recursive: bool) -> io::Result<()> {
     if recursive {
         flags |= AT_RECURSIVE;
     }
+    // SAFETY: `fd` is borrowed, so open for the call; the path is a static empty C string
+    // (AT_EMPTY_PATH); `attr` has the kernel's struct mount_attr layout (version 0, 32 bytes)
+    // and its size is passed with it; the kernel only reads it.
     check(unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
@@ -122,7 +120,10 @@ fn setattr(fd: &OwnedFd, attr: MountAttr, recursive: bool) -> io::Result<()> {
 /// The id of the mount an fd's object lives on (statx STATX_MNT_ID, Linux >= 5.8): tells
 /// berth's own mounts (the container root, its tmpfs) from host directories bound in.
 pub fn mount_id(fd: &impl AsRawFd) -> io::Result<u64> {
+    // SAFETY: statx is a C struct of integers, for which all zeroes is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is borrowed, so open; the path is a static empty C string (AT_EMPTY_PATH);
+    // `stx` is a live, writable statx that the kernel fills.
     check(unsafe {
         libc::statx(
             fd.as_raw_fd(),
@@ -143,6 +144,8 @@ pub fn mount_id(fd: &impl AsRawFd) -> io::Result<u64> {
 
 /// Attach the detached mount `from` on top of the object `to` refers to (an O_PATH fd).
 pub fn move_mount(from: &OwnedFd, to: &OwnedFd) -> io::Result<()> {
+    // SAFETY: both fds are borrowed, so open for the call; both paths are the static empty C
+    // string (the *_EMPTY_PATH flags), the only pointers passed.
     check(unsafe {
         libc::syscall(
             libc::SYS_move_mount,
@@ -164,7 +167,7 @@ pub fn open_in_root(root: RawFd, path: &Path, flags: i32, mode: u32) -> io::Resu
         path,
         flags,
         mode,
-        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS,
     )
 }
 
@@ -181,41 +184,42 @@ pub fn open_in_root_no_symlinks(
         path,
         flags,
         mode,
-        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS,
+        ResolveFlag::RESOLVE_IN_ROOT
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_SYMLINKS,
     )
 }
 
-fn openat2(root: RawFd, path: &Path, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+fn openat2(
+    root: RawFd,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: ResolveFlag,
+) -> io::Result<OwnedFd> {
     let c = if path.as_os_str().is_empty() {
         c".".to_owned()
     } else {
         cstr(path)?
     };
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: mode as u64,
-        resolve,
-    };
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root,
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    let how = OpenHow::new()
+        .flags(OFlag::from_bits_retain(flags | libc::O_CLOEXEC))
+        .mode(Mode::from_bits_retain(mode))
+        .resolve(resolve);
+    let fd = nix::fcntl::openat2(root, c.as_c_str(), how)?;
+    // SAFETY: openat2 succeeded, so `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes no pointers; a bad pid is an error, not undefined behaviour.
     let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: pidfd_open succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 pub fn pivot_root_here() -> io::Result<()> {
-    let dot = c".";
-    check(unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) })?;
+    nix::unistd::pivot_root(".", ".")?;
     Ok(())
 }
 
@@ -234,10 +238,15 @@ pub fn set_pdeathsig(sig: libc::c_int) -> io::Result<()> {
             as libc::c_long,
     )?;
     Ok(())
+///
+/// Not nix's `Flock`: it owns the file and unlocks on drop, while berth's locks live as long
+/// as their open file, which keepers and exec'd commands share (closing one copy must not
+/// unlock the others), and nix's plain `flock` is deprecated.
 }
 
+        // SAFETY: flock takes no pointers; `fd` is borrowed, so open for the call.
 pub fn set_no_new_privs() -> io::Result<()> {
-    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long)?;
+    nix::sys::prctl::set_no_new_privs()?;
     Ok(())
 }
 
@@ -257,11 +266,18 @@ pub fn flock(fd: &impl AsRawFd, op: libc::c_int) -> io::Result<()> {
 /// Bring the loopback interface of the current network namespace up, as `ip link set lo up`
 /// does (SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP), without needing `ip` anywhere.
 pub fn loopback_up() -> io::Result<()> {
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+    // SAFETY: `sock` is open; SIOCGIFFLAGS writes the flags into `req`, a live ifreq whose
+    // name is NUL-terminated (zeroed past "lo").
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: SIOCGIFFLAGS just set `ifru_flags`, the union member read and written here.
+    // SAFETY: ifreq is a C struct of byte arrays and integer unions: all zeroes is valid.
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (to, from) in req.ifr_name.iter_mut().zip(b"lo") {
         *to = *from as libc::c_char;
