@@ -40,7 +40,7 @@ impl Cache {
                 )
             })?;
         let meta = fs::metadata(&dir).map_err(|e| format!("layer cache {}: {e}", dir.display()))?;
-        if meta.uid() != unsafe { libc::geteuid() } {
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
             return Err(format!(
                 "layer cache {} belongs to uid {}, not you; choose another with --cache",
                 dir.display(),

@@ -74,7 +74,8 @@ pub fn install_signal_handlers() -> Result<(), String> {
             CANCELLED.store(true, Ordering::SeqCst);
             let child = CHILD.load(Ordering::SeqCst);
             if child > 0 {
-                unsafe { libc::kill(child, libc::SIGKILL) };
+                let child = nix::unistd::Pid::from_raw(child);
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             }
             // The main thread may still be creating files for a moment: a few rounds.
             for _ in 0..20 {

@@ -772,8 +772,11 @@ fn fail_with_digest(layer: &Layer, hr: &mut HashReader<Box<dyn Read>>, err: Stri
 /// The file in a work directory whose lock its live import holds.
 const OWNER_LOCK: &str = ".owner";
 
+/// Raw flock, not nix's `Flock` (which would own the file): the owner lock lives as long as
+/// its open file does.
 fn flock(f: &File, how: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    // SAFETY: flock takes no pointers; `f` is borrowed, so its fd is open for the call.
     if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
         Ok(())
     } else {
@@ -811,7 +814,7 @@ fn sweep_stale_temps(work_path: &Path) {
     let Some(dir) = work_path.parent() else {
         return;
     };
-    let me = unsafe { libc::getuid() };
+    let me = nix::unistd::getuid().as_raw();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
@@ -834,10 +837,10 @@ fn sweep_stale_temps(work_path: &Path) {
         // The lock stays held (by `lock`) while the directory goes.
         let stale = match &lock {
             Ok(f) => flock(f, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
-            Err(_) => {
-                let alive = unsafe { libc::kill(pid, 0) } == 0;
-                !alive && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-            }
+            Err(_) => matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            ),
         };
         if stale {
             let _ = std::fs::remove_dir_all(&path);
@@ -1001,19 +1004,12 @@ fn mksquashfs(
     }
     // mksquashfs dies with us: after a SIGKILL it must not go on writing into a work
     // directory that the next import removes as stale.
+    // SAFETY: the closure runs between fork and exec and calls only prctl, which is
+    // async-signal-safe; it allocates nothing (an Errno converts without allocating).
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             Ok(())
         });
     }

@@ -82,6 +82,7 @@ impl Unpacker {
         )
         .map_err(|e| errno_msg("cannot open", root, e))?;
         Ok(Unpacker {
+            // SAFETY: open succeeded, so `fd` is a new descriptor that nothing else owns.
             root: unsafe { OwnedFd::from_raw_fd(fd) },
             this_layer: HashSet::new(),
             warnings: Vec::new(),
@@ -107,6 +108,7 @@ impl Unpacker {
             .flags(flags | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         let fd = openat2(self.root.as_raw_fd(), path, how)?;
+        // SAFETY: openat2 succeeded, so `fd` is a new descriptor that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
@@ -230,6 +232,7 @@ impl Unpacker {
                         Mode::empty(),
                     )
                     .map_err(|e| errno_msg("cannot open directory", &rel, e))?;
+                    // SAFETY: openat succeeded, so `d` is a new descriptor that nothing else owns.
                     let d = unsafe { OwnedFd::from_raw_fd(d) };
                     // No setgid; the owner keeps rwx so later layers and cleanup can write.
                     fchmod(
@@ -261,6 +264,7 @@ impl Unpacker {
                         Mode::from_bits_truncate(0o600),
                     )
                     .map_err(|e| errno_msg("cannot create", &rel, e))?;
+                    // SAFETY: openat succeeded, so `fd` is a new descriptor that nothing else owns.
                     let mut file = unsafe { File::from_raw_fd(fd) };
                     copy_sparse(&mut entry, &mut file, &mut buf)
                         .map_err(|e| format!("cannot write '{}': {e}", rel.display()))?;
@@ -365,6 +369,7 @@ impl Unpacker {
             Mode::from_bits_truncate(0o644),
         )
         .map_err(|e| errno_msg("cannot create", rel, e))?;
+        // SAFETY: openat succeeded, so `fd` is a new descriptor that nothing else owns.
         let mut f = unsafe { File::from_raw_fd(fd) };
         io::Write::write_all(&mut f, content)
             .map_err(|e| format!("cannot write '{}': {e}", rel.display()))
@@ -477,6 +482,7 @@ fn remove_at(dir: RawFd, name: &Path) -> Result<(), Errno> {
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
+    // SAFETY: openat succeeded, so `sub` is a new descriptor that nothing else owns.
     let sub = unsafe { OwnedFd::from_raw_fd(sub) };
     // Our own directories are always u+rwx, so their contents can go.
     for child in list_dir(sub.as_raw_fd())? {
