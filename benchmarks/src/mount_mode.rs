@@ -10,6 +10,8 @@
 
 use crate::proc;
 use crate::stats::{median, Summary};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -550,10 +552,12 @@ fn our_servers() -> Vec<i32> {
 /// SIGKILL a child (the keeper ignores SIGTERM: schedulers send it to every process of a job)
 /// and reap it: its peak RSS in KiB.
 fn kill_child(pid: i32) -> Option<i64> {
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     let mut status = 0;
+    // SAFETY: rusage is a C struct of integers and timevals: all zeroes is valid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
+        // SAFETY: `status` and `usage` are live and writable; `pid` is our unreaped child.
         let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         if r == pid {
             return Some(usage.ru_maxrss);
@@ -569,10 +573,11 @@ fn kill_server(pid: i32) {
     if read_comm(pid).as_deref() != Some(SERVER_COMM) {
         return;
     }
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
     while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
         // Our own child stays a zombie until reaped.
+        // SAFETY: a null status pointer is allowed; waitpid fails harmlessly for a non-child.
         if unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } == pid {
             break;
         }
@@ -597,7 +602,7 @@ struct Server {
 }
 
 fn servers() -> Vec<Server> {
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return out;
@@ -778,7 +783,7 @@ struct Memory {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return Err(
             "run as a non-root user, e.g. `setpriv --reuid berthtest --regid berthtest \
              --init-groups berth-bench mount-mode ...`: berth and ch-run behave differently for root"

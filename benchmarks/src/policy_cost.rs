@@ -31,7 +31,7 @@ fn berth(a: &Args, policy: &std::path::Path) -> Command {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return Err(
             "run as a non-root user, e.g. `runuser -u berthtest -- berth-bench policy ...`".into(),
         );

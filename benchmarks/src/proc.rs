@@ -31,9 +31,7 @@ pub fn become_subreaper() -> io::Result<()> {
 /// Turn the subreaper role on or off (off while starting a process that must outlive the
 /// rounds, such as a lingering berth keeper).
 pub fn set_subreaper(on: bool) -> io::Result<()> {
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, on as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::sys::prctl::set_child_subreaper(on)?;
     Ok(())
 }
 
@@ -43,6 +41,7 @@ pub fn set_subreaper(on: bool) -> io::Result<()> {
 /// after fork only our anonymous pages are (file mappings are not copied at fork), which is
 /// negligible. A pre_exec hook is what makes std use fork.
 pub fn force_fork(cmd: &mut Command) {
+    // SAFETY: the hook does nothing, so it cannot break the forked child before its exec.
     unsafe { cmd.pre_exec(|| Ok(())) };
 }
 
@@ -76,8 +75,10 @@ fn describe_status(status: libc::c_int) -> String {
 
 fn wait4(pid: libc::pid_t) -> io::Result<(libc::c_int, libc::rusage)> {
     let mut status = 0;
+    // SAFETY: rusage is a C struct of integers and timevals: all zeroes is valid.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
+        // SAFETY: `status` and `usage` are live and writable; `pid` is our unreaped child.
         if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } == pid {
             return Ok((status, usage));
         }
@@ -94,8 +95,10 @@ pub fn reap_orphans(timeout: Duration) -> Vec<Orphan> {
     let mut reaped = Vec::new();
     loop {
         // Peek first (WNOWAIT) so the zombie's name can still be read from /proc.
+        // SAFETY: siginfo_t is a C struct of integers and unions of them: all zeroes is valid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+        // SAFETY: `info` is a live, writable siginfo_t.
         if unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) } != 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -103,6 +106,8 @@ pub fn reap_orphans(timeout: Duration) -> Vec<Orphan> {
             }
             break; // ECHILD: nothing left
         }
+        // SAFETY: `info` is initialised (zeroed, or filled by waitid in its SIGCHLD layout,
+        // which si_pid reads; 0 when no child was waiting).
         let pid = unsafe { info.si_pid() };
         if pid == 0 {
             if Instant::now() >= deadline {

@@ -6,6 +6,7 @@
 
 use crate::proc;
 use crate::stats::Summary;
+use nix::fcntl::{Flock, FlockArg};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -53,22 +54,17 @@ pub const CASES: [(&str, u32, bool); 4] = [
 pub const CLUSTER_LOCK: &str = "/run/berth-test-cluster.lock";
 
 /// Take the cluster lock, waiting for its holder; it is released when the file is dropped.
-pub fn lock_cluster() -> Result<std::fs::File, String> {
+pub fn lock_cluster() -> Result<Flock<std::fs::File>, String> {
     let lock = std::fs::File::create(CLUSTER_LOCK).map_err(|e| format!("{CLUSTER_LOCK}: {e}"))?;
     eprintln!("berth-bench: waiting for the test cluster lock {CLUSTER_LOCK}");
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return Err(format!(
-            "flock {CLUSTER_LOCK}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(lock)
+    Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("flock {CLUSTER_LOCK}: {}", std::io::Error::from(e)))
 }
 
 /// Start the cluster (holding the lock until it is stopped), time the cases interleaved, stop
 /// it. Returns the samples (ms) per case, in CASES order.
 pub fn measure(a: &Args) -> Result<Vec<Vec<f64>>, String> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(
             "run as root: it starts the local test cluster (tests/slurm/cluster.sh)".into(),
         );

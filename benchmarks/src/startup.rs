@@ -123,7 +123,7 @@ fn kib_to_mib(kib: i64) -> f64 {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return Err(
             "run as a non-root user, e.g. `runuser -u berthtest -- berth-bench startup ...`: \
              berth and ch-run behave differently for root"
@@ -232,12 +232,10 @@ pub(crate) fn ensure_user_env() {
     if std::env::var_os("USER").is_some() {
         return;
     }
-    let pw = unsafe { libc::getpwuid(libc::getuid()) };
-    if pw.is_null() {
+    let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::getuid()) else {
         return;
-    }
-    let name = unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) };
-    let name = name.to_string_lossy().into_owned();
+    };
+    let name = user.name;
     // Single-threaded at this point, so changing the environment is safe.
     std::env::set_var("USER", name);
 }

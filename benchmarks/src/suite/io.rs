@@ -38,8 +38,9 @@ fn evict(p: &Path) {
             evict(&e.path());
         }
     } else if let Ok(f) = std::fs::File::open(p) {
+        use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
         use std::os::fd::AsRawFd;
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let _ = posix_fadvise(f.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
     }
 }
 

@@ -293,7 +293,7 @@ pub fn run(a: &Args) -> Result<i32, String> {
         return Ok(0);
     }
     let want = |w: &str| a.only.is_empty() || a.only.iter().any(|o| o == w);
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = nix::unistd::geteuid().is_root();
     let user = if root {
         Some(lookup_user(&a.user)?)
     } else {
