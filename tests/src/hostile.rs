@@ -5,9 +5,9 @@
 //! Needs root (the tests build images and decoys as root) and `busybox-static`, `mksquashfs`.
 
 use crate::{is_root, user, Run};
+use nix::fcntl::{Flock, FlockArg};
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{chown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -179,7 +179,7 @@ pub struct Decoys {
     pub tmp: PathBuf,
     baseline: Snapshot,
     /// Held while the decoys are in use: the home is shared with other test processes.
-    _lock: fs::File,
+    _lock: Flock<fs::File>,
 }
 
 pub const DECOY_CONTENT: &str = "decoy results: berth must not touch this\n";
@@ -191,15 +191,19 @@ impl Decoys {
         let tmp = PathBuf::from(format!("/tmp/berth-hostile-decoy-{}", std::process::id()));
         // One test process at a time plants and watches the home (the wait is bounded too):
         // another's decoys would show up as changes.
-        let lock = fs::File::create("/tmp/berth-hostile-decoys.lock").unwrap();
+        let mut file = fs::File::create("/tmp/berth-hostile-decoys.lock").unwrap();
         let start = Instant::now();
-        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => break lock,
+                Err((again, _)) => file = again,
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(1800),
                 "another test process holds the hostile-image decoys"
             );
             std::thread::sleep(Duration::from_millis(100));
-        }
+        };
         let mut d = Decoys {
             home: u.home.clone(),
             tmp,

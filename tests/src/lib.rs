@@ -45,7 +45,7 @@ fn getent(db: &str, key: &str) -> Option<Vec<String>> {
 }
 
 pub fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// The unprivileged user the launcher runs as.

@@ -112,9 +112,11 @@ impl Registry {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         // The registry goes with the test thread that started it, even if the test panics.
+        // SAFETY: the hook runs between fork and exec and only calls prctl, which is
+        // async-signal-safe; its result is ignored, as before.
         unsafe {
             cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
                 Ok(())
             });
         }

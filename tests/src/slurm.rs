@@ -105,10 +105,9 @@ fn start() -> &'static Cluster {
         // One cluster on the machine at a time (it owns a fixed bridge and ports): wait for
         // any other test binary or benchmark using it, and hold the lock until this one exits.
         let lock = fs::File::create(CLUSTER_LOCK).unwrap();
-        assert_eq!(
-            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-            0
-        );
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("flock the test cluster lock");
         std::mem::forget(lock);
         let dir = PathBuf::from(format!("/tmp/berth-slurm-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -131,6 +130,8 @@ fn start() -> &'static Cluster {
             .args(args.split(' '))
             .output()
             .unwrap();
+        // SAFETY: `stop_cluster` is an extern "C" fn without arguments, as atexit requires; a
+        // panic in it aborts rather than unwinding into libc.
         unsafe { libc::atexit(stop_cluster) };
         assert!(
             out.status.success(),

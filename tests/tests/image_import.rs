@@ -1105,10 +1105,9 @@ fn later_imports_remove_temps_of_killed_imports_and_keep_live_ones() {
     let live = mk(".live.sqsh.berth-tmp-1", true);
     let lock = fs::File::create(live.join(".owner")).unwrap();
     chown(live.join(".owner"), Some(u.uid), Some(u.gid)).unwrap();
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
-        0
-    );
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock the live import's owner file");
     let others = mk(".root.sqsh.berth-tmp-999999998", false);
 
     let layer = tar_layer(&[Entry::File("etc/motd", b"next", 0o644)]);

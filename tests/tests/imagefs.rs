@@ -51,6 +51,7 @@ fn set_mtime(p: &Path, secs: u64) {
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: `path` and `name` are C strings and `value` a live buffer of the length passed.
     let rc = unsafe {
         libc::setxattr(
             path.as_ptr(),
@@ -579,19 +580,20 @@ fn the_server_outlives_signals_sent_to_its_process_group() {
         sb.processes()
     );
     let pid = server().unwrap();
-    let pgid = unsafe { libc::getpgid(pid) };
-    assert!(pgid > 0);
+    use nix::sys::signal::{killpg, Signal};
+    let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    assert!(pgid.as_raw() > 0);
     for sig in [
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGQUIT,
-        libc::SIGTSTP,
-        libc::SIGCONT,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGQUIT,
+        Signal::SIGTSTP,
+        Signal::SIGCONT,
     ] {
-        assert_eq!(unsafe { libc::kill(-pgid, sig) }, 0);
+        killpg(pgid, sig).unwrap();
     }
     // Only now does the command look at its files.
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();

@@ -2,6 +2,8 @@
 //! that start while it is warm, gone after its idle time once the last container has ended.
 
 use berth_tests::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
@@ -117,7 +119,7 @@ fn concurrent_first_runs_start_one_keeper() {
     assert_eq!(sockets(&sb).len(), 1, "{:?}", sb.state_entries());
     assert_eq!(fuse_mounts(&sb), 1, "one FUSE mount (the keeper's)");
     for (pid, _) in sb.processes() {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 
@@ -189,7 +191,7 @@ fn a_replaced_image_gets_a_new_keeper() {
     let now = servers(&sb);
     assert_eq!(now.len(), 2, "{:?}", sb.processes());
     for (pid, _) in sb.processes() {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

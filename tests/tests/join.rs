@@ -2,6 +2,8 @@
 //! Open MPI's shared memory with CMA works between them.
 
 use berth_tests::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::Duration;
@@ -301,7 +303,7 @@ fn a_killed_keeper_leaves_its_ranks_their_image() {
     );
     let keeper = || process_of(&sb, &berth_bin().display().to_string());
     let pid = keeper().unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     assert!(eventually(Duration::from_secs(10), || keeper().is_none()));
     for r in ranks.iter_mut() {
         drop(r.stdin.take());
@@ -333,7 +335,7 @@ fn a_killed_image_server_is_named_in_every_rank_s_stderr() {
     let berth = berth_bin().display().to_string();
     let find = |prefix: &str| process_of(&sb, prefix);
     let server = find("berth-imagefs").expect("the image server runs");
-    unsafe { libc::kill(server, libc::SIGKILL) };
+    let _ = kill(Pid::from_raw(server), Signal::SIGKILL);
     // The keeper tells the ranks and leaves.
     assert!(eventually(Duration::from_secs(10), || find(&berth).is_none()));
     for r in ranks.iter_mut() {
@@ -392,6 +394,6 @@ fn a_lingering_container_is_not_reused_for_an_image_replaced_at_the_same_path() 
     );
     // The two lingering keepers are not needed any more.
     for (pid, _) in sb.processes() {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }

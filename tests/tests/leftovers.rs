@@ -241,7 +241,7 @@ fn a_killed_first_extract_is_swept_by_the_next_run_and_by_cache_clean() {
 }
 
 /// Hold the flock of `path` (opened by this process, as root) until the guard is dropped.
-fn hold_lock(path: &Path) -> fs::File {
+fn hold_lock(path: &Path) -> nix::fcntl::Flock<fs::File> {
     let f = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -250,11 +250,9 @@ fn hold_lock(path: &Path) -> fs::File {
         .open(path)
         .unwrap();
     give(path);
-    assert_eq!(
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_SH) },
-        0
-    );
-    f
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared)
+        .map_err(|(_, e)| e)
+        .expect("flock")
 }
 
 #[test]

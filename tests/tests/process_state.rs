@@ -56,6 +56,8 @@ fn ignored_and_blocked(status: &str) -> (String, String) {
 /// Start `cmd` with SIGINT (and SIGPIPE if `pipe`) ignored and SIGUSR1 blocked, as a
 /// `nohup`-like caller or a batch system would.
 fn with_signal_state(cmd: &mut Command, pipe: bool) {
+    // SAFETY: the hook runs between fork and exec and calls only async-signal-safe functions
+    // (signal with SIG_IGN, the sigset calls on a local set, sigprocmask); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             libc::signal(libc::SIGINT, libc::SIG_IGN);
