@@ -4,7 +4,7 @@
 //! cost per mount at both sizes. Target: 10,000 mounts in under 100 ms.
 
 use crate::stats::Summary;
-use berth_launcher::policy::Policy;
+use berth_launcher::Policy;
 use std::path::Path;
 use std::time::Instant;
 

@@ -131,7 +131,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("berth-image: {}", berth_launcher::error::one_line(&e));
+        eprintln!("berth-image: {}", berth_launcher::one_line(&e));
         std::process::exit(1);
     }
 }

@@ -35,7 +35,7 @@ pub fn import(
         .map_err(|e| bad(format!("cannot open: {e}")))?
         .len();
     let part = sif::locate(&file, len).map_err(bad)?;
-    berth_launcher::image::read_superblock(&mut file, part.offset, part.size)
+    berth_launcher::read_squashfs_superblock(&mut file, part.offset, part.size)
         .map_err(|why| bad(format!("the SIF's system partition: {why}")))?;
 
     let (work, _owner) = make_work_dir(work_path)?;

@@ -182,7 +182,7 @@ pub fn checks() -> Vec<Row> {
         ),
     });
     rows.push(state_dir_check(
-        &host::state_dir(uid, policy.cache_dir.as_deref()),
+        &crate::site::Site::default().state_dir(&policy, uid),
         uid,
     ));
     rows.extend(plugstack_check(Path::new("/etc/slurm")));

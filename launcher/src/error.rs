@@ -10,7 +10,7 @@ pub enum Error {
     Usage(String),
     /// The site policy is broken (`file:line: ...`).
     #[error("{0}")]
-    Policy(#[from] crate::policy::PolicyError),
+    Policy(#[from] PolicyError),
     /// The image cannot be used (missing, not squashfs, truncated...).
     #[error("{0}")]
     Image(String),
@@ -38,6 +38,30 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A policy error: `file:line: what is wrong`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError(pub String);
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // One line whatever the file holds: a value or file name with a newline is escaped.
+        let mut text = String::with_capacity(self.0.len());
+        for c in self.0.chars() {
+            if c.is_control() {
+                text.extend(c.escape_default());
+            } else {
+                text.push(c);
+            }
+        }
+        write!(
+            f,
+            "policy {text} (fix the file or ask the admin; berth will not run with a broken policy)"
+        )
+    }
+}
+
+impl std::error::Error for PolicyError {}
 
 /// Attach a description of what was being done to an io::Error.
 pub trait Context<T> {

@@ -57,18 +57,6 @@ impl HostUser {
     }
 }
 
-/// The per-user state directory on this node: the extract cache, the staging mount point and
-/// the join sockets live here. `/tmp` is node-local on clusters; the policy's
-/// `runtime.cache_dir` replaces `/tmp`, and `BERTH_STATE_DIR` overrides both.
-pub fn state_dir(uid: u32, site_cache_dir: Option<&Path>) -> PathBuf {
-    match std::env::var_os("BERTH_STATE_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => site_cache_dir
-            .unwrap_or(Path::new("/tmp"))
-            .join(format!("berth-{uid}")),
-    }
-}
-
 /// Create `dir` (mode 0700) or check that an existing one is ours, a real directory and not
 /// open to others: another user could otherwise plant symlinks or files in it.
 pub fn ensure_private_dir(dir: &Path, uid: u32) -> Result<()> {

@@ -1,23 +1,55 @@
-//! berth's launcher: turns a request (image, command, options) into a plan, and performs it.
-//! See docs/architecture.md for the way a request flows.
+//! berth's launcher: runs a command as the calling user in a container of a squashfs image,
+//! with no privilege; the `berth` command and every scheduler front end go through it.
+//!
+//! Front ends build a [`RunOptions`] and call [`check`] (before a job is queued), [`enter`]
+//! (the process becomes the container; the scheduler execs the task) or [`run`] (build, enter
+//! and exec). The rest is the launcher's own; see docs/architecture.md for how a request flows.
 
-pub mod cache;
-pub mod container;
-pub mod doctor;
-pub mod error;
-pub mod fakeroot;
-pub mod host;
-pub mod image;
-pub mod image_config;
+mod cache;
+mod container;
+mod doctor;
+mod error;
+mod fakeroot;
+mod host;
+mod image;
+mod image_config;
 mod imagefs;
 mod imagekeeper;
-pub mod join;
-pub mod log;
-pub mod options;
-pub mod plan;
-pub mod policy;
-pub mod run;
+mod join;
+mod log;
+mod options;
+mod plan;
+mod policy;
+mod run;
 pub mod sif;
-pub mod signals;
+mod signals;
+mod site;
 mod squashfs;
-pub mod sys;
+mod sys;
+
+// The request and the three ways to carry it out.
+pub use container::Built;
+pub use error::{one_line, Error, Result};
+pub use options::{check_join_key, parse_env, Join, Mode, MountSpec, Namespaces, RunOptions};
+pub use plan::Process;
+pub use run::{build, check, enter, run};
+
+// The site's configuration: the policy and the per-user state directory.
+pub use policy::Policy;
+pub use site::{private_state_subdir, user_state_dir, Site};
+
+/// Whether a container runs under join key `key` in the state directory `state_dir`.
+pub use join::running as container_running;
+
+// The image config (`/.berth/image.json`): berth-image writes it, front ends read it.
+pub use container::read_config as read_image_config;
+pub use image::read_superblock as read_squashfs_superblock;
+pub use image_config::{ImageConfig, RuntimeConfig, CONFIG_PATH};
+
+// The `berth` command's other subcommands and what every binary that execs needs.
+pub use cache::{clean as clean_cache, list as list_cache, remove_tree, Cleaned, Listed};
+pub use doctor::run as doctor;
+pub use log::{init as init_logging, to_sink as log_to_sink};
+#[doc(hidden)]
+pub use signals::record_at_start as record_signals;
+pub use signals::{restore_for_exec as restore_signals_for_exec, SignalState};

@@ -1,16 +1,13 @@
 //! The `berth` command line.
 
-use berth_launcher::error::Error;
-use berth_launcher::options::{
-    check_join_key, parse_env, Join, Mode, MountSpec, Namespaces, RunOptions,
+use berth_launcher::{
+    check_join_key, parse_env, Error, Join, Mode, MountSpec, Namespaces, Policy, RunOptions, Site,
 };
-use berth_launcher::policy::Policy;
-use berth_launcher::{cache, host, run};
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-// The command gets the signal state berth was started with (see berth_launcher::signals).
+// The command gets the signal state berth was started with (see berth_launcher::SignalState).
 berth_launcher::record_signals_at_start!();
 
 #[derive(Parser)]
@@ -184,7 +181,7 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
 }
 
 fn fail(e: Error) -> ! {
-    eprintln!("berth: {}", berth_launcher::error::one_line(&e));
+    eprintln!("berth: {}", berth_launcher::one_line(&e));
     std::process::exit(e.exit_code());
 }
 
@@ -202,17 +199,17 @@ fn main() {
                 .trim_start_matches("error: ");
             eprintln!(
                 "berth: {} (see 'berth --help')",
-                berth_launcher::error::one_line(first)
+                berth_launcher::one_line(first)
             );
             std::process::exit(125);
         }
     };
-    berth_launcher::log::init(cli.verbose);
+    berth_launcher::init_logging(cli.verbose);
     match cli.command {
-        Cmd::Doctor { json } => std::process::exit(berth_launcher::doctor::run(json)),
+        Cmd::Doctor { json } => std::process::exit(berth_launcher::doctor(json)),
         Cmd::Run(args) => {
             let (opts, dry_run) = options(*args).unwrap_or_else(|e| fail(e));
-            if let Err(e) = run::run(&opts, dry_run) {
+            if let Err(e) = berth_launcher::run(&opts, dry_run) {
                 fail(e);
             }
         }
@@ -225,10 +222,10 @@ fn main() {
         Cmd::Cache { action } => {
             let uid = nix::unistd::Uid::current().as_raw();
             let policy = Policy::load(None).unwrap_or_else(|e| fail(e.into()));
-            let state = host::state_dir(uid, policy.cache_dir.as_deref());
+            let state = Site::default().state_dir(&policy, uid);
             match action {
                 CacheCmd::List => {
-                    let entries = cache::list(&state).unwrap_or_else(|e| fail(e));
+                    let entries = berth_launcher::list_cache(&state).unwrap_or_else(|e| fail(e));
                     println!("{:<34} {:>10} {:<6} SOURCE", "KEY", "SIZE", "IN USE");
                     for e in entries {
                         println!(
@@ -241,7 +238,8 @@ fn main() {
                     }
                 }
                 CacheCmd::Clean { keys } => {
-                    let done = cache::clean(&state, &keys).unwrap_or_else(|e| fail(e));
+                    let done =
+                        berth_launcher::clean_cache(&state, &keys).unwrap_or_else(|e| fail(e));
                     for k in &done.removed {
                         println!("removed {k}");
                     }

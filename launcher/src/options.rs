@@ -2,6 +2,7 @@
 //! OpenLava glue), and the parsing of its small languages (mount specs, env assignments).
 
 use crate::error::{usage, Result};
+use crate::site::Site;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -125,6 +126,9 @@ pub struct RunOptions {
     /// container another step still runs in, as pyxis attaches): what differs is ignored, with
     /// a warning. False: a container with other options under the key is an error.
     pub attach: bool,
+    /// The site's policy file and state directory, as the front end found them (default:
+    /// the `berth` command's, from its environment).
+    pub site: Site,
 }
 
 impl RunOptions {
@@ -153,7 +157,16 @@ impl RunOptions {
             scheduler_libraries: Vec::new(),
             unshare: Namespaces::default(),
             attach: false,
+            site: Site::default(),
         }
+    }
+
+    /// Show a host path of the scheduler's (a job file directory) read-only at the same path
+    /// in the container ([`RunOptions::scheduler_paths`]); `path` must be a valid mount target.
+    pub fn add_scheduler_path(&mut self, path: PathBuf) -> std::result::Result<(), String> {
+        check_target(&path)?;
+        self.scheduler_paths.push(path);
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@
 //!
 //! Every error names `file:line`. A broken policy stops berth: it never falls back to none.
 
+use crate::error::PolicyError;
 use crate::options::Mode;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -291,30 +292,6 @@ impl Default for Policy {
         }
     }
 }
-
-/// A policy error: `file:line: what is wrong`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError(pub String);
-
-impl std::fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // One line whatever the file holds: a value or file name with a newline is escaped.
-        let mut text = String::with_capacity(self.0.len());
-        for c in self.0.chars() {
-            if c.is_control() {
-                text.extend(c.escape_default());
-            } else {
-                text.push(c);
-            }
-        }
-        write!(
-            f,
-            "policy {text} (fix the file or ask the admin; berth will not run with a broken policy)"
-        )
-    }
-}
-
-impl std::error::Error for PolicyError {}
 
 struct Source<'a> {
     path: &'a Path,

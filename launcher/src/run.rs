@@ -2,12 +2,11 @@
 
 use crate::container;
 use crate::error::{Error, Result};
-use crate::host::{self, HostUser};
+use crate::host::HostUser;
 use crate::image::Image;
 use crate::image_config::{ImageConfig, CONFIG_PATH};
 use crate::options::RunOptions;
 use crate::plan::{Action, Plan, Process, Rootfs, HOST_LIB_DIR, MPI_LIB_DIR};
-use crate::policy::Policy;
 use std::ffi::OsString;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -36,7 +35,7 @@ pub fn run(opts: &RunOptions, dry_run: bool) -> Result<()> {
 /// the site's rules. Site mounts are not checked: a login node may lack them, and neither is an
 /// image that is a registry reference (the nodes import it).
 pub fn check(opts: &RunOptions, image_is_file: bool) -> Result<()> {
-    let policy = Policy::load(None)?;
+    let policy = opts.site.policy()?;
     let user = HostUser::current()?;
     if image_is_file {
         Image::open(&opts.image)?;
@@ -61,11 +60,22 @@ pub fn check(opts: &RunOptions, image_is_file: bool) -> Result<()> {
 /// Load the policy and build the plan: everything decided before any namespace exists.
 pub fn plan(opts: &RunOptions, env: &[(OsString, OsString)], cwd: &Path) -> Result<Plan> {
     // A broken policy stops here: berth never runs without the site's rules.
-    let policy = Policy::load(None)?;
+    let policy = opts.site.policy()?;
     let user = HostUser::current()?;
     let image = Image::open(&opts.image)?;
-    let state_dir = host::state_dir(user.uid, policy.cache_dir.as_deref());
+    let state_dir = opts.site.state_dir(&policy, user.uid);
     Plan::build(opts, image, user, cwd, state_dir, env, &policy)
+}
+
+/// Build the container in the calling process without entering it as the user (the Slurm
+/// glue's `--container-save` reads its root from outside through /proc): it lasts as long as
+/// the process and the returned value.
+pub fn build(
+    opts: &RunOptions,
+    env: &[(OsString, OsString)],
+    cwd: &Path,
+) -> Result<container::Built> {
+    container::build(&plan(opts, env, cwd)?)
 }
 
 /// Print the plan and the process it would start.

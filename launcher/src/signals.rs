@@ -138,7 +138,7 @@ macro_rules! record_signals_at_start {
     () => {
         #[used]
         #[link_section = ".init_array"]
-        static RECORD_SIGNALS_AT_START: extern "C" fn() = $crate::signals::record_at_start;
+        static RECORD_SIGNALS_AT_START: extern "C" fn() = $crate::record_signals;
     };
 }
 

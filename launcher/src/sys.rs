@@ -232,27 +232,19 @@ pub fn write_file(path: &str, data: &str) -> io::Result<()> {
     std::fs::write(path, data)
 }
 
-pub fn set_pdeathsig(sig: libc::c_int) -> io::Result<()> {
-    check(
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }
-            as libc::c_long,
-    )?;
-    Ok(())
-///
-/// Not nix's `Flock`: it owns the file and unlocks on drop, while berth's locks live as long
-/// as their open file, which keepers and exec'd commands share (closing one copy must not
-/// unlock the others), and nix's plain `flock` is deprecated.
-}
-
-        // SAFETY: flock takes no pointers; `fd` is borrowed, so open for the call.
 pub fn set_no_new_privs() -> io::Result<()> {
     nix::sys::prctl::set_no_new_privs()?;
     Ok(())
 }
 
 /// flock(2); `op` is libc::LOCK_SH, LOCK_EX, LOCK_UN, optionally | LOCK_NB.
+///
+/// Not nix's `Flock`: it owns the file and unlocks on drop, while berth's locks live as long
+/// as their open file, which keepers and exec'd commands share (closing one copy must not
+/// unlock the others), and nix's plain `flock` is deprecated.
 pub fn flock(fd: &impl AsRawFd, op: libc::c_int) -> io::Result<()> {
     loop {
+        // SAFETY: flock takes no pointers; `fd` is borrowed, so open for the call.
         if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
             return Ok(());
         }
@@ -270,22 +262,22 @@ pub fn loopback_up() -> io::Result<()> {
     let sock = socket(
         AddressFamily::Inet,
         SockType::Datagram,
-    // SAFETY: `sock` is open; SIOCGIFFLAGS writes the flags into `req`, a live ifreq whose
-    // name is NUL-terminated (zeroed past "lo").
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    // SAFETY: SIOCGIFFLAGS just set `ifru_flags`, the union member read and written here.
     // SAFETY: ifreq is a C struct of byte arrays and integer unions: all zeroes is valid.
-    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (to, from) in req.ifr_name.iter_mut().zip(b"lo") {
         *to = *from as libc::c_char;
     }
+    // SAFETY: `sock` is open; SIOCGIFFLAGS writes the flags into `req`, a live ifreq whose
+    // name is NUL-terminated (zeroed past "lo").
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: SIOCGIFFLAGS just set `ifru_flags`, the union member read and written here.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }

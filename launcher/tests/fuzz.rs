@@ -5,9 +5,7 @@
 //! The default case counts keep this under a few seconds in debug; for a longer run:
 //! `PROPTEST_CASES=20000 cargo test --release -p berth-launcher --test fuzz` (docs/testing.md).
 
-use berth_launcher::image_config::ImageConfig;
-use berth_launcher::options::{check_join_key, parse_env, MountSpec};
-use berth_launcher::policy::{Policy, SiteMount};
+use berth_launcher::{check_join_key, parse_env, ImageConfig, MountSpec, Policy};
 use proptest::prelude::*;
 use std::path::{Component, Path, PathBuf};
 
@@ -315,7 +313,7 @@ proptest! {
             p.merge(Path::new(&format!("f{f}.toml")), &text).map_err(|e| TestCaseError::fail(e.to_string()))?;
             placed.push(mounts);
         }
-        let got: Vec<(String, String)> = p.mounts.iter().map(|m: &SiteMount| (m.target.clone(), m.origin.0.clone())).collect();
+        let got: Vec<(String, String)> = p.mounts.iter().map(|m| (m.target.clone(), m.origin.0.clone())).collect();
         prop_assert_eq!(got, merge_model(&placed));
     }
 }

@@ -14,8 +14,7 @@
 //! launcher options for a job. The functions are pure (unit-tested below); the binaries are
 //! straight-line code around them.
 
-use berth_launcher::error::{Error, Result};
-use berth_launcher::options::{check_target, Join, RunOptions};
+use berth_launcher::{Error, Join, Result, RunOptions};
 use berth_plugin::{key_part, JobRequest};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -49,7 +48,7 @@ pub fn get_os<'a>(env: &'a [(OsString, OsString)], name: &str) -> Option<&'a OsS
 
 /// Print one line on stderr and exit.
 pub fn fail(msg: impl std::fmt::Display, code: i32) -> ! {
-    eprintln!("{}", berth_launcher::error::one_line(msg));
+    eprintln!("{}", berth_launcher::one_line(msg));
     std::process::exit(code)
 }
 
@@ -287,9 +286,8 @@ pub fn run_options(
                 dir.display()
             ))
         })?;
-        check_target(&real)
+        opts.add_scheduler_path(real)
             .map_err(|why| Error::Usage(format!("cannot show the job file directory: {why}")))?;
-        opts.scheduler_paths.push(real);
     }
     Ok(opts)
 }
@@ -507,7 +505,7 @@ mod tests {
         assert!(job_key(&env(&[])).is_err());
         let key = host_key("lava-42", "node 1/x");
         assert_eq!(key, "lava-42-node_1_x");
-        assert!(berth_launcher::options::check_join_key(&key).is_ok());
+        assert!(berth_launcher::check_join_key(&key).is_ok());
     }
 
     #[test]

@@ -1,10 +1,17 @@
-//! The scheduler-neutral part of running a job's tasks in a container: what the user asked
-//! for ([`JobRequest`], the pyxis-compatible vocabulary), turned into the launcher's
-//! [`RunOptions`] with one container per node per step ([`instance_key`]). The Slurm and
-//! OpenLava glue only translate their scheduler's options and environment into a request.
+//! The scheduler plugin core both glues share: what the user asked for ([`JobRequest`], the
+//! pyxis-compatible vocabulary) turned into the launcher's [`RunOptions`], one container per
+//! node per step ([`instance_key`]), named containers ([`decide_named`]), registry images
+//! imported on the nodes ([`Importer`]) and what a step's tasks decide once per node
+//! ([`once_per_step`]). The Slurm and OpenLava glue only translate their scheduler's options,
+//! environment and ids into these.
 
-use berth_launcher::error::{usage, Error, Result};
-use berth_launcher::options::{Join, MountSpec, Namespaces, RunOptions};
+mod import;
+mod step;
+
+pub use import::{registry_host, Importer};
+pub use step::{once_per_step, record_image, saved_image};
+
+use berth_launcher::{Error, Join, MountSpec, Namespaces, Result, RunOptions};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -98,6 +105,10 @@ impl JobRequest {
             ..RunOptions::new(image, argv)
         })
     }
+}
+
+fn usage<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Error::Usage(msg.into()))
 }
 
 /// pyxis's `--container-name=NAME:FLAG`: how a step treats the named container of its job on
@@ -224,10 +235,20 @@ pub fn name_part(name: &str) -> String {
 }
 
 /// The per-node instance a task joins: one per step, or one per job for a named container.
-pub fn instance_key(job: u32, step: u32, node: &str, name: Option<&str>) -> String {
+/// `scheduler` names the scheduler whose ids these are (`slurm`), so that keys of two
+/// schedulers never meet.
+pub fn instance_key(
+    scheduler: &str,
+    job: u32,
+    step: u32,
+    node: &str,
+    name: Option<&str>,
+) -> String {
     match name {
-        Some(n) if !n.is_empty() => format!("slurm-{job}-{}-{}", name_part(n), key_part(node)),
-        _ => format!("slurm-{job}.{step}-{}", key_part(node)),
+        Some(n) if !n.is_empty() => {
+            format!("{scheduler}-{job}-{}-{}", name_part(n), key_part(node))
+        }
+        _ => format!("{scheduler}-{job}.{step}-{}", key_part(node)),
     }
 }
 
@@ -311,12 +332,15 @@ mod tests {
 
     #[test]
     fn keys_per_step_or_per_name() {
-        assert_eq!(instance_key(7, 0, "n1", None), "slurm-7.0-n1");
+        assert_eq!(instance_key("slurm", 7, 0, "n1", None), "slurm-7.0-n1");
         assert_eq!(
-            instance_key(7, 1, "n1", Some("my env")),
+            instance_key("slurm", 7, 1, "n1", Some("my env")),
             format!("slurm-7-{}-n1", name_part("my env"))
         );
-        assert_eq!(instance_key(7, 1, "n1", Some("env")), "slurm-7-env-n1");
+        assert_eq!(
+            instance_key("slurm", 7, 1, "n1", Some("env")),
+            "slurm-7-env-n1"
+        );
         assert_eq!(pyxis_mount("/a:/b:ro+private"), "/a:/b:ro,private");
         assert_eq!(pyxis_mount("/a:b"), "/a:/b");
         assert_eq!(
@@ -342,11 +366,11 @@ mod tests {
         ];
         let keys: std::collections::HashSet<String> = names
             .iter()
-            .map(|n| instance_key(7, 0, "n1", Some(n)))
+            .map(|n| instance_key("slurm", 7, 0, "n1", Some(n)))
             .collect();
         assert_eq!(keys.len(), names.len(), "{keys:?}");
         for k in &keys {
-            berth_launcher::options::check_join_key(k).unwrap();
+            berth_launcher::check_join_key(k).unwrap();
         }
         assert_eq!(name_part("x_y"), "x_y");
         assert_eq!(name_part("x/y").len(), 40);

@@ -5,7 +5,7 @@
 //!
 //! Longer run: `PROPTEST_CASES=20000 cargo test --release -p berth-plugin --test fuzz`.
 
-use berth_launcher::options::check_join_key;
+use berth_launcher::check_join_key;
 use berth_plugin::{instance_key, is_reference, key_part, JobRequest};
 use proptest::prelude::*;
 use std::ffi::OsString;
@@ -128,7 +128,7 @@ proptest! {
     /// Instance keys name files in the state directory: always a valid join key.
     #[test]
     fn fuzz_instance_key(job in any::<u32>(), step in any::<u32>(), node in "\\PC{0,80}|[./a-z-]{0,80}", name in proptest::option::of("\\PC{0,80}|[./a-z-]{0,10}")) {
-        let key = instance_key(job, step, &node, name.as_deref());
+        let key = instance_key("slurm", job, step, &node, name.as_deref());
         prop_assert!(check_join_key(&key).is_ok(), "{:?}", key);
         prop_assert!(key_part(&node).chars().count() <= 40);
         let _ = is_reference(&node);

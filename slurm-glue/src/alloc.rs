@@ -3,7 +3,7 @@
 
 use crate::config::config;
 use crate::spank::Spank;
-use berth_launcher::error::Error;
+use berth_launcher::Error;
 
 pub fn post_opt(sp: Spank, av: &[String]) -> Result<(), Error> {
     let cfg = config(av)?;

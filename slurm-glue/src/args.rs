@@ -4,7 +4,7 @@
 //! the `PYXIS_` variable, then the `BERTH_` one.
 
 use crate::config::Config;
-use berth_launcher::error::Error;
+use berth_launcher::Error;
 use berth_plugin::{JobRequest, NameFlag};
 
 /// The options users get: (name, argument, `--help` text), with pyxis's meanings.
@@ -251,7 +251,7 @@ pub fn request(src: &Source, site: &Config) -> Result<Option<JobRequest>, Error>
     }
     let unshare = src.value("container-unshare")?;
     if let Some(list) = &unshare {
-        berth_launcher::options::Namespaces::parse(list)
+        berth_launcher::Namespaces::parse(list)
             .map_err(|e| Error::Usage(format!("--container-unshare={list}: {e}")))?;
     }
     let writable = src.switch("container-writable", "container-readonly")?;

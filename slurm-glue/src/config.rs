@@ -3,8 +3,8 @@
 //! same way.
 
 use crate::args::parse_bool_named;
-use berth_launcher::error::Error;
-use berth_launcher::options::Mode;
+use berth_launcher::{Error, Mode, Policy, Site};
+use berth_plugin::Importer;
 use std::path::{Path, PathBuf};
 
 /// plugstack.conf arguments: `policy=FILE`, `runtime_dir=DIR` (the per-user state goes in
@@ -81,27 +81,28 @@ pub fn state_dir(c: &Config, cache_dir: Option<&Path>, node: &str, uid: u32) -> 
         Some(d) => PathBuf::from(d.replace("%n", node)),
         None => cache_dir.unwrap_or(Path::new("/tmp")).to_path_buf(),
     };
-    base.join(format!("berth-{uid}"))
+    berth_launcher::user_state_dir(&base, uid)
+}
+
+/// The site's configuration as the launcher takes it: the policy named by `policy=` and, in
+/// a task, the user's state directory on the node ([`state_dir`]).
+pub fn site(c: &Config, state_dir: Option<&Path>) -> Site {
+    Site {
+        policy: c.policy.as_ref().map(PathBuf::from),
+        state_dir: state_dir.map(Path::to_path_buf),
+    }
 }
 
 /// The site policy named by `policy=` (else the default one).
-pub fn policy(c: &Config) -> Result<berth_launcher::policy::Policy, Error> {
-    Ok(berth_launcher::policy::Policy::load(
-        c.policy.as_deref().map(Path::new),
-    )?)
+pub fn policy(c: &Config) -> Result<Policy, Error> {
+    site(c, None).policy()
 }
 
-/// Hand the site's configuration to the launcher code that runs in this process (it reads
-/// the policy's path and the state directory from its environment).
-pub fn apply_config(c: &Config, state_dir: Option<&Path>) {
-    // The task process is single-threaded (forked by slurmstepd), as is srun's plugin stack
-    // at this point: setting the environment is safe here, and it is the launcher's
-    // environment, not the job's.
-    if let Some(p) = &c.policy {
-        std::env::set_var("BERTH_CONFIG", p);
-    }
-    if let Some(d) = state_dir {
-        std::env::set_var("BERTH_STATE_DIR", d);
+/// How registry references are imported on the nodes (`berth_image=`, `insecure_registries=`).
+pub fn importer(c: &Config) -> Importer<'_> {
+    Importer {
+        program: &c.berth_image,
+        insecure_registries: &c.insecure_registries,
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::config::{config, state_dir};
 use crate::spank::{log, Level, Spank};
-use berth_launcher::error::Error;
+use berth_launcher::Error;
 use std::os::raw::c_char;
 use std::path::Path;
 
@@ -77,7 +77,7 @@ fn remove_named(named: &Path, prefix: &str) -> i32 {
             // directory, the image's read-only ones): the user opens them up first. Beside
             // it are the step records of the container (`KEY.lock`, `KEY.step`), files.
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                berth_launcher::cache::remove_tree(&entry.path());
+                berth_launcher::remove_tree(&entry.path());
             } else {
                 let _ = std::fs::remove_file(entry.path());
             }

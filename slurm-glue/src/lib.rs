@@ -19,14 +19,13 @@ pub mod alloc;
 pub mod args;
 pub mod config;
 pub mod epilog;
-pub mod named;
 pub mod save;
 pub mod slurmstepd;
 pub mod spank;
 pub mod srun;
 pub mod taskenv;
 
-use berth_launcher::error::Error;
+use berth_launcher::Error;
 use spank::{ffi, Context, Spank};
 use std::os::raw::{c_char, c_int};
 
@@ -122,7 +121,7 @@ pub unsafe extern "C" fn slurm_spank_task_init(
     let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
     // Slurm execs the task next: it must get the dispositions and mask it had before berth's
     // code ran, whatever that code did.
-    let signals = berth_launcher::signals::SignalState::current();
+    let signals = berth_launcher::SignalState::current();
     let rc = guard("slurm_spank_task_init", move || {
         slurmstepd::task_init(sp, &av)
     });

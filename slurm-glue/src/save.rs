@@ -8,11 +8,11 @@
 //! mounts berth adds (/proc, /sys, /dev, /tmp, /etc/hosts...). The file is written beside
 //! PATH and renamed into place: a failure leaves nothing, and one error line.
 
-use crate::config::{apply_config, config, state_dir};
+use crate::config::{config, state_dir};
+use crate::slurmstepd::instance_key;
 use crate::spank::{log, Level, Spank};
-use berth_launcher::error::Error;
-use berth_launcher::options::Join;
-use berth_plugin::{instance_key, JobRequest};
+use berth_launcher::{Error, Join, RunOptions};
+use berth_plugin::JobRequest;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -144,7 +144,6 @@ fn save_as_user(
     let uid = unsafe { libc::getuid() };
     let policy = crate::config::policy(cfg).map_err(|e| fail(&e))?;
     let state = state_dir(cfg, policy.cache_dir.as_deref(), node, uid);
-    apply_config(cfg, Some(&state));
     let key = instance_key(job, step, node, req.name.as_deref());
     let persist = match req.name {
         Some(_) => key.clone(),
@@ -162,7 +161,7 @@ fn save_as_user(
     }
     // The step's keeper leaves just after its last task: wait for it to let go of the layer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while berth_launcher::join::running(&state, &key) && std::time::Instant::now() < deadline {
+    while berth_launcher::container_running(&state, &key) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let (image, _, _) = crate::slurmstepd::resolve(req, cfg, &state, env, node, job, step, &key)
@@ -180,13 +179,14 @@ fn save_as_user(
     .map_err(|e| fail(&e))?;
     (opts.join, opts.persist, opts.mpi, opts.remap_root) = (Join::No, Some(persist), false, false);
     opts.mode = policy.mode.or(cfg.mode);
+    opts.site = crate::config::site(cfg, Some(&state));
     let tmp = parent.join(format!(".{file}.berth-save-{node}-{}", std::process::id()));
     let result = squash(&opts, env, &tmp).map_err(|e| fail(&e));
     match result.and_then(|()| std::fs::rename(&tmp, target).map_err(|e| fail(&e))) {
         Ok(()) => {
             // An unnamed step's layer was kept only for this.
             if req.name.is_none() {
-                berth_launcher::cache::remove_tree(&layer);
+                berth_launcher::remove_tree(&layer);
             }
             Ok(())
         }
@@ -198,18 +198,13 @@ fn save_as_user(
 }
 
 /// Build the container in a child of ours and write its root to `out` with mksquashfs.
-fn squash(
-    opts: &berth_launcher::options::RunOptions,
-    env: &[(OsString, OsString)],
-    out: &Path,
-) -> Result<(), String> {
+fn squash(opts: &RunOptions, env: &[(OsString, OsString)], out: &Path) -> Result<(), String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
     let pid = match unsafe { libc::fork() } {
         -1 => return Err(std::io::Error::last_os_error().to_string()),
         0 => {
             drop(ours);
-            let built = berth_launcher::run::plan(opts, env, Path::new("/"))
-                .and_then(|plan| berth_launcher::container::build(&plan));
+            let built = berth_launcher::build(opts, env, Path::new("/"));
             let mut theirs = theirs;
             match built {
                 Ok(built) => {

@@ -3,11 +3,10 @@
 //! creates it (the launcher's keeper), the others join its namespaces. Slurm then execs the
 //! task's command inside, with the task's own Slurm/PMIx environment.
 
-use crate::config::{apply_config, config, state_dir, Config};
+use crate::config::{config, state_dir, Config};
 use crate::spank::{log, Level, Spank};
-use berth_launcher::error::Error;
-use berth_launcher::options::Join;
-use berth_plugin::{decide_named, instance_key, is_reference, JobRequest, NameFlag, Named};
+use berth_launcher::{Error, Join, Mode, Process};
+use berth_plugin::{decide_named, is_reference, JobRequest, NameFlag, Named};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +19,11 @@ fn slurm_log(level: tracing::Level, msg: &str) {
         Level::Verbose
     };
     log(level, msg);
+}
+
+/// The per-node instance a task joins ([`berth_plugin::instance_key`]), with Slurm's ids.
+pub(crate) fn instance_key(job: u32, step: u32, node: &str, name: Option<&str>) -> String {
+    berth_plugin::instance_key("slurm", job, step, node, name)
 }
 
 /// In each task, as the user, just before Slurm execs it: enter the node's container.
@@ -41,7 +45,7 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     }
     let started = std::time::Instant::now();
     // The launcher's steps and decisions, in slurmd's log at its verbose/debug levels.
-    berth_launcher::log::to_sink(slurm_log);
+    berth_launcher::log_to_sink(slurm_log);
     let env = sp.job_env();
     let node = env
         .iter()
@@ -51,7 +55,6 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     let uid = unsafe { libc::getuid() };
     let policy = crate::config::policy(&cfg)?;
     let state = state_dir(&cfg, policy.cache_dir.as_deref(), &node, uid);
-    apply_config(&cfg, Some(&state));
     let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let key = instance_key(job, step, &node, req.name.as_deref());
     let argv = sp.job_argv();
@@ -65,6 +68,7 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     }
     .run_options(&key, argv.clone(), &task_env, &cwd)?;
     (opts.image, opts.join, opts.attach) = (image_path, Join::Key(join_key), attach);
+    opts.site = crate::config::site(&cfg, Some(&state));
     // --container-save: the writable layer is kept on disk, for the step's exit to save.
     if opts.persist.is_none() && crate::args::save_path(&src)?.is_some() {
         opts.persist = Some(crate::save::save_key(job, step, &node));
@@ -81,13 +85,13 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     // slurmstepd made this task non-dumpable when it switched to the user; the user
     // namespace maps in /proc/self need it dumpable again (as after any exec).
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-    let (mut process, _built) = berth_launcher::run::enter(&opts, &task_env, &cwd)?;
+    let (mut process, _built) = berth_launcher::enter(&opts, &task_env, &cwd)?;
     log(
         Level::Info,
         &format!(
             "job {job} step {step} on {node}: image {image}, key {key}, mode {}, in the container after {} ms",
             match opts.mode {
-                Some(berth_launcher::options::Mode::Extract) => "extract",
+                Some(Mode::Extract) => "extract",
                 _ => "mount",
             },
             started.elapsed().as_millis()
@@ -116,10 +120,10 @@ fn task_env_in_container(
     named: &[String],
     argv: &[OsString],
     batch: bool,
-    process: &mut berth_launcher::plan::Process,
+    process: &mut Process,
 ) -> Result<(), Error> {
     use crate::taskenv;
-    let config = berth_launcher::container::read_config(Path::new("/"))?;
+    let config = berth_launcher::read_image_config(Path::new("/"))?;
     if req.workdir.is_none() && !batch {
         process.workdir = taskenv::image_workdir(&config)?;
         process.env.retain(|(k, _)| k != "PWD");
@@ -171,7 +175,7 @@ pub(crate) fn resolve(
         let image = req.image.as_deref().unwrap_or_default();
         if is_reference(image) {
             log(Level::Verbose, &format!("importing {image} on {node}"));
-            import(image, cfg, state, env, job, step)
+            crate::config::importer(cfg).import(image, state, env, job, step)
         } else {
             Ok(PathBuf::from(image))
         }
@@ -180,12 +184,10 @@ pub(crate) fn resolve(
         return Ok((given()?, key.to_string(), false));
     };
     let uid = unsafe { libc::getuid() };
-    berth_launcher::host::ensure_private_dir(state, uid)?;
-    let dir = state.join("named");
-    berth_launcher::host::ensure_private_dir(&dir, uid)?;
-    let decided = crate::named::once_per_step(&dir, key, job, step, || {
-        let saved = crate::named::saved_image(state, key);
-        let running = berth_launcher::join::running(state, key);
+    let dir = berth_launcher::private_state_subdir(state, "named", uid)?;
+    let decided = berth_plugin::once_per_step(&dir, key, job, step, || {
+        let saved = berth_plugin::saved_image(state, key);
+        let running = berth_launcher::container_running(state, key);
         let has_image = req.image.is_some();
         Ok(
             match decide_named(name, req.name_flag, node, saved, running, has_image)? {
@@ -193,7 +195,7 @@ pub(crate) fn resolve(
                 Named::Reuse(image) => format!("reuse {}", image.display()),
                 Named::Create => {
                     let image = given()?;
-                    crate::named::record_image(state, key, &image)?;
+                    berth_plugin::record_image(state, key, &image)?;
                     format!("create {}", image.display())
                 }
             },
@@ -210,104 +212,6 @@ pub(crate) fn resolve(
         _ => key.to_string(),
     };
     Ok((PathBuf::from(image), join, how == "attach"))
-}
-
-/// A registry reference is imported with berth-image into the node's state directory, once
-/// per step on the node: the first task imports under a lock and records the result, the
-/// step's other tasks get it (the file, or the same error) without asking the registry again.
-/// Later steps find the file up to date (berth-image checks the manifest and rebuilds nothing).
-fn import(
-    reference: &str,
-    cfg: &Config,
-    state: &Path,
-    env: &[(OsString, OsString)],
-    job: u32,
-    step: u32,
-) -> Result<PathBuf, Error> {
-    let uid = unsafe { libc::getuid() };
-    berth_launcher::host::ensure_private_dir(state, uid)?;
-    let dir = state.join("imported");
-    berth_launcher::host::ensure_private_dir(&dir, uid)?;
-    let digest: String = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        reference.hash(&mut h);
-        format!("{:016x}", h.finish())
-    };
-    let out = dir.join(format!("{digest}.sqsh"));
-    crate::named::once_per_step(&dir, &digest, job, step, || {
-        run_import(reference, cfg, env, &out).map(|()| out.display().to_string())
-    })
-    .map(PathBuf::from)
-}
-
-/// Run berth-image to import `reference` to `out`; its last line if it fails.
-fn run_import(
-    reference: &str,
-    cfg: &Config,
-    env: &[(OsString, OsString)],
-    out: &Path,
-) -> Result<(), Error> {
-    use std::io::Read as _;
-    let mut cmd = std::process::Command::new(&cfg.berth_image);
-    cmd.args(["import", "--quiet", reference, "-o"]).arg(out);
-    if cfg
-        .insecure_registries
-        .iter()
-        .any(|h| registry_host(reference) == h)
-    {
-        cmd.arg("--insecure");
-    }
-    // The user's credentials and layer cache come from the job's environment.
-    for (k, v) in env {
-        let name = k.as_bytes();
-        if name == b"HOME"
-            || name.starts_with(b"BERTH_REGISTRY_")
-            || name == b"BERTH_CREDENTIALS"
-            || name == b"BERTH_LAYER_CACHE"
-        {
-            cmd.env(k, v);
-        }
-    }
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            Error::Image(format!(
-                "cannot run {} to import {reference}: {e}",
-                cfg.berth_image
-            ))
-        })?;
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let status = child.wait().map_err(|e| Error::Image(e.to_string()))?;
-    if !status.success() {
-        let why = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("failed")
-            .trim_start_matches("berth-image: ");
-        return Err(Error::Image(format!("cannot import {reference}: {why}")));
-    }
-    Ok(())
-}
-
-/// The registry host of a reference (`docker://HOST[:PORT]/...` or `[USER@]HOST[:PORT]#...`),
-/// without its port; empty for Docker Hub short names.
-fn registry_host(reference: &str) -> &str {
-    let rest = reference.strip_prefix("docker://").unwrap_or(reference);
-    let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
-    let host = if reference.starts_with("docker://") {
-        rest.split('/').next().unwrap_or("")
-    } else {
-        rest.split_once('#').map_or("", |(h, _)| h)
-    };
-    host.split(':').next().unwrap_or("")
 }
 
 /// The batch step of `sbatch`: with `sbatch=1` (the default) its script runs in the container,

@@ -2,9 +2,9 @@
 //! missing or empty image, a bad name, conflicting flags, a bad mount spec or a mount the site
 //! policy denies fails fast, in one line of srun's output.
 
-use crate::config::{apply_config, config, Config};
+use crate::config::{config, Config};
 use crate::spank::{log, Level, Spank};
-use berth_launcher::error::Error;
+use berth_launcher::Error;
 use berth_plugin::is_reference;
 use std::ffi::OsString;
 
@@ -34,7 +34,6 @@ pub fn check(sp: Spank, cfg: &Config, allocator: bool) -> Result<(), Error> {
             "this site does not take --container-* on sbatch or salloc (plugstack sbatch=0); give them to srun".into(),
         ));
     }
-    apply_config(cfg, None);
     // A name without an image: only the node knows whether it has that container.
     if req.image.is_none() {
         let _ = CHECKED.set(format!(
@@ -46,10 +45,11 @@ pub fn check(sp: Spank, cfg: &Config, allocator: bool) -> Result<(), Error> {
     // vars_os: a non-UTF-8 variable in the submit environment is carried, not a panic.
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    let opts = req.run_options("check", vec!["true".into()], &env, &cwd)?;
+    let mut opts = req.run_options("check", vec!["true".into()], &env, &cwd)?;
+    opts.site = crate::config::site(cfg, None);
     let image = req.image.as_deref().unwrap_or_default();
     let reference = is_reference(image);
-    berth_launcher::run::check(&opts, !reference)?;
+    berth_launcher::check(&opts, !reference)?;
     let _ = CHECKED.set(format!(
         "image {image} ({}), {} mount(s), {}{}{}checked before submitting",
         if reference {

@@ -5,8 +5,7 @@
 //! environment and its output hidden unless `--container-entrypoint-log`.
 
 use crate::spank::Spank;
-use berth_launcher::error::Error;
-use berth_launcher::image_config::ImageConfig;
+use berth_launcher::{Error, ImageConfig};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

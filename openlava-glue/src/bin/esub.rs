@@ -44,7 +44,7 @@ fn main() {
     let image = cwd.join(&image).to_string_lossy().into_owned();
     let opts = lava::run_options(&image, vec!["true".into()], &env, &cwd, None, None)
         .unwrap_or_else(|e| reject(e.to_string()));
-    if let Err(e) = berth_launcher::run::check(&opts, true) {
+    if let Err(e) = berth_launcher::check(&opts, true) {
         reject(e.to_string());
     }
     if !write {

@@ -22,7 +22,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-// mpirun and the ranks get the signal state the job started with (see berth_launcher::signals).
+// mpirun and the ranks get the signal state the job started with (see berth_launcher::SignalState).
 berth_launcher::record_signals_at_start!();
 
 fn main() {
@@ -58,7 +58,7 @@ fn main() {
             // Checked once here rather than failing in every rank.
             let opts = lava::run_options(&image, a.command.clone(), &env, &cwd, None, None)
                 .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
-            if let Err(e) = berth_launcher::run::check(&opts, true) {
+            if let Err(e) = berth_launcher::check(&opts, true) {
                 lava::fail(format!("berth: {e}"), e.exit_code());
             }
             let key =
@@ -77,7 +77,7 @@ fn main() {
     }
     let err = unsafe {
         cmd.pre_exec(|| {
-            berth_launcher::signals::restore_for_exec();
+            berth_launcher::restore_signals_for_exec();
             Ok(())
         })
         .exec()
@@ -111,7 +111,7 @@ fn rank(args: &[OsString], env: &[(OsString, OsString)]) -> ! {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let opts = lava::run_options(&image, command, env, &cwd, Some(&key), None)
         .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
-    match berth_launcher::run::run(&opts, false) {
+    match berth_launcher::run(&opts, false) {
         Err(e) => lava::fail(format!("berth: {e}"), e.exit_code()),
         Ok(()) => lava::fail("berth: the rank's command did not start", 125),
     }

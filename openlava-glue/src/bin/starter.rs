@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
-// The job gets the signal state sbatchd started it with (see berth_launcher::signals).
+// The job gets the signal state sbatchd started it with (see berth_launcher::SignalState).
 berth_launcher::record_signals_at_start!();
 
 fn main() {
@@ -39,7 +39,7 @@ fn main() {
             std::process::Command::new(&argv[0])
                 .args(&argv[1..])
                 .pre_exec(|| {
-                    berth_launcher::signals::restore_for_exec();
+                    berth_launcher::restore_signals_for_exec();
                     Ok(())
                 })
                 .exec()
@@ -63,7 +63,7 @@ fn main() {
     let opts = lava::run_options(image, argv, &env, &cwd, None, job_dir.as_deref())
         .unwrap_or_else(|e| lava::fail(format!("berth: {e}"), e.exit_code()));
     // Returns only on failure: on success this process is the command.
-    if let Err(e) = berth_launcher::run::run(&opts, false) {
+    if let Err(e) = berth_launcher::run(&opts, false) {
         lava::fail(format!("berth: {e}"), e.exit_code());
     }
 }

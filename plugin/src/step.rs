@@ -4,8 +4,8 @@
 //! answer without doing the work again (no second registry round trip, no second opinion on
 //! whether the named container exists). pyxis decides these once per step in slurmstepd.
 
-use berth_launcher::error::Error;
-use berth_launcher::sys::flock;
+use berth_launcher::Error;
+use nix::fcntl::{Flock, FlockArg};
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
@@ -28,11 +28,12 @@ pub fn once_per_step(
         .truncate(false)
         .open(dir.join(format!("{stem}.lock")))
         .map_err(|e| Error::Image(format!("cannot lock in {}: {e}", dir.display())))?;
-    flock(&lock, libc::LOCK_EX).map_err(|e| Error::Image(format!("cannot lock: {e}")))?;
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::Image(format!("cannot lock: {e}")))?;
     let record = dir.join(format!("{stem}.step"));
     // The step's slurmstepd (the tasks' parent) too: a job id Slurm gives again after its
     // state was reset must not find an old record.
-    let this = format!("{job}.{step}.{}", unsafe { libc::getppid() });
+    let this = format!("{job}.{step}.{}", nix::unistd::getppid());
     if let Some(done) = read_record(&record, &this) {
         return done;
     }
