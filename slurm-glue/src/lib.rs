@@ -1,4 +1,4 @@
-//! `spank_berth.so`: berth's Slurm SPANK plugin.
+//! `spank_berth.so`: berth's Slurm SPANK plugin, which runs a job's tasks in berth containers.
 //!
 //! Slurm calls the same callbacks in every process that loads the plugin; each callback here
 //! dispatches on the SPANK context to the module for that process, as pyxis does:
