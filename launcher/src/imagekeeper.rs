@@ -117,8 +117,10 @@ pub fn attach(plan: &Plan, image: &File) -> Result<Attached> {
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
-                // No keeper, or a killed one's socket: start one.
+                // No keeper, or a killed one's socket: start one. Keepers a scheduler killed
+                // at the end of their step left their sockets: sweep them now.
                 let _ = std::fs::remove_file(&sock);
+                sweep(&plan.state_dir, false);
                 spawn(plan, image, &sock, &dir, &name, &lock)?;
             }
             Err(e) => {
@@ -476,4 +478,44 @@ fn answer(conn: &UnixStream, userns: &File, at: &Path) -> Result<i32> {
     )
     .ctx(|| "cannot send the mount")?;
     Ok(peer.pid())
+}
+
+/// Remove what killed keepers left in `<state>/keepers` (a scheduler kills a step's keeper with
+/// SIGKILL when the step ends): sockets nobody listens on (a keeper binds and listens in one
+/// step, so a refused connection means it is gone), and their logs unless a warning in one says
+/// something went wrong before (those stay for the user until `berth cache clean`, which passes
+/// `all_logs`). Returns what went.
+pub fn sweep(state_dir: &Path, all_logs: bool) -> Vec<String> {
+    let dir = state_dir.join("keepers");
+    let mut gone = Vec::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "sock") {
+            continue;
+        }
+        match UnixStream::connect(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                let _ = std::fs::remove_file(&path);
+                gone.push(format!("dead image keeper socket {}", path.display()));
+            }
+            _ => continue,
+        }
+        let log = path.with_extension("log");
+        let failed = std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" WARN "));
+        if (all_logs || !failed) && std::fs::remove_file(&log).is_ok() {
+            gone.push(format!("image keeper log {}", log.display()));
+        }
+    }
+    if all_logs {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "log")
+                && !path.with_extension("sock").exists()
+                && std::fs::remove_file(&path).is_ok()
+            {
+                gone.push(format!("image keeper log {}", path.display()));
+            }
+        }
+    }
+    gone
 }

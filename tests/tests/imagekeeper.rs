@@ -209,3 +209,49 @@ fn image_idle_zero_mounts_per_run() {
     );
     assert!(sockets(&sb).is_empty());
 }
+
+#[test]
+fn a_killed_keeper_s_socket_is_swept_by_the_next_keeper() {
+    let sb = Sandbox::new("keeper-sweep");
+    let image = demo_image();
+    let img = image.to_str().unwrap();
+    run(sb.berth(&["run", "--no-join", "--image-idle", "30", img, "--", "true"]))
+        .expect_ok("first");
+    let killed = servers(&sb);
+    assert_eq!(killed.len(), 1);
+    // As a scheduler ends a step: SIGKILL, so the keeper cannot remove its socket.
+    unsafe { libc::kill(killed[0], libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(10), || servers(&sb).is_empty()));
+    let dead = sockets(&sb);
+    assert_eq!(
+        dead.len(),
+        1,
+        "the killed keeper's socket stays: {:?}",
+        sb.state_entries()
+    );
+    // Another image (a copy: another identity), so another keeper, which sweeps.
+    let copy = sb.work.join("copy.sqsh");
+    std::fs::copy(&image, &copy).unwrap();
+    run(sb.berth(&[
+        "run",
+        "--no-join",
+        "--image-idle",
+        "30",
+        copy.to_str().unwrap(),
+        "--",
+        "true",
+    ]))
+    .expect_ok("second");
+    let now = sockets(&sb);
+    assert_eq!(now.len(), 1, "{:?}", sb.state_entries());
+    assert_ne!(now, dead, "the dead socket was swept");
+    let log = dead[0].replace(".sock", ".log");
+    assert!(
+        !sb.state_entries().contains(&log),
+        "its log went too: {:?}",
+        sb.state_entries()
+    );
+    for (pid, _) in sb.processes() {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}

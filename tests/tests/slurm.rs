@@ -410,9 +410,11 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     };
     let running = eventually(Duration::from_secs(30), || sleeping() == 4);
     let snapshot = live_processes(user().uid);
+    // The step's image servers (one image keeper per node and step): other tests' keepers may
+    // still be waiting out their idle time, so count only those Slurm started.
     let helpers = live_processes(user().uid)
         .iter()
-        .filter(|(_, c)| c.starts_with("berth-imagefs"))
+        .filter(|(pid, c)| c.starts_with("berth-imagefs") && started_by_slurm(*pid))
         .count();
     let cancel = c.run(&sb, &["scancel", "--name=berth-cancel"]);
     let srun = srun.wait_with_output().unwrap();
@@ -423,14 +425,14 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     );
     assert_eq!(helpers, 2, "one FUSE server per node while running");
     cancel.expect_ok("scancel");
-    let clean = eventually(Duration::from_secs(30), || {
-        live_processes(user().uid).is_empty()
-    });
-    assert!(
-        clean,
-        "left after scancel: {:?}",
+    let of_slurm = || -> Vec<(i32, String)> {
         live_processes(user().uid)
-    );
+            .into_iter()
+            .filter(|(pid, _)| started_by_slurm(*pid))
+            .collect()
+    };
+    let clean = eventually(Duration::from_secs(30), || of_slurm().is_empty());
+    assert!(clean, "left after scancel: {:?}", of_slurm());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains("fuse.berth") && !mounts.contains("/tmp/berth-"),
@@ -1602,4 +1604,12 @@ fn srun_container_runs_an_apptainer_sif_in_place() {
         "{}",
         r.stderr
     );
+}
+
+/// Whether a process is of a Slurm job (its environment has SLURM_JOB_ID).
+fn started_by_slurm(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .any(|kv| kv.starts_with(b"SLURM_JOB_ID="))
 }
