@@ -6,7 +6,6 @@
 use crate::config::{config, state_dir};
 use crate::spank::{log, Level, Spank};
 use berth_launcher::Error;
-use std::os::raw::c_char;
 use std::path::Path;
 
 pub fn job_epilog(sp: Spank, av: &[String]) -> Result<(), Error> {
@@ -20,6 +19,9 @@ pub fn job_epilog(sp: Spank, av: &[String]) -> Result<(), Error> {
         return Ok(());
     }
     let prefix = format!("slurm-{job}-");
+    // SAFETY: the child only drops to the user and removes files: it takes no lock that
+    // another thread of this Slurm process could hold (it logs nothing) and allocates only
+    // through glibc's malloc, which fork leaves usable; it ends in _exit.
     match unsafe { libc::fork() } {
         -1 => Err(Error::Sys {
             context: "cannot fork to remove the job's named containers".into(),
@@ -31,10 +33,12 @@ pub fn job_epilog(sp: Spank, av: &[String]) -> Result<(), Error> {
             } else {
                 2
             };
+            // SAFETY: _exit runs none of the Slurm process's atexit handlers or destructors.
             unsafe { libc::_exit(code) }
         }
         pid => {
             let mut status = 0;
+            // SAFETY: `status` is a live int the kernel writes; `pid` is our child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
             if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
                 log(
@@ -60,12 +64,11 @@ pub fn job_epilog(sp: Spank, av: &[String]) -> Result<(), Error> {
 
 /// In the forked child: become the job's user, with no supplementary groups.
 pub(crate) fn drop_to(uid: u32, gid: u32) -> bool {
-    unsafe {
-        libc::setgroups(0, std::ptr::null()) == 0
-            && libc::setgid(gid) == 0
-            && libc::setuid(uid) == 0
-            && libc::getuid() == uid
-    }
+    use nix::unistd::{getuid, setgid, setgroups, setuid, Gid, Uid};
+    setgroups(&[]).is_ok()
+        && setgid(Gid::from_raw(gid)).is_ok()
+        && setuid(Uid::from_raw(uid)).is_ok()
+        && getuid().as_raw() == uid
 }
 
 /// Remove the job's entries (`slurm-JOB-*`); 0 if all went, 1 otherwise.
@@ -90,10 +93,7 @@ fn remove_named(named: &Path, prefix: &str) -> i32 {
 }
 
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut c_char, buf.len()) } != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -59,6 +59,7 @@ pub unsafe extern "C" fn slurm_spank_init(
     ac: c_int,
     av: *mut *mut c_char,
 ) -> c_int {
+    // SAFETY: Slurm passes `ac` C strings in `av` (this function's # Safety).
     let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
     guard("slurm_spank_init", move || {
         config::config(&av)?;
@@ -82,6 +83,7 @@ pub unsafe extern "C" fn slurm_spank_init_post_opt(
     ac: c_int,
     av: *mut *mut c_char,
 ) -> c_int {
+    // SAFETY: Slurm passes `ac` C strings in `av` (this function's # Safety).
     let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
     guard("slurm_spank_init_post_opt", move || {
         match spank::context() {
@@ -118,6 +120,7 @@ pub unsafe extern "C" fn slurm_spank_task_init(
     ac: c_int,
     av: *mut *mut c_char,
 ) -> c_int {
+    // SAFETY: Slurm passes `ac` C strings in `av` (this function's # Safety).
     let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
     // Slurm execs the task next: it must get the dispositions and mask it had before berth's
     // code ran, whatever that code did.
@@ -140,6 +143,7 @@ pub unsafe extern "C" fn slurm_spank_task_exit(
     ac: c_int,
     av: *mut *mut c_char,
 ) -> c_int {
+    // SAFETY: Slurm passes `ac` C strings in `av` (this function's # Safety).
     let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
     guard("slurm_spank_task_exit", move || match spank::context() {
         Context::Remote => save::task_exit(sp, &av),
@@ -158,6 +162,7 @@ pub unsafe extern "C" fn slurm_spank_job_epilog(
     ac: c_int,
     av: *mut *mut c_char,
 ) -> c_int {
+    // SAFETY: Slurm passes `ac` C strings in `av` (this function's # Safety).
     let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
     guard("slurm_spank_job_epilog", move || {
         epilog::job_epilog(sp, &av)

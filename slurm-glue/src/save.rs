@@ -80,6 +80,9 @@ fn step_exit(sp: Spank, av: &[String]) -> Result<(), Error> {
         context: "cannot make a socket pair to save the container".into(),
         source: e,
     })?;
+    // SAFETY: slurmstepd has other threads; the child takes none of their locks (it reports
+    // through the socket, not Slurm's log), allocates only through glibc's malloc, which fork
+    // leaves usable, and ends in _exit.
     match unsafe { libc::fork() } {
         -1 => Err(Error::Sys {
             context: "cannot fork to save the container".into(),
@@ -99,6 +102,7 @@ fn step_exit(sp: Spank, av: &[String]) -> Result<(), Error> {
                     1
                 }
             };
+            // SAFETY: _exit runs none of slurmstepd's atexit handlers or destructors.
             unsafe { libc::_exit(code) }
         }
         pid => {
@@ -106,6 +110,7 @@ fn step_exit(sp: Spank, av: &[String]) -> Result<(), Error> {
             let mut why = String::new();
             let _ = ours.read_to_string(&mut why);
             let mut status = 0;
+            // SAFETY: `status` is a live int the kernel writes; `pid` is our child.
             unsafe { libc::waitpid(pid, &mut status, 0) };
             if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
                 log(
@@ -140,8 +145,8 @@ fn save_as_user(
         format!("cannot save the container to {}: {e}", target.display())
     };
     // /proc/PID/root of the container below needs this process (and so it) dumpable.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
-    let uid = unsafe { libc::getuid() };
+    let _ = nix::sys::prctl::set_dumpable(true);
+    let uid = nix::unistd::getuid().as_raw();
     let policy = crate::config::policy(cfg).map_err(|e| fail(&e))?;
     let state = state_dir(cfg, policy.cache_dir.as_deref(), node, uid);
     let key = instance_key(job, step, node, req.name.as_deref());
@@ -200,6 +205,8 @@ fn save_as_user(
 /// Build the container in a child of ours and write its root to `out` with mksquashfs.
 fn squash(opts: &RunOptions, env: &[(OsString, OsString)], out: &Path) -> Result<(), String> {
     let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    // SAFETY: this process is the single-threaded child forked above, so its own child may
+    // run any code; it ends in _exit.
     let pid = match unsafe { libc::fork() } {
         -1 => return Err(std::io::Error::last_os_error().to_string()),
         0 => {
@@ -212,10 +219,13 @@ fn squash(opts: &RunOptions, env: &[(OsString, OsString)], out: &Path) -> Result
                     // Stay until the parent is done reading the root (it closes its end).
                     let _ = theirs.read(&mut [0u8; 1]);
                     drop(built);
+                    // SAFETY: _exit skips the destructors of the frames it leaves, which
+                    // belong to the parent.
                     unsafe { libc::_exit(0) }
                 }
                 Err(e) => {
                     let _ = writeln!(theirs, "{}", e.to_string().replace('\n', " "));
+                    // SAFETY: as above.
                     unsafe { libc::_exit(1) }
                 }
             }
@@ -233,6 +243,7 @@ fn squash(opts: &RunOptions, env: &[(OsString, OsString)], out: &Path) -> Result
         Err(line.trim().to_string())
     };
     drop(ours);
+    // SAFETY: a null status pointer is allowed; `pid` is our child.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     result
 }

@@ -52,7 +52,7 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
         .find(|(k, _)| k == "SLURMD_NODENAME")
         .map(|(_, v)| v.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     let policy = crate::config::policy(&cfg)?;
     let state = state_dir(&cfg, policy.cache_dir.as_deref(), &node, uid);
     let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
@@ -84,7 +84,7 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
         .unwrap_or_else(|| opts.image.display().to_string());
     // slurmstepd made this task non-dumpable when it switched to the user; the user
     // namespace maps in /proc/self need it dumpable again (as after any exec).
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_dumpable(true);
     let (mut process, _built) = berth_launcher::enter(&opts, &task_env, &cwd)?;
     log(
         Level::Info,
@@ -183,7 +183,7 @@ pub(crate) fn resolve(
     let Some(name) = req.name.as_deref() else {
         return Ok((given()?, key.to_string(), false));
     };
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     let dir = berth_launcher::private_state_subdir(state, "named", uid)?;
     let decided = berth_plugin::once_per_step(&dir, key, job, step, || {
         let saved = berth_plugin::saved_image(state, key);

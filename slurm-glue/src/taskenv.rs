@@ -302,16 +302,14 @@ pub fn entrypoint_scripts(
 /// A memfd holding `data`, left open across the exec (the script runs from
 /// /proc/self/fd/N); its number.
 fn memfd(name: &std::ffi::CStr, data: &[u8]) -> Result<i32, Error> {
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
     use std::io::Write as _;
-    use std::os::fd::{FromRawFd as _, IntoRawFd as _};
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
-    if fd < 0 {
-        return Err(Error::Sys {
-            context: "cannot create the entrypoint script".into(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    use std::os::fd::IntoRawFd as _;
+    let fd = memfd_create(name, MemFdCreateFlag::empty()).map_err(|e| Error::Sys {
+        context: "cannot create the entrypoint script".into(),
+        source: e.into(),
+    })?;
+    let mut file = std::fs::File::from(fd);
     file.write_all(data).map_err(|e| Error::Sys {
         context: "cannot write the entrypoint script".into(),
         source: e,
@@ -324,8 +322,8 @@ fn memfd(name: &std::ffi::CStr, data: &[u8]) -> Result<i32, Error> {
 fn spare_fds() -> Option<(i32, i32)> {
     let free: Vec<i32> = (3..=9)
         .filter(|fd| {
-            let flags = unsafe { libc::fcntl(*fd, libc::F_GETFD) };
-            flags < 0 || flags & libc::FD_CLOEXEC != 0
+            let flags = nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_GETFD);
+            !matches!(flags, Ok(f) if f & libc::FD_CLOEXEC == 0)
         })
         .collect();
     Some((*free.first()?, *free.get(1)?))
@@ -362,6 +360,8 @@ pub fn run_through_entrypoint(
     let save = if log { None } else { spare_fds() };
     let scripts = entrypoint_scripts(entrypoint, argv, task, ep_env, named, resume_fd, save);
     for (fd, data) in [(resume_fd, &scripts.resume), (start_fd, &scripts.start)] {
+        // SAFETY: `fd` is a memfd made above and still open; `data` is a live buffer of the
+        // length passed.
         let written = unsafe { libc::pwrite(fd, data.as_ptr().cast(), data.len(), 0) };
         if written != data.len() as isize {
             return Err(Error::Sys {
