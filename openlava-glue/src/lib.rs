@@ -57,8 +57,10 @@ pub fn process_env() -> Env {
     std::env::vars_os().collect()
 }
 
-/// `$LSB_SUB_PARM_FILE`: one `NAME=VALUE` a line, values usually in double quotes (with `\"`
-/// and `\\` escapes), sometimes in single quotes or bare.
+/// `$LSB_SUB_PARM_FILE`: one `NAME=VALUE` a line, as bsub writes it (lsbatch/lib/lsb.sub.c):
+/// strings in double quotes with only `"` escaped (`\"`; a backslash is a plain character),
+/// `LSB_SUB_ADDITIONAL` (bsub's `-a`) in double quotes with nothing escaped, flags and numbers
+/// bare.
 pub fn parse_parm_file(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|line| {
@@ -67,23 +69,21 @@ pub fn parse_parm_file(text: &str) -> Vec<(String, String)> {
                 return None;
             }
             let (k, v) = line.split_once('=')?;
-            Some((k.trim().to_string(), unquote(v.trim())))
+            let k = k.trim();
+            Some((k.to_string(), unquote(v.trim(), k != "LSB_SUB_ADDITIONAL")))
         })
         .collect()
 }
 
-fn unquote(v: &str) -> String {
+fn unquote(v: &str, escaped_quotes: bool) -> String {
     let quoted = |q: char| v.len() >= 2 && v.starts_with(q) && v.ends_with(q);
     if quoted('"') {
-        let mut out = String::new();
-        let mut chars = v[1..v.len() - 1].chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => out.extend(chars.next()),
-                c => out.push(c),
-            }
+        let inner = &v[1..v.len() - 1];
+        if escaped_quotes {
+            inner.replace("\\\"", "\"")
+        } else {
+            inner.to_string()
         }
-        out
     } else if quoted('\'') {
         v[1..v.len() - 1].to_string()
     } else {
@@ -126,18 +126,96 @@ pub fn image_from_additional(additional: &str) -> std::result::Result<Option<Str
     }
 }
 
-/// A line for `$LSB_SUB_MODIFY_ENVFILE`. OpenLava copies the value into the job file between
-/// single quotes, so values it cannot carry are refused rather than mangled.
+/// A line for `$LSB_SUB_MODIFY_ENVFILE`. bsub reads the file as a configuration line
+/// (lsbatch/lib/lsb.sub.c, modifyJobInformation; lsf/lib/lib.words.c): `"` ends the value,
+/// `#` starts a comment, blanks are folded into one space and a backslash before a blank
+/// is dropped; so values it would change are refused rather than mangled. Quotes `'`, `$`
+/// and backslashes elsewhere reach the job as they are (its environment is set in the
+/// process, not by a shell).
 pub fn env_file_line(name: &str, value: &str) -> std::result::Result<String, String> {
-    if value
-        .chars()
-        .any(|c| matches!(c, '"' | '\'' | '\\' | '$' | '`' | '\n' | '\r'))
-    {
+    let changed = value.contains(['"', '#', '\n', '\r', '\t'])
+        || value.contains("  ")
+        || value.starts_with(' ')
+        || value.ends_with([' ', '\\'])
+        || value.contains("\\ ");
+    if changed {
         return Err(format!(
-            "{value:?} contains a quote, backslash, '$', '`' or newline, which OpenLava's job file cannot carry: rename it"
+            "'{value}' holds a double quote, '#', a tab or newline, a run of spaces or a backslash before a space, which OpenLava's env file cannot carry: rename it"
         ));
     }
     Ok(format!("{name}=\"{value}\"\n"))
+}
+
+/// Where the admin says which queues start jobs in images; `BERTH_LAVA_CONFIG` names
+/// another file (tests).
+pub const SITE_CONFIG: &str = "/etc/berth/openlava.toml";
+
+/// `openlava.toml`: what the esub cannot learn from bsub. OpenLava hands an esub the queue a
+/// job names (`-q`), not the queues' JOB_STARTER nor mbatchd's default queue.
+#[derive(Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Queues whose `JOB_STARTER` is berth-lava-starter.
+    pub starter_queues: Vec<String>,
+    /// lsb.params' `DEFAULT_QUEUE`: the queue of a job submitted without `-q`.
+    pub default_queue: Option<String>,
+}
+
+/// The site configuration from `path`; None if the file does not exist.
+pub fn load_site_config(path: &Path) -> std::result::Result<Option<SiteConfig>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {}", path.display(), e.message()))
+}
+
+/// The queue a job goes to: bsub's `-q` (`LSB_SUB_QUEUE`), else the user's
+/// `LSB_DEFAULTQUEUE` (bsub applies it after the esub has run), else the site's default.
+pub fn job_queue(
+    parm: &[(String, String)],
+    env: &[(OsString, OsString)],
+    config: &SiteConfig,
+) -> Option<String> {
+    get(parm, "LSB_SUB_QUEUE")
+        .or_else(|| get(env, "LSB_DEFAULTQUEUE"))
+        .map(|q| q.trim().to_string())
+        .or_else(|| config.default_queue.clone())
+}
+
+/// Whether a directory given as an image can start a job: it has an executable `/bin/sh`
+/// (resolved inside it, as in the container; `bsub < script` and most commands need it).
+pub fn rootfs_has_shell(root: &Path) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(dir) = std::fs::File::open(root) else {
+        return false;
+    };
+    // SAFETY: open_how is plain integers, for which all zero bytes is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads `how` (a valid open_how of the size passed) and the path, a
+    // NUL-terminated literal; it returns a new fd or -1 and touches no other memory.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c"bin/sh".as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: fd was just returned by openat2 and is owned by nothing else.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    file.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The job's hosts and slots, in order: `LSB_MCPU_HOSTS` (`host n host n ...`), else
@@ -279,6 +357,25 @@ pub fn run_options(
     let mut opts = request.run_options(key.unwrap_or("none"), argv, env, cwd)?;
     opts.join = key.map_or(Join::No, |k| Join::Key(k.to_string()));
     opts.env = scheduler_env(env);
+    // `berth run`'s variables for --mode and --image-idle, set at submit: honoured as berth
+    // run honours them.
+    if let Some(mode) = get_os(env, "BERTH_MODE") {
+        opts.mode = Some(
+            mode.to_str()
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| Error::Usage(format!("BERTH_MODE: {e}")))?,
+        );
+    }
+    if let Some(idle) = get_os(env, "BERTH_IMAGE_IDLE") {
+        let secs = idle.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+            Error::Usage(format!(
+                "BERTH_IMAGE_IDLE '{}' is not a number of seconds",
+                idle.to_string_lossy()
+            ))
+        })?;
+        opts.image_idle_secs = Some(secs);
+    }
     if let Some(dir) = job_dir {
         let real = std::fs::canonicalize(dir).map_err(|e| {
             Error::Usage(format!(
@@ -407,9 +504,10 @@ mod tests {
     }
 
     #[test]
-    fn parm_file_values_are_unquoted() {
+    fn parm_file_values_are_read_as_bsub_writes_them() {
+        // -a as it is; other strings with only '"' escaped; flags and numbers bare.
         let parm = parse_parm_file(
-            "LSB_SUB_QUEUE=\"normal\"\nLSB_SUB_ADDITIONAL=\"berth(/img/a b.sqsh) x(\\\"y\\\")\"\n\n# c\nLSB_SUB_JOB_NAME='j'\nLSB_SUB_NUM_PROCESSORS=4\nnoequals\n",
+            "LSB_SUB_QUEUE=\"normal\"\nLSB_SUB_ADDITIONAL=\"berth(/img/a\\b c.sqsh) x(\"y\")\"\n\n# c\nLSB_SUB_JOB_NAME=\"say \\\"hi\\\" a\\b\"\nLSB_SUB_MODIFY=Y\nLSB_SUB_NUM_PROCESSORS=4\nnoequals\n",
         );
         assert_eq!(
             parm.iter()
@@ -417,8 +515,9 @@ mod tests {
                 .collect::<Env>(),
             env(&[
                 ("LSB_SUB_QUEUE", "normal"),
-                ("LSB_SUB_ADDITIONAL", "berth(/img/a b.sqsh) x(\"y\")"),
-                ("LSB_SUB_JOB_NAME", "j"),
+                ("LSB_SUB_ADDITIONAL", "berth(/img/a\\b c.sqsh) x(\"y\")"),
+                ("LSB_SUB_JOB_NAME", "say \"hi\" a\\b"),
+                ("LSB_SUB_MODIFY", "Y"),
                 ("LSB_SUB_NUM_PROCESSORS", "4"),
             ])
         );
@@ -454,7 +553,12 @@ mod tests {
             env_file_line("BERTH_IMAGE", "/a b/i.sqsh").unwrap(),
             "BERTH_IMAGE=\"/a b/i.sqsh\"\n"
         );
-        for bad in ["/a'b", "/a\"b", "/a$b", "/a\nb", "/a\\b"] {
+        for good in ["/a'b", "/a$b`", "/a\\b", "/a b"] {
+            assert!(env_file_line("BERTH_IMAGE", good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "/a\"b", "/a#b", "/a\nb", "/a\tb", "/a  b", " /a", "/a\\", "/a\\ b",
+        ] {
             assert!(env_file_line("BERTH_IMAGE", bad).is_err(), "{bad:?}");
         }
     }

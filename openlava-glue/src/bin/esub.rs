@@ -1,14 +1,18 @@
 //! `berth-lava-esub`: OpenLava's submit-time hook, installed as `$LSF_SERVERDIR/esub` or
-//! called from the site's own esub. bsub runs it as the submitting user, in the submit
-//! directory, with `LSB_SUB_PARM_FILE` (the job's parameters; `-a STRING` is
-//! `LSB_SUB_ADDITIONAL`) and `LSB_SUB_MODIFY_ENVFILE` (`NAME="value"` lines added to the job's
-//! environment).
+//! called from the site's own esub. bsub (and bmod) run it as the submitting user, in the
+//! submit directory, with `LSB_SUB_PARM_FILE` (the job's parameters; `-a STRING` is
+//! `LSB_SUB_ADDITIONAL`) and `LSB_SUB_MODIFY_ENVFILE` (a file to create with `NAME="value"`
+//! lines added to the job's environment).
 //!
 //! `-a 'berth(IMG)'`: the image is checked with the launcher (the site policy, the file is a
-//! usable squashfs or directory) and `BERTH_IMAGE="/abs/IMG"` goes into the job's environment;
-//! a bad image rejects the job (exit `LSB_SUB_ABORT_VALUE`, 97) with one line saying why.
-//! `BERTH_IMAGE` set in the submit environment is checked the same way (bsub passes it on).
-//! Neither: nothing to do, exit 0.
+//! usable squashfs, or a directory with an executable /bin/sh) and `BERTH_IMAGE="/abs/IMG"`
+//! goes into the job's environment. `BERTH_IMAGE` set in the submit environment is checked
+//! the same way (bsub passes it on). The job is rejected (exit `LSB_SUB_ABORT_VALUE`, 97,
+//! with one line saying why) when the image is bad, when it would not reach the job or the
+//! job would run on the host silently: a login-shell job (`-L`, whose environment sbatchd
+//! drops), a queue that openlava.toml does not list as having berth's JOB_STARTER, a bmod
+//! that changes the image (OpenLava does not apply the env file on modify).
+//! No image: nothing to do, exit 0.
 
 use berth_openlava as lava;
 use std::io::Write;
@@ -29,11 +33,47 @@ fn main() {
     };
     let additional = lava::get(&parm, "LSB_SUB_ADDITIONAL").unwrap_or("");
     let from_a = lava::image_from_additional(additional).unwrap_or_else(|m| reject(m));
+    // bmod runs the esub with LSB_SUB_MODIFY=Y but does not apply its env file: the job
+    // would keep its old image while bjobs shows the new -a.
+    if lava::get(&parm, "LSB_SUB_MODIFY") == Some("Y") {
+        if from_a.is_some() {
+            reject("bmod cannot change a job's image (OpenLava keeps the environment it was submitted with): bkill the job and bsub it again with -a 'berth(IMG)'".into());
+        }
+        std::process::exit(0);
+    }
     let (image, write) = match (from_a, lava::get(&env, "BERTH_IMAGE")) {
         (Some(image), _) => (image, true),
         (None, Some(image)) => (image.to_string(), false),
         (None, None) => std::process::exit(0),
     };
+    // sbatchd starts a login-shell job with almost none of the submit environment: no
+    // BERTH_IMAGE, so the job would run on the host.
+    if lava::get(&parm, "LSB_SUB_LOGIN_SHELL").is_some() {
+        reject("bsub -L starts the job without the submit environment, so it cannot run in an image: submit without -L (a job script can source the login profile itself)".into());
+    }
+    // Only a queue with berth's JOB_STARTER runs the job in the image; any other runs it on
+    // the host, silently.
+    let config_path = lava::get_os(&env, "BERTH_LAVA_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(lava::SITE_CONFIG));
+    let config = match lava::load_site_config(&config_path) {
+        Ok(Some(config)) => config,
+        Ok(None) => reject(format!(
+            "{} is missing, so no queue is known to start jobs in images: the admin lists them there (starter_queues = [\"QUEUE\"])",
+            config_path.display()
+        )),
+        Err(e) => reject(e),
+    };
+    let starters = config.starter_queues.join(", ");
+    match lava::job_queue(&parm, &env, &config) {
+        Some(q) if config.starter_queues.contains(&q) => {}
+        Some(q) => reject(format!(
+            "queue {q} does not start jobs in images: submit to a queue with berth's job starter (-q {starters})"
+        )),
+        None => reject(format!(
+            "no queue given and the default queue is not known: submit with -q (one of: {starters})"
+        )),
+    }
     if image.contains("://") {
         reject(format!(
             "{image}: registry references are not supported under OpenLava; import it first (berth-image import {image} -o FILE.sqsh) and give the file"
@@ -46,6 +86,11 @@ fn main() {
         .unwrap_or_else(|e| reject(e.to_string()));
     if let Err(e) = berth_launcher::check(&opts, true) {
         reject(e.to_string());
+    }
+    if Path::new(&image).is_dir() && !lava::rootfs_has_shell(Path::new(&image)) {
+        reject(format!(
+            "{image} has no executable /bin/sh, so it is not a usable root file system: give the directory that holds the image's bin, etc and usr"
+        ));
     }
     if !write {
         std::process::exit(0);
