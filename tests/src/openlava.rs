@@ -1,16 +1,26 @@
-//! OpenLava, emulated faithfully enough to test berth's glue against its contract (no OpenLava
-//! package exists for Debian). See ../shared/design.md, "OpenLava facts", and OpenLava 4.0's
-//! lsbatch/lib/lsb.sub.c (the job file) and lsbatch/daemons/sbd.job.c (the job environment).
+//! OpenLava 4.0, modelled from its sources (no OpenLava package exists for Debian). Each fact
+//! names the file it comes from; the tree is github.com/openlava/openlava.
 //!
-//! - [`Sbatchd`] starts a job the way sbatchd does: it writes the job file as bsub makes it
-//!   (`#! /bin/sh`, the submit environment as `NAME='value'; export NAME` lines,
-//!   `$LSB_TRAPSIGS`, the `# LSBATCH: User input` line rewritten to `<JOB_STARTER> <command>`,
-//!   `ExitStat=$?`, the exit line), and `$LSB_JOBFILENAME.shell` for `bsub < script`; sets the
-//!   `LSB_*`/`LS_*` variables; and runs the file with `/bin/sh` as the job user, in the submit
-//!   directory, in a process group of its own. [`Job::bkill`] is bkill: SIGINT to the group,
-//!   then SIGKILL.
-//! - [`Esub`] runs the esub as bsub does: the parameter file (`LSB_SUB_ADDITIONAL` is `-a`),
-//!   an empty env file to modify, `LSB_SUB_ABORT_VALUE`.
+//! - [`Sbatchd`] starts a job as sbatchd does (lsbatch/daemons/sbd.job.c, execJob,
+//!   setJobEnv): res is the job's first process and the leader of its process group, and runs
+//!   `/bin/sh JOBFILE`, whose user-input line is `<JOB_STARTER> <command>`. The job file is
+//!   the execution host's (sbd.file.c, createJobFile): no environment lines, the environment
+//!   set in the process (the submit environment, then sbatchd's `LSB_*`/`LS_*`; a login-shell
+//!   job, `-L`, keeps almost none of the former), `$LSB_TRAPSIGS`, the starter put in by
+//!   mbatchd (mbd.log.c) unless its path is in the file already. Every signal starts at its
+//!   default but SIGHUP, which is ignored; none is blocked. An eexec, if given, runs first
+//!   with the esub's output on its stdin (lsf/lib/lib.esub.c).
+//! - [`Running::bkill`] is bkill (sbd.sig.c, jobsig1 and mykillpg): SIGCONT, SIGINT, SIGTERM
+//!   after JOB_TERMINATE_INTERVAL, SIGKILL after another, each to every process group the
+//!   job has had (found as PIM finds them, lsf/lib/lib.pim.c: the job's group and the group of
+//!   every child of a job process). [`Running::signal`] is `bkill -s SIG`;
+//!   [`Running::bstop`]/[`Running::bresume`] send STOP/CONT the same way.
+//! - [`Esub`] runs the esub as bsub does (lsbatch/lib/lsb.sub.c, runBatchEsub): the
+//!   parameter file as bsub writes it (`LSB_SUB_ADDITIONAL` unescaped, other strings with
+//!   only `"` escaped, `LSB_SUB_QUEUE` only for `-q`, `LSB_SUB_LOGIN_SHELL` for `-L`,
+//!   `LSB_SUB_MODIFY=Y` for bmod), the env file named but not made, stdout kept as eexec
+//!   data, stderr to the user. [`bsub`] is the two together; [`bsub_join`] is bsub's join of
+//!   the command's words (lsbatch/cmd/cmd.sub.c).
 //! - [`Hosts`] are two execution hosts for parallel jobs: network + UTS namespaces (`lvh1`,
 //!   `lvh2`) on their own bridge (`berthlv0`, 10.198.0.0/24; the Slurm test cluster has
 //!   `berthbr0` and 10.197.0.0/24), each with a real sshd for mpirun's rsh agent. Everything
@@ -23,8 +33,8 @@ use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// The glue's programs under test, copied next to the test `berth` where the test user can run
@@ -56,14 +66,66 @@ fn give_to_user(path: &Path) {
     }
 }
 
+/// bsub's join of the command's arguments into the one string the job file holds
+/// (lsbatch/cmd/cmd.sub.c): the first word as it is; a word with a space in `'...'` if it holds
+/// `"` or `$`, else in `"..."`; in other words `"`, `'`, `\`, `(` and `)` get a backslash, and a
+/// word starting with `$` has its pieces between those characters in `'...'`. Everything else
+/// (`* ? ; & | < > ~`, a later `$`, a backquote) reaches the job's shell as it is.
+pub fn bsub_join(argv: &[&str]) -> String {
+    let mut line = argv.first().copied().unwrap_or_default().to_string();
+    for word in argv.iter().skip(1) {
+        line.push(' ');
+        if word.contains(' ') {
+            let q = if word.contains('"') || word.contains('$') {
+                '\''
+            } else {
+                '"'
+            };
+            line.push(q);
+            line.push_str(word);
+            line.push(q);
+            continue;
+        }
+        let dollar = word.starts_with('$');
+        let mut rest = *word;
+        loop {
+            let cut = rest.find(['"', '\'', '\\', '(', ')']);
+            let (piece, special) = match cut {
+                Some(i) => (&rest[..i], rest[i..].chars().next()),
+                None => (rest, None),
+            };
+            if dollar {
+                line.push('\'');
+            }
+            line.push_str(piece);
+            if dollar {
+                line.push('\'');
+            }
+            match special {
+                Some(c) => {
+                    line.push('\\');
+                    line.push(c);
+                    rest = &rest[piece.len() + 1..];
+                }
+                None => break,
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    line
+}
+
 /// A job as bsub would have submitted it.
 #[derive(Clone, Default)]
 pub struct Job {
-    /// The command as the user gave it to bsub: one string, split again by the job's /bin/sh.
+    /// The command as the user gave it to bsub: one string, split again by the job's /bin/sh
+    /// (see [`bsub_join`]).
     pub command: String,
     /// `bsub < script`: the script (the command is then `$LSB_JOBFILENAME.shell`).
     pub script: Option<String>,
-    /// The submit environment bsub copies into the job file (e.g. BERTH_IMAGE).
+    /// The submit environment bsub copies into the job (e.g. BERTH_IMAGE, the esub's env file).
     pub env: Vec<(String, String)>,
     /// `LSB_JOBINDEX` of an element of a job array (0: not an array job).
     pub index: u32,
@@ -71,6 +133,8 @@ pub struct Job {
     pub hosts: Vec<(String, u32)>,
     /// The submit directory (`LS_SUBCWD`); default: the sandbox's work directory.
     pub cwd: Option<PathBuf>,
+    /// `bsub -L SHELL`: the job starts through a login shell, without the submit environment.
+    pub login_shell: Option<String>,
 }
 
 impl Job {
@@ -79,6 +143,11 @@ impl Job {
             command: command.into(),
             ..Default::default()
         }
+    }
+
+    /// `bsub ARGV...`: the command as bsub joins it.
+    pub fn argv(argv: &[&str]) -> Job {
+        Job::new(&bsub_join(argv))
     }
 
     pub fn image(mut self, image: &Path) -> Job {
@@ -93,27 +162,142 @@ impl Job {
     }
 }
 
+/// The job's process groups as sbatchd knows them (PIM's rule, lsf/lib/lib.pim.c): the job's
+/// own group, and the group of every process whose parent is a process of the job. A group
+/// stays on the list while it has a process, also after its first process has left the job's
+/// tree.
+#[derive(Default)]
+struct Pgids {
+    list: Vec<i32>,
+}
+
+/// (pid, ppid, pgid) of every live process.
+fn process_table() -> Vec<(i32, i32, i32)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        if fields.len() < 3 || fields[0] == "Z" || fields[0] == "X" {
+            continue;
+        }
+        if let (Ok(ppid), Ok(pgid)) = (fields[1].parse(), fields[2].parse()) {
+            out.push((pid, ppid, pgid));
+        }
+    }
+    out
+}
+
+impl Pgids {
+    fn update(&mut self) {
+        let table = process_table();
+        let mut job: Vec<i32> = Vec::new();
+        loop {
+            let before = (job.len(), self.list.len());
+            for &(pid, ppid, pgid) in &table {
+                if job.contains(&pid) {
+                    continue;
+                }
+                if self.list.contains(&pgid) || job.contains(&ppid) {
+                    job.push(pid);
+                    if !self.list.contains(&pgid) {
+                        self.list.push(pgid);
+                    }
+                }
+            }
+            if (job.len(), self.list.len()) == before {
+                break;
+            }
+        }
+    }
+}
+
 /// A job started by [`Sbatchd::start`].
 pub struct Running {
     pub child: Child,
     pub job_file: PathBuf,
-    /// The process group of the job (the job shell's pid).
+    /// The job's process group: res's pid.
     pub pgid: i32,
+    pgids: Arc<Mutex<Pgids>>,
+    done: Arc<AtomicBool>,
+    terminate_interval: Duration,
+}
+
+/// sbatchd's mykillpg (lsbatch/daemons/sbd.sig.c): `sig` to the job's first process and to
+/// every process group of the job. False when none of them is left.
+fn killpg_all(root: i32, pgids: &Mutex<Pgids>, sig: i32) -> bool {
+    let mut p = pgids.lock().unwrap();
+    p.update();
+    // SAFETY: kill only sends a signal; the pids are numbers, no memory is involved.
+    let mut alive = unsafe { libc::kill(root, sig) } == 0;
+    for &g in &p.list {
+        // SAFETY: as above.
+        alive |= unsafe { libc::kill(-g, sig) } == 0;
+    }
+    alive
 }
 
 impl Running {
-    /// bkill's first signal: SIGINT to the job's process group.
-    pub fn sigint(&self) {
-        unsafe { libc::kill(-self.pgid, libc::SIGINT) };
+    /// The process groups sbatchd has seen for the job so far.
+    pub fn pgids(&self) -> Vec<i32> {
+        let mut p = self.pgids.lock().unwrap();
+        p.update();
+        p.list.clone()
     }
 
-    /// bkill's last signal: SIGKILL to the job's process group.
-    pub fn sigkill(&self) {
-        unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+    /// Groups PIM may have seen in the job: a process forked from it (an image keeper) that
+    /// left the job's tree before a scan would be missed by the scan alone.
+    pub fn seen_groups(&self, groups: &[i32]) {
+        let mut p = self.pgids.lock().unwrap();
+        for g in groups {
+            if !p.list.contains(g) {
+                p.list.push(*g);
+            }
+        }
+    }
+
+    /// `bkill -s SIG`: the signal to every group of the job, once.
+    pub fn signal(&self, sig: i32) {
+        killpg_all(self.pgid, &self.pgids, sig);
+    }
+
+    /// bkill: SIGCONT, then SIGINT, then after JOB_TERMINATE_INTERVAL SIGTERM, then after
+    /// another SIGKILL, each to every group of the job (sbd.sig.c, jobsig1); sbatchd does it
+    /// in a child of its own, so bkill returns at once.
+    pub fn bkill(&self) {
+        let (root, pgids, interval) = (self.pgid, self.pgids.clone(), self.terminate_interval);
+        killpg_all(root, &pgids, libc::SIGCONT);
+        std::thread::spawn(move || {
+            if killpg_all(root, &pgids, libc::SIGINT) {
+                std::thread::sleep(interval);
+                if killpg_all(root, &pgids, libc::SIGTERM) {
+                    std::thread::sleep(interval);
+                    killpg_all(root, &pgids, libc::SIGKILL);
+                }
+            }
+        });
+    }
+
+    /// bstop: SIGSTOP to every group (SIGTSTP for parallel and interactive jobs).
+    pub fn bstop(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// bresume: SIGCONT to every group.
+    pub fn bresume(&self) {
+        self.signal(libc::SIGCONT);
     }
 
     pub fn wait(self) -> Run {
         let out = self.child.wait_with_output().unwrap();
+        self.done.store(true, Ordering::SeqCst);
         Run {
             code: out.status.code(),
             signal: out.status.signal(),
@@ -123,18 +307,40 @@ impl Running {
     }
 }
 
+/// The variables a login-shell job keeps of its submit environment (sbd.job.c, setJobEnv:
+/// a substring of `NAME=value`).
+const LOGIN_SHELL_KEEPS: [&str; 8] = [
+    "LSB_ACCT_MAP",
+    "LSF_VERSION",
+    "LSB_UNIXGROUP",
+    "LSB_JOB_STARTER",
+    "LSF_INTERACTIVE_STDERR",
+    "LOGNAME",
+    "LSF_CUR_SECURITY_LABEL",
+    "LSF_JOB_SECURITY_LABEL",
+];
+
 /// sbatchd on one host (this machine, or a test host's namespaces).
 pub struct Sbatchd {
-    /// The queue's JOB_STARTER.
-    pub starter: PathBuf,
+    /// The queue's JOB_STARTER (None: a queue without one).
+    pub starter: Option<PathBuf>,
     /// Where job files go: `~/.lsbatch`, `/tmp/.lsbtmp<uid>/.lsbatch` or a JOB_SPOOL_DIR.
     pub spool: PathBuf,
+    /// lsb.params' JOB_TERMINATE_INTERVAL (10 s by default): bkill's wait between signals.
+    pub terminate_interval: Duration,
+    /// `$LSF_SERVERDIR/eexec`, run before the job with the esub's output on its stdin.
+    pub eexec: Option<PathBuf>,
     /// The sshd of the test host whose namespaces the job runs in (None: this machine).
     host_pid: Option<u32>,
     host_name: String,
 }
 
 static NEXT_JOB: AtomicU32 = AtomicU32::new(1);
+
+/// res, the job's first process and process-group leader: it runs the job file with
+/// /bin/sh, waits, and exits with its status. It lives through the signals bkill sends the
+/// group before SIGKILL (a caught signal is the default again in the job shell).
+const RES: &str = "trap : INT TERM QUIT USR1 USR2; /bin/sh \"$0\"; exit $?";
 
 impl Sbatchd {
     /// sbatchd on this machine, with job files in `spool` (made, owned by the test user).
@@ -143,47 +349,60 @@ impl Sbatchd {
         fs::set_permissions(spool, fs::Permissions::from_mode(0o700)).unwrap();
         give_to_user(spool);
         Sbatchd {
-            starter: lava_bin("berth-lava-starter"),
+            starter: Some(lava_bin("berth-lava-starter")),
             spool: spool.to_path_buf(),
+            terminate_interval: Duration::from_secs(10),
+            eexec: None,
             host_pid: None,
             host_name: hostname(),
         }
     }
 
-    /// Write the job file (and `.shell` file) the way bsub and sbatchd make them.
+    /// The job file as sbatchd writes it on the execution host (sbd.file.c, createJobFile:
+    /// bsub's file from `$LSB_TRAPSIGS` on, without the environment lines), with the queue's
+    /// JOB_STARTER put in front of the first line after "User input" unless its path appears
+    /// in the file already (mbd.log.c, checkJobStarter and instrJobStarter1). A script
+    /// (`bsub < script`) is written to `$LSB_CHKFILENAME.shell` by the job file itself
+    /// (lsb.sub.c, wrapCommandLine) and the starter goes before `$LSB_JOBFILENAME.shell`.
     fn write_job_file(&self, id: u32, job: &Job) -> PathBuf {
         let job_file = self.spool.join(format!("1700000000.{id}"));
-        let mut text = String::from("#! /bin/sh\n\n");
-        text.push_str("OPENLAVA_VERSION='40'; export OPENLAVA_VERSION\n");
-        for (k, v) in &job.env {
-            text.push_str(&format!("{k}='{v}'; export {k}\n"));
-        }
-        text.push_str("$LSB_TRAPSIGS\n$LSB_RCP1\n$LSB_RCP2\n$LSB_RCP3\n");
-        text.push_str("# LSBATCH: User input\n");
-        let command = match &job.script {
-            Some(script) => {
-                let shell = PathBuf::from(format!("{}.shell", job_file.display()));
-                fs::write(&shell, script).unwrap();
-                fs::set_permissions(&shell, fs::Permissions::from_mode(0o700)).unwrap();
-                give_to_user(&shell);
-                "$LSB_JOBFILENAME.shell".to_string()
-            }
+        let input = match &job.script {
+            Some(script) => format!(
+                "(cat <<_USER_\\SCRIPT_\n{script}\n_USER_SCRIPT_\n) > $LSB_CHKFILENAME.shell\n\
+                 chmod u+x $LSB_CHKFILENAME.shell\n$LSB_JOBFILENAME.shell\nsaveExit=$?\n\
+                 /bin/rm -f $LSB_JOBFILENAME.shell\n(exit $saveExit)"
+            ),
             None => job.command.clone(),
         };
-        // The queue's JOB_STARTER (without %USRCMD) goes in front of the user's command.
-        text.push_str(&format!("{} {command}\n", self.starter.display()));
-        text.push_str("ExitStat=$?\nwait\n# LSBATCH: End user input\ntrue\n");
-        text.push_str("exit `expr $? \"|\" $ExitStat`\n");
-        text.push_str("# LSBATCH: edata\n0\n");
-        fs::write(&job_file, text).unwrap();
+        let mut data = format!(
+            "$LSB_TRAPSIGS\n$LSB_RCP1\n$LSB_RCP2\n$LSB_RCP3\n# LSBATCH: User input\n{input}\n\
+             ExitStat=$?\nwait\n# LSBATCH: End user input\ntrue\nexit `expr $? \"|\" $ExitStat`\n"
+        );
+        if let Some(starter) = &self.starter {
+            let starter = starter.to_string_lossy();
+            if !data.contains(&*starter) {
+                let at = match data.find("\n$LSB_JOBFILENAME.shell") {
+                    Some(i) => i + 1,
+                    None => data.find("# LSBATCH: User input\n").unwrap() + 22,
+                };
+                data.insert_str(at, &format!("{starter} "));
+            }
+        }
+        fs::write(&job_file, format!("#! /bin/sh\n\n{data}")).unwrap();
         fs::set_permissions(&job_file, fs::Permissions::from_mode(0o700)).unwrap();
         give_to_user(&job_file);
         job_file
     }
 
-    /// Start a job: the job file run by /bin/sh as the test user, in its own process group,
-    /// with the environment sbatchd gives it.
+    /// Start a job as sbatchd does (sbd.job.c, execJob and setJobEnv): res in a process group
+    /// of its own, the environment set in the process (the submit environment, then sbatchd's
+    /// variables), every signal at its default but SIGHUP ignored, no signal blocked, the
+    /// eexec run first with the esub's output.
     pub fn start(&self, sb: &Sandbox, job: &Job) -> Running {
+        self.start_with_eexec(sb, job, "")
+    }
+
+    pub fn start_with_eexec(&self, sb: &Sandbox, job: &Job, eexec_data: &str) -> Running {
         let id = std::process::id() % 10000 * 100 + NEXT_JOB.fetch_add(1, Ordering::SeqCst);
         let job_file = self.write_job_file(id, job);
         let cwd = job.cwd.clone().unwrap_or_else(|| sb.work.clone());
@@ -199,7 +418,13 @@ impl Sbatchd {
             .collect();
         let mcpu: Vec<String> = hosts.iter().map(|(h, n)| format!("{h} {n}")).collect();
         let u = user();
-        let argv: Vec<String> = vec!["/bin/sh".into(), job_file.to_string_lossy().into_owned()];
+        let file = job_file.to_string_lossy().into_owned();
+        // A login-shell job: the login shell reads `cd CWD; exec res JOBFILE` on its stdin
+        // (sbd.job.c, createTmpJobFile), so res is still the group leader.
+        let argv: Vec<String> = match &job.login_shell {
+            None => vec!["/bin/sh".into(), "-c".into(), RES.into(), file.clone()],
+            Some(shell) => vec![shell.clone()],
+        };
         let mut cmd = match self.host_pid {
             None => sb.as_user(&argv),
             Some(pid) => {
@@ -214,12 +439,38 @@ impl Sbatchd {
                     .env("LOGNAME", &u.name)
                     .env("PATH", "/usr/local/bin:/usr/bin:/bin")
                     .env("BERTH_STATE_DIR", &sb.state)
+                    // As the sandbox's: image keepers go 2 s after the last run, not 60.
+                    .env("BERTH_IMAGE_IDLE", "2")
                     .stdin(Stdio::null());
                 c
             }
         };
+        for (k, v) in &job.env {
+            let kept = LOGIN_SHELL_KEEPS
+                .iter()
+                .any(|n| format!("{k}={v}").contains(n));
+            if job.login_shell.is_none() || kept {
+                cmd.env(k, v);
+            }
+        }
+        if let Some(shell) = &job.login_shell {
+            let tmp = PathBuf::from(format!("{file}.tmp"));
+            fs::write(
+                &tmp,
+                format!(
+                    "cd {}\nexec /bin/sh -c '{RES}' {file} </dev/null\n",
+                    cwd.display()
+                ),
+            )
+            .unwrap();
+            give_to_user(&tmp);
+            cmd.arg0("-")
+                .env("SHELL", shell)
+                .stdin(fs::File::open(&tmp).unwrap());
+        } else {
+            cmd.env("SHELL", "/bin/sh");
+        }
         cmd.current_dir(&cwd)
-            .env("SHELL", "/bin/sh")
             .env("LSFUSER", &u.name)
             .env("LSB_JOBID", id.to_string())
             .env("LSB_JOBINDEX", job.index.to_string())
@@ -240,29 +491,72 @@ impl Sbatchd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // sbatchd starts a job with default signal dispositions, whatever it inherited (a
-        // test run started in the background ignores SIGINT, and so would the job).
+        // SAFETY: between fork and exec the closure only makes system calls (rt_sigaction
+        // with a zeroed kernel sigaction on the stack, signal, sigprocmask), which are
+        // async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
-                for sig in [
-                    libc::SIGINT,
-                    libc::SIGQUIT,
-                    libc::SIGHUP,
-                    libc::SIGPIPE,
-                    libc::SIGTERM,
-                ] {
-                    libc::signal(sig, libc::SIG_DFL);
+                // The raw call: libc's sigaction refuses the signals it keeps for itself (32,
+                // 33), which sbatchd's loop over every signal resets too.
+                let dfl = [0u64; 4];
+                for sig in 1..=64 {
+                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                        libc::syscall(
+                            libc::SYS_rt_sigaction,
+                            sig,
+                            dfl.as_ptr(),
+                            std::ptr::null_mut::<u64>(),
+                            8usize,
+                        );
+                    }
                 }
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("start the job shell");
+        if let Some(eexec) = &self.eexec {
+            self.run_eexec(sb, eexec, &cmd, eexec_data);
+        }
+        let child = cmd.spawn().expect("start res");
         let pgid = child.id() as i32;
+        let pgids = Arc::new(Mutex::new(Pgids { list: vec![pgid] }));
+        let done = Arc::new(AtomicBool::new(false));
+        // sbatchd refreshes the job's process groups from PIM while the job runs.
+        let (p, d) = (pgids.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !d.load(Ordering::SeqCst) {
+                p.lock().unwrap().update();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
         Running {
             child,
             job_file,
             pgid,
+            pgids,
+            done,
+            terminate_interval: self.terminate_interval,
         }
+    }
+
+    /// The eexec (lsf/lib/lib.esub.c, runEexec_): as the user, with the job's environment,
+    /// the esub's output on its stdin; sbatchd waits for it.
+    fn run_eexec(&self, sb: &Sandbox, eexec: &Path, job: &Command, data: &str) {
+        let mut cmd = sb.as_user(&[eexec.to_string_lossy().into_owned()]);
+        cmd.env_clear();
+        for (k, v) in job.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(Stdio::piped());
+        let mut child = cmd.spawn().expect("start the eexec");
+        use std::io::Write;
+        let _ = child.stdin.take().unwrap().write_all(data.as_bytes());
+        child.wait().unwrap();
     }
 
     pub fn run(&self, sb: &Sandbox, job: &Job) -> Run {
@@ -277,62 +571,118 @@ fn hostname() -> String {
         .to_string()
 }
 
-/// bsub's call of the esub.
+/// bsub's call of the esub (lsbatch/lib/lsb.sub.c, runBatchEsub; lsf/lib/lib.esub.c): the
+/// parameter file, `LSB_SUB_MODIFY_ENVFILE` named but not made, `LSB_SUB_ABORT_VALUE=97`,
+/// the submit environment; the esub's stdout is kept as the job's eexec data, its stderr
+/// goes to the user.
 pub struct Esub {
     pub program: PathBuf,
+    /// The user's environment at submit, besides the sandbox's (e.g. BERTH_LAVA_CONFIG).
+    pub env: Vec<(String, String)>,
 }
 
-/// What the esub did: its exit and the env file it wrote.
+/// What bsub (or bmod) asks for.
+#[derive(Clone, Default)]
+pub struct Submit {
+    /// `-a STRING`.
+    pub additional: Option<String>,
+    /// `-q QUEUE`.
+    pub queue: Option<String>,
+    /// `-L SHELL`.
+    pub login_shell: Option<String>,
+    /// bmod rather than bsub (`LSB_SUB_MODIFY=Y`).
+    pub modify: bool,
+    /// The submit environment (besides the user's own).
+    pub env: Vec<(String, String)>,
+}
+
+/// What the esub did: its exit, the env file it wrote (if any) and its stdout (eexec data).
 pub struct EsubResult {
     pub run: Run,
     pub env_file: String,
+    pub env_file_made: bool,
+}
+
+impl EsubResult {
+    /// Whether bsub goes on with the job (the esub did not exit with LSB_SUB_ABORT_VALUE).
+    pub fn accepted(&self) -> bool {
+        self.run.code != Some(97) && self.run.signal.is_none()
+    }
+}
+
+/// Quote a string as bsub writes one into the parameter file: `"` escaped, nothing else
+/// (lsb.sub.c, QUOTE_STR).
+fn parm_str(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\\\""))
 }
 
 impl Esub {
     pub fn new() -> Esub {
         Esub {
             program: lava_bin("berth-lava-esub"),
+            env: Vec::new(),
         }
     }
 
-    /// Run the esub for `bsub -a ADDITIONAL` (None: no -a) with `env` in the submit
-    /// environment, in the sandbox's work directory, as the test user.
+    /// `bsub -q berth -a ADDITIONAL` (None: no -a) with `env` in the submit environment.
     pub fn submit(
         &self,
         sb: &Sandbox,
         additional: Option<&str>,
         env: &[(&str, &str)],
     ) -> EsubResult {
+        self.call(
+            sb,
+            &Submit {
+                additional: additional.map(String::from),
+                queue: Some("berth".into()),
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Submit::default()
+            },
+        )
+    }
+
+    /// Run the esub as bsub does, as the test user in the sandbox's work directory.
+    pub fn call(&self, sb: &Sandbox, s: &Submit) -> EsubResult {
         let n = NEXT_JOB.fetch_add(1, Ordering::SeqCst);
         let dir = sb.root.join(format!("esub-{n}"));
         fs::create_dir_all(&dir).unwrap();
         give_to_user(&dir);
         let parm = dir.join("parm");
-        let mut text = String::from("LSB_SUB_QUEUE=\"berth\"\nLSB_SUB_COMMAND_LINE=\"bsub\"\n");
-        if let Some(a) = additional {
-            text.push_str(&format!(
-                "LSB_SUB_ADDITIONAL=\"{}\"\n",
-                a.replace('\\', "\\\\").replace('"', "\\\"")
-            ));
+        let mut text = String::new();
+        if let Some(q) = &s.queue {
+            text.push_str(&format!("LSB_SUB_QUEUE={}\n", parm_str(q)));
         }
-        text.push_str("LSB_SUB_NUM_PROCESSORS=1\n");
+        if let Some(shell) = &s.login_shell {
+            text.push_str(&format!("LSB_SUB_LOGIN_SHELL={}\n", parm_str(shell)));
+        }
+        if s.modify {
+            text.push_str("LSB_SUB_MODIFY=Y\n");
+        }
+        text.push_str("LSB_SUB_NUM_PROCESSORS=1\nLSB_SUB_MAX_NUM_PROCESSORS=1\n");
+        if let Some(a) = &s.additional {
+            // Written as it is: bsub does not escape -a.
+            text.push_str(&format!("LSB_SUB_ADDITIONAL=\"{a}\"\n"));
+        }
         fs::write(&parm, text).unwrap();
-        let env_file = dir.join("envfile");
-        fs::write(&env_file, "").unwrap();
         give_to_user(&parm);
-        give_to_user(&env_file);
+        let env_file = dir.join(".lsbsubdeltaenv");
         let mut cmd = sb.as_user(&[self.program.to_string_lossy().into_owned()]);
         cmd.env("LSB_SUB_PARM_FILE", &parm)
             .env("LSB_SUB_MODIFY_ENVFILE", &env_file)
-            .env("LSB_SUB_MODIFY_FILE", dir.join("modfile"))
+            .env("LSB_SUB_MODIFY_FILE", dir.join(".lsbsubdeltaparm"))
             .env("LSB_SUB_ABORT_VALUE", "97");
-        for (k, v) in env {
+        for (k, v) in self.env.iter().chain(&s.env) {
             cmd.env(k, v);
         }
         let run = crate::run(cmd);
         EsubResult {
             run,
-            env_file: fs::read_to_string(&env_file).unwrap(),
+            env_file_made: env_file.exists(),
+            env_file: fs::read_to_string(&env_file).unwrap_or_default(),
         }
     }
 }
@@ -341,6 +691,27 @@ impl Default for Esub {
     fn default() -> Self {
         Esub::new()
     }
+}
+
+/// bsub with the esub, then (if the esub accepted it) the job on `lava`: the esub's env file
+/// added to the submit environment, its stdout given to the eexec.
+pub fn bsub(
+    sb: &Sandbox,
+    esub: &Esub,
+    lava: &Sbatchd,
+    s: &Submit,
+    job: &Job,
+) -> (EsubResult, Option<Run>) {
+    let e = esub.call(sb, s);
+    if !e.accepted() {
+        return (e, None);
+    }
+    let mut job = job.clone();
+    job.env.extend(esub.env.iter().chain(&s.env).cloned());
+    job.env.extend(env_file_vars(&e.env_file));
+    job.login_shell = s.login_shell.clone();
+    let run = lava.start_with_eexec(sb, &job, &e.run.stdout).wait();
+    (e, Some(run))
 }
 
 /// Parse an esub env file (`NAME="value"` lines) into a job's submit environment.
@@ -399,6 +770,7 @@ impl Hosts {
         );
         let lock = fs::File::create(HOSTS_LOCK).unwrap();
         assert_eq!(
+            // SAFETY: flock on a descriptor this function owns; no memory is involved.
             unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
             0
         );

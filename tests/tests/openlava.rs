@@ -3,15 +3,48 @@
 //! berth-lava-mpirun runs an MPI job's ranks in the image across two hosts. OpenLava itself is
 //! emulated by tests/src/openlava.rs (sbatchd's job file and environment, bsub's esub call).
 
-use berth_tests::openlava::{env_file_vars, lava_bin, Esub, Hosts, Job, Running, Sbatchd};
+use berth_tests::openlava::{
+    bsub, env_file_vars, lava_bin, Esub, EsubResult, Hosts, Job, Running, Sbatchd, Submit,
+};
 use berth_tests::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// sbatchd with job files in the sandbox (`/tmp/.lsbtmp<uid>/.lsbatch`: under /tmp).
+/// sbatchd with job files in the sandbox (`/tmp/.lsbtmp<uid>/.lsbatch`: under /tmp), and a
+/// JOB_TERMINATE_INTERVAL of 3 s (10 by default) so that bkill's SIGKILL comes sooner.
 fn sbatchd(sb: &Sandbox) -> Sbatchd {
-    Sbatchd::new(&sb.root.join(format!(".lsbtmp{}/.lsbatch", user().uid)))
+    let mut lava = Sbatchd::new(&sb.root.join(format!(".lsbtmp{}/.lsbatch", user().uid)));
+    lava.terminate_interval = Duration::from_secs(3);
+    lava
+}
+
+/// The site's openlava.toml in the sandbox, and an esub that reads it.
+fn esub_with_config(sb: &Sandbox, config: &str) -> Esub {
+    let file = sb.root.join("openlava.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut esub = Esub::new();
+    esub.env.push((
+        "BERTH_LAVA_CONFIG".into(),
+        file.to_string_lossy().into_owned(),
+    ));
+    esub
+}
+
+/// The esub of a site whose queue `berth` has the starter.
+fn esub(sb: &Sandbox) -> Esub {
+    esub_with_config(sb, "starter_queues = [\"berth\"]\n")
+}
+
+fn assert_rejected(e: &EsubResult, says: &str) {
+    assert_eq!(e.run.code, Some(97), "{}", e.run.stderr);
+    assert_one_line(&e.run, says);
+    assert!(
+        e.run.stderr.contains("job rejected") && e.run.stderr.contains(says),
+        "wanted {says:?}: {}",
+        e.run.stderr
+    );
+    assert!(!e.env_file_made, "nothing passed on");
 }
 
 fn lines(s: &str) -> Vec<&str> {
@@ -226,7 +259,9 @@ fn started_in_image(sb: &Sandbox, running: &Running, marker: &str) -> PathBuf {
         ns = sb
             .processes()
             .into_iter()
-            .filter(|(_, c)| c.contains(marker))
+            // The command itself: not the starter before it execs, nor a keeper forked from
+            // the starter that still has its command line (and a namespace of its own).
+            .filter(|(_, c)| c.contains(marker) && !c.contains("berth-lava-starter"))
             .filter_map(|(p, _)| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok())
             .find(|n| *n != host_mnt);
         ns.is_some()
@@ -239,6 +274,13 @@ fn started_in_image(sb: &Sandbox, running: &Running, marker: &str) -> PathBuf {
     ns.unwrap()
 }
 
+/// The next line of the job's stdout.
+fn next_line(out: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line
+}
+
 #[test]
 fn bkill_ends_the_job_and_leaves_no_mount_or_process() {
     let sb = Sandbox::new("lava-bkill");
@@ -248,56 +290,122 @@ fn bkill_ends_the_job_and_leaves_no_mount_or_process() {
     // A command that dies of SIGINT: the job's exit status says so (128 + 2).
     let running = lava.start(&sb, &Job::new("sleep 3001").image(&image));
     let ns = started_in_image(&sb, &running, "sleep 3001");
-    running.sigint();
+    running.bkill();
     let r = running.wait();
     assert_eq!(r.code, Some(130), "{}", r.stderr);
     assert_nothing_left(&sb, Some(&ns));
 
-    // A command that ignores SIGINT: bkill's SIGKILL to the group ends it all.
+    // A command that ignores SIGINT and SIGTERM: bkill's SIGKILL ends it all, res too.
     let mut running = lava.start(
         &sb,
-        &Job::new(r#"sh -c 'trap "echo ignored-INT" INT; echo ready; while :; do sleep 1; done' sleep3002"#)
+        &Job::new(r#"sh -c 'trap "echo ignored-INT" INT; trap "echo ignored-TERM" TERM; echo ready; while :; do sleep 1; done' sleep3002"#)
             .image(&image),
     );
     let mut out = BufReader::new(running.child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    assert_eq!(next_line(&mut out), "ready\n");
     let ns = started_in_image(&sb, &running, "sleep3002");
-    running.sigint();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ignored-INT\n");
-    running.sigkill();
+    running.bkill();
+    assert_eq!(next_line(&mut out), "ignored-INT\n");
+    assert_eq!(next_line(&mut out), "ignored-TERM\n");
     let r = running.wait();
     assert_eq!(r.signal, Some(libc::SIGKILL));
     assert_nothing_left(&sb, Some(&ns));
+}
 
-    // A command that cleans up on SIGINT still has its image: the FUSE server is not in the
-    // job's process group, so bkill's SIGINT does not take the files away under the handler.
+#[test]
+fn bkill_signals_every_process_group_and_the_job_keeps_its_image() {
+    let sb = Sandbox::new("lava-bkill-groups");
+    let lava = sbatchd(&sb);
+    // A checkpointing job: on SIGUSR1 it reads the image and goes on; on SIGINT it reads the
+    // image, cleans up and exits 9.
     let mut running = lava.start(
         &sb,
-        &Job::new(r#"sh -c 'trap "cat /etc/debian_version >/dev/null && echo cleaned-up; exit 9" INT; echo ready; while :; do sleep 1; done' sleep3003"#)
-            .image(&image),
+        &Job::new(r#"sh -c 'trap "cat /etc/debian_version >/dev/null && echo checkpointed" USR1; trap "cat /etc/debian_version >/dev/null && echo cleaned-up; exit 9" INT; echo ready; while :; do sleep 1; done' sleep3003"#)
+            .image(&demo_image()),
     );
     let mut out = BufReader::new(running.child.stdout.take().unwrap());
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    assert_eq!(next_line(&mut out), "ready\n");
     let ns = started_in_image(&sb, &running, "sleep3003");
-    running.sigint();
-    line.clear();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "cleaned-up\n");
+    // sbatchd signals every group it has seen for the job: the image server's and any
+    // keeper's too, whether PIM caught them in the job's tree or not.
+    let berth_groups: Vec<i32> = sb
+        .processes()
+        .into_iter()
+        .filter_map(|(p, _)| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            stat.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(2)?
+                .parse()
+                .ok()
+        })
+        .collect();
+    running.seen_groups(&berth_groups);
+    let groups = running.pgids();
+    assert!(
+        groups.iter().any(|g| *g != running.pgid),
+        "the image server has a group of its own: {groups:?}"
+    );
+    for _ in 0..2 {
+        running.signal(libc::SIGUSR1);
+        assert_eq!(next_line(&mut out), "checkpointed\n", "{groups:?}");
+    }
+    // bkill: SIGCONT, then SIGINT to every group; the handler still reads the image.
+    running.bkill();
+    assert_eq!(next_line(&mut out), "cleaned-up\n");
     let r = running.wait();
     assert_eq!(r.code, Some(9), "{}", r.stderr);
     assert_nothing_left(&sb, Some(&ns));
 }
 
 #[test]
+fn bstop_and_bresume_reach_the_whole_job_and_it_goes_on_in_the_image() {
+    let sb = Sandbox::new("lava-bstop");
+    let lava = sbatchd(&sb);
+    let mut running = lava.start(
+        &sb,
+        &Job::new(r#"sh -c 'echo ready; while [ ! -e go ]; do sleep 0.2; done; cat /etc/debian_version' stop3004"#)
+            .image(&demo_image()),
+    );
+    let mut out = BufReader::new(running.child.stdout.take().unwrap());
+    assert_eq!(next_line(&mut out), "ready\n");
+    started_in_image(&sb, &running, "stop3004");
+    running.bstop();
+    let state = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.rsplit(')').next().unwrap_or("").trim().chars().next())
+            .ok()
+            .flatten()
+    };
+    let job: Vec<i32> = sb
+        .processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains("stop3004"))
+        .map(|(p, _)| p)
+        .collect();
+    assert!(!job.is_empty());
+    assert!(
+        eventually(Duration::from_secs(10), || job
+            .iter()
+            .all(|p| state(*p) == Some('T'))),
+        "not stopped: {job:?}"
+    );
+    let go = sb.user_file("go", b"");
+    assert!(go.exists());
+    running.bresume();
+    // The image is still there after the stop: the job reads it.
+    assert!(next_line(&mut out).starts_with("12"), "bookworm");
+    let r = running.wait();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert_nothing_left(&sb, None);
+}
+
+#[test]
 fn esub_accepts_an_image_and_the_job_gets_it() {
     let sb = Sandbox::new("lava-esub-ok");
-    let esub = Esub::new();
+    let esub = esub(&sb);
     let image = demo_image();
     let e = esub.submit(&sb, Some(&format!("berth({})", image.display())), &[]);
     assert_eq!(e.run.code, Some(0), "{}", e.run.stderr);
@@ -325,7 +433,7 @@ fn esub_accepts_an_image_and_the_job_gets_it() {
 #[test]
 fn esub_without_berth_does_nothing() {
     let sb = Sandbox::new("lava-esub-none");
-    let esub = Esub::new();
+    let esub = esub(&sb);
     for additional in [None, Some("other(x)"), Some("myberth(y)")] {
         let e = esub.submit(&sb, additional, &[]);
         assert_eq!(e.run.code, Some(0), "{additional:?}: {}", e.run.stderr);
@@ -341,7 +449,7 @@ fn esub_without_berth_does_nothing() {
 #[test]
 fn esub_rejects_bad_images_at_submit_with_97() {
     let sb = Sandbox::new("lava-esub-bad");
-    let esub = Esub::new();
+    let esub = esub(&sb);
     let text = sb.user_file("notes.sqsh", b"not a squashfs image\n");
     let empty = sb.user_file("empty.sqsh", b"");
     // (bsub -a, BERTH_IMAGE in the submit environment, what the message names)
@@ -377,7 +485,7 @@ fn esub_rejects_bad_images_at_submit_with_97() {
             "{}",
             e.run.stderr
         );
-        assert_eq!(e.env_file, "", "nothing passed on");
+        assert!(!e.env_file_made, "nothing passed on");
     }
     assert_nothing_left(&sb, None);
 }
@@ -403,14 +511,6 @@ fn bad_job_input_fails_with_one_line_and_leaves_nothing() {
             Job::new("true").env("BERTH_IMAGE", "relative-missing.sqsh"),
             125,
             "relative-missing.sqsh",
-        ),
-        (
-            // The job file's directory is gone (a JOB_SPOOL_DIR not mounted on this host).
-            Job::new("true")
-                .image(&image)
-                .env("LSB_JOBFILENAME", "/nonexistent/.lsbatch/1.1"),
-            125,
-            "LSB_JOBFILENAME",
         ),
         (
             Job::new("no-such-command").image(&image),
@@ -527,23 +627,14 @@ fn hex(bytes: &[u8]) -> String {
 fn the_job_starts_with_sbatchds_signal_state_in_the_image() {
     let sb = Sandbox::new("lava-signals");
     let lava = sbatchd(&sb);
-    // What sbatchd (the driver) gives the job: this thread's mask, and what this process
-    // ignores except the signals it resets to their default.
-    let own = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    // What sbatchd gives the job (sbd.job.c, execJob): every signal at its default but
+    // SIGHUP, ignored; none blocked. The job shell's $LSB_TRAPSIGS catches TERM, USR1, USR2
+    // and INT, which a command it starts has at their default again.
     let field = |status: &str, name: &str| {
         let v = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
         u64::from_str_radix(v.trim(), 16).unwrap()
     };
-    let reset = [
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGHUP,
-        libc::SIGPIPE,
-        libc::SIGTERM,
-    ]
-    .iter()
-    .fold(0u64, |m, s| m | 1 << (s - 1));
-    let expected = (field(&own, "SigIgn:") & !reset, field(&own, "SigBlk:"));
+    let expected = (1u64 << (libc::SIGHUP - 1), 0u64);
     for image in [None, Some(demo_image())] {
         let mut job = Job::new("cat /proc/self/status");
         if let Some(i) = &image {
@@ -588,4 +679,237 @@ fn non_utf8_arguments_and_submit_directory_reach_the_job_unchanged() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn arguments_survive_bsubs_join_as_real_bsub_quotes_them() {
+    let sb = Sandbox::new("lava-join");
+    let lava = sbatchd(&sb);
+    // bsub quotes a word with a space, escapes quotes, backslashes and parentheses, and puts
+    // a word starting with '$' in single quotes; a later '$' reaches the host shell.
+    let job = Job::argv(&[
+        "printf",
+        "%s/",
+        "one two",
+        "say \"hi\" now",
+        "it's",
+        "$HOME",
+        "(x)",
+        "back\\slash",
+        "a$b",
+    ])
+    .image(&demo_image());
+    let r = lava.run(&sb, &job).expect_ok("join");
+    assert_eq!(
+        r.stdout,
+        "one two/say \"hi\" now/it's/$HOME/(x)/back\\slash/a/"
+    );
+}
+
+#[test]
+fn a_login_shell_job_with_an_image_is_refused_at_submit() {
+    let sb = Sandbox::new("lava-login");
+    let lava = sbatchd(&sb);
+    let esub = esub(&sb);
+    let image = demo_image();
+    let job = Job::new("readlink /proc/self/ns/user");
+    for submit in [
+        Submit {
+            additional: Some(format!("berth({})", image.display())),
+            ..Submit::default()
+        },
+        Submit {
+            env: vec![("BERTH_IMAGE".into(), image.to_string_lossy().into_owned())],
+            ..Submit::default()
+        },
+    ] {
+        let submit = Submit {
+            queue: Some("berth".into()),
+            login_shell: Some("/bin/bash".into()),
+            ..submit
+        };
+        let (e, ran) = bsub(&sb, &esub, &lava, &submit, &job);
+        // Without the refusal the job would run on the host: sbatchd drops BERTH_IMAGE.
+        assert!(ran.is_none(), "ran: {:?}", ran.map(|r| r.stdout));
+        assert_rejected(&e, "-L");
+    }
+    // Without an image a login-shell job is OpenLava's business.
+    let (e, ran) = bsub(
+        &sb,
+        &esub,
+        &lava,
+        &Submit {
+            queue: Some("berth".into()),
+            login_shell: Some("/bin/bash".into()),
+            ..Submit::default()
+        },
+        &job,
+    );
+    assert!(e.accepted(), "{}", e.run.stderr);
+    let r = ran.unwrap().expect_ok("login shell without image");
+    assert_eq!(Path::new(r.stdout.trim()), host_user_ns());
+}
+
+#[test]
+fn an_image_on_a_queue_without_the_starter_is_refused_at_submit() {
+    let sb = Sandbox::new("lava-queue");
+    let image = demo_image();
+    let a = Some(format!("berth({})", image.display()));
+    let submit = |queue: Option<&str>, env: &[(&str, &str)]| Submit {
+        additional: a.clone(),
+        queue: queue.map(String::from),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Submit::default()
+    };
+    // A queue without JOB_STARTER would run the job on the host.
+    let mut plain = sbatchd(&sb);
+    plain.starter = None;
+    let esub = esub_with_config(
+        &sb,
+        "starter_queues = [\"berth\", \"gpu\"]\ndefault_queue = \"normal\"\n",
+    );
+    let job = Job::new("readlink /proc/self/ns/user");
+    let (e, ran) = bsub(&sb, &esub, &plain, &submit(Some("normal"), &[]), &job);
+    assert!(ran.is_none(), "ran: {:?}", ran.map(|r| r.stdout));
+    assert_rejected(&e, "queue normal");
+    assert!(e.run.stderr.contains("berth, gpu"), "{}", e.run.stderr);
+    // No -q: the default queue (the site's, or the user's LSB_DEFAULTQUEUE).
+    assert_rejected(&esub.call(&sb, &submit(None, &[])), "queue normal");
+    assert!(esub
+        .call(&sb, &submit(None, &[("LSB_DEFAULTQUEUE", "gpu")]))
+        .accepted());
+    assert_rejected(
+        &esub.call(&sb, &submit(None, &[("LSB_DEFAULTQUEUE", "short")])),
+        "queue short",
+    );
+    let e = esub.call(&sb, &submit(Some("gpu"), &[]));
+    assert!(e.accepted(), "{}", e.run.stderr);
+    assert_eq!(e.env_file, format!("BERTH_IMAGE=\"{}\"\n", image.display()));
+    // BERTH_IMAGE from the environment goes the same way.
+    let from_env = Submit {
+        additional: None,
+        ..submit(Some("normal"), &[("BERTH_IMAGE", image.to_str().unwrap())])
+    };
+    assert_rejected(&esub.call(&sb, &from_env), "queue normal");
+    // No default queue known, no -q: refused, saying which queues to give.
+    let esub = esub_with_config(&sb, "starter_queues = [\"berth\"]\n");
+    assert_rejected(&esub.call(&sb, &submit(None, &[])), "-q");
+    assert!(esub.call(&sb, &submit(Some("berth"), &[])).accepted());
+    // No site file: no queue is known to have the starter.
+    let mut esub = Esub::new();
+    esub.env.push((
+        "BERTH_LAVA_CONFIG".into(),
+        sb.root.join("missing.toml").to_string_lossy().into_owned(),
+    ));
+    assert_rejected(&esub.call(&sb, &submit(Some("berth"), &[])), "missing.toml");
+    let esub = esub_with_config(&sb, "starter_queue = [\"berth\"]\n");
+    assert_rejected(
+        &esub.call(&sb, &submit(Some("berth"), &[])),
+        "openlava.toml",
+    );
+    // Without an image the queue does not matter.
+    let e = esub.call(&sb, &Submit::default());
+    assert!(e.accepted() && e.run.stderr.is_empty(), "{}", e.run.stderr);
+}
+
+#[test]
+fn bmod_cannot_change_the_image() {
+    let sb = Sandbox::new("lava-bmod");
+    let esub = esub(&sb);
+    let image = demo_image();
+    let e = esub.call(
+        &sb,
+        &Submit {
+            additional: Some(format!("berth({})", image.display())),
+            modify: true,
+            ..Submit::default()
+        },
+    );
+    // OpenLava does not apply an esub's env file on bmod: the job would keep its old image.
+    assert_rejected(&e, "bmod");
+    assert!(e.run.stderr.contains("bsub it again"), "{}", e.run.stderr);
+    // bmod of anything else goes through.
+    let e = esub.call(
+        &sb,
+        &Submit {
+            additional: Some("other(x)".into()),
+            modify: true,
+            ..Submit::default()
+        },
+    );
+    assert!(e.accepted() && e.run.stderr.is_empty(), "{}", e.run.stderr);
+    assert!(!e.env_file_made);
+}
+
+#[test]
+fn esub_checks_a_directory_image_and_reads_a_as_bsub_writes_it() {
+    let sb = Sandbox::new("lava-rootfs");
+    let esub = esub(&sb);
+    // A directory the user owns but that is no root file system.
+    let empty = sb.work.join("notaroot");
+    std::fs::create_dir(&empty).unwrap();
+    std::os::unix::fs::chown(&empty, Some(user().uid), Some(user().gid)).unwrap();
+    assert_rejected(
+        &esub.submit(&sb, Some(&format!("berth({})", empty.display())), &[]),
+        "/bin/sh",
+    );
+    // A root with /bin a relative link to usr/bin, as merged-/usr systems have it.
+    let root = sb.work.join("root");
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::copy("/bin/sh", root.join("usr/bin/sh")).unwrap();
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    let e = esub.submit(&sb, Some(&format!("berth({})", root.display())), &[]);
+    assert!(e.accepted(), "{}", e.run.stderr);
+    // A link that leaves the root is resolved inside it, as in the container.
+    let escape = sb.work.join("escape");
+    std::fs::create_dir(&escape).unwrap();
+    std::os::unix::fs::symlink("/usr/bin", escape.join("bin")).unwrap();
+    assert_rejected(
+        &esub.submit(&sb, Some(&format!("berth({})", escape.display())), &[]),
+        "/bin/sh",
+    );
+    // bsub writes -a unescaped: a backslash is part of the path.
+    let odd = sb.work.join("a\\b.sqsh");
+    std::fs::copy(demo_image(), &odd).unwrap();
+    let e = esub.submit(&sb, Some(&format!("berth({})", odd.display())), &[]);
+    assert!(e.accepted(), "{}", e.run.stderr);
+    assert_eq!(e.env_file, format!("BERTH_IMAGE=\"{}\"\n", odd.display()));
+}
+
+#[test]
+fn berth_mode_from_the_submit_environment_is_honoured() {
+    let sb = Sandbox::new("lava-mode");
+    let lava = sbatchd(&sb);
+    let image = demo_image();
+    // Extract mode unpacks the image into the node cache (in the state directory here);
+    // mount mode does not.
+    let unpacked = || {
+        std::fs::read_dir(sb.state.join("images"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    for (mode, unpacks) in [("mount", false), ("extract", true)] {
+        lava.run(
+            &sb,
+            &Job::new("cat /etc/debian_version")
+                .image(&image)
+                .env("BERTH_MODE", mode),
+        )
+        .expect_ok(mode);
+        assert_eq!(unpacked() > 0, unpacks, "{mode}");
+    }
+    let r = lava.run(
+        &sb,
+        &Job::new("true").image(&image).env("BERTH_MODE", "copy"),
+    );
+    assert_eq!(r.code, Some(125), "{}", r.stderr);
+    assert_one_line(&r, "BERTH_MODE");
+    assert!(r.stderr.contains("BERTH_MODE"), "{}", r.stderr);
 }
