@@ -18,7 +18,7 @@
 use berth_openlava as lava;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::IntoRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
@@ -75,6 +75,8 @@ fn main() {
             cmd.args(&a.command);
         }
     }
+    // SAFETY: the hook runs between fork and exec and only restores the signal state, which
+    // is async-signal-safe (sigaction and sigprocmask, no allocation).
     let err = unsafe {
         cmd.pre_exec(|| {
             berth_launcher::restore_signals_for_exec();
@@ -93,14 +95,11 @@ fn main() {
 /// The machinefile in an anonymous memory file that mpirun inherits (no close-on-exec) and
 /// reads as /dev/fd/N.
 fn machinefile_fd(text: &str) -> std::io::Result<i32> {
-    let fd = unsafe { libc::memfd_create(c"berth-machinefile".as_ptr(), 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let fd = memfd_create(c"berth-machinefile", MemFdCreateFlag::empty())?;
+    let mut file = std::fs::File::from(fd);
     file.write_all(text.as_bytes())?;
-    std::mem::forget(file);
-    Ok(fd)
+    Ok(file.into_raw_fd())
 }
 
 /// One rank: into the container of the job's ranks on this host, then the command.
@@ -118,10 +117,7 @@ fn rank(args: &[OsString], env: &[(OsString, OsString)]) -> ! {
 }
 
 fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }

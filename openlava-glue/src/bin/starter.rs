@@ -35,6 +35,8 @@ fn main() {
     }
     let image = lava::get(&env, "BERTH_IMAGE").filter(|_| !lava::is_mpirun_helper(&argv[0]));
     let Some(image) = image else {
+        // SAFETY: the hook runs between fork and exec and only restores the signal state,
+        // which is async-signal-safe (sigaction and sigprocmask, no allocation).
         let err = unsafe {
             std::process::Command::new(&argv[0])
                 .args(&argv[1..])
