@@ -220,7 +220,7 @@ fn a_killed_keeper_s_socket_is_swept_by_the_next_keeper() {
     let killed = servers(&sb);
     assert_eq!(killed.len(), 1);
     // As a scheduler ends a step: SIGKILL, so the keeper cannot remove its socket.
-    unsafe { libc::kill(killed[0], libc::SIGKILL) };
+    let _ = kill(Pid::from_raw(killed[0]), Signal::SIGKILL);
     assert!(eventually(Duration::from_secs(10), || servers(&sb).is_empty()));
     let dead = sockets(&sb);
     assert_eq!(
@@ -252,6 +252,6 @@ fn a_killed_keeper_s_socket_is_swept_by_the_next_keeper() {
         sb.state_entries()
     );
     for (pid, _) in sb.processes() {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
