@@ -265,6 +265,33 @@ pub fn job_hosts(env: &[(OsString, OsString)]) -> std::result::Result<Vec<(Strin
     Ok(hosts)
 }
 
+/// `name` found as an executable file in `PATH` (as the shell would find it).
+pub fn find_on_path(env: &[(OsString, OsString)], name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = get_os(env, "PATH")?;
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The rsh agent mpirun should use: LSF's `blaunch` when it is on `PATH` (it starts the
+/// daemons on the job's hosts through LSF, as LSF's own MPI integration does), unless the
+/// user chose one (`OMPI_MCA_plm_rsh_agent`, or `--mca plm_rsh_agent` among mpirun's
+/// options). None: mpirun's default (ssh).
+pub fn launch_agent(env: &[(OsString, OsString)], mpirun_options: &[OsString]) -> Option<PathBuf> {
+    let chosen = get_os(env, "OMPI_MCA_plm_rsh_agent").is_some()
+        || mpirun_options
+            .iter()
+            .any(|o| o.as_bytes().ends_with(b"plm_rsh_agent"));
+    if chosen {
+        return None;
+    }
+    find_on_path(env, "blaunch")
+}
+
 /// An Open MPI machinefile: `host slots=n` a line.
 pub fn machinefile(hosts: &[(String, u32)]) -> String {
     hosts
@@ -594,6 +621,33 @@ mod tests {
             machinefile(&h(&[("n1", 2), ("n2", 1)])),
             "n1 slots=2\nn2 slots=1\n"
         );
+    }
+
+    #[test]
+    fn blaunch_is_the_launch_agent_when_on_path() {
+        let dir = std::env::temp_dir().join(format!("berth-blaunch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blaunch = dir.join("blaunch");
+        std::fs::write(&blaunch, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let path = format!("/nonexistent:{}", dir.display());
+        std::fs::set_permissions(&blaunch, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            launch_agent(&env(&[("PATH", &path)]), &[]),
+            None,
+            "not executable"
+        );
+        std::fs::set_permissions(&blaunch, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            launch_agent(&env(&[("PATH", &path)]), &[]),
+            Some(blaunch.clone())
+        );
+        let own = env(&[("PATH", &path), ("OMPI_MCA_plm_rsh_agent", "ssh")]);
+        assert_eq!(launch_agent(&own, &[]), None);
+        let opts = strings(&["--mca", "plm_rsh_agent", "rsh"]);
+        assert_eq!(launch_agent(&env(&[("PATH", &path)]), &opts), None);
+        assert_eq!(launch_agent(&env(&[("PATH", "/nonexistent")]), &[]), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

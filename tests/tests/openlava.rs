@@ -544,34 +544,29 @@ fn bad_job_input_fails_with_one_line_and_leaves_nothing() {
     assert_nothing_left(&sb, None);
 }
 
-#[test]
-fn mpi_job_runs_its_ranks_in_the_image_across_two_hosts() {
-    let sb = Sandbox::new("lava-mpi");
-    let hosts = Hosts::start(&sb);
-    // The hosts answer by name, as the test user, each in its own network and UTS namespace.
-    for name in ["lvh1", "lvh2"] {
-        let r = hosts.ssh(&sb, name, "hostname").expect_ok(name);
-        assert_eq!(r.stdout.trim(), name);
-    }
+/// Run `berth-lava-mpirun mpi-hello` on two slots of each test host and check the ranks: in
+/// the image, one container per host. `agent` is Open MPI's rsh agent (None: mpirun's own
+/// choice), `path` the job's PATH.
+fn mpi_job(sb: &Sandbox, hosts: &Hosts, agent: Option<&str>, path: &str) {
     let lava = hosts.sbatchd(&sb.root.join(".lsbatch"));
     let helper = lava_bin("berth-lava-mpirun");
-    let job = Job {
+    let mut job = Job {
         command: format!("{} mpi-hello", helper.display()),
         hosts: vec![("lvh1".into(), 2), ("lvh2".into(), 2)],
         ..Job::default()
     }
     .image(&demo_image())
-    // What the user (or the site's profile) sets for Open MPI: ssh to the hosts, TCP between
-    // them, shared memory (with CMA, needing one container per host) within one.
-    .env(
-        "OMPI_MCA_plm_rsh_agent",
-        &format!("ssh -F {}", hosts.ssh_config.display()),
-    )
+    .env("PATH", path)
+    // What the user (or the site's profile) sets for Open MPI: TCP between the hosts, shared
+    // memory (with CMA, needing one container per host) within one.
     .env("OMPI_MCA_btl", "self,vader,tcp")
     .env("OMPI_MCA_btl_vader_single_copy_mechanism", "cma")
     .env("OMPI_MCA_btl_tcp_if_include", "10.198.0.0/24")
     .env("OMPI_MCA_oob_tcp_if_include", "10.198.0.0/24");
-    let r = lava.run(&sb, &job);
+    if let Some(agent) = agent {
+        job = job.env("OMPI_MCA_plm_rsh_agent", agent);
+    }
+    let r = lava.run(sb, &job);
     assert_eq!(
         r.code,
         Some(0),
@@ -609,13 +604,62 @@ fn mpi_job_runs_its_ranks_in_the_image_across_two_hosts() {
     assert_eq!(field(ranks[0], "user="), field(ranks[1], "user="));
     assert!(!field(ranks[0], "mnt=").is_empty());
     // The keepers went with their ranks.
-    assert_nothing_left(&sb, None);
+    assert_nothing_left(sb, None);
+}
+
+#[test]
+fn mpi_job_runs_its_ranks_in_the_image_across_two_hosts() {
+    let sb = Sandbox::new("lava-mpi");
+    let hosts = Hosts::start(&sb);
+    // The hosts answer by name, as the test user, each in its own network and UTS namespace.
+    for name in ["lvh1", "lvh2"] {
+        let r = hosts.ssh(&sb, name, "hostname").expect_ok(name);
+        assert_eq!(r.stdout.trim(), name);
+    }
+    let ssh = format!("ssh -F {}", hosts.ssh_config.display());
+    mpi_job(&sb, &hosts, Some(&ssh), "/usr/local/bin:/usr/bin:/bin");
     drop(hosts);
     let links = std::process::Command::new("ip")
         .args(["link", "show", "berthlv0"])
         .output()
         .unwrap();
     assert!(!links.status.success(), "the test hosts' bridge is removed");
+}
+
+#[test]
+fn mpi_job_launches_through_blaunch_where_lsf_has_it() {
+    let sb = Sandbox::new("lava-blaunch");
+    let hosts = Hosts::start(&sb);
+    // LSF's blaunch as mpirun's rsh agent sees it: `blaunch HOST COMMAND...` runs the command
+    // on that host of the job (here through the test hosts' sshd), and logs the call.
+    let bin = sb.work.join("lsf-bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = sb.work.join("blaunch.log");
+    let blaunch = bin.join("blaunch");
+    std::fs::write(
+        &blaunch,
+        format!(
+            "#!/bin/sh\nhost=$1; shift\necho \"$host\" >> {}\nexec ssh -F {} \"$host\" \"$@\"\n",
+            log.display(),
+            hosts.ssh_config.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&blaunch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // No rsh agent chosen: berth-lava-mpirun finds blaunch on PATH and uses it.
+    mpi_job(
+        &sb,
+        &hosts,
+        None,
+        &format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display()),
+    );
+    let called = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        called.trim(),
+        "lvh2",
+        "blaunch started the daemon on the other host"
+    );
 }
 
 /// Bytes as hex, the way `od -An -tx1 | tr -d ' \n'` prints them.

@@ -8,9 +8,9 @@
 //!     berth-lava-mpirun --rank lava-<job>[.<index>] IMAGE -- COMMAND...
 //! ```
 //!
-//! mpirun starts its daemons on the other hosts with its rsh agent (ssh) and each rank is
-//! this program again, at the same path on every host: with `--rank` it enters the image
-//! through the launcher, joining the container of the job's other ranks on its host (join key
+//! mpirun starts its daemons on the other hosts with its rsh agent (ssh; LSF's `blaunch` when
+//! it is on `PATH` and the user chose no agent) and each rank is this program again, at the
+//! same path on every host: with `--rank` it enters the image through the launcher, joining the container of the job's other ranks on its host (join key
 //! `lava-<job>-<host>`), and becomes the command. The machinefile lives in a memfd, so
 //! nothing is left behind, and the helper is mpirun once it runs (bkill's signals reach it).
 //! Without an image (`--image`, else `BERTH_IMAGE`) the ranks run on the hosts as they are.
@@ -47,6 +47,11 @@ fn main() {
         cmd.arg("-x").arg(name);
     }
     cmd.args(&a.mpirun_options);
+    // Under LSF, blaunch starts mpirun's daemons on the job's hosts (as LSF's own MPI
+    // integration does) instead of ssh.
+    if let Some(blaunch) = lava::launch_agent(&env, &a.mpirun_options) {
+        cmd.env("OMPI_MCA_plm_rsh_agent", blaunch);
+    }
     let image = a
         .image
         .clone()
