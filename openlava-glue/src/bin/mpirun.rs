@@ -10,9 +10,10 @@
 //!
 //! mpirun starts its daemons on the other hosts with its rsh agent (ssh; LSF's `blaunch` when
 //! it is on `PATH` and the user chose no agent) and each rank is this program again, at the
-//! same path on every host: with `--rank` it enters the image through the launcher, joining the container of the job's other ranks on its host (join key
-//! `lava-<job>-<host>`), and becomes the command. The machinefile lives in a memfd, so
-//! nothing is left behind, and the helper is mpirun once it runs (bkill's signals reach it).
+//! same path on every host: with `--rank` it enters the image through the launcher, joining
+//! the container of the job's other ranks on its host (join key `lava-<job>-<host>`), and
+//! becomes the command. The machinefile lives in a memfd, so nothing is left behind, and the
+//! helper is mpirun once it runs (bkill's signals reach it).
 //! Without an image (`--image`, else `BERTH_IMAGE`) the ranks run on the hosts as they are.
 
 use berth_openlava as lava;
