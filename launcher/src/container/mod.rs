@@ -1,0 +1,317 @@
+//! Performing a plan: the one place that unshares, mounts, pivots and execs.
+//!
+//! The sequence, like Charliecloud's ch-run, reads top to bottom in [`build`]:
+//! 1. an outer user namespace where the caller is uid 0 (mapped to their own uid: no other uid
+//!    is reachable) and a private mount namespace;
+//! 2. a tmpfs staging area; the image as the overlay's lower layer (berth-imagefs serving the
+//!    squashfs, or a bind of the extracted/directory rootfs) under a tmpfs upper layer, so
+//!    mount points can be made anywhere without touching the image;
+//! 3. the plan's mounts, resolved inside the new root with openat2(RESOLVE_IN_ROOT) so symlinks
+//!    and `..` in the image cannot point them elsewhere, and attached with the new mount API;
+//! 4. the root made read-only (unless `--writable`), pivot_root, the host root detached.
+//!
+//! [`enter_user`] then moves the process into an inner user namespace where it is the caller's
+//! own uid/gid again (files the image owns appear as theirs, as in extract mode), and [`exec`]
+//! sets no_new_privs and executes the command. The mount namespace's owner is the outer
+//! namespace, so the process cannot undo any of the mounts.
+
+//!
+//! The parts, each in its own file: [`fuse`] the per-run image server, [`root`] the container's
+//! root and the safe creation of mount points in it, [`mounts`] the plan's steps, [`syscalls`]
+//! the mount operations those steps perform (a trait, so their order and flags are unit-tested
+//! without privileges), [`mpi_check`] the host-vs-image MPI ABI check, [`exec`] entering the
+//! inner user namespace and executing the command, [`config`] reading the image's config.
+
+mod config;
+mod exec;
+mod fuse;
+mod mounts;
+mod mpi_check;
+mod root;
+
+pub use config::read_config;
+pub(crate) use exec::find_in_path;
+pub use exec::{enter_user, exec};
+pub(crate) use fuse::close_other_fds;
+pub use fuse::FuseServer;
+pub(crate) use mpi_check::mpi_version_in;
+
+use crate::cache;
+use crate::error::{Context, Error, Result};
+use crate::plan::{Plan, Rootfs};
+use crate::policy::OnMismatch;
+use crate::sys;
+use fuse::fuse_failure;
+use mounts::apply_step;
+use mpi_check::{mpi_check, MpiCheck};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use root::Root;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Instant;
+use tracing::info;
+
+/// What must stay alive as long as the container does.
+pub struct Built {
+    /// Shared lock on the extract-cache entry (keeps `berth cache clean` away).
+    pub cache_lock: Option<File>,
+    /// The image server (mount mode); it ends with the FUSE mount (see [`FuseServer`]).
+    pub fuse: Option<FuseServer>,
+    /// The image keeper whose mount the container uses (mount mode, shared): its pid.
+    pub image_keeper: Option<i32>,
+    /// Things the user should know (an MPI left as the image's own...).
+    pub warnings: Vec<String>,
+}
+
+pub(crate) fn write_id_maps(
+    inside_uid: u32,
+    outside_uid: u32,
+    inside_gid: u32,
+    outside_gid: u32,
+) -> Result<()> {
+    sys::write_file("/proc/self/setgroups", "deny").ctx(|| "cannot write /proc/self/setgroups")?;
+    sys::write_file(
+        "/proc/self/uid_map",
+        &format!("{inside_uid} {outside_uid} 1"),
+    )
+    .ctx(|| "cannot write the uid map")?;
+    sys::write_file(
+        "/proc/self/gid_map",
+        &format!("{inside_gid} {outside_gid} 1"),
+    )
+    .ctx(|| "cannot write the gid map")?;
+    Ok(())
+}
+
+/// Build the container in the calling process (which must be single-threaded). On return the
+/// process's root is the container's root and it is uid 0 of the outer user namespace.
+pub fn build(plan: &Plan) -> Result<Built> {
+    let (uid, gid) = (plan.user.uid, plan.user.gid);
+    let started = Instant::now();
+    let mut phase = Instant::now();
+    // Each phase's time, for -v: where a slow start goes.
+    let mut done = |what: &str| {
+        info!("build: {what} in {:.1?}", phase.elapsed());
+        phase = Instant::now();
+    };
+    let staging = plan.state_dir.join("mnt");
+    crate::host::ensure_private_dir(&plan.state_dir, uid)?;
+    crate::host::ensure_private_dir(&staging, uid)?;
+
+    // Everything read from the host as the user happens before the namespaces exist.
+    let (cache_lock, lower_dir, image_file) = match plan.rootfs {
+        Rootfs::Extract => {
+            let entry = cache::ensure_extracted(&plan.image, &plan.state_dir)?;
+            done(&format!("extract cache {}", entry.rootfs.display()));
+            (Some(entry.lock), Some(entry.rootfs), None)
+        }
+        Rootfs::Directory => (None, Some(plan.image.path.clone()), None),
+        Rootfs::Fuse => {
+            let f = File::open(&plan.image.path)
+                .ctx(|| format!("cannot open image {}", plan.image.path.display()))?;
+            (None, None, Some(f))
+        }
+    };
+
+    let persist = match &plan.persist {
+        Some(dir) => {
+            for sub in ["upper", "work"] {
+                std::fs::create_dir_all(dir.join(sub))
+                    .ctx(|| format!("cannot create {}", dir.display()))?;
+            }
+            Some(dir.clone())
+        }
+        None => None,
+    };
+
+    // Mount mode: a share of this node's mount of the image (its keeper's), or a mount of
+    // the run's own (`--image-idle 0`).
+    let shared = match &image_file {
+        Some(f) if plan.image_idle_secs > 0 => Some(crate::imagekeeper::attach(plan, f)?),
+        _ => None,
+    };
+    if let Some(s) = &shared {
+        done(&format!("image keeper {} attached", s.keeper));
+    }
+    let image_file = if shared.is_some() { None } else { image_file };
+    let mut fuse = match &image_file {
+        Some(f) => Some(FuseServer::fork(f, plan.image.offset, &plan.image.path)?),
+        None => None,
+    };
+    if let Some(f) = &fuse {
+        done(&format!("FUSE server forked (pid {})", f.id()));
+    }
+    match &shared {
+        // The mount is usable only in the keeper's user namespace (and its children).
+        Some(s) => {
+            nix::sched::setns(&s.userns, CloneFlags::CLONE_NEWUSER)
+                .ctx(|| "cannot join the image keeper's user namespace")?;
+            unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create a mount namespace")?;
+        }
+        None => {
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).ctx(|| {
+                "cannot create a user namespace (are unprivileged user namespaces enabled?)"
+            })?;
+            write_id_maps(0, uid, 0, gid)?;
+        }
+    }
+    unshare_more(plan)?;
+    done("unshare (user, mount and --unshare namespaces, id maps)");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .ctx(|| "cannot make mounts slaves")?;
+    mount(
+        Some("berth"),
+        &staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .ctx(|| format!("cannot mount the staging tmpfs on {}", staging.display()))?;
+    std::env::set_current_dir(&staging).ctx(|| "cannot enter the staging area")?;
+    for d in ["lower", "upper", "work", "root"] {
+        std::fs::create_dir(d).ctx(|| format!("cannot create staging directory {d}"))?;
+    }
+
+    if let Some(s) = &shared {
+        let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
+        sys::move_mount(&s.tree, &OwnedFd::from(target))
+            .ctx(|| "cannot attach the image keeper's mount")?;
+        done("image attached (the node's shared mount)");
+    } else if let Some(server) = fuse.as_mut() {
+        server.mount_and_start(&plan.image.path, "lower")?;
+        done("FUSE server start (berth-imagefs serving the image)");
+    } else if let Some(dir) = lower_dir {
+        let tree =
+            sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
+        sys::mount_setattr(
+            &tree,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            false,
+        )
+        .ctx(|| "cannot make the image read-only")?;
+        let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
+        sys::move_mount(&tree, &OwnedFd::from(target)).ctx(|| "cannot attach the image")?;
+    }
+
+    // A named container keeps its writable layer on disk: bind that directory in and put the
+    // overlay's upper and work directories there (they must share one mount).
+    let layers = match &persist {
+        Some(dir) => {
+            std::fs::create_dir("persist").ctx(|| "cannot create staging directory persist")?;
+            let tree = sys::open_tree_clone(dir, false)
+                .ctx(|| format!("cannot bind {}", dir.display()))?;
+            let target = File::open("persist").ctx(|| "cannot open staging/persist")?;
+            sys::move_mount(&tree, &OwnedFd::from(target))
+                .ctx(|| "cannot attach the container's saved layer")?;
+            "lowerdir=lower,upperdir=persist/upper,workdir=persist/work,userxattr"
+        }
+        None => "lowerdir=lower,upperdir=upper,workdir=work,userxattr",
+    };
+    if let Err(e) = mount(
+        Some("berth"),
+        "root",
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(layers),
+    ) {
+        return Err(fuse_failure(&mut fuse).unwrap_or_else(|| Error::Sys {
+            context: "cannot mount the overlay root (Linux >= 5.11 is needed)".into(),
+            source: e.into(),
+        }));
+    }
+    done(if persist.is_some() {
+        "overlay (upper layer on disk)"
+    } else {
+        "overlay"
+    });
+    let mut root = Root::new(OwnedFd::from(
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open("root")
+            .ctx(|| "cannot open the container root")?,
+    ))?;
+    for step in &plan.steps {
+        apply_step(&mut root, step, &staging).map_err(|e| match fuse_failure(&mut fuse) {
+            Some(fe) => fe,
+            None => e,
+        })?;
+    }
+    done(&format!("{} steps", plan.steps.len()));
+    let mut warnings = Vec::new();
+    if let Some(mpi) = &plan.mpi {
+        match mpi_check(&root.fd, mpi, &plan.state_dir) {
+            MpiCheck::NoMpi => info!("mpi: the image has no MPI library; nothing injected"),
+            MpiCheck::Compatible => {
+                info!(
+                    "mpi: the image's MPI passes the ABI check: injecting the host's [{}]",
+                    mpi.origin
+                );
+                for step in &mpi.steps {
+                    apply_step(&mut root, step, &staging)?;
+                }
+            }
+            MpiCheck::Incompatible(why) => match mpi.on_mismatch {
+                OnMismatch::Error => {
+                    return Err(Error::Image(format!(
+                        "{why}; use --no-mpi to run with the image's own MPI [{}]",
+                        mpi.origin
+                    )))
+                }
+                OnMismatch::Image => {
+                    info!("mpi: {why}: not injected [{}]", mpi.origin);
+                    warnings.push(format!("{why}; running with the image's own MPI"))
+                }
+            },
+        }
+    }
+    if !plan.writable {
+        sys::mount_setattr(
+            &root.fd,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            false,
+        )
+        .ctx(|| "cannot make the container root read-only")?;
+    }
+    nix::unistd::fchdir(root.raw()).ctx(|| "cannot enter the container root")?;
+    sys::pivot_root_here().ctx(|| "pivot_root failed")?;
+    umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the host root")?;
+    std::env::set_current_dir("/").ctx(|| "cannot chdir to /")?;
+    done("pivot_root");
+    info!("build: container ready in {:.1?}", started.elapsed());
+    Ok(Built {
+        cache_lock,
+        fuse,
+        image_keeper: shared.as_ref().map(|s| s.keeper),
+        warnings,
+    })
+}
+
+/// The namespaces asked for besides user and mount (`--unshare`), made here, in the outer user
+/// namespace, so that it owns them: berth (and the keeper) may then configure them and mount a
+/// sysfs for the network one, and the inner user namespace cannot undo them. A new UTS
+/// namespace starts with the host's hostname, which ranks and MPI expect; it is kept.
+fn unshare_more(plan: &Plan) -> Result<()> {
+    let ns = plan.unshare;
+    let mut flags = CloneFlags::empty();
+    flags.set(CloneFlags::CLONE_NEWNET, ns.net);
+    flags.set(CloneFlags::CLONE_NEWIPC, ns.ipc);
+    flags.set(CloneFlags::CLONE_NEWUTS, ns.uts);
+    if flags.is_empty() {
+        return Ok(());
+    }
+    unshare(flags).ctx(|| format!("cannot unshare the {} namespaces", ns.names().join(", ")))?;
+    if ns.net {
+        // A new network namespace has only lo, and it is down.
+        sys::loopback_up().ctx(|| "cannot bring up lo in the container's network namespace")?;
+    }
+    Ok(())
+}
