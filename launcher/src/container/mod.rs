@@ -28,6 +28,7 @@ mod fuse;
 mod mounts;
 mod mpi_check;
 mod root;
+mod syscalls;
 
 pub use config::read_config;
 pub(crate) use exec::find_in_path;
@@ -51,6 +52,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
+use syscalls::Kernel;
 use tracing::info;
 
 /// What must stay alive as long as the container does.
@@ -232,13 +234,16 @@ pub fn build(plan: &Plan) -> Result<Built> {
     } else {
         "overlay"
     });
-    let mut root = Root::new(OwnedFd::from(
-        File::options()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open("root")
-            .ctx(|| "cannot open the container root")?,
-    ))?;
+    let mut root = Root::new(
+        OwnedFd::from(
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open("root")
+                .ctx(|| "cannot open the container root")?,
+        ),
+        &Kernel,
+    )?;
     for step in &plan.steps {
         apply_step(&mut root, step, &staging).map_err(|e| match fuse_failure(&mut fuse) {
             Some(fe) => fe,

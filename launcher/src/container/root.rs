@@ -1,6 +1,7 @@
 //! The container's root while it is built, and how berth creates and writes in it: resolved
 //! inside the root whatever the image's symlinks say, and only on mounts berth made itself.
 
+use super::syscalls::MountOps;
 use crate::error::{Context, Error, Result};
 use crate::sys;
 use std::ffi::CString;
@@ -13,15 +14,22 @@ use std::path::{Path, PathBuf};
 /// The container's root while it is built: its fd, and the mounts berth made itself (the
 /// overlay root, its tmpfs mounts). berth creates and writes only on those: a host directory
 /// bound in (the home, /tmp, a site mount) is never written to, whatever the image's links say.
-pub(super) struct Root {
+/// Mount points are made, and mounts attached, through `sys` ([`Kernel`](super::syscalls::Kernel)
+/// but in tests).
+pub(super) struct Root<'a> {
     pub(super) fd: OwnedFd,
     pub(super) ours: Vec<u64>,
+    pub(super) sys: &'a dyn MountOps,
 }
 
-impl Root {
-    pub(super) fn new(fd: OwnedFd) -> Result<Root> {
+impl<'a> Root<'a> {
+    pub(super) fn new(fd: OwnedFd, sys: &'a dyn MountOps) -> Result<Root<'a>> {
         let id = sys::mount_id(&fd).ctx(|| "cannot identify the container root's mount")?;
-        Ok(Root { fd, ours: vec![id] })
+        Ok(Root {
+            fd,
+            ours: vec![id],
+            sys,
+        })
     }
 
     pub(super) fn raw(&self) -> RawFd {
@@ -81,66 +89,9 @@ pub(super) fn open_target(root: &Root, target: &Path, file: bool) -> Result<Owne
         let parent = sys::open_in_root(root.raw(), &prefix, libc::O_PATH | libc::O_DIRECTORY, 0)
             .ctx(|| format!("cannot open /{} in the container", prefix.display()))?;
         prefix.push(part);
-        let last = i + 1 == parts.len();
-        if sys::open_in_root(root.raw(), &prefix, libc::O_PATH, 0).is_ok() {
-            continue;
-        }
-        if !root.is_ours(&parent) {
-            let shown = root.shown(&parent);
-            if Path::new(&shown) != Path::new("/").join(prefix.parent().unwrap_or(&prefix)) {
-                return Err(leaves_image(target, &shown));
-            }
-            return Err(Error::Usage(format!(
-                "mount point {} does not exist, and {shown} is a host directory bound into the \
-                 container (berth creates nothing on the host): create it there first or choose another target",
-                target.display()
-            )));
-        }
-        let name = CString::new(part.as_os_str().as_encoded_bytes()).unwrap();
-        // A dangling symlink in the image (resolv.conf often is one, or a link to a site path
-        // absent here) is replaced, in the container's own layer, by what the mount needs.
-        let _ = nix::unistd::unlinkat(
-            Some(parent.as_raw_fd()),
-            name.as_c_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
-        let made = if last && file {
-            // SAFETY: `parent` is open and `name` a NUL-terminated name alive for the call.
-            let fd = unsafe {
-                libc::openat(
-                    parent.as_raw_fd(),
-                    name.as_ptr(),
-                    libc::O_CREAT
-                        | libc::O_EXCL
-                        | libc::O_WRONLY
-                        | libc::O_NOFOLLOW
-                        | libc::O_CLOEXEC,
-                    0o644,
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: `fd` was just opened here and nothing else owns it.
-                unsafe { libc::close(fd) };
-            }
-            fd
-        } else {
-            // SAFETY: as for openat above.
-            unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755) }
-        };
-        if made < 0 {
-            let e = std::io::Error::last_os_error();
-            let hint = match e.raw_os_error() {
-                Some(libc::EACCES) | Some(libc::EOVERFLOW) | Some(libc::EPERM) => {
-                    " (a directory image must be owned by you; use a squashfs image otherwise)"
-                }
-                _ => "",
-            };
-            return Err(e).ctx(|| {
-                format!(
-                    "cannot create mount point {} in the container{hint}",
-                    target.display()
-                )
-            });
+        if sys::open_in_root(root.raw(), &prefix, libc::O_PATH, 0).is_err() {
+            let as_file = file && i + 1 == parts.len();
+            make_mount_point(root, &parent, part.as_os_str(), &prefix, target, as_file)?;
         }
     }
     let fd = sys::open_in_root(root.raw(), rel, libc::O_PATH, 0).ctx(|| {
@@ -156,6 +107,57 @@ pub(super) fn open_target(root: &Root, target: &Path, file: bool) -> Result<Owne
         return Err(leaves_image(target, &root.shown(&fd)));
     }
     Ok(fd)
+}
+
+/// Create the missing `prefix` (a directory, or an empty file when `file`), named `part` in
+/// `parent`, on the way to `target`: only where berth's own mounts are.
+fn make_mount_point(
+    root: &Root,
+    parent: &OwnedFd,
+    part: &std::ffi::OsStr,
+    prefix: &Path,
+    target: &Path,
+    file: bool,
+) -> Result<()> {
+    if !root.is_ours(parent) {
+        let shown = root.shown(parent);
+        if Path::new(&shown) != Path::new("/").join(prefix.parent().unwrap_or(prefix)) {
+            return Err(leaves_image(target, &shown));
+        }
+        return Err(Error::Usage(format!(
+            "mount point {} does not exist, and {shown} is a host directory bound into the \
+             container (berth creates nothing on the host): create it there first or choose another target",
+            target.display()
+        )));
+    }
+    let name = CString::new(part.as_encoded_bytes()).unwrap();
+    // A dangling symlink in the image (resolv.conf often is one, or a link to a site path
+    // absent here) is replaced, in the container's own layer, by what the mount needs.
+    let _ = nix::unistd::unlinkat(
+        Some(parent.as_raw_fd()),
+        name.as_c_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+    let made = if file {
+        root.sys.make_file(parent, &name)
+    } else {
+        root.sys.make_dir(parent, &name)
+    };
+    made.map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EOVERFLOW) | Some(libc::EPERM) => {
+                " (a directory image must be owned by you; use a squashfs image otherwise)"
+            }
+            _ => "",
+        };
+        Error::Sys {
+            context: format!(
+                "cannot create mount point {} in the container{hint}",
+                target.display()
+            ),
+            source: e,
+        }
+    })
 }
 
 /// A file of the image's that berth reads (never a FIFO, device or socket, which could block
