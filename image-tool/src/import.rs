@@ -31,6 +31,10 @@ pub struct Options {
     pub force: bool,
     /// Refuse layers whose files add up to more than this many bytes (holes included).
     pub max_size: u64,
+    /// Import into the image store instead of `output` (which is then ignored).
+    pub store: Option<crate::store::Stores>,
+    /// The job whose steps must all get the digest its first step resolved (with `store`).
+    pub job: Option<String>,
 }
 
 /// What an import did (printed as JSON with `--json`).
@@ -45,6 +49,9 @@ pub struct Summary {
     /// The output already held this image (same config, manifest, layers and squashfs
     /// settings): nothing was downloaded or rebuilt.
     pub up_to_date: bool,
+    /// With the store: the digest the reference resolved to (the job's pin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -108,14 +115,21 @@ fn check_output(out: &Path) -> Result<PathBuf, String> {
             out.display()
         ));
     }
+    // Host and a random part besides the pid: PIDs repeat across the nodes that share a
+    // directory; mkdir of the work directory is exclusive.
     Ok(dir.join(format!(
-        ".{}.berth-tmp-{}",
+        ".{}.berth-tmp-{}-{}-{}",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        crate::store::random(),
+        crate::store::hostname()
     )))
 }
 
 pub fn import(opts: &Options) -> Result<Summary, String> {
+    if let Some(stores) = &opts.store {
+        return import_to_store(opts, stores);
+    }
     let work_path = check_output(&opts.output)?;
     sweep_stale_temps(&work_path);
     let (level, comp) = compression(opts)?;
@@ -169,9 +183,127 @@ pub fn import(opts: &Options) -> Result<Summary, String> {
                 .collect(),
             warnings: Vec::new(),
             up_to_date: true,
+            digest: None,
         });
     }
     assemble(opts, &progress, plan, &work_path, &comp, level)
+}
+
+/// The platform an import picks when none is given.
+fn platform_text(opts: &Options) -> String {
+    opts.platform
+        .clone()
+        .unwrap_or_else(|| format!("linux/{}", std::env::consts::ARCH))
+}
+
+/// Import a registry image into the store, once: the reference resolves to a digest (from the
+/// reference itself, the job's record or one manifest request); an image in the site or user
+/// store is checked and used; else one importer claims it and the others wait for it.
+fn import_to_store(opts: &Options, stores: &crate::store::Stores) -> Result<Summary, String> {
+    use crate::store;
+    let Source::Registry(r) = &opts.source else {
+        return Err(
+            "the image store takes registry images (docker://...); import other sources with -o FILE"
+                .into(),
+        );
+    };
+    let (level, comp) = compression(opts)?;
+    let settings = squashfs_settings(opts);
+    let platform = platform_text(opts);
+    let pinned = r.digest.clone().or_else(|| {
+        opts.job
+            .as_deref()
+            .and_then(|j| store::job_digest(&stores.user, j, &opts.source_text))
+    });
+    let mut resolved = None;
+    let mut digest = match pinned {
+        Some(d) => d,
+        None => {
+            let client = Client::new(r, opts.insecure)?;
+            let (_, d, doc) = client.manifest(r.reference())?;
+            resolved = Some((client, d.clone(), doc));
+            d
+        }
+    };
+    if let (Some(job), None) = (&opts.job, &r.digest) {
+        stores.create()?;
+        let first = store::pin_job(&stores.user, job, &opts.source_text, &digest)?;
+        if first != digest {
+            (digest, resolved) = (first, None);
+        }
+    }
+    let key = store::key(&digest, &platform, &settings);
+    let done = |f: store::Found, up_to_date: bool| -> Result<Summary, String> {
+        store::verify(&f)?;
+        Ok(Summary {
+            output: f.path,
+            size: f.meta.size,
+            source: opts.source_text.clone(),
+            manifest_digest: Some(f.meta.manifest_digest),
+            layers: Vec::new(),
+            warnings: Vec::new(),
+            up_to_date,
+            digest: Some(f.meta.digest),
+        })
+    };
+    if let Some(f) = stores.find(&key) {
+        return done(f, true);
+    }
+    stores.create()?;
+    let claim = match store::claim_or_wait(stores, &key, opts.quiet)? {
+        Ok(f) => return done(f, true),
+        Err(claim) => claim,
+    };
+    let (client, top, doc) = match resolved {
+        Some(x) => x,
+        None => {
+            let client = Client::new(r, opts.insecure)?;
+            let (_, d, doc) = client.manifest(&digest)?;
+            (client, d, doc)
+        }
+    };
+    let sub = Options {
+        source: opts.source.clone(),
+        source_text: opts.source_text.clone(),
+        output: stores.user.join(format!("{key}.sqsh")),
+        platform: opts.platform.clone(),
+        comp: opts.comp.clone(),
+        level: opts.level,
+        insecure: opts.insecure,
+        cache_dir: opts.cache_dir.clone(),
+        quiet: opts.quiet,
+        force: true,
+        max_size: opts.max_size,
+        store: None,
+        job: None,
+    };
+    let work_path = check_output(&sub.output)?;
+    sweep_stale_temps(&work_path);
+    let progress = Progress::new(opts.quiet);
+    let plan = plan_resolved(&sub, &progress, r, &client, top.clone(), doc)?;
+    let manifest_digest = plan.manifest_digest.clone().unwrap_or_else(|| top.clone());
+    let summary = assemble(&sub, &progress, plan, &work_path, &comp, level)?;
+    let meta = store::Meta {
+        reference: format!("docker://{}", r.display()),
+        digest: top,
+        manifest_digest,
+        platform,
+        squashfs: settings,
+        size: 0,
+        sha256: String::new(),
+        imported_at: 0,
+        imported_by: String::new(),
+        host: String::new(),
+    };
+    let found = store::commit(&stores.user, &key, meta)?;
+    drop(claim);
+    Ok(Summary {
+        output: found.path,
+        size: found.meta.size,
+        manifest_digest: Some(found.meta.manifest_digest),
+        digest: Some(found.meta.digest),
+        ..summary
+    })
 }
 
 /// How the squashfs is built, recorded in the image config (`source.squashfs`): an output is
@@ -254,9 +386,21 @@ fn runtime_config(config: &ConfigBlob, source: BTreeMap<String, String>) -> Imag
 }
 
 fn plan_registry(opts: &Options, progress: &Progress, r: &RegistryRef) -> Result<Plan, String> {
-    let cache = open_cache(opts)?;
     let client = Client::new(r, opts.insecure)?;
-    let (_, mut digest, mut doc) = client.manifest(r.reference())?;
+    let (_, digest, doc) = client.manifest(r.reference())?;
+    plan_resolved(opts, progress, r, &client, digest, doc)
+}
+
+/// The plan of a registry image whose manifest (or index) was fetched already.
+fn plan_resolved(
+    opts: &Options,
+    progress: &Progress,
+    r: &RegistryRef,
+    client: &Client,
+    mut digest: String,
+    mut doc: Document,
+) -> Result<Plan, String> {
+    let cache = open_cache(opts)?;
     let want = oci::wanted_platform(opts.platform.as_deref())?;
     let mut platform = None;
     if doc.is_index() {
@@ -805,7 +949,7 @@ pub(crate) fn make_work_dir(work_path: &Path) -> Result<(TempGuard, File), Strin
     Ok((work, owner))
 }
 
-/// Remove the work directories of killed imports next to this one's (`.NAME.berth-tmp-PID`,
+/// Remove the work directories of killed imports next to this one's (`.NAME.berth-tmp-PID-…`,
 /// for any output name): ours (by owner) whose owner lock nobody holds. One without the lock
 /// file is from an import that died before making it (or from an older berth-image): stale
 /// when its pid is gone. Other users' directories are theirs to remove.
@@ -817,10 +961,17 @@ fn sweep_stale_temps(work_path: &Path) {
     let me = nix::unistd::getuid().as_raw();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
+        // `PID-RANDOM-HOST`, or only `PID` (older berth-image).
+        let Some((pid, host)) = name
             .strip_prefix('.')
             .and_then(|n| n.rsplit_once(".berth-tmp-"))
-            .and_then(|(_, pid)| pid.parse::<i32>().ok())
+            .and_then(|(_, rest)| {
+                let (pid, host) = match rest.split_once('-') {
+                    Some((pid, r)) => (pid, r.split_once('-').map(|(_, h)| h)),
+                    None => (rest, None),
+                };
+                Some((pid.parse::<i32>().ok()?, host))
+            })
         else {
             continue;
         };
@@ -837,10 +988,14 @@ fn sweep_stale_temps(work_path: &Path) {
         // The lock stays held (by `lock`) while the directory goes.
         let stale = match &lock {
             Ok(f) => flock(f, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
-            Err(_) => matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-                Err(nix::errno::Errno::ESRCH)
-            ),
+            // Without the lock file, only a pid of this host can be looked up.
+            Err(_) => {
+                host.is_none_or(|h| h == crate::store::hostname())
+                    && matches!(
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                        Err(nix::errno::Errno::ESRCH)
+                    )
+            }
         };
         if stale {
             let _ = std::fs::remove_dir_all(&path);
@@ -915,6 +1070,7 @@ fn assemble(
         layers: summaries,
         warnings,
         up_to_date: false,
+        digest: None,
     })
 }
 
@@ -967,6 +1123,7 @@ fn import_rootfs(
         layers: Vec::new(),
         warnings: Vec::new(),
         up_to_date: false,
+        digest: None,
     })
 }
 

@@ -12,6 +12,7 @@ mod progress;
 mod registry;
 mod sif;
 mod source;
+mod store;
 mod unpack;
 
 #[cfg(test)]
@@ -48,8 +49,19 @@ enum Cmd {
     Import {
         source: String,
         /// The squashfs file to write (replaced atomically if it exists).
-        #[arg(short, long)]
-        output: PathBuf,
+        #[arg(short, long, required_unless_present = "store")]
+        output: Option<PathBuf>,
+        /// Import a registry image into the image store, addressed by its digest, once (other
+        /// importers of the same image wait for this one): DIR, or without it $BERTH_STORE,
+        /// else ~/.local/share/berth/store. Prints the image's path with --json.
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "", conflicts_with = "output")]
+        store: Option<PathBuf>,
+        /// A read-only store searched first (default $BERTH_SITE_STORE).
+        #[arg(long, value_name = "DIR", requires = "store")]
+        site_store: Option<PathBuf>,
+        /// With --store: the job whose steps all get the digest its first import resolved.
+        #[arg(long, value_name = "ID", requires = "store")]
+        job: Option<String>,
         /// Platform to pick from a multi-arch image: OS/ARCH[/VARIANT] (default linux/<host arch>).
         #[arg(long)]
         platform: Option<String>,
@@ -81,12 +93,33 @@ enum Cmd {
     Inspect { image: PathBuf },
     /// Check that an image is readable throughout and carries a valid berth config.
     Verify { image: PathBuf },
+    /// The image store: list, remove, collect garbage.
+    Store {
+        #[command(subcommand)]
+        action: StoreCmd,
+        /// The store (default $BERTH_STORE, else ~/.local/share/berth/store).
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+    },
     /// The per-user layer cache.
     Cache {
         #[command(subcommand)]
         action: CacheCmd,
         #[arg(long, global = true)]
         cache: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// List the store's images with their size and last use.
+    List,
+    /// Remove images by digest (sha256:HEX or HEX), key or reference.
+    Rm { what: Vec<String> },
+    /// Remove images unused for --older-than DAYS, old job records and killed imports' leftovers.
+    Gc {
+        #[arg(long, default_value_t = 30)]
+        older_than: u64,
     },
 }
 
@@ -145,6 +178,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Import {
             source,
             output,
+            store,
+            site_store,
+            job,
             platform,
             comp,
             level,
@@ -154,10 +190,23 @@ fn run(cli: Cli) -> Result<(), String> {
             max_size,
         } => {
             cleanup::install_signal_handlers()?;
+            let store = match store {
+                None => None,
+                Some(dir) => Some(store::Stores {
+                    user: if dir.as_os_str().is_empty() {
+                        store::default_dir()?
+                    } else {
+                        dir
+                    },
+                    site: site_store.or_else(store::default_site),
+                }),
+            };
             let opts = import::Options {
                 source: source::parse_source(&source)?,
                 source_text: source,
-                output,
+                output: output.unwrap_or_default(),
+                store,
+                job,
                 platform,
                 comp,
                 level,
@@ -206,6 +255,56 @@ fn run(cli: Cli) -> Result<(), String> {
                 json_out(&info);
             } else if !cli.quiet {
                 println!("{}: ok", image.display());
+            }
+        }
+        Cmd::Store { action, store: dir } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => store::default_dir()?,
+            };
+            match action {
+                StoreCmd::List => {
+                    let entries = store::list(&dir)?;
+                    if cli.json {
+                        json_out(&entries);
+                    } else {
+                        let day = |t: u64| {
+                            let age = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0)
+                                .saturating_sub(t);
+                            format!("{}d ago", age / 86400)
+                        };
+                        for e in &entries {
+                            println!(
+                                "{} {:>9.1} MiB  used {:>8}  {}",
+                                &e.meta.digest[..e.meta.digest.len().min(19)],
+                                e.meta.size as f64 / 1048576.0,
+                                day(e.last_used),
+                                e.meta.reference
+                            );
+                        }
+                    }
+                }
+                StoreCmd::Rm { what } => {
+                    for w in &what {
+                        if store::remove(&dir, w)? == 0 {
+                            return Err(format!(
+                                "no image {w} in the store {}; see berth-image store list",
+                                dir.display()
+                            ));
+                        }
+                    }
+                }
+                StoreCmd::Gc { older_than } => {
+                    let (n, bytes) = store::gc(&dir, Duration::from_secs(older_than * 86400))?;
+                    if cli.json {
+                        json_out(&serde_json::json!({"removed": n, "bytes": bytes}));
+                    } else if !cli.quiet {
+                        println!("removed {n} images ({:.1} MiB)", bytes as f64 / 1048576.0);
+                    }
+                }
             }
         }
         Cmd::Cache { action, cache } => {

@@ -86,6 +86,7 @@ pub fn import(
         layers: Vec::new(),
         warnings: Vec::new(),
         up_to_date: false,
+        digest: None,
     })
 }
 
