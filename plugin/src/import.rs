@@ -1,6 +1,7 @@
-//! Registry images on the nodes: a job that names `docker://...` (or enroot's
-//! `[USER@][REGISTRY#]IMAGE[:TAG]`) gets it imported with berth-image into the user's state
-//! directory on each node, once per step, as the job's user with the job's credentials.
+//! Registry images: a job that names `docker://...` (or enroot's `[USER@][REGISTRY#]IMAGE[:TAG]`)
+//! gets it imported with berth-image into the image store (shared across nodes), as the job's
+//! user with the job's credentials: resolved and imported once on the submit side, then used
+//! by digest on every node (once per step per node, asking no registry when the store has it).
 
 use berth_launcher::Error;
 use std::ffi::OsString;
@@ -16,12 +17,24 @@ pub struct Importer<'a> {
     pub insecure_registries: &'a [String],
 }
 
+/// The variable that carries a job's resolved digest from the submit side (srun, sbatch) to its
+/// steps and nodes: `DIGEST REFERENCE`.
+pub const PIN_VAR: &str = "BERTH_IMAGE_PIN";
+
+/// A registry image in the image store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub path: PathBuf,
+    /// The digest the reference resolved to.
+    pub digest: String,
+}
+
 impl Importer<'_> {
-    /// A registry reference is imported with berth-image into the node's state directory, once
-    /// per step on the node: the first task imports under a lock and records the result, the
-    /// step's other tasks get it (the file, or the same error) without asking the registry
-    /// again. Later steps find the file up to date (berth-image checks the manifest and
-    /// rebuilds nothing).
+    /// A registry reference is imported into the image store, once per step on the node: the
+    /// first task asks berth-image and records the result, the step's other tasks get it (the
+    /// file, or the same error) without asking again. The reference is the job's pinned
+    /// digest when the submit side resolved it ([`PIN_VAR`] in the job's environment), so
+    /// the nodes ask no registry when the store has the image.
     pub fn import(
         &self,
         reference: &str,
@@ -32,25 +45,67 @@ impl Importer<'_> {
     ) -> Result<PathBuf, Error> {
         let uid = nix::unistd::getuid().as_raw();
         let dir = berth_launcher::private_state_subdir(state, "imported", uid)?;
-        let digest: String = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            reference.hash(&mut h);
-            format!("{:016x}", h.finish())
+        let pin = env
+            .iter()
+            .find(|(k, _)| k == PIN_VAR)
+            .and_then(|(_, v)| v.to_str())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(_, r)| *r == reference)
+            .map(|(d, _)| pinned(reference, d));
+        let wanted = pin.as_deref().unwrap_or(reference);
+        let stem: String = {
+            use sha2::Digest as _;
+            let h = sha2::Sha256::digest(wanted.as_bytes());
+            h.iter().take(8).map(|b| format!("{b:02x}")).collect()
         };
-        let out = dir.join(format!("{digest}.sqsh"));
-        crate::step::once_per_step(&dir, &digest, job, step, || {
-            self.run(reference, env, &out)
-                .map(|()| out.display().to_string())
+        let job_id = job.to_string();
+        crate::step::once_per_step(&dir, &stem, job, step, || {
+            self.store(wanted, env, Some(&job_id))
+                .map(|s| s.path.display().to_string())
         })
         .map(PathBuf::from)
     }
 
-    /// Run berth-image to import `reference` to `out`; its last line if it fails.
-    fn run(&self, reference: &str, env: &[(OsString, OsString)], out: &Path) -> Result<(), Error> {
-        use std::io::Read as _;
+    /// Resolve `reference` and import it into the image store (nothing is fetched when the
+    /// store has it; with `job`, every step of the job gets the digest its first one resolved).
+    pub fn store(
+        &self,
+        reference: &str,
+        env: &[(OsString, OsString)],
+        job: Option<&str>,
+    ) -> Result<Stored, Error> {
+        let mut args: Vec<OsString> = vec!["import".into(), "--json".into(), "--store".into()];
+        if let Some(j) = job {
+            args.extend(["--job".into(), j.into()]);
+        }
+        args.push(reference.into());
+        let out = self.run(reference, env, &args)?;
+        let field = |name: &str| {
+            let at = out.find(&format!("\"{name}\": \""))? + name.len() + 5;
+            let rest = &out[at..];
+            Some(rest[..rest.find('"')?].to_string())
+        };
+        match (field("output"), field("digest")) {
+            (Some(path), Some(digest)) => Ok(Stored {
+                path: PathBuf::from(path),
+                digest,
+            }),
+            _ => Err(Error::Image(format!(
+                "cannot import {reference}: {} printed no image path; is it berth-image of this berth?",
+                self.program
+            ))),
+        }
+    }
+
+    /// Run berth-image with `args`; its stdout, or its last line if it fails.
+    fn run(
+        &self,
+        reference: &str,
+        env: &[(OsString, OsString)],
+        args: &[OsString],
+    ) -> Result<String, Error> {
         let mut cmd = std::process::Command::new(self.program);
-        cmd.args(["import", "--quiet", reference, "-o"]).arg(out);
+        cmd.arg("--quiet").args(args);
         if self
             .insecure_registries
             .iter()
@@ -65,27 +120,23 @@ impl Importer<'_> {
                 || name.starts_with(b"BERTH_REGISTRY_")
                 || name == b"BERTH_CREDENTIALS"
                 || name == b"BERTH_LAYER_CACHE"
+                || name == b"BERTH_STORE"
+                || name == b"BERTH_SITE_STORE"
             {
                 cmd.env(k, v);
             }
         }
-        let mut child = cmd
+        let out = cmd
             .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+            .output()
             .map_err(|e| {
                 Error::Image(format!(
                     "cannot run {} to import {reference}: {e}",
                     self.program
                 ))
             })?;
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        let status = child.wait().map_err(|e| Error::Image(e.to_string()))?;
-        if !status.success() {
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
             let why = err
                 .lines()
                 .rev()
@@ -94,8 +145,18 @@ impl Importer<'_> {
                 .trim_start_matches("berth-image: ");
             return Err(Error::Image(format!("cannot import {reference}: {why}")));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// `reference` with its tag replaced by `digest`: the image a job pinned.
+pub fn pinned(reference: &str, digest: &str) -> String {
+    // Only the last path component carries a tag or digest (a registry's port and a user
+    // name are before a '/' or '#').
+    let cut = reference.rfind(['/', '#']).map_or(0, |i| i + 1);
+    let last = &reference[cut..];
+    let name = last.split(['@', ':']).next().unwrap_or(last);
+    format!("{}{name}@{digest}", &reference[..cut])
 }
 
 /// The registry host of a reference (`docker://HOST[:PORT]/...` or `[USER@]HOST[:PORT]#...`),
@@ -109,4 +170,31 @@ pub fn registry_host(reference: &str) -> &str {
         rest.split_once('#').map_or("", |(h, _)| h)
     };
     host.split(':').next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_reference_names_the_digest_not_the_tag() {
+        let d = "sha256:00ff";
+        assert_eq!(
+            pinned("docker://reg:5000/app:1", d),
+            "docker://reg:5000/app@sha256:00ff"
+        );
+        assert_eq!(
+            pinned("docker://reg:5000/app", d),
+            "docker://reg:5000/app@sha256:00ff"
+        );
+        assert_eq!(
+            pinned("docker://reg/app@sha256:aa", d),
+            "docker://reg/app@sha256:00ff"
+        );
+        assert_eq!(
+            pinned("alice@reg#team/app:2", d),
+            "alice@reg#team/app@sha256:00ff"
+        );
+        assert_eq!(pinned("ubuntu:22.04", d), "ubuntu@sha256:00ff");
+    }
 }

@@ -8,7 +8,7 @@
 mod import;
 mod step;
 
-pub use import::{registry_host, Importer};
+pub use import::{pinned, registry_host, Importer, Stored, PIN_VAR};
 pub use step::{once_per_step, record_image, saved_image};
 
 use berth_launcher::{Error, Join, MountSpec, Namespaces, Result, RunOptions};
