@@ -1,0 +1,132 @@
+//! What makes two containers one: the plan's fingerprint, the join key ranks share a
+//! container by, and the job step a keeper serves.
+
+use super::process::get_var;
+use super::Plan;
+use crate::options::{Join, RunOptions};
+use sha2::{Digest, Sha256};
+use std::ffi::{OsStr, OsString};
+
+impl Plan {
+    /// A digest of what makes two containers interchangeable: ranks may only share a container
+    /// built from the same image with the same mounts.
+    pub fn fingerprint(&self) -> String {
+        let text = format!(
+            "{:?}|{}|{:?}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}",
+            self.image.path,
+            self.image_stamp,
+            self.rootfs,
+            self.writable,
+            self.remap_root,
+            self.steps,
+            self.user.uid,
+            self.mpi,
+            self.persist,
+            self.unshare
+        );
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The fingerprint in parts, for a rank that attaches whatever the options (see
+    /// `RunOptions::attach`): first what must still match (the user, the named container's
+    /// layer), then each option a keeper compares to name what the rank's plan has that the
+    /// running container ignores, as `name=hash`.
+    pub fn fingerprint_parts(&self) -> (String, Vec<(&'static str, String)>) {
+        let hash = |text: String| -> String {
+            Sha256::digest(text.as_bytes())
+                .iter()
+                .take(6)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let strict = hash(format!("{}|{:?}", self.user.uid, self.persist));
+        let parts = vec![
+            (
+                "image",
+                hash(format!(
+                    "{:?}|{}|{:?}",
+                    self.image.path, self.image_stamp, self.rootfs
+                )),
+            ),
+            ("mounts", hash(format!("{:?}", self.steps))),
+            ("writable", hash(self.writable.to_string())),
+            ("remap-root", hash(self.remap_root.to_string())),
+            ("mpi", hash(format!("{:?}", self.mpi))),
+            ("unshare", hash(format!("{:?}", self.unshare))),
+        ];
+        (strict, parts)
+    }
+}
+
+/// The key ranks share the container by: the one given, one from the parallel launcher's
+/// environment, or for a lingering container one from the fingerprint.
+pub(super) fn join_key(
+    plan: &Plan,
+    opts: &RunOptions,
+    env: &[(OsString, OsString)],
+) -> Option<String> {
+    let fingerprint = plan.fingerprint();
+    let key = match &opts.join {
+        Join::No => None,
+        Join::Key(key) => Some(key.clone()),
+        Join::Auto => auto_join_key(env).map(|k| format!("{k}-{}", &fingerprint[..12])),
+    };
+    // A lingering container is found again by what it is. Never a writable one: its
+    // changes would leak into the next, unrelated run.
+    if key.is_none() && plan.linger_secs > 0 && !plan.writable && opts.join != Join::No {
+        return Some(format!("node-{}", &fingerprint[..16]));
+    }
+    key
+}
+
+/// The job step a run belongs to, if a scheduler started it: Slurm's job and step (`batch` for
+/// the batch script), OpenLava's job and array index. The step's processes are killed when it
+/// ends, so its image keeper serves only it.
+pub fn keeper_scope(env: &[(OsString, OsString)]) -> String {
+    let get = |k: &str| get_var(env, k).map(|v| v.to_string_lossy().into_owned());
+    if let Some(job) = get("SLURM_JOB_ID") {
+        let step = get("SLURM_STEP_ID").unwrap_or_else(|| "batch".into());
+        return format!("slurm-{job}.{step}");
+    }
+    if let Some(job) = get("LSB_JOBID") {
+        let index = get("LSB_JOBINDEX").unwrap_or_else(|| "0".into());
+        return format!("lsf-{job}.{index}");
+    }
+    String::new()
+}
+
+/// A join key from the environment of a parallel launcher, so that the ranks one launcher
+/// starts on a node share one container without a flag.
+pub fn auto_join_key(env: &[(OsString, OsString)]) -> Option<String> {
+    let get = |k: &str| get_var(env, k).and_then(OsStr::to_str);
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect()
+    };
+    let many = |k: &str| {
+        get(k)
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n > 1)
+    };
+    if many("OMPI_COMM_WORLD_LOCAL_SIZE") {
+        let job = get("PMIX_NAMESPACE").or(get("OMPI_MCA_ess_base_jobid"))?;
+        return Some(format!("ompi-{}", clean(job)));
+    }
+    if let (Some(job), Some(step)) = (get("SLURM_JOB_ID"), get("SLURM_STEP_ID")) {
+        if many("SLURM_STEP_NUM_TASKS") {
+            return Some(format!("slurm-{}.{}", clean(job), clean(step)));
+        }
+    }
+    None
+}
