@@ -73,24 +73,7 @@ impl FuseServer {
                 // job's other descriptors) may stay open for as long as the mount lives.
                 close_other_fds(&[0, 1, 2, theirs.as_raw_fd(), image_fd]);
                 // /dev/fuse must be opened in the namespace that mounts it: berth sends it.
-                let mut byte = [0u8; 1];
-                let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-                let mut space = nix::cmsg_space!(RawFd);
-                let dev_fd = nix::sys::socket::recvmsg::<()>(
-                    theirs.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut space),
-                    nix::sys::socket::MsgFlags::empty(),
-                )
-                .ok()
-                .and_then(|msg| {
-                    msg.cmsgs().ok()?.find_map(|c| match c {
-                        nix::sys::socket::ControlMessageOwned::ScmRights(fds) => {
-                            fds.first().copied()
-                        }
-                        _ => None,
-                    })
-                });
+                let dev_fd = receive_fd(&theirs);
                 let Some(dev_fd) = dev_fd else {
                     // SAFETY: _exit runs none of the forking berth's destructors or atexit.
                     unsafe { libc::_exit(0) }
@@ -193,6 +176,24 @@ impl Drop for FuseServer {
             let _ = self.wait();
         }
     }
+}
+
+/// The one descriptor sent over `socket` (SCM_RIGHTS), or None if it closed unsent.
+fn receive_fd(socket: &UnixStream) -> Option<RawFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(RawFd);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .ok()?;
+    msg.cmsgs().ok()?.find_map(|c| match c {
+        nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+        _ => None,
+    })
 }
 
 /// Close every descriptor but `keep` (in a forked child that does not exec).

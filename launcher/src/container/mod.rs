@@ -51,6 +51,7 @@ use root::Root;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 use syscalls::Kernel;
 use tracing::info;
@@ -90,44 +91,15 @@ pub(crate) fn write_id_maps(
 /// Build the container in the calling process (which must be single-threaded). On return the
 /// process's root is the container's root and it is uid 0 of the outer user namespace.
 pub fn build(plan: &Plan) -> Result<Built> {
-    let (uid, gid) = (plan.user.uid, plan.user.gid);
     let started = Instant::now();
-    let mut phase = Instant::now();
-    // Each phase's time, for -v: where a slow start goes.
-    let mut done = |what: &str| {
-        info!("build: {what} in {:.1?}", phase.elapsed());
-        phase = Instant::now();
-    };
+    let mut clock = Phases(Instant::now());
     let staging = plan.state_dir.join("mnt");
-    crate::host::ensure_private_dir(&plan.state_dir, uid)?;
-    crate::host::ensure_private_dir(&staging, uid)?;
+    crate::host::ensure_private_dir(&plan.state_dir, plan.user.uid)?;
+    crate::host::ensure_private_dir(&staging, plan.user.uid)?;
 
     // Everything read from the host as the user happens before the namespaces exist.
-    let (cache_lock, lower_dir, image_file) = match plan.rootfs {
-        Rootfs::Extract => {
-            let entry = cache::ensure_extracted(&plan.image, &plan.state_dir)?;
-            done(&format!("extract cache {}", entry.rootfs.display()));
-            (Some(entry.lock), Some(entry.rootfs), None)
-        }
-        Rootfs::Directory => (None, Some(plan.image.path.clone()), None),
-        Rootfs::Fuse => {
-            let f = File::open(&plan.image.path)
-                .ctx(|| format!("cannot open image {}", plan.image.path.display()))?;
-            (None, None, Some(f))
-        }
-    };
-
-    let persist = match &plan.persist {
-        Some(dir) => {
-            for sub in ["upper", "work"] {
-                std::fs::create_dir_all(dir.join(sub))
-                    .ctx(|| format!("cannot create {}", dir.display()))?;
-            }
-            Some(dir.clone())
-        }
-        None => None,
-    };
-
+    let (cache_lock, lower_dir, image_file) = open_image(plan, &mut clock)?;
+    let persist = make_persist_dirs(plan)?;
     // Mount mode: a share of this node's mount of the image (its keeper's), or a mount of
     // the run's own (`--image-idle 0`).
     let shared = match &image_file {
@@ -135,7 +107,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
         _ => None,
     };
     if let Some(s) = &shared {
-        done(&format!("image keeper {} attached", s.keeper));
+        clock.done(&format!("image keeper {} attached", s.keeper));
     }
     let image_file = if shared.is_some() { None } else { image_file };
     let mut fuse = match &image_file {
@@ -143,141 +115,46 @@ pub fn build(plan: &Plan) -> Result<Built> {
         None => None,
     };
     if let Some(f) = &fuse {
-        done(&format!("FUSE server forked (pid {})", f.id()));
-    }
-    match &shared {
-        // The mount is usable only in the keeper's user namespace (and its children).
-        Some(s) => {
-            nix::sched::setns(&s.userns, CloneFlags::CLONE_NEWUSER)
-                .ctx(|| "cannot join the image keeper's user namespace")?;
-            unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create a mount namespace")?;
-        }
-        None => {
-            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).ctx(|| {
-                "cannot create a user namespace (are unprivileged user namespaces enabled?)"
-            })?;
-            write_id_maps(0, uid, 0, gid)?;
-        }
-    }
-    unshare_more(plan)?;
-    done("unshare (user, mount and --unshare namespaces, id maps)");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .ctx(|| "cannot make mounts slaves")?;
-    mount(
-        Some("berth"),
-        &staging,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0700"),
-    )
-    .ctx(|| format!("cannot mount the staging tmpfs on {}", staging.display()))?;
-    std::env::set_current_dir(&staging).ctx(|| "cannot enter the staging area")?;
-    for d in ["lower", "upper", "work", "root"] {
-        std::fs::create_dir(d).ctx(|| format!("cannot create staging directory {d}"))?;
+        clock.done(&format!("FUSE server forked (pid {})", f.id()));
     }
 
+    enter_namespaces(plan, shared.as_ref())?;
+    clock.done("unshare (user, mount and --unshare namespaces, id maps)");
+
+    make_staging(&staging)?;
     if let Some(s) = &shared {
         let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
         sys::move_mount(&s.tree, &OwnedFd::from(target))
             .ctx(|| "cannot attach the image keeper's mount")?;
-        done("image attached (the node's shared mount)");
+        clock.done("image attached (the node's shared mount)");
     } else if let Some(server) = fuse.as_mut() {
         server.mount_and_start(&plan.image.path, "lower")?;
-        done("FUSE server start (berth-imagefs serving the image)");
+        clock.done("FUSE server start (berth-imagefs serving the image)");
     } else if let Some(dir) = lower_dir {
-        let tree =
-            sys::open_tree_clone(&dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
-        sys::mount_setattr(
-            &tree,
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-            false,
-        )
-        .ctx(|| "cannot make the image read-only")?;
-        let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
-        sys::move_mount(&tree, &OwnedFd::from(target)).ctx(|| "cannot attach the image")?;
+        attach_lower_dir(&dir)?;
     }
-
-    // A named container keeps its writable layer on disk: bind that directory in and put the
-    // overlay's upper and work directories there (they must share one mount).
-    let layers = match &persist {
-        Some(dir) => {
-            std::fs::create_dir("persist").ctx(|| "cannot create staging directory persist")?;
-            let tree = sys::open_tree_clone(dir, false)
-                .ctx(|| format!("cannot bind {}", dir.display()))?;
-            let target = File::open("persist").ctx(|| "cannot open staging/persist")?;
-            sys::move_mount(&tree, &OwnedFd::from(target))
-                .ctx(|| "cannot attach the container's saved layer")?;
-            "lowerdir=lower,upperdir=persist/upper,workdir=persist/work,userxattr"
-        }
-        None => "lowerdir=lower,upperdir=upper,workdir=work,userxattr",
-    };
-    if let Err(e) = mount(
-        Some("berth"),
-        "root",
-        Some("overlay"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(layers),
-    ) {
-        return Err(fuse_failure(&mut fuse).unwrap_or_else(|| Error::Sys {
-            context: "cannot mount the overlay root (Linux >= 5.11 is needed)".into(),
-            source: e.into(),
-        }));
-    }
-    done(if persist.is_some() {
+    mount_overlay(persist.as_deref(), &mut fuse)?;
+    clock.done(if persist.is_some() {
         "overlay (upper layer on disk)"
     } else {
         "overlay"
     });
-    let mut root = Root::new(
-        OwnedFd::from(
-            File::options()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-                .open("root")
-                .ctx(|| "cannot open the container root")?,
-        ),
-        &Kernel,
-    )?;
+
+    let root_dir = File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open("root")
+        .ctx(|| "cannot open the container root")?;
+    let mut root = Root::new(OwnedFd::from(root_dir), &Kernel)?;
     for step in &plan.steps {
         apply_step(&mut root, step, &staging).map_err(|e| match fuse_failure(&mut fuse) {
             Some(fe) => fe,
             None => e,
         })?;
     }
-    done(&format!("{} steps", plan.steps.len()));
-    let mut warnings = Vec::new();
-    if let Some(mpi) = &plan.mpi {
-        match mpi_check(&root.fd, mpi, &plan.state_dir) {
-            MpiCheck::NoMpi => info!("mpi: the image has no MPI library; nothing injected"),
-            MpiCheck::Compatible => {
-                info!(
-                    "mpi: the image's MPI passes the ABI check: injecting the host's [{}]",
-                    mpi.origin
-                );
-                for step in &mpi.steps {
-                    apply_step(&mut root, step, &staging)?;
-                }
-            }
-            MpiCheck::Incompatible(why) => match mpi.on_mismatch {
-                OnMismatch::Error => {
-                    return Err(Error::Image(format!(
-                        "{why}; use --no-mpi to run with the image's own MPI [{}]",
-                        mpi.origin
-                    )))
-                }
-                OnMismatch::Image => {
-                    info!("mpi: {why}: not injected [{}]", mpi.origin);
-                    warnings.push(format!("{why}; running with the image's own MPI"))
-                }
-            },
-        }
-    }
+    clock.done(&format!("{} steps", plan.steps.len()));
+    let warnings = inject_mpi(plan, &mut root, &staging)?;
+
     if !plan.writable {
         sys::mount_setattr(
             &root.fd,
@@ -290,7 +167,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
     sys::pivot_root_here().ctx(|| "pivot_root failed")?;
     umount2(".", MntFlags::MNT_DETACH).ctx(|| "cannot detach the host root")?;
     std::env::set_current_dir("/").ctx(|| "cannot chdir to /")?;
-    done("pivot_root");
+    clock.done("pivot_root");
     info!("build: container ready in {:.1?}", started.elapsed());
     Ok(Built {
         cache_lock,
@@ -298,6 +175,172 @@ pub fn build(plan: &Plan) -> Result<Built> {
         image_keeper: shared.as_ref().map(|s| s.keeper),
         warnings,
     })
+}
+
+/// Each phase's time, for -v: where a slow start goes.
+struct Phases(Instant);
+
+impl Phases {
+    fn done(&mut self, what: &str) {
+        info!("build: {what} in {:.1?}", self.0.elapsed());
+        self.0 = Instant::now();
+    }
+}
+
+/// The image as the host gives it: the extract-cache entry's lock and rootfs, a directory
+/// rootfs, or the squashfs file (mount mode).
+fn open_image(
+    plan: &Plan,
+    clock: &mut Phases,
+) -> Result<(Option<File>, Option<PathBuf>, Option<File>)> {
+    Ok(match plan.rootfs {
+        Rootfs::Extract => {
+            let entry = cache::ensure_extracted(&plan.image, &plan.state_dir)?;
+            clock.done(&format!("extract cache {}", entry.rootfs.display()));
+            (Some(entry.lock), Some(entry.rootfs), None)
+        }
+        Rootfs::Directory => (None, Some(plan.image.path.clone()), None),
+        Rootfs::Fuse => {
+            let f = File::open(&plan.image.path)
+                .ctx(|| format!("cannot open image {}", plan.image.path.display()))?;
+            (None, None, Some(f))
+        }
+    })
+}
+
+/// A named container's writable layer on disk: its upper and work directories.
+fn make_persist_dirs(plan: &Plan) -> Result<Option<PathBuf>> {
+    let Some(dir) = &plan.persist else {
+        return Ok(None);
+    };
+    for sub in ["upper", "work"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .ctx(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(Some(dir.clone()))
+}
+
+/// The outer user namespace (or the image keeper's) and a private mount namespace, with mounts
+/// from the host received but never sent back.
+fn enter_namespaces(plan: &Plan, shared: Option<&crate::imagekeeper::Attached>) -> Result<()> {
+    match shared {
+        // The mount is usable only in the keeper's user namespace (and its children).
+        Some(s) => {
+            nix::sched::setns(&s.userns, CloneFlags::CLONE_NEWUSER)
+                .ctx(|| "cannot join the image keeper's user namespace")?;
+            unshare(CloneFlags::CLONE_NEWNS).ctx(|| "cannot create a mount namespace")?;
+        }
+        None => {
+            unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS).ctx(|| {
+                "cannot create a user namespace (are unprivileged user namespaces enabled?)"
+            })?;
+            write_id_maps(0, plan.user.uid, 0, plan.user.gid)?;
+        }
+    }
+    unshare_more(plan)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .ctx(|| "cannot make mounts slaves")
+}
+
+/// The staging tmpfs, entered, with the overlay's directories.
+fn make_staging(staging: &Path) -> Result<()> {
+    mount(
+        Some("berth"),
+        staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .ctx(|| format!("cannot mount the staging tmpfs on {}", staging.display()))?;
+    std::env::set_current_dir(staging).ctx(|| "cannot enter the staging area")?;
+    for d in ["lower", "upper", "work", "root"] {
+        std::fs::create_dir(d).ctx(|| format!("cannot create staging directory {d}"))?;
+    }
+    Ok(())
+}
+
+/// An extracted or directory rootfs, bound read-only as the overlay's lower layer.
+fn attach_lower_dir(dir: &Path) -> Result<()> {
+    let tree = sys::open_tree_clone(dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
+    sys::mount_setattr(
+        &tree,
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        false,
+    )
+    .ctx(|| "cannot make the image read-only")?;
+    let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
+    sys::move_mount(&tree, &OwnedFd::from(target)).ctx(|| "cannot attach the image")
+}
+
+/// The overlay root: the image under a tmpfs upper layer, or under a named container's saved
+/// layer. A failure because the image server died says so.
+fn mount_overlay(persist: Option<&Path>, fuse: &mut Option<FuseServer>) -> Result<()> {
+    // A named container keeps its writable layer on disk: bind that directory in and put the
+    // overlay's upper and work directories there (they must share one mount).
+    let layers = match persist {
+        Some(dir) => {
+            std::fs::create_dir("persist").ctx(|| "cannot create staging directory persist")?;
+            let tree = sys::open_tree_clone(dir, false)
+                .ctx(|| format!("cannot bind {}", dir.display()))?;
+            let target = File::open("persist").ctx(|| "cannot open staging/persist")?;
+            sys::move_mount(&tree, &OwnedFd::from(target))
+                .ctx(|| "cannot attach the container's saved layer")?;
+            "lowerdir=lower,upperdir=persist/upper,workdir=persist/work,userxattr"
+        }
+        None => "lowerdir=lower,upperdir=upper,workdir=work,userxattr",
+    };
+    mount(
+        Some("berth"),
+        "root",
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(layers),
+    )
+    .map_err(|e| {
+        fuse_failure(fuse).unwrap_or_else(|| Error::Sys {
+            context: "cannot mount the overlay root (Linux >= 5.11 is needed)".into(),
+            source: e.into(),
+        })
+    })
+}
+
+/// The host's MPI, injected if the image's passes the ABI check; the warnings for the user.
+fn inject_mpi(plan: &Plan, root: &mut Root, staging: &Path) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let Some(mpi) = &plan.mpi else {
+        return Ok(warnings);
+    };
+    match mpi_check(&root.fd, mpi, &plan.state_dir) {
+        MpiCheck::NoMpi => info!("mpi: the image has no MPI library; nothing injected"),
+        MpiCheck::Compatible => {
+            info!(
+                "mpi: the image's MPI passes the ABI check: injecting the host's [{}]",
+                mpi.origin
+            );
+            for step in &mpi.steps {
+                apply_step(root, step, staging)?;
+            }
+        }
+        MpiCheck::Incompatible(why) => match mpi.on_mismatch {
+            OnMismatch::Error => {
+                return Err(Error::Image(format!(
+                    "{why}; use --no-mpi to run with the image's own MPI [{}]",
+                    mpi.origin
+                )))
+            }
+            OnMismatch::Image => {
+                info!("mpi: {why}: not injected [{}]", mpi.origin);
+                warnings.push(format!("{why}; running with the image's own MPI"))
+            }
+        },
+    }
+    Ok(warnings)
 }
 
 /// The namespaces asked for besides user and mount (`--unshare`), made here, in the outer user
