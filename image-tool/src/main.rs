@@ -52,10 +52,12 @@ enum Cmd {
         #[arg(short, long, required_unless_present = "store")]
         output: Option<PathBuf>,
         /// Import a registry image into the image store, addressed by its digest, once (other
-        /// importers of the same image wait for this one): DIR, or without it $BERTH_STORE,
-        /// else ~/.local/share/berth/store. Prints the image's path with --json.
-        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "", conflicts_with = "output")]
-        store: Option<PathBuf>,
+        /// importers of the same image wait for this one); with --json, prints its path.
+        #[arg(long, conflicts_with = "output")]
+        store: bool,
+        /// The store (default $BERTH_STORE, else ~/.local/share/berth/store).
+        #[arg(long, value_name = "DIR", requires = "store")]
+        store_dir: Option<PathBuf>,
         /// A read-only store searched first (default $BERTH_SITE_STORE).
         #[arg(long, value_name = "DIR", requires = "store")]
         site_store: Option<PathBuf>,
@@ -98,8 +100,8 @@ enum Cmd {
         #[command(subcommand)]
         action: StoreCmd,
         /// The store (default $BERTH_STORE, else ~/.local/share/berth/store).
-        #[arg(long, global = true)]
-        store: Option<PathBuf>,
+        #[arg(long, value_name = "DIR", global = true)]
+        store_dir: Option<PathBuf>,
     },
     /// The per-user layer cache.
     Cache {
@@ -179,6 +181,7 @@ fn run(cli: Cli) -> Result<(), String> {
             source,
             output,
             store,
+            store_dir,
             site_store,
             job,
             platform,
@@ -191,12 +194,11 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             cleanup::install_signal_handlers()?;
             let store = match store {
-                None => None,
-                Some(dir) => Some(store::Stores {
-                    user: if dir.as_os_str().is_empty() {
-                        store::default_dir()?
-                    } else {
-                        dir
+                false => None,
+                true => Some(store::Stores {
+                    user: match store_dir {
+                        Some(d) => d,
+                        None => store::default_dir()?,
                     },
                     site: site_store.or_else(store::default_site),
                 }),
@@ -257,7 +259,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("{}: ok", image.display());
             }
         }
-        Cmd::Store { action, store: dir } => {
+        Cmd::Store {
+            action,
+            store_dir: dir,
+        } => {
             let dir = match dir {
                 Some(d) => d,
                 None => store::default_dir()?,
