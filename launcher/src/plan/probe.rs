@@ -318,3 +318,46 @@ impl Host for FakeHost {
             .then(|| format!("fake:{}", path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_paths_expands_the_host_part_of_a_rule() {
+        let host = FakeHost::new()
+            .file("/dev/nvidia1")
+            .file("/dev/nvidia0")
+            .file("/dev/nvidiactl")
+            .file("/sys/class/net/lo/mtu")
+            .file("/sys/class/net/eth0/mtu");
+        let paths = |p: &str| glob_paths_on(&host, p);
+        assert_eq!(
+            paths("/dev/nvidia[0-9]*"),
+            vec![PathBuf::from("/dev/nvidia0"), PathBuf::from("/dev/nvidia1")]
+        );
+        assert_eq!(
+            paths("/dev/nvidiactl:/dev/x"),
+            vec![PathBuf::from("/dev/nvidiactl")]
+        );
+        assert!(paths("/dev/nvidia-uvm").is_empty());
+        assert_eq!(
+            paths("/sys/class/*/eth0/mtu"),
+            vec![PathBuf::from("/sys/class/net/eth0/mtu")]
+        );
+    }
+
+    #[test]
+    fn bare_library_names_come_from_the_loader_cache() {
+        let host = FakeHost::new().ldconfig_lists(&[
+            "/lib/libcuda.so.1",
+            "/lib/libcuda.so.1",
+            "/lib/libz.so.1",
+        ]);
+        assert_eq!(
+            find_libraries(&host, "libcuda.so*"),
+            vec![PathBuf::from("/lib/libcuda.so.1")]
+        );
+        assert!(find_libraries(&host, "libmpi.so*").is_empty());
+    }
+}
