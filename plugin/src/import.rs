@@ -80,11 +80,8 @@ impl Importer<'_> {
         }
         args.push(reference.into());
         let out = self.run(reference, env, &args)?;
-        let field = |name: &str| {
-            let at = out.find(&format!("\"{name}\": \""))? + name.len() + 5;
-            let rest = &out[at..];
-            Some(rest[..rest.find('"')?].to_string())
-        };
+        let summary: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let field = |name: &str| summary.get(name)?.as_str().map(String::from);
         match (field("output"), field("digest")) {
             (Some(path), Some(digest)) => Ok(Stored {
                 path: PathBuf::from(path),
@@ -163,12 +160,13 @@ pub fn pinned(reference: &str, digest: &str) -> String {
 /// without its port; empty for Docker Hub short names.
 pub fn registry_host(reference: &str) -> &str {
     let rest = reference.strip_prefix("docker://").unwrap_or(reference);
-    let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
+    // A user name is before the host; an `@` after it starts a digest.
     let host = if reference.starts_with("docker://") {
         rest.split('/').next().unwrap_or("")
     } else {
         rest.split_once('#').map_or("", |(h, _)| h)
     };
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
     host.split(':').next().unwrap_or("")
 }
 
@@ -196,5 +194,13 @@ mod tests {
             "alice@reg#team/app@sha256:00ff"
         );
         assert_eq!(pinned("ubuntu:22.04", d), "ubuntu@sha256:00ff");
+    }
+
+    #[test]
+    fn the_registry_host_of_a_pinned_reference() {
+        assert_eq!(registry_host("docker://10.0.0.1:5000/app@sha256:00ff"), "10.0.0.1");
+        assert_eq!(registry_host("docker://bob@reg:5000/app:1"), "reg");
+        assert_eq!(registry_host("bob@reg#team/app@sha256:00"), "reg");
+        assert_eq!(registry_host("team/app@sha256:00"), "");
     }
 }

@@ -5,7 +5,7 @@
 use crate::config::{config, Config};
 use crate::spank::{log, Level, Spank};
 use berth_launcher::Error;
-use berth_plugin::is_reference;
+use berth_plugin::{is_reference, PIN_VAR};
 use std::ffi::OsString;
 
 pub fn post_opt(sp: Spank, av: &[String]) -> Result<(), Error> {
@@ -50,13 +50,14 @@ pub fn check(sp: Spank, cfg: &Config, allocator: bool) -> Result<(), Error> {
     let image = req.image.as_deref().unwrap_or_default();
     let reference = is_reference(image);
     berth_launcher::check(&opts, !reference)?;
+    let what = if reference {
+        let digest = pin(cfg, image, &env)?;
+        format!("a registry image, in the image store as {digest}")
+    } else {
+        "a file".to_string()
+    };
     let _ = CHECKED.set(format!(
-        "image {image} ({}), {} mount(s), {}{}{}checked before submitting",
-        if reference {
-            "a registry image, imported on the nodes"
-        } else {
-            "a file"
-        },
+        "image {image} ({what}), {} mount(s), {}{}{}checked before submitting",
         opts.mounts.len(),
         if opts.writable { "writable, " } else { "" },
         if opts.remap_root {
@@ -70,6 +71,28 @@ pub fn check(sp: Spank, cfg: &Config, allocator: bool) -> Result<(), Error> {
             .unwrap_or_default(),
     ));
     Ok(())
+}
+
+/// Resolve a registry image to a digest and import it into the image store, here, once for the
+/// job (as the user, before any task starts): the job's steps and nodes get the digest in
+/// the job's environment ([`PIN_VAR`], which srun and sbatch pass on to the tasks) and use the
+/// stored image without asking the registry. A step of a job that pinned this reference
+/// already (its batch script's srun) keeps the job's digest, even if the tag moved since.
+fn pin(cfg: &Config, image: &str, env: &[(OsString, OsString)]) -> Result<String, Error> {
+    if let Some((digest, _)) = std::env::var(PIN_VAR)
+        .ok()
+        .as_deref()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(_, r)| *r == image)
+    {
+        return Ok(digest.to_string());
+    }
+    let job = std::env::var("SLURM_JOB_ID").ok();
+    let stored = crate::config::importer(cfg).store(image, env, job.as_deref())?;
+    // srun and sbatch are single-threaded while their options are checked; both pass their
+    // environment on to the job.
+    std::env::set_var(PIN_VAR, format!("{} {image}", stored.digest));
+    Ok(stored.digest)
 }
 
 /// What the submit-time check found, said at `srun -v` once srun's log level is set (it is

@@ -1,0 +1,150 @@
+//! Registry images under Slurm go through the image store: srun resolves the tag and imports
+//! once for the whole job; the nodes use the stored image by digest. Requests are counted in
+//! the registry's access log (Debian's docker-registry on the cluster's bridge).
+
+use berth_tests::registry::{gzip, tar_with_host_files, Entry, Layout, Registry, LAYER_GZIP};
+use berth_tests::slurm::{cluster, BRIDGE_IP};
+use berth_tests::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn lines(r: &Run) -> Vec<String> {
+    let mut v: Vec<String> = r.stdout.lines().map(String::from).collect();
+    v.sort();
+    v
+}
+
+/// Push a shell image whose /srv/hello.txt holds `text` to `dest`.
+fn push_shell(sb: &Sandbox, reg: &Registry, dest: &str, text: &'static [u8]) {
+    let rootfs = demo_image().parent().unwrap().join("demo-rootfs");
+    let host = [
+        "usr/bin/dash",
+        "usr/bin/cat",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ];
+    let layer = tar_with_host_files(
+        &rootfs,
+        &host,
+        &[
+            Entry::Symlink("bin", "usr/bin"),
+            Entry::Symlink("lib", "usr/lib"),
+            Entry::Symlink("lib64", "usr/lib64"),
+            Entry::Symlink("usr/bin/sh", "dash"),
+            Entry::Dir("usr/lib64/", 0o755),
+            Entry::Symlink(
+                "usr/lib64/ld-linux-x86-64.so.2",
+                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            ),
+            Entry::Dir("srv/", 0o755),
+            Entry::File("srv/hello.txt", text, 0o644),
+        ],
+    );
+    let dir = sb.root.join(format!("layout-{}", text.len()));
+    let mut layout = Layout::new(&dir);
+    layout.image(
+        "v1",
+        &[(gzip(&layer), LAYER_GZIP)],
+        std::slice::from_ref(&layer),
+        serde_json::json!({"Env": ["PATH=/usr/bin:/bin"]}),
+    );
+    reg.push(&layout.dir, "v1", dest, &[]);
+}
+
+/// (manifest GETs, blob GETs) in the registry's access log since `from` lines.
+fn gets(reg: &Registry, from: usize) -> (usize, usize, usize) {
+    let log = std::fs::read_to_string(reg.dir.join("registry.log")).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    let new = &all[from.min(all.len())..];
+    let count = |what: &str| {
+        new.iter()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(what))
+            .count()
+    };
+    (count("/manifests/"), count("/blobs/"), all.len())
+}
+
+#[test]
+fn a_registry_image_is_imported_once_per_job_and_the_nodes_use_its_digest() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-store");
+    let store = sb.work.join("store");
+    let reg = Registry::start_on("slurm-store", None, BRIDGE_IP);
+    push_shell(&sb, &reg, "demo/app:1", b"first\n");
+    let (_, _, start) = gets(&reg, 0);
+    let flag = format!("--container-image=docker://{}/demo/app:1", reg.addr);
+    let srun = |args: &[&str]| {
+        let mut argv = vec!["srun"];
+        argv.extend_from_slice(args);
+        let mut cmd = c.cmd(&sb, &argv);
+        cmd.env("BERTH_STORE", &store)
+            .env("BERTH_LAYER_CACHE", sb.work.join("layers"));
+        run(cmd)
+    };
+
+    // One job on three nodes: one manifest GET and one GET per blob (config, layer) in all.
+    let r = srun(&["-N3", "--ntasks-per-node=2", &flag, "cat", "/srv/hello.txt"]);
+    let r = r.expect_ok("srun -N3");
+    assert_eq!(lines(&r), vec!["first"; 6]);
+    let (manifests, blobs, seen) = gets(&reg, start);
+    assert_eq!(
+        (manifests, blobs),
+        (1, 2),
+        "requests of the job:\n{}",
+        std::fs::read_to_string(reg.dir.join("registry.log")).unwrap()
+    );
+    let stored: Vec<PathBuf> = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqsh"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+
+    // A second job: the tag is resolved (one manifest GET), no blob is fetched.
+    let r = srun(&["-N3", &flag, "cat", "/srv/hello.txt"]).expect_ok("second job");
+    assert_eq!(lines(&r), vec!["first"; 3]);
+    let (manifests, blobs, seen) = gets(&reg, seen);
+    assert_eq!((manifests, blobs), (1, 0));
+
+    // A tag moved between two steps of one job: both steps use the job's first digest.
+    let moved = sb.work.join("moved");
+    let out = sb.work.join("job.out");
+    let script = format!(
+        "srun -N2 {flag} cat /srv/hello.txt; while [ ! -e {m} ]; do sleep 0.2; done; srun -N2 {flag} cat /srv/hello.txt",
+        m = moved.display()
+    );
+    let o = format!("--output={}", out.display());
+    let mut sbatch = c.cmd(&sb, &["sbatch", "--wait", "-N2", &o, "--wrap", &script]);
+    sbatch
+        .env("BERTH_STORE", &store)
+        .env("BERTH_LAYER_CACHE", sb.work.join("layers"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let job = sbatch.spawn().unwrap();
+    let first_step = eventually(Duration::from_secs(120), || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 2)
+    });
+    push_shell(&sb, &reg, "demo/app:1", b"second, after the move\n");
+    std::fs::write(&moved, b"").unwrap();
+    let done = job.wait_with_output().unwrap();
+    assert!(first_step, "the first step ran");
+    assert!(
+        done.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec!["first"; 4],
+        "both steps use the first digest"
+    );
+    // The later step asked nothing: the job's record gave the digest.
+    let (_, blobs, _) = gets(&reg, seen);
+    assert_eq!(blobs, 0);
+
+    // A new job follows the moved tag.
+    let r = srun(&["-N1", &flag, "cat", "/srv/hello.txt"]).expect_ok("after the move");
+    assert_eq!(lines(&r), vec!["second, after the move"]);
+}
