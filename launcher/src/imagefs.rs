@@ -100,34 +100,50 @@ pub(crate) fn become_server_process() {
             libc::signal(sig, libc::SIG_IGN);
         }
     }
-    set_cmdline(PROCESS_NAME);
+    set_cmdline(PROCESS_NAME, true);
     // A panic is one request's EIO (see `guard`); say so in the log, not on the job's stderr.
     std::panic::set_hook(Box::new(|info| warn!("imagefs: {info}")));
 }
 
 /// Overwrite this process's argument area (as setproctitle does), so /proc/PID/cmdline shows
-/// the server rather than the berth command line it was forked from.
-fn set_cmdline(name: &str) {
+/// the server rather than the berth command line it was forked from. With `env_too`, a name
+/// longer than the arguments runs on into the environment strings after them (the kernel shows
+/// them when the argument area's last NUL is overwritten): for a process forked from one with a
+/// short command line (slurmstepd), which reads neither its arguments nor its environment after.
+pub(crate) fn set_cmdline(name: &str, env_too: bool) {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return;
     };
-    // Fields after the command's closing parenthesis start at field 3; arg_start and arg_end
-    // are fields 48 and 49.
-    let fields: Vec<&str> = stat
+    // Fields after the command's closing parenthesis start at field 3; arg_start, arg_end,
+    // env_start and env_end are fields 48 to 51.
+    let fields: Vec<usize> = stat
         .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
         .unwrap_or_default();
-    let (Some(start), Some(end)) = (
-        fields.get(45).and_then(|f| f.parse::<usize>().ok()),
-        fields.get(46).and_then(|f| f.parse::<usize>().ok()),
+    let (Some(&start), Some(&arg_end), Some(&env_start), Some(&env_end)) = (
+        fields.get(45),
+        fields.get(46),
+        fields.get(47),
+        fields.get(48),
     ) else {
         return;
     };
-    if end <= start + name.len() {
+    // The name and its NUL, in the arguments or, with `env_too`, in the environment that
+    // directly follows them.
+    let end = if arg_end > start + name.len() {
+        arg_end
+    } else if env_too && env_start == arg_end && env_end > start + name.len() {
+        start + name.len() + 1
+    } else {
         return;
-    }
-    // SAFETY: [start, end) is this process's own argument strings, writable stack memory the
-    // kernel set up; only std::env::args reads it again, and this process no longer does.
+    };
+    // SAFETY: [start, end) is this process's own argument (and environment) strings, writable
+    // stack memory the kernel set up; only std::env reads it again, and the caller no longer
+    // does.
     unsafe {
         let area = std::slice::from_raw_parts_mut(start as *mut u8, end - start);
         area.fill(0);

@@ -9,7 +9,10 @@
 //! stays the process the launcher started (signals and exit status need no relaying). When the
 //! last registered rank has exited, the keeper removes its socket and exits; the image server
 //! ends with the mount and the namespaces with their last process. No shell is needed in the
-//! image, and the lock is only held while connecting or creating, not while ranks run.
+//! image, and the key's lock is only held while connecting or creating, not while ranks run.
+//! The keeper knows how many ranks the launcher starts on the node (Slurm's and Open MPI's
+//! local task count) and stays until that many have joined or the launcher is gone, so a short
+//! first rank never leaves a later one to build a second container.
 
 use crate::container;
 use crate::error::{usage, Context, Error, Result};
@@ -42,15 +45,122 @@ enum Reply {
     Mismatch,
 }
 
-/// The keeper's socket for `key`: paths are limited to 108 bytes, so it is named by a short
-/// hash of the key.
-fn sock_path(dir: &Path, key: &str) -> PathBuf {
-    let name: String = Sha256::digest(key.as_bytes())
+/// A short hex hash of `parts`.
+fn short_hash(parts: &[&[u8]], bytes: usize) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+        h.update([0]);
+    }
+    h.finalize()
         .iter()
-        .take(8)
+        .take(bytes)
         .map(|b| format!("{b:02x}"))
-        .collect();
-    dir.join(format!("{name}.sock"))
+        .collect()
+}
+
+/// This node's name, as the kernel has it.
+fn node_name() -> Vec<u8> {
+    nix::unistd::gethostname()
+        .map(|n| n.as_encoded_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+/// The files of this node's keeper for `key`, without extension (`.sock`, `.lock`, `.log`):
+/// `<node hash>-<key hash>`. Paths are limited to 108 bytes, hence hashes. The node is in the
+/// name, so a state directory shared between nodes (a home on NFS) never leads one node's rank
+/// to another node's keeper, and a sweep touches only its own node's files.
+fn key_base(dir: &Path, key: &str) -> PathBuf {
+    let node = node_name();
+    dir.join(format!(
+        "{}-{}",
+        short_hash(&[&node], 4),
+        short_hash(&[&node, key.as_bytes()], 8)
+    ))
+}
+
+/// The keeper's socket for `key` on this node.
+fn sock_path(dir: &Path, key: &str) -> PathBuf {
+    key_base(dir, key).with_extension("sock")
+}
+
+/// The number of ranks the launcher starts on this node, from its environment: Open MPI's
+/// local size, else Slurm's tasks of this step on this node (`SLURM_STEP_TASKS_PER_NODE`, e.g.
+/// `2(x3),1`, at `SLURM_NODEID`); 1 when neither says. A keeper stays until that many ranks
+/// have joined (or the launcher is gone).
+pub fn local_ranks(env: &[(std::ffi::OsString, std::ffi::OsString)]) -> u32 {
+    let get = |k: &str| {
+        env.iter()
+            .find(|(ek, _)| ek == k)
+            .and_then(|(_, v)| v.to_str())
+    };
+    if let Some(n) = get("OMPI_COMM_WORLD_LOCAL_SIZE").and_then(|v| v.parse().ok()) {
+        return n;
+    }
+    let (Some(per_node), Some(node)) = (
+        get("SLURM_STEP_TASKS_PER_NODE"),
+        get("SLURM_NODEID").and_then(|v| v.parse::<u32>().ok()),
+    ) else {
+        return 1;
+    };
+    tasks_on_node(per_node, node).unwrap_or(1)
+}
+
+/// Slurm's compressed task list (`2(x3),1`): the count of node `index`.
+fn tasks_on_node(list: &str, index: u32) -> Option<u32> {
+    let mut seen = 0u32;
+    for part in list.split(',') {
+        let (count, times) = match part.split_once("(x") {
+            Some((c, t)) => (c, t.strip_suffix(')')?.parse::<u32>().ok()?),
+            None => (part, 1),
+        };
+        seen += times;
+        if index < seen {
+            return count.parse().ok();
+        }
+    }
+    None
+}
+
+/// Take the lock of one key (`<base>.lock`, flock). A keeper removes the file when it ends, so
+/// a lock taken on a file that is no longer at its path is dropped and taken again.
+fn lock_key(lock_path: &Path) -> Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(lock_path)
+            .ctx(|| format!("cannot open the join lock {}", lock_path.display()))?;
+        sys::flock(&file, libc::LOCK_EX).ctx(|| "cannot take the join lock")?;
+        let held = file.metadata().ctx(|| "cannot stat the join lock")?;
+        if std::fs::metadata(lock_path)
+            .is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev())
+        {
+            return Ok(file);
+        }
+    }
+}
+
+/// Remove a key's lock file if nobody holds it (a keeper's end, a sweep).
+fn remove_lock(lock_path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = File::options().read(true).open(lock_path) else {
+        return;
+    };
+    if sys::flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        return;
+    }
+    let same = match (file.metadata(), std::fs::metadata(lock_path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    if same {
+        let _ = std::fs::remove_file(lock_path);
+    }
 }
 
 /// Whether a keeper serves `key` on this node now (a container some rank still runs in, or
@@ -64,19 +174,17 @@ pub fn running(state_dir: &Path, key: &str) -> bool {
 /// the calling process is inside its namespaces, as the user (or root with `--remap-root`).
 /// With `attach`, a running container under the key is joined whatever its options; the
 /// names of the options of this plan it ignores are returned (else none).
-pub fn join(plan: &Plan, key: &str, attach: bool) -> Result<Vec<String>> {
+///
+/// `local_ranks` is how many ranks the launcher starts on this node ([`local_ranks`]): a
+/// keeper this rank starts stays until that many have joined or this rank's parent (the
+/// launcher: slurmstepd, Open MPI's daemon) has exited.
+pub fn join(plan: &Plan, key: &str, attach: bool, local_ranks: u32) -> Result<Vec<String>> {
     let dir = plan.state_dir.join("join");
     ensure_private_dir(&plan.state_dir, plan.user.uid)?;
     ensure_private_dir(&dir, plan.user.uid)?;
     let sock_path = sock_path(&dir, key);
-    let lock_file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(".lock"))
-        .ctx(|| format!("cannot open the join lock in {}", dir.display()))?;
-    sys::flock(&lock_file, libc::LOCK_EX).ctx(|| "cannot take the join lock")?;
+    // One lock per key and node: a cold build of one container never waits on another's.
+    let lock_file = lock_key(&sock_path.with_extension("lock"))?;
     let message = if attach {
         let (strict, parts) = plan.fingerprint_parts();
         let parts: Vec<String> = parts.iter().map(|(n, h)| format!("{n}={h}")).collect();
@@ -114,14 +222,13 @@ pub fn join(plan: &Plan, key: &str, attach: bool) -> Result<Vec<String>> {
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
+                // A killed keeper's socket (a live keeper's key lock is ours now).
                 let _ = std::fs::remove_file(&sock_path);
-                // A first rank also removes what killed keepers left (under the join lock).
-                sweep_locked(&dir, false);
                 info!(
                     "join: no container '{key}' on this node: spawning a keeper (log {})",
                     log_path(&sock_path).display()
                 );
-                spawn_keeper(plan, &sock_path, &dir, &lock_file)?;
+                spawn_keeper(plan, &sock_path, &dir, &lock_file, local_ranks)?;
             }
             Err(e) => {
                 return Err(e).ctx(|| {
@@ -171,17 +278,34 @@ fn log_path(sock_path: &Path) -> PathBuf {
     sock_path.with_extension("log")
 }
 
-/// Remove the join sockets of keepers that are gone (killed: a keeper that exits removes its
-/// own), with the join lock held so that no keeper is between its bind and its listen. A
-/// socket nobody listens on refuses the connection; a live keeper's accepts it (and the keeper
-/// drops a connection that says nothing), one that is busy answers EAGAIN: both are kept.
-/// With `logs`, also the logs failed keepers left (those with no socket).
-fn sweep_locked(dir: &Path, logs: bool) -> Vec<String> {
+/// Sweep `<state>/join` for what killed or failed keepers of this node left (`berth cache
+/// clean`): sockets nobody listens on, lock files of keys without a keeper, logs of failed
+/// keepers. Each socket is probed under its key's lock, taken without waiting (a busy key is
+/// in use), so that no keeper is between its bind and its listen. Other nodes' files (a shared
+/// state directory) are left alone: their sockets cannot be probed from here. Returns what went.
+pub fn sweep(state_dir: &Path) -> Vec<String> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let dir = state_dir.join("join");
     let mut gone = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        if path.extension().is_none_or(|x| x != "sock") {
+    let node = format!("{}-", short_hash(&[&node_name()], 4));
+    let ours: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&node))
+        })
+        .collect();
+    for path in ours
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+    {
+        let Ok(lock) = File::options().read(true).open(path.with_extension("lock")) else {
+            continue;
+        };
+        if sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
             continue;
         }
         let Ok(sock) = socket(
@@ -192,46 +316,27 @@ fn sweep_locked(dir: &Path, logs: bool) -> Vec<String> {
         ) else {
             continue;
         };
-        let Ok(addr) = UnixAddr::new(&path) else {
+        let Ok(addr) = UnixAddr::new(path) else {
             continue;
         };
+        // A live keeper accepts (and drops a connection that says nothing) or, busy, answers
+        // EAGAIN: both are kept.
         if connect(sock.as_raw_fd(), &addr) == Err(nix::errno::Errno::ECONNREFUSED) {
-            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path);
             gone.push(format!("dead join socket {}", path.display()));
         }
     }
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        if logs
-            && path.extension().is_some_and(|x| x == "log")
-            && !path.with_extension("sock").exists()
-            && std::fs::remove_file(&path).is_ok()
-        {
-            gone.push(format!("keeper log {}", path.display()));
+    for path in &ours {
+        let no_keeper = !path.with_extension("sock").exists();
+        match path.extension().and_then(|x| x.to_str()) {
+            Some("log") if no_keeper && std::fs::remove_file(path).is_ok() => {
+                gone.push(format!("keeper log {}", path.display()))
+            }
+            Some("lock") if no_keeper => remove_lock(path),
+            _ => {}
         }
     }
     gone
-}
-
-/// Sweep `<state>/join` for sockets of killed keepers (`berth cache clean`). Returns what went.
-pub fn sweep(state_dir: &Path) -> Vec<String> {
-    let dir = state_dir.join("join");
-    if !dir.is_dir() {
-        return Vec::new();
-    }
-    let Ok(lock_file) = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(".lock"))
-    else {
-        return Vec::new();
-    };
-    if sys::flock(&lock_file, libc::LOCK_EX).is_err() {
-        return Vec::new();
-    }
-    sweep_locked(&dir, true)
 }
 
 fn request(stream: &UnixStream, request: &str) -> Result<Reply> {
@@ -285,7 +390,23 @@ fn request(stream: &UnixStream, request: &str) -> Result<Reply> {
 }
 
 /// Fork a detached keeper, wait until it has built the container (or failed, with its error).
-fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> Result<()> {
+fn spawn_keeper(
+    plan: &Plan,
+    sock_path: &Path,
+    dir: &Path,
+    join_lock: &File,
+    local_ranks: u32,
+) -> Result<()> {
+    // The launcher that starts this node's ranks: while it lives, more may come.
+    let launcher = if local_ranks > 1 {
+        sys::pidfd_open(nix::unistd::getppid().as_raw()).ok()
+    } else {
+        None
+    };
+    let wait = Wait {
+        ranks: local_ranks,
+        launcher,
+    };
     let listener =
         UnixListener::bind(sock_path).ctx(|| format!("cannot create {}", sock_path.display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
@@ -301,7 +422,7 @@ fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> 
             // SAFETY: still single-threaded, as above.
             if let Ok(ForkResult::Child) = unsafe { fork() } {
                 let name = sock_path.file_name().map(PathBuf::from).unwrap_or_default();
-                let code = keeper_main(plan, listener, ready_w, dir, &name);
+                let code = keeper_main(plan, listener, ready_w, dir, &name, wait);
                 // SAFETY: _exit ends the process without running the parent's atexit or
                 // destructors, which belong to the berth that forked.
                 unsafe { libc::_exit(code) };
@@ -312,6 +433,7 @@ fn spawn_keeper(plan: &Plan, sock_path: &Path, dir: &Path, join_lock: &File) -> 
         ForkResult::Parent { child } => {
             drop(ready_w);
             drop(listener);
+            drop(wait);
             let _ = nix::sys::wait::waitpid(child, None);
             let mut answer = String::new();
             let _ = File::from(ready_r).read_to_string(&mut answer);
@@ -338,6 +460,7 @@ fn keeper_main(
     ready: OwnedFd,
     dir: &Path,
     sock_name: &Path,
+    wait: Wait,
 ) -> i32 {
     // The keeper outlives the first rank: it must not hold the job's stdout/stderr open. It
     // logs to its own file instead (opened before the build hides the host's paths).
@@ -348,11 +471,12 @@ fn keeper_main(
     }
     let log_name = sock_name.with_extension("log");
     let _log = crate::log::to_file(&dir.join(&log_name)).ok();
+    let key = plan.join_key.as_deref().unwrap_or("");
     info!(
-        "keeper {}: container '{}' for {}, linger {} s",
+        "keeper {}: container '{key}' for {}, {} local ranks, linger {} s",
         std::process::id(),
-        plan.join_key.as_deref().unwrap_or(""),
         plan.image.path.display(),
+        wait.ranks,
         plan.linger_secs
     );
     let mut ready = File::from(ready);
@@ -396,6 +520,11 @@ fn keeper_main(
         }
     };
     info!("keeper: ready, waiting for ranks");
+    // In ps: not the command line of the rank it was forked from (under Slurm a user-owned
+    // `slurmstepd: [J.S]` with parent 1, which an admin would take for a stuck slurmstepd).
+    // Nothing reads this process's arguments or environment from here on.
+    let _ = nix::sys::prctl::set_name(c"berth-keeper");
+    crate::imagefs::set_cmdline(&format!("berth-keeper {key}"), true);
     let mut answer = String::from("ok");
     for w in &built.warnings {
         answer.push_str(&format!("\nwarning: {w}"));
@@ -410,7 +539,7 @@ fn keeper_main(
         .or(built.image_keeper)
         .and_then(|pid| sys::pidfd_open(pid).ok());
     let linger = Duration::from_secs(plan.linger_secs);
-    let end = serve(&listener, &fds, &id, fuse_pidfd.as_ref(), linger);
+    let end = serve(&listener, &fds, &id, fuse_pidfd.as_ref(), linger, wait);
     // Remove the socket before the last answers so a newcomer starts a fresh keeper.
     if let Ok(name) = std::ffi::CString::new(sock_name.as_os_str().as_encoded_bytes()) {
         let _ = nix::unistd::unlinkat(
@@ -423,6 +552,9 @@ fn keeper_main(
     while let Ok((mut conn, _)) = listener.accept() {
         let _ = conn.write_all(b"closing\n");
     }
+    // A rank that connected after that reads the end of the stream: "closing" too.
+    drop(listener);
+    remove_lock(&dir.join(sock_name).with_extension("lock"));
     if let Some(fuse) = built.fuse.as_mut() {
         let _ = fuse.kill();
         let _ = fuse.wait();
@@ -528,23 +660,40 @@ impl Identity {
     }
 }
 
-/// Register ranks until the last one has exited and `linger` has passed without a newcomer (or
-/// none came at all, or the FUSE server died).
+/// The ranks a keeper waits for: how many the launcher starts on the node, and the launcher
+/// itself (a pidfd), whose end means no more will come.
+struct Wait {
+    ranks: u32,
+    launcher: Option<OwnedFd>,
+}
+
+/// Register ranks until the last one has exited, every rank the launcher starts has joined (or
+/// the launcher is gone) and `linger` has passed without a newcomer (or none came at all, or
+/// the FUSE server died).
 fn serve(
     listener: &UnixListener,
     fds: &[OwnedFd],
     id: &Identity,
     fuse: Option<&OwnedFd>,
     linger: Duration,
+    mut wait: Wait,
 ) -> End {
     let mut started = Instant::now();
     // Each rank's pidfd, its stderr and its pid (for the log).
     let mut ranks: Vec<(OwnedFd, Option<File>, i32)> = Vec::new();
-    let mut joined_once = false;
+    let mut joined = 0u32;
     loop {
+        let joined_once = joined > 0;
+        // More ranks of the launcher to come: a short first rank must not end the container.
+        let more = joined < wait.ranks;
         let mut pollfds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         if let Some(f) = fuse {
             pollfds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        }
+        let launcher_at = pollfds.len();
+        let launcher = wait.launcher.as_ref().filter(|_| more);
+        if let Some(l) = launcher {
+            pollfds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
         }
         let first_rank = pollfds.len();
         pollfds.extend(
@@ -553,12 +702,12 @@ fn serve(
                 .map(|(r, _, _)| PollFd::new(r.as_fd(), PollFlags::POLLIN)),
         );
         // Idle: wait for the first rank, or linger after the last one.
-        let idle_limit = if joined_once {
+        let idle_limit = if joined_once && !more {
             linger
         } else {
             FIRST_JOIN_TIMEOUT
         };
-        let timeout = if !ranks.is_empty() {
+        let timeout = if !ranks.is_empty() || (joined_once && launcher.is_some()) {
             PollTimeout::NONE
         } else {
             let left = idle_limit.saturating_sub(started.elapsed());
@@ -589,7 +738,13 @@ fn serve(
             .map(|(i, _)| i)
             .collect();
         let accept = ready(&pollfds[0]);
+        let launcher_gone = launcher.is_some() && ready(&pollfds[launcher_at]);
         drop(pollfds);
+        if launcher_gone {
+            info!("keeper: the launcher has exited: no more ranks will come");
+            wait.launcher = None;
+            wait.ranks = 0;
+        }
         for i in gone.into_iter().rev() {
             let (_, _, pid) = ranks.remove(i);
             info!("keeper: rank {pid} exited ({} left)", ranks.len());
@@ -598,11 +753,20 @@ fn serve(
             if let Ok((conn, _)) = listener.accept() {
                 if let Some(rank) = register(&conn, fds, id) {
                     ranks.push(rank);
-                    joined_once = true;
+                    joined += 1;
                 }
             }
         }
-        if joined_once && ranks.is_empty() {
+        if joined > 0 && ranks.is_empty() && joined < wait.ranks {
+            if wait.launcher.is_none() {
+                // Nothing to watch: wait as long as for a first rank.
+                started = Instant::now();
+            }
+            info!(
+                "keeper: no rank left, {} of {} joined: waiting for the others",
+                joined, wait.ranks
+            );
+        } else if joined > 0 && ranks.is_empty() {
             if linger.is_zero() {
                 return End::LastRankGone;
             }
@@ -705,6 +869,28 @@ fn register(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_ranks_from_slurm_and_open_mpi() {
+        let env = |kv: &[(&str, &str)]| -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+            kv.iter().map(|(k, v)| (k.into(), v.into())).collect()
+        };
+        let slurm = |list: &str, node: &str| {
+            local_ranks(&env(&[
+                ("SLURM_STEP_TASKS_PER_NODE", list),
+                ("SLURM_NODEID", node),
+            ]))
+        };
+        assert_eq!(slurm("2(x3),1", "0"), 2);
+        assert_eq!(slurm("2(x3),1", "2"), 2);
+        assert_eq!(slurm("2(x3),1", "3"), 1);
+        assert_eq!(slurm("4", "0"), 4);
+        // Out of range or unreadable: one, as without a launcher.
+        assert_eq!(slurm("2(x3),1", "4"), 1);
+        assert_eq!(slurm("2(x", "0"), 1);
+        assert_eq!(local_ranks(&env(&[("OMPI_COMM_WORLD_LOCAL_SIZE", "6")])), 6);
+        assert_eq!(local_ranks(&[]), 1);
+    }
 
     #[test]
     fn joins_are_strict_and_attaches_name_what_differs() {

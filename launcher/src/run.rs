@@ -135,7 +135,8 @@ pub fn enter(
     );
     let built = match &plan.join_key {
         Some(key) => {
-            let ignored = crate::join::join(&plan, key, opts.attach)?;
+            let ignored =
+                crate::join::join(&plan, key, opts.attach, crate::join::local_ranks(env))?;
             if !ignored.is_empty() {
                 eprintln!(
                     "berth: warning: attached to the running container '{key}': ignoring this step's {} (the container keeps its own)",
