@@ -84,6 +84,34 @@ pub fn state_dir(c: &Config, cache_dir: Option<&Path>, node: &str, uid: u32) -> 
     berth_launcher::user_state_dir(&base, uid)
 }
 
+/// Create the directory the user's state directory goes in when it is missing (`runtime_dir=/local/%n`
+/// on a node that has no `/local/<node>` yet): each missing level as a shared directory with
+/// the sticky bit, as /tmp is, so every user of the node makes their own private `berth-<uid>`
+/// there (mode 0700, by the launcher) and none can remove another's.
+pub fn make_state_base(state: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let Some(base) = state.parent() else {
+        return Ok(());
+    };
+    let missing: Vec<&Path> = base.ancestors().take_while(|d| !d.exists()).collect();
+    for dir in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            // Opened to all only once it is there (umask), by its creator.
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)),
+            // Another task of the node made it first.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            Error::Usage(format!(
+                "cannot create the state directory's parent {} ({e}); create it on the node or change runtime_dir= in plugstack.conf",
+                dir.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// The site's configuration as the launcher takes it: the policy named by `policy=` and, in
 /// a task, the user's state directory on the node ([`state_dir`]).
 pub fn site(c: &Config, state_dir: Option<&Path>) -> Site {
@@ -144,6 +172,22 @@ mod tests {
             let key = bad.split('=').next().unwrap();
             assert!(e.contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_missing_state_base_is_made_shared_and_sticky() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = std::env::temp_dir().join(format!("berth-base-{}", std::process::id()));
+        let c = cfg(&[&format!("runtime_dir={}/local/%n", tmp.display())]).unwrap();
+        let state = state_dir(&c, None, "n1", 7);
+        make_state_base(&state).unwrap();
+        make_state_base(&state).unwrap();
+        for d in [tmp.join("local"), tmp.join("local/n1")] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o7777, 0o1777, "{}", d.display());
+        }
+        assert!(!state.exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

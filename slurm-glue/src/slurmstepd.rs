@@ -55,6 +55,7 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     let uid = nix::unistd::getuid().as_raw();
     let policy = crate::config::policy(&cfg)?;
     let state = state_dir(&cfg, policy.cache_dir.as_deref(), &node, uid);
+    crate::config::make_state_base(&state)?;
     let cwd: PathBuf = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let key = instance_key(job, step, &node, req.name.as_deref());
     let argv = sp.job_argv();
