@@ -55,13 +55,25 @@ impl Cache {
         Ok(self.dir.join("blobs/sha256").join(hex))
     }
 
-    /// A private temp name in the cache for a download in progress.
+    /// A private temp file in the cache for a download in progress, created here (O_EXCL):
+    /// `.tmp-<hex>-<pid>-<random>-<host>`, unique across the nodes that share the cache
+    /// (their PIDs repeat), so no import writes or resumes another's partial file.
     pub fn temp_path(&self, digest: &str) -> Result<PathBuf, String> {
+        use std::os::unix::fs::OpenOptionsExt;
         let hex = crate::oci::check_digest(digest)?;
-        Ok(self
-            .dir
-            .join("blobs/sha256")
-            .join(format!(".tmp-{hex}-{}", std::process::id())))
+        let path = self.dir.join("blobs/sha256").join(format!(
+            ".tmp-{hex}-{}-{}-{}",
+            std::process::id(),
+            crate::store::random(),
+            crate::store::hostname()
+        ));
+        fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(path)
     }
 
     /// Mark a blob as used now (prune --older-than goes by this).
@@ -101,7 +113,7 @@ impl Cache {
             let e = e.map_err(|e| e.to_string())?;
             let name = e.file_name().to_string_lossy().into_owned();
             let m = e.metadata().map_err(|e| e.to_string())?;
-            let stale_temp = name.starts_with(".tmp-") && !temp_owner_alive(&name);
+            let stale_temp = name.starts_with(".tmp-") && !temp_owner_alive(&name, &m);
             let old = !name.starts_with('.')
                 && now
                     .duration_since(m.modified().unwrap_or(SystemTime::UNIX_EPOCH))
@@ -119,10 +131,20 @@ impl Cache {
     }
 }
 
-/// `.tmp-<hex>-<pid>`: is that import still running?
-fn temp_owner_alive(name: &str) -> bool {
-    name.rsplit('-')
-        .next()
-        .and_then(|p| p.parse::<i32>().ok())
-        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+/// Is the import that writes temp `name` still running? `.tmp-<hex>-<pid>-<random>-<host>`:
+/// on this host, by its pid; another host's pid cannot be looked up here, so its temp is live
+/// while it was written in the last hour (a download in progress writes all the time).
+/// `.tmp-<hex>-<pid>` (an older berth-image) is taken as this host's.
+fn temp_owner_alive(name: &str, m: &fs::Metadata) -> bool {
+    let mut parts = name.trim_start_matches(".tmp-").splitn(4, '-').skip(1);
+    let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
+    let host = parts.nth(1);
+    if host.is_some_and(|h| h != crate::store::hostname()) {
+        return m
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < Duration::from_secs(3600));
+    }
+    pid.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }

@@ -341,3 +341,76 @@ fn another_nodes_claim_is_waited_for_then_taken_over_when_it_stops_beating() {
     assert_eq!(cat(&img, "version"), "one");
     assert!(!claim.exists());
 }
+
+/// Two importers on two "nodes" (PID namespaces: both are PID 1) fill one shared layer cache at
+/// once: their temp files differ (host and a random part, created O_EXCL), so both succeed.
+#[test]
+fn importers_with_the_same_pid_share_a_layer_cache() {
+    let sb = Sandbox::new("store-samepid");
+    let reg = Registry::start("store-samepid", None);
+    // 24 MiB that gzip cannot shrink: the downloads overlap.
+    let mut noise = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let layer = tar_layer(&[Entry::File("noise", &noise, 0o644)]);
+    let mut layout = Layout::new(&sb.root.join("layout-samepid"));
+    layout.image(
+        "v1",
+        &[(gzip(&layer), LAYER_GZIP)],
+        std::slice::from_ref(&layer),
+        json!({}),
+    );
+    reg.push(&layout.dir, "v1", "demo/noise:1", &[]);
+    let src = format!("docker://{}/demo/noise:1", reg.addr);
+    let u = berth_tests::user();
+    let spawn = |out: &str| {
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "--"])
+            .args([
+                "setpriv",
+                "--reuid",
+                &u.name,
+                "--regid",
+                &u.name,
+                "--init-groups",
+                "--",
+            ])
+            .arg(berth_image_bin())
+            .args(["import", "--quiet", &src, "-o"])
+            .arg(sb.work.join(out))
+            .env_clear()
+            .env("HOME", &u.home)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("BERTH_LAYER_CACHE", sb.work.join("shared-cache"))
+            .current_dir(&sb.work)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("a.sqsh"), spawn("b.sqsh"));
+    for o in [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for img in ["a.sqsh", "b.sqsh"] {
+        let out = Command::new("unsquashfs")
+            .arg("-cat")
+            .arg(sb.work.join(img))
+            .arg("noise")
+            .output()
+            .unwrap();
+        assert!(out.stdout == noise, "{img} holds the layer's file");
+    }
+    let temps: Vec<String> = fs::read_dir(sb.work.join("shared-cache/blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(temps.is_empty(), "{temps:?}");
+}
