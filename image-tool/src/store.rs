@@ -527,15 +527,16 @@ pub fn gc(dir: &Path, older_than: Duration) -> Result<(usize, u64), String> {
         let name = e.file_name().to_string_lossy().into_owned();
         let p = e.path();
         let old = mtime(&p).is_some_and(|t| t <= stale_age);
-        if name.ends_with(".claim") && stale(&p) {
-            let _ = std::fs::remove_file(&p);
-        } else if name.starts_with('.')
-            && (name.contains(".tmp-") || name.contains(".stale-"))
-            && old
-        {
-            let _ = std::fs::remove_file(&p);
-        } else if name.ends_with(".sqsh") && !p.with_extension("json").exists() && old {
-            // An image whose metadata never came (killed between rename and commit).
+        let abandoned_claim = name.ends_with(".claim") && stale(&p);
+        let old_temp =
+            name.starts_with('.') && (name.contains(".tmp-") || name.contains(".stale-")) && old;
+        // An image whose metadata never came (its importer was killed between the rename
+        // and the commit); not one whose importer is still hashing it.
+        let orphan = name.ends_with(".sqsh")
+            && !p.with_extension("json").exists()
+            && !p.with_extension("claim").exists()
+            && old;
+        if abandoned_claim || old_temp || orphan {
             let _ = std::fs::remove_file(&p);
         }
     }
