@@ -221,6 +221,9 @@ fn spawn(
             plan.image.path.display()
         ))
     })?;
+    // The job step's anchor process, watched through a pidfd: the keeper stops taking runs
+    // when the step has ended.
+    let anchor = plan.keeper_anchor.and_then(|pid| sys::pidfd_open(pid).ok());
     let listener = UnixListener::bind(sock).ctx(|| format!("cannot create {}", sock.display()))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ctx(|| "pipe")?;
     // SAFETY: the caller is single-threaded (see container::build), so the children may
@@ -234,8 +237,15 @@ fn spawn(
             let _ = nix::unistd::setsid();
             // SAFETY: still single-threaded, as above.
             if let Ok(ForkResult::Child) = unsafe { fork() } {
-                let keep = [listener.as_raw_fd(), ready_w.as_raw_fd(), image_fd];
-                let code = keeper_main(plan, listener, ready_w, dir, name, archive, &keep);
+                let mut keep = vec![listener.as_raw_fd(), ready_w.as_raw_fd(), image_fd];
+                keep.extend(anchor.as_ref().map(|a| a.as_raw_fd()));
+                let start = Start {
+                    listener,
+                    ready: ready_w,
+                    archive,
+                    anchor,
+                };
+                let code = keeper_main(plan, start, dir, name, &keep);
                 // SAFETY: _exit ends the process without running destructors or atexit
                 // handlers, which belong to the berth that forked.
                 unsafe { libc::_exit(code) };
@@ -265,15 +275,23 @@ fn spawn(
     }
 }
 
-fn keeper_main(
-    plan: &Plan,
+/// What a starting keeper is handed by the run that forks it.
+struct Start {
     listener: UnixListener,
+    /// Where it reports "ok" or why it cannot serve.
     ready: OwnedFd,
-    dir: &Path,
-    name: &str,
     archive: Archive,
-    keep: &[RawFd],
-) -> i32 {
+    /// The job step's anchor process (a pidfd), if any.
+    anchor: Option<OwnedFd>,
+}
+
+fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]) -> i32 {
+    let Start {
+        listener,
+        ready,
+        archive,
+        anchor,
+    } = start;
     // The server's name, and deaf to the signals schedulers send to every process group of a
     // job: it serves other runs' containers too, and ends when its mount is no longer used.
     crate::imagefs::become_server_process();
@@ -345,11 +363,24 @@ fn keeper_main(
             }
         }
         let wait = left.clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        if let Some(a) = &anchor {
+            fds.push(PollFd::new(a.as_fd(), PollFlags::POLLIN));
+        }
         let timeout = PollTimeout::try_from(wait.as_millis() as u64).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
             Ok(0) => continue,
-            Ok(_) => {}
+            Ok(_) => {
+                let step_over = fds
+                    .get(1)
+                    .and_then(|f| f.revents())
+                    .is_some_and(|r| !r.is_empty());
+                if step_over {
+                    // No run of this step can come any more.
+                    let _ = std::fs::remove_file(&sock_path);
+                    break "idle";
+                }
+            }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 warn!("image keeper: cannot wait for runs: {e}");

@@ -414,7 +414,7 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     // still be waiting out their idle time, so count only those Slurm started.
     let helpers = live_processes(user().uid)
         .iter()
-        .filter(|(pid, c)| c.starts_with("berth-imagefs") && started_by_slurm(*pid))
+        .filter(|(pid, c)| c.starts_with("berth-imagefs") && in_sandbox(&sb, *pid))
         .count();
     let cancel = c.run(&sb, &["scancel", "--name=berth-cancel"]);
     let srun = srun.wait_with_output().unwrap();
@@ -428,7 +428,7 @@ fn exit_codes_reach_srun_and_scancel_leaves_nothing() {
     let of_slurm = || -> Vec<(i32, String)> {
         live_processes(user().uid)
             .into_iter()
-            .filter(|(pid, _)| started_by_slurm(*pid))
+            .filter(|(pid, _)| in_sandbox(&sb, *pid))
             .collect()
     };
     let clean = eventually(Duration::from_secs(30), || of_slurm().is_empty());
@@ -1604,10 +1604,10 @@ fn srun_container_runs_an_apptainer_sif_in_place() {
     );
 }
 
-/// Whether a process is of a Slurm job (its environment has SLURM_JOB_ID).
-fn started_by_slurm(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .any(|kv| kv.starts_with(b"SLURM_JOB_ID="))
+/// Whether a process belongs to this test's jobs: it works in the sandbox (srun's working
+/// directory, which the tasks and what berth forks from them inherit). Not its environment:
+/// slurmstepd writes its process title over its environment area, and berth's keepers are
+/// forked from the task before the exec.
+fn in_sandbox(sb: &Sandbox, pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d.starts_with(&sb.root))
 }

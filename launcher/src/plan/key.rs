@@ -98,6 +98,24 @@ pub fn keeper_scope(env: &[(OsString, OsString)]) -> String {
     String::new()
 }
 
+/// The process that lives as long as the run's job step: Slurm's slurmstepd (the task's parent;
+/// the plugin runs berth in the task itself), OpenLava's res (the job's process-group leader).
+/// An image keeper stops taking runs when it ends, so no keeper outlives its step for its idle
+/// time even where the scheduler does not kill what left the step's process tree
+/// (proctrack/linuxproc, OpenLava). None outside a scheduler.
+pub fn keeper_anchor(scope: &str) -> Option<i32> {
+    let parent = nix::unistd::getppid().as_raw();
+    if scope.starts_with("slurm-") {
+        return Some(parent);
+    }
+    if scope.starts_with("lsf-") {
+        let group = nix::unistd::getpgrp().as_raw();
+        let own = nix::unistd::getpid().as_raw();
+        return Some(if group != own { group } else { parent });
+    }
+    None
+}
+
 /// A join key from the environment of a parallel launcher, so that the ranks one launcher
 /// starts on a node share one container without a flag.
 pub fn auto_join_key(env: &[(OsString, OsString)]) -> Option<String> {

@@ -129,6 +129,8 @@ pub struct Plan {
     /// Whose keeper a run may share: the job step under a scheduler (which kills a step's
     /// processes when it ends), else empty (any run of the user on this node).
     pub keeper_scope: String,
+    /// The process whose end is the end of that job step (see `key::keeper_anchor`).
+    pub keeper_anchor: Option<i32>,
     pub mpi: Option<MpiPlan>,
     /// The site's environment rules.
     pub env_rules: EnvRules,
@@ -271,6 +273,7 @@ impl Plan {
             image_cache_bytes: (policy.image_cache_mib.unwrap_or(DEFAULT_IMAGE_CACHE_MIB) as usize)
                 << 20,
             keeper_scope: keeper_scope(env),
+            keeper_anchor: key::keeper_anchor(&keeper_scope(env)),
             mpi,
             env_rules: policy.env.clone(),
             notes,
