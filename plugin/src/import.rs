@@ -3,7 +3,7 @@
 //! user with the job's credentials: resolved and imported once on the submit side, then used
 //! by digest on every node (once per step per node, asking no registry when the store has it).
 
-use berth_launcher::Error;
+use berth_launcher::{Error, Policy};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,7 @@ impl Importer<'_> {
         env: &[(OsString, OsString)],
         job: u32,
         step: u32,
+        policy: Option<&Policy>,
     ) -> Result<PathBuf, Error> {
         let uid = nix::unistd::getuid().as_raw();
         let dir = berth_launcher::private_state_subdir(state, "imported", uid)?;
@@ -60,7 +61,7 @@ impl Importer<'_> {
         };
         let job_id = job.to_string();
         crate::step::once_per_step(&dir, &stem, job, step, || {
-            self.store(wanted, env, Some(&job_id))
+            self.store(wanted, env, Some(&job_id), policy)
                 .map(|s| s.path.display().to_string())
         })
         .map(PathBuf::from)
@@ -73,8 +74,18 @@ impl Importer<'_> {
         reference: &str,
         env: &[(OsString, OsString)],
         job: Option<&str>,
+        policy: Option<&Policy>,
     ) -> Result<Stored, Error> {
         let mut args: Vec<OsString> = vec!["import".into(), "--json".into(), "--store".into()];
+        // The site's policy says where the stores are (`[images]`); else berth-image's default.
+        if let Some(p) = policy {
+            if let Some(dir) = &p.image_store {
+                args.extend(["--store-dir".into(), expand_user(dir).into()]);
+            }
+            if let Some(dir) = &p.site_store {
+                args.extend(["--site-store".into(), dir.into()]);
+            }
+        }
         if let Some(j) = job {
             args.extend(["--job".into(), j.into()]);
         }
@@ -146,6 +157,16 @@ impl Importer<'_> {
     }
 }
 
+/// `${USER}` in a policy's store path: the calling user's name (the job's user).
+fn expand_user(path: &str) -> String {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    path.replace("${USER}", &name)
+}
+
 /// `reference` with its tag replaced by `digest`: the image a job pinned.
 pub fn pinned(reference: &str, digest: &str) -> String {
     // Only the last path component carries a tag or digest (a registry's port and a user
@@ -198,7 +219,10 @@ mod tests {
 
     #[test]
     fn the_registry_host_of_a_pinned_reference() {
-        assert_eq!(registry_host("docker://10.0.0.1:5000/app@sha256:00ff"), "10.0.0.1");
+        assert_eq!(
+            registry_host("docker://10.0.0.1:5000/app@sha256:00ff"),
+            "10.0.0.1"
+        );
         assert_eq!(registry_host("docker://bob@reg:5000/app:1"), "reg");
         assert_eq!(registry_host("bob@reg#team/app@sha256:00"), "reg");
         assert_eq!(registry_host("team/app@sha256:00"), "");

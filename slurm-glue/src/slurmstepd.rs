@@ -176,7 +176,8 @@ pub(crate) fn resolve(
         let image = req.image.as_deref().unwrap_or_default();
         if is_reference(image) {
             log(Level::Verbose, &format!("importing {image} on {node}"));
-            crate::config::importer(cfg).import(image, state, env, job, step)
+            let policy = crate::config::policy(cfg).ok();
+            crate::config::importer(cfg).import(image, state, env, job, step, policy.as_ref())
         } else {
             Ok(PathBuf::from(image))
         }

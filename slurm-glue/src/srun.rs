@@ -88,7 +88,8 @@ fn pin(cfg: &Config, image: &str, env: &[(OsString, OsString)]) -> Result<String
         return Ok(digest.to_string());
     }
     let job = std::env::var("SLURM_JOB_ID").ok();
-    let stored = crate::config::importer(cfg).store(image, env, job.as_deref())?;
+    let policy = crate::config::policy(cfg).ok();
+    let stored = crate::config::importer(cfg).store(image, env, job.as_deref(), policy.as_ref())?;
     // srun and sbatch are single-threaded while their options are checked; both pass their
     // environment on to the job.
     std::env::set_var(PIN_VAR, format!("{} {image}", stored.digest));

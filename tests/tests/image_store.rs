@@ -138,6 +138,27 @@ fn the_store_imports_once_and_serves_by_digest() {
     let r = run(berth_image(&sb, "c1", &["store", "list"])).expect_ok("store list");
     assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
     assert!(!img.exists());
+    // A site store (read-only, filled by admins) is searched first: an empty user store and
+    // a site store that has the image: found there, nothing fetched, nothing written.
+    let site = sb.work.join("site");
+    let s = import(&sb, "c4", &src, &["--store-dir", site.to_str().unwrap()]);
+    let n = gets(&reg).len();
+    let user = sb.work.join("empty-user-store");
+    let s2 = import(
+        &sb,
+        "c5",
+        &src,
+        &[
+            "--store-dir",
+            user.to_str().unwrap(),
+            "--site-store",
+            site.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(s2["output"], s["output"]);
+    assert_eq!(count(&gets(&reg)[n..], "blob"), 0);
+    assert!(!user.exists(), "nothing written to the user's store");
+
     let r = run(berth_image(&sb, "c1", &["store", "rm", &digest]));
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("no image"), "{}", r.stderr);

@@ -3,7 +3,7 @@
 //! the registry's access log (Debian's docker-registry on the cluster's bridge).
 
 use berth_tests::registry::{gzip, tar_with_host_files, Entry, Layout, Registry, LAYER_GZIP};
-use berth_tests::slurm::{cluster, BRIDGE_IP};
+use berth_tests::slurm::{cluster, BRIDGE_IP, POLICY};
 use berth_tests::*;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -147,4 +147,32 @@ fn a_registry_image_is_imported_once_per_job_and_the_nodes_use_its_digest() {
     // A new job follows the moved tag.
     let r = srun(&["-N1", &flag, "cat", "/srv/hello.txt"]).expect_ok("after the move");
     assert_eq!(lines(&r), vec!["second, after the move"]);
+
+    // The site policy places the store (`[images] store`, `${USER}` the job's user); it wins
+    // over the user's BERTH_STORE, on srun's side and on the nodes.
+    let placed = sb.work.join("placed");
+    std::fs::create_dir_all(&placed).unwrap();
+    let _ = std::process::Command::new("chown")
+        .arg(format!("{}:", user().name))
+        .arg(&placed)
+        .status();
+    std::fs::write(
+        &c.policy,
+        format!(
+            "{POLICY}[images]\nstore = \"{}/${{USER}}\"\n",
+            placed.display()
+        ),
+    )
+    .unwrap();
+    let r = srun(&["-N2", &flag, "cat", "/srv/hello.txt"]);
+    std::fs::write(&c.policy, POLICY).unwrap();
+    assert_eq!(
+        lines(&r.expect_ok("policy store")),
+        vec!["second, after the move"; 2]
+    );
+    let in_policy_store = std::fs::read_dir(placed.join(&user().name))
+        .unwrap()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "sqsh"));
+    assert!(in_policy_store, "the image is in the policy's store");
 }

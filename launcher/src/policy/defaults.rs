@@ -21,6 +21,8 @@ impl Default for Policy {
             mode: None,
             linger: None,
             cache_dir: None,
+            image_store: None,
+            site_store: None,
             image_idle: None,
             image_cache_mib: None,
             mounts: Vec::new(),

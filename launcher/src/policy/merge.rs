@@ -108,6 +108,22 @@ impl Policy {
         if let Some(e) = file.env {
             self.merge_env(&src, e)?;
         }
+        if let Some(i) = file.images {
+            for dir in i.store.iter().chain(&i.site_store) {
+                if !dir.get_ref().starts_with('/') {
+                    return Err(src.err(
+                        dir,
+                        format!("image store '{}' is not an absolute path", dir.get_ref()),
+                    ));
+                }
+            }
+            if let Some(s) = i.store {
+                self.image_store = Some(s.into_inner());
+            }
+            if let Some(s) = i.site_store {
+                self.site_store = Some(PathBuf::from(s.into_inner()));
+            }
+        }
         Ok(())
     }
 

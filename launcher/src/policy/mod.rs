@@ -116,6 +116,11 @@ pub struct Policy {
     pub pmix_server_dir: bool,
     pub munge_socket_dir: Option<Rule>,
     pub env: EnvRules,
+    /// `[images] store`: the users' image store (`${USER}` is the user's name); None: each
+    /// user's default (`~/.local/share/berth/store`).
+    pub image_store: Option<String>,
+    /// `[images] site_store`: the read-only store admins fill, searched first.
+    pub site_store: Option<PathBuf>,
 }
 
 impl Policy {

@@ -17,6 +17,15 @@ pub(super) struct File {
     pub(super) mpi: Option<Spanned<MpiSection>>,
     pub(super) pmix: Option<PmixSection>,
     pub(super) env: Option<EnvSection>,
+    pub(super) images: Option<ImagesSection>,
+}
+
+/// `[images]`: where registry images are stored (berth-image's image store).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ImagesSection {
+    pub(super) store: Option<Spanned<String>>,
+    pub(super) site_store: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
