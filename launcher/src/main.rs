@@ -121,7 +121,8 @@ struct RunArgs {
     /// Print the plan (mounts, identity, environment, command) and do nothing
     #[arg(long)]
     dry_run: bool,
-    /// A squashfs file or a rootfs directory
+    /// A squashfs file, a rootfs directory, or docker://REGISTRY/REPO[:TAG|@DIGEST] (imported
+    /// into the image store by berth-image first)
     image: PathBuf,
     /// The command and its arguments (default: the image's Cmd)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -174,10 +175,58 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
             mpi: !a.no_mpi,
             persist: a.name,
             unshare,
-            ..RunOptions::new(a.image, argv)
+            ..RunOptions::new(registry_image(a.image)?, argv)
         },
         a.dry_run,
     ))
+}
+
+/// `docker://...`: imported into the image store by berth-image (installed beside berth, else
+/// on PATH; nothing is fetched when the store has the image), then run from there.
+fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
+    let Some(reference) = image.to_str().filter(|t| t.starts_with("docker://")) else {
+        return Ok(image);
+    };
+    let program = std::env::current_exe()
+        .ok()
+        .map(|e| e.with_file_name("berth-image"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "berth-image".into());
+    let mut cmd = std::process::Command::new(&program);
+    cmd.args(["import", "--json", "--store"]);
+    if let Ok(policy) = berth_launcher::Site::default().policy() {
+        if let Some(dir) = &policy.image_store {
+            let user = std::env::var("USER").unwrap_or_default();
+            cmd.arg("--store-dir").arg(dir.replace("${USER}", &user));
+        }
+        if let Some(dir) = &policy.site_store {
+            cmd.arg("--site-store").arg(dir);
+        }
+    }
+    let out = cmd
+        .arg(reference)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::Image(format!(
+                "cannot run {} to import {reference}: {e}",
+                program.display()
+            ))
+        })?;
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    match summary.get("output").and_then(|o| o.as_str()) {
+        Some(path) if out.status.success() => Ok(PathBuf::from(path)),
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let why = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("failed")
+                .trim_start_matches("berth-image: ");
+            Err(Error::Image(format!("cannot import {reference}: {why}")))
+        }
+    }
 }
 
 fn fail(e: Error) -> ! {

@@ -435,3 +435,70 @@ fn importers_with_the_same_pid_share_a_layer_cache() {
         .collect();
     assert!(temps.is_empty(), "{temps:?}");
 }
+
+/// `berth run docker://...` imports into the store and runs; a second run fetches no blob.
+#[test]
+fn berth_run_takes_a_registry_reference() {
+    let sb = Sandbox::new("store-run");
+    let reg = Registry::start("store-run", None);
+    let rootfs = berth_tests::demo_image()
+        .parent()
+        .unwrap()
+        .join("demo-rootfs");
+    let host = [
+        "usr/bin/dash",
+        "usr/bin/cat",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ];
+    let layer = tar_with_host_files(
+        &rootfs,
+        &host,
+        &[
+            Entry::Symlink("bin", "usr/bin"),
+            Entry::Symlink("lib", "usr/lib"),
+            Entry::Symlink("lib64", "usr/lib64"),
+            Entry::Dir("usr/lib64/", 0o755),
+            Entry::Symlink(
+                "usr/lib64/ld-linux-x86-64.so.2",
+                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            ),
+            Entry::Dir("srv/", 0o755),
+            Entry::File("srv/hello.txt", b"from the store", 0o644),
+        ],
+    );
+    let mut layout = Layout::new(&sb.root.join("layout-run"));
+    layout.image(
+        "v1",
+        &[(gzip(&layer), LAYER_GZIP)],
+        std::slice::from_ref(&layer),
+        json!({"Env": ["PATH=/usr/bin:/bin"]}),
+    );
+    reg.push(&layout.dir, "v1", "demo/run:1", &[]);
+    let src = format!("docker://{}/demo/run:1", reg.addr);
+    let berth = |args: &[&str]| {
+        let mut cmd = sb.berth(args);
+        // berth-image on PATH (the tests' berth is a copy with no berth-image beside it).
+        let tools = berth_image_bin().parent().unwrap().display().to_string();
+        cmd.env("BERTH_STORE", store(&sb))
+            .env("BERTH_LAYER_CACHE", sb.work.join("layers"))
+            .env("PATH", format!("{tools}:/usr/bin:/bin"));
+        run(cmd)
+    };
+    let r = berth(&["run", &src, "--", "cat", "/srv/hello.txt"]).expect_ok("berth run docker://");
+    assert_eq!(r.stdout, "from the store");
+    let n = gets(&reg).len();
+    let r = berth(&["run", &src, "--", "cat", "/srv/hello.txt"]).expect_ok("second run");
+    assert_eq!(r.stdout, "from the store");
+    assert_eq!(count(&gets(&reg)[n..], "blob"), 0);
+    // An unknown tag: one line, exit 125.
+    let missing = format!("docker://{}/demo/run:nope", reg.addr);
+    let r = berth(&["run", &missing, "--", "true"]);
+    assert_eq!(r.code, Some(125), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("berth: cannot import docker://"),
+        "{}",
+        r.stderr
+    );
+}
