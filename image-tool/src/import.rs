@@ -294,6 +294,7 @@ fn import_to_store(opts: &Options, stores: &crate::store::Stores) -> Result<Summ
         imported_at: 0,
         imported_by: String::new(),
         host: String::new(),
+        identity: String::new(),
     };
     let found = store::commit(&stores.user, &key, meta)?;
     drop(claim);

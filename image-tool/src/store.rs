@@ -44,6 +44,11 @@ pub struct Meta {
     pub imported_at: u64,
     pub imported_by: String,
     pub host: String,
+    /// The file as it was hashed (inode, size, mtime and ctime in ns): while it is unchanged,
+    /// a use needs a stat, not a read of the whole image (1,000 nodes would read it 1,000
+    /// times from the shared filesystem). Any write or replacement changes the ctime.
+    #[serde(default)]
+    pub identity: String,
 }
 
 /// The user's store (read-write) and the site's (read-only, searched first).
@@ -187,9 +192,29 @@ impl Stores {
     }
 }
 
-/// Check a found image before it is used: its size and sha256 against its metadata. A damaged
-/// or replaced file is one line that says what to do. The use is recorded for `gc`.
+/// A file's identity: `ino:size:mtime_ns:ctime_ns`.
+fn identity(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}:{}:{}",
+        m.ino(),
+        m.size(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128
+    ))
+}
+
+/// Check a found image before it is used: a file unchanged since it was hashed (same
+/// identity) is trusted; any other is hashed and compared with its metadata's sha256. A
+/// damaged or replaced file is one line that says what to do. The use is recorded for `gc`.
 pub fn verify(found: &Found) -> Result<(), String> {
+    if !found.meta.identity.is_empty()
+        && identity(&found.path).as_ref() == Some(&found.meta.identity)
+    {
+        touch_used(&found.path);
+        return Ok(());
+    }
     let corrupt = |why: String| {
         format!(
             "{} in the image store is damaged ({why}); remove it with `berth-image store rm {}` and run again to import it anew",
@@ -218,9 +243,18 @@ pub fn verify(found: &Found) -> Result<(), String> {
     Ok(())
 }
 
-/// Record a use (`KEY.used`'s mtime); the site store is read-only, so not there.
+/// Record a use (`KEY.used`'s mtime), at most once an hour (a wide job's nodes would all write
+/// it); the site store is read-only, so not there.
 fn touch_used(sqsh: &Path) {
     let used = sqsh.with_extension("used");
+    let recent = std::fs::metadata(&used)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(3600));
+    if recent {
+        return;
+    }
     let _ = File::options()
         .write(true)
         .create(true)
@@ -375,6 +409,7 @@ pub fn commit(dir: &Path, key: &str, mut meta: Meta) -> Result<Found, String> {
     meta.imported_at = now();
     meta.imported_by = user_name();
     meta.host = hostname();
+    meta.identity = identity(&path).unwrap_or_default();
     let json = serde_json::to_vec_pretty(&meta).expect("serializable");
     write_atomic(&dir.join(format!("{key}.json")), &json)?;
     touch_used(&path);
@@ -575,6 +610,7 @@ mod tests {
             imported_at: 0,
             imported_by: String::new(),
             host: String::new(),
+            identity: String::new(),
         }
     }
 
