@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# A real Slurm cluster on one machine for berth's tests and demo: munge, slurmctld and three
-# slurmd nodes (n1 n2 n3), each node in its own network and UTS namespace with its own spool
-# and TmpFS, joined by a bridge; the berth SPANK plugin in plugstack.conf.
+# A real Slurm cluster on one machine for berth's tests and demo: munge, slurmctld and N
+# slurmd nodes (n1 ... nN, three unless -n says), each node in its own network and UTS
+# namespace with its own spool and TmpFS, joined by a bridge; the berth SPANK plugin in
+# plugstack.conf. The nodes share the machine's filesystem: /tmp is one directory for all of
+# them, as a home on NFS is on a real cluster.
 #
-#   cluster.sh start DIR PLUGIN.so [ARG...]   # ARGs go to the plugin in plugstack.conf;
+#   cluster.sh start [-n N] DIR PLUGIN.so [ARG...]   # ARGs go to the plugin in plugstack.conf;
 #                                             # prints `export SLURM_CONF=DIR/slurm.conf`
 #   cluster.sh stop DIR              # stops every daemon, removes namespaces and bridge
 #
 # Run as root. Jobs are submitted by any user with SLURM_CONF=DIR/slurm.conf.
 set -euo pipefail
-cmd=${1:?usage: cluster.sh start DIR PLUGIN.so | stop DIR}
-dir=${2:?usage: cluster.sh start DIR PLUGIN.so | stop DIR}
-nodes=(n1 n2 n3)
+usage="usage: cluster.sh start [-n NODES] DIR PLUGIN.so [ARG...] | stop DIR"
+cmd=${1:?$usage}
+shift
+count=3
+if [ "${1:-}" = -n ]; then
+  count=${2:?$usage}
+  shift 2
+fi
+[[ "$count" =~ ^[1-9][0-9]?$ ]] || { echo "cluster.sh: -n takes a node count from 1 to 99" >&2; exit 2; }
+dir=${1:?$usage}
+nodes=()
+for i in $(seq "$count"); do nodes+=("n$i"); done
 bridge=berthbr0
 net=10.197.0            # the project's own test hosts; only ever on this bridge
 ctl_port=16817
@@ -22,6 +33,9 @@ registry=/run/berth-test-cluster.dir
 
 stop() {
   local dir=$1
+  # Every node namespace, whatever the count the cluster was started with.
+  local nodes
+  mapfile -t nodes < <(ip netns list 2>/dev/null | awk '$1 ~ /^berth-n[0-9]+$/ {sub("berth-", "", $1); print $1}')
   for n in "${nodes[@]}"; do
     for pid in $(ip netns pids "berth-$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
   done
@@ -44,8 +58,8 @@ stop() {
 
 if [ "$cmd" = stop ]; then stop "$dir"; rm -f "$registry"; exit 0; fi
 [ "$cmd" = start ] || { echo "cluster.sh: unknown command $cmd" >&2; exit 2; }
-plugin=${3:?usage: cluster.sh start DIR PLUGIN.so [ARG...]}
-plugin_args=("${@:4}")
+plugin=${2:?$usage}
+plugin_args=("${@:3}")
 [ "$(id -u)" = 0 ] || { echo "cluster.sh: run as root" >&2; exit 1; }
 [ -f "$registry" ] && stop "$(cat "$registry")"
 stop "$dir"
@@ -115,10 +129,8 @@ SlurmdTimeout=30
 InactiveLimit=0
 KillWait=5
 MinJobAge=5
-NodeName=n1 NodeAddr=$net.11 CPUs=8 State=UNKNOWN
-NodeName=n2 NodeAddr=$net.12 CPUs=8 State=UNKNOWN
-NodeName=n3 NodeAddr=$net.13 CPUs=8 State=UNKNOWN
-PartitionName=debug Nodes=n[1-3] Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+$(for i in $(seq "$count"); do echo "NodeName=n$i NodeAddr=$net.$((10 + i)) CPUs=8 State=UNKNOWN"; done)
+PartitionName=debug Nodes=n[1-$count] Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
 chmod 0644 "$dir/slurm.conf" "$dir/plugstack.conf"
 
@@ -128,10 +140,10 @@ for n in "${nodes[@]}"; do
   nsenter --net="/run/netns/berth-$n" unshare --uts sh -c "hostname $n; exec slurmd -f '$dir/slurm.conf' -N $n"
 done
 export SLURM_CONF="$dir/slurm.conf"
-for _ in $(seq 100); do
+for _ in $(seq 300); do
   idle=$(sinfo -h -o '%T %D' 2>/dev/null | awk '$1=="idle"{print $2}')
-  [ "${idle:-0}" = 3 ] && break
+  [ "${idle:-0}" = "$count" ] && break
   sleep 0.1
 done
-[ "${idle:-0}" = 3 ] || { echo "cluster.sh: nodes did not come up:" >&2; sinfo >&2 || true; tail -n 5 "$dir"/log/*.log >&2; exit 1; }
+[ "${idle:-0}" = "$count" ] || { echo "cluster.sh: nodes did not come up:" >&2; sinfo >&2 || true; tail -n 5 "$dir"/log/*.log >&2; exit 1; }
 echo "export SLURM_CONF=$dir/slurm.conf"

@@ -1,5 +1,6 @@
-//! A real Slurm cluster for the tests: munge, slurmctld and three slurmd nodes, each in its own
-//! network and UTS namespace (tests/slurm/cluster.sh), with berth's SPANK plugin loaded. One
+//! A real Slurm cluster for the tests: munge, slurmctld and [`NODES`] slurmd nodes, each in its
+//! own network and UTS namespace (tests/slurm/cluster.sh), with berth's SPANK plugin loaded.
+//! The nodes share /tmp (the default state directory), as nodes share a home on NFS. One
 //! cluster per test binary, started on first use and stopped when the binary exits.
 
 use crate::{is_root, run, workspace_root, Run, Sandbox};
@@ -35,6 +36,9 @@ pub const CLUSTER_LOCK: &str = "/run/berth-test-cluster.lock";
 /// The test cluster's site policy. Its mode (mount) wins over plugstack's `mode=extract`,
 /// which a test shows by taking it out.
 pub const POLICY: &str = "# the test cluster's site policy\n[user_mounts]\ndenied_sources = [\"/etc/shadow\"]\n[runtime]\nmode = \"mount\"\n";
+
+/// The test cluster's nodes (n1 ... n8).
+pub const NODES: usize = 8;
 
 /// The host's address on the cluster's bridge (tests/slurm/cluster.sh), reachable from every node.
 pub const BRIDGE_IP: &str = "10.197.0.1";
@@ -125,6 +129,7 @@ fn start() -> &'static Cluster {
         let out = Command::new("bash")
             .arg(workspace_root().join("tests/slurm/cluster.sh"))
             .arg("start")
+            .args(["-n", &NODES.to_string()])
             .arg(&dir)
             .arg(plugin())
             .args(args.split(' '))
@@ -160,6 +165,16 @@ impl Cluster {
         run(self.cmd(sb, argv))
     }
 
+    /// More arguments for the plugin in plugstack.conf, which srun and every new slurmstepd
+    /// read: until the returned guard is dropped (e.g. `runtime_dir=` for a state directory
+    /// per node instead of the shared /tmp).
+    pub fn plugin_args(&self, extra: &str) -> PluginArgs {
+        let path = self.dir.join("plugstack.conf");
+        let saved = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{} {extra}\n", saved.trim_end())).unwrap();
+        PluginArgs { path, saved }
+    }
+
     /// Node states as sinfo prints them (`idle`, `drain`...), one per node.
     pub fn node_states(&self) -> Vec<String> {
         let out = Command::new("sinfo")
@@ -171,5 +186,17 @@ impl Cluster {
             .lines()
             .map(String::from)
             .collect()
+    }
+}
+
+/// plugstack.conf with more plugin arguments ([`Cluster::plugin_args`]); put back when dropped.
+pub struct PluginArgs {
+    path: PathBuf,
+    saved: String,
+}
+
+impl Drop for PluginArgs {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, &self.saved);
     }
 }
