@@ -176,3 +176,19 @@ fn a_registry_image_is_imported_once_per_job_and_the_nodes_use_its_digest() {
         .any(|e| e.path().extension().is_some_and(|x| x == "sqsh"));
     assert!(in_policy_store, "the image is in the policy's store");
 }
+
+/// The nodes need no registry access: a registry on the submit host's loopback, which no node's
+/// network namespace can reach, serves the job (srun imports; the nodes use the store).
+#[test]
+fn nodes_that_cannot_reach_the_registry_run_the_job() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-store-noreg");
+    let reg = Registry::start("slurm-store-noreg", None);
+    push_shell(&sb, &reg, "demo/app:1", b"no registry on the nodes\n");
+    let flag = format!("--container-image=docker://{}/demo/app:1", reg.addr);
+    let mut cmd = c.cmd(&sb, &["srun", "-N3", &flag, "cat", "/srv/hello.txt"]);
+    cmd.env("BERTH_STORE", sb.work.join("store"))
+        .env("BERTH_LAYER_CACHE", sb.work.join("layers"));
+    let r = run(cmd).expect_ok("srun with a loopback registry");
+    assert_eq!(lines(&r), vec!["no registry on the nodes"; 3]);
+}
