@@ -254,6 +254,9 @@ fn linger_keeps_a_warm_container_for_the_next_run_then_goes() {
     );
 }
 
+/// A join keeper's command line (`berth-keeper KEY`).
+const KEEPER: &str = "berth-keeper ";
+
 /// The first sandbox process whose command line starts with `prefix`.
 fn process_of(sb: &Sandbox, prefix: &str) -> Option<i32> {
     sb.processes()
@@ -274,7 +277,6 @@ fn two_waiting_ranks(sb: &Sandbox, key: &str, img: &str, script: &str) -> [std::
             .unwrap()
     };
     let ranks = [rank(), rank()];
-    let berth = berth_bin().display().to_string();
     assert!(
         eventually(Duration::from_secs(30), || {
             sb.processes()
@@ -282,7 +284,7 @@ fn two_waiting_ranks(sb: &Sandbox, key: &str, img: &str, script: &str) -> [std::
                 .filter(|(_, c)| c.starts_with("sh -c read x"))
                 .count()
                 == 2
-                && process_of(sb, &berth).is_some()
+                && process_of(sb, KEEPER).is_some()
         }),
         "ranks did not start: {:?}",
         sb.processes()
@@ -301,7 +303,7 @@ fn a_killed_keeper_leaves_its_ranks_their_image() {
         img,
         "read x; cat /etc/debian_version; ls /usr/bin | wc -l",
     );
-    let keeper = || process_of(&sb, &berth_bin().display().to_string());
+    let keeper = || process_of(&sb, KEEPER);
     let pid = keeper().unwrap();
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     assert!(eventually(Duration::from_secs(10), || keeper().is_none()));
@@ -332,12 +334,11 @@ fn a_killed_image_server_is_named_in_every_rank_s_stderr() {
     let image = demo_image();
     let img = image.to_str().unwrap();
     let mut ranks = two_waiting_ranks(&sb, "sk", img, "read x; cat /etc/debian_version");
-    let berth = berth_bin().display().to_string();
     let find = |prefix: &str| process_of(&sb, prefix);
     let server = find("berth-imagefs").expect("the image server runs");
     let _ = kill(Pid::from_raw(server), Signal::SIGKILL);
     // The keeper tells the ranks and leaves.
-    assert!(eventually(Duration::from_secs(10), || find(&berth).is_none()));
+    assert!(eventually(Duration::from_secs(10), || find(KEEPER).is_none()));
     for r in ranks.iter_mut() {
         drop(r.stdin.take());
     }
