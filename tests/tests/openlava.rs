@@ -460,7 +460,12 @@ fn esub_rejects_bad_images_at_submit_with_97() {
         ("berth()".into(), None, "no image"),
         ("berth".into(), None, "needs an image"),
         (
-            "berth(docker://registry.local/app:1)".into(),
+            "berth(docker://registry.invalid/app:1)".into(),
+            None,
+            "import docker://registry.invalid/app:1",
+        ),
+        (
+            "berth(oras://registry.local/app:1)".into(),
             None,
             "import it first",
         ),
@@ -956,4 +961,77 @@ fn berth_mode_from_the_submit_environment_is_honoured() {
     assert_eq!(r.code, Some(125), "{}", r.stderr);
     assert_one_line(&r, "BERTH_MODE");
     assert!(r.stderr.contains("BERTH_MODE"), "{}", r.stderr);
+}
+
+/// `-a 'berth(docker://...)'`: the esub imports into the image store at submit; the job's
+/// environment carries the stored file and the digest, and the starter runs it.
+#[test]
+fn esub_imports_a_registry_image_and_the_job_runs_it() {
+    use berth_tests::registry::{
+        berth_image_bin, gzip, tar_with_host_files, Entry, Layout, Registry, LAYER_GZIP,
+    };
+    let sb = Sandbox::new("lava-registry");
+    let reg = Registry::start("lava-registry", None);
+    let rootfs = demo_image().parent().unwrap().join("demo-rootfs");
+    let host = [
+        "usr/bin/dash",
+        "usr/bin/cat",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ];
+    let layer = tar_with_host_files(
+        &rootfs,
+        &host,
+        &[
+            Entry::Symlink("bin", "usr/bin"),
+            Entry::Symlink("lib", "usr/lib"),
+            Entry::Symlink("lib64", "usr/lib64"),
+            Entry::Symlink("usr/bin/sh", "dash"),
+            Entry::Dir("usr/lib64/", 0o755),
+            Entry::Symlink(
+                "usr/lib64/ld-linux-x86-64.so.2",
+                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            ),
+            Entry::Dir("srv/", 0o755),
+            Entry::File("srv/hello.txt", b"from the registry", 0o644),
+        ],
+    );
+    let mut layout = Layout::new(&sb.root.join("layout"));
+    layout.image(
+        "v1",
+        &[(gzip(&layer), LAYER_GZIP)],
+        std::slice::from_ref(&layer),
+        serde_json::json!({"Env": ["PATH=/usr/bin:/bin"]}),
+    );
+    reg.push(&layout.dir, "v1", "demo/app:1", &[]);
+    let store = sb.work.join("store");
+    // berth-image on PATH: the tests' esub is a copy with no berth-image beside it.
+    let tools = berth_image_bin().parent().unwrap().display().to_string();
+    let submit = Submit {
+        additional: Some(format!("berth(docker://{}/demo/app:1)", reg.addr)),
+        queue: Some("berth".into()),
+        env: vec![
+            ("BERTH_STORE".into(), store.to_string_lossy().into_owned()),
+            (
+                "BERTH_LAYER_CACHE".into(),
+                sb.work.join("layers").to_string_lossy().into_owned(),
+            ),
+            ("PATH".into(), format!("{tools}:/usr/bin:/bin")),
+        ],
+        ..Submit::default()
+    };
+    let job = Job::new("cat /srv/hello.txt");
+    let (e, ran) = bsub(&sb, &esub(&sb), &sbatchd(&sb), &submit, &job);
+    assert!(e.accepted(), "{}", e.run.stderr);
+    let vars = env_file_vars(&e.env_file);
+    let image = vars.iter().find(|(k, _)| k == "BERTH_IMAGE").unwrap();
+    assert!(Path::new(&image.1).starts_with(&store), "{}", e.env_file);
+    assert!(
+        vars.iter()
+            .any(|(k, v)| k == "BERTH_IMAGE_PIN" && v.starts_with("sha256:")),
+        "{}",
+        e.env_file
+    );
+    let r = ran.unwrap().expect_ok("registry job");
+    assert_eq!(r.stdout.trim(), "from the registry");
 }

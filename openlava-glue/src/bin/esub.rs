@@ -12,6 +12,8 @@
 //! job would run on the host silently: a login-shell job (`-L`, whose environment sbatchd
 //! drops), a queue that openlava.toml does not list as having berth's JOB_STARTER, a bmod
 //! that changes the image (OpenLava does not apply the env file on modify).
+//! `berth(docker://REG/REPO:TAG)`: resolved and imported into the image store at submit (as
+//! the user); the job gets `BERTH_IMAGE` = the stored file and `BERTH_IMAGE_PIN` = its digest.
 //! No image: nothing to do, exit 0.
 
 use berth_openlava as lava;
@@ -41,7 +43,7 @@ fn main() {
         }
         std::process::exit(0);
     }
-    let (image, write) = match (from_a, lava::get(&env, "BERTH_IMAGE")) {
+    let (mut image, mut write) = match (from_a, lava::get(&env, "BERTH_IMAGE")) {
         (Some(image), _) => (image, true),
         (None, Some(image)) => (image.to_string(), false),
         (None, None) => std::process::exit(0),
@@ -74,9 +76,32 @@ fn main() {
             "no queue given and the default queue is not known: submit with -q (one of: {starters})"
         )),
     }
-    if image.contains("://") {
+    // A registry image is resolved and imported into the image store here, once for the job,
+    // as the user: the job gets the stored file and the digest, and its hosts need no
+    // registry access.
+    let mut pin = None;
+    if image.starts_with("docker://") {
+        let program = std::env::current_exe()
+            .ok()
+            .map(|e| e.with_file_name("berth-image"))
+            .filter(|p| p.exists())
+            .or_else(|| lava::find_on_path(&env, "berth-image"))
+            .unwrap_or_else(|| PathBuf::from("berth-image"));
+        let program = program.to_string_lossy().into_owned();
+        let importer = berth_plugin::Importer {
+            program: &program,
+            insecure_registries: &[],
+        };
+        let policy = berth_launcher::Site::default().policy().ok();
+        let stored = importer
+            .store(&image, &env, None, policy.as_ref())
+            .unwrap_or_else(|e| reject(e.to_string()));
+        pin = Some(format!("{} {image}", stored.digest));
+        image = stored.path.to_string_lossy().into_owned();
+        write = true;
+    } else if image.contains("://") {
         reject(format!(
-            "{image}: registry references are not supported under OpenLava; import it first (berth-image import {image} -o FILE.sqsh) and give the file"
+            "{image}: only docker:// registry references are supported; import it first (berth-image import {image} -o FILE.sqsh) and give the file"
         ));
     }
     // The job may start elsewhere: name the image by its absolute path.
@@ -95,8 +120,12 @@ fn main() {
     if !write {
         std::process::exit(0);
     }
-    let line =
+    let mut line =
         lava::env_file_line("BERTH_IMAGE", &image).unwrap_or_else(|m| reject(format!("image {m}")));
+    if let Some(pin) = &pin {
+        line += &lava::env_file_line(berth_plugin::PIN_VAR, pin)
+            .unwrap_or_else(|m| reject(format!("image {m}")));
+    }
     let Some(envfile) = lava::get(&env, "LSB_SUB_MODIFY_ENVFILE") else {
         reject(
             "LSB_SUB_MODIFY_ENVFILE is not set: berth-lava-esub runs as OpenLava's esub, from bsub"
