@@ -1611,3 +1611,203 @@ fn srun_container_runs_an_apptainer_sif_in_place() {
 fn in_sandbox(sb: &Sandbox, pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|d| d.starts_with(&sb.root))
 }
+
+/// The tasks of one step on one node share one container whatever their timing: short tasks,
+/// every node of the cluster, many steps in a row. The first task's keeper stays until the
+/// node's other task has joined, even if the first has already exited. Both with the state
+/// directory shared between the nodes (/tmp here, as a home on NFS elsewhere: keepers are
+/// found by node too) and with one per node (`runtime_dir=.../%n`, made when missing: sticky and
+/// open to all as /tmp is, the user's `berth-<uid>` in it private).
+#[test]
+fn short_tasks_of_a_step_share_one_container_per_node_over_many_steps() {
+    const STEPS: usize = 10;
+    let nodes = berth_tests::slurm::NODES;
+    let c = cluster();
+    let sb = Sandbox::new("slurm-short");
+    let flag = format!("--container-image={}", image());
+    let n = format!("-N{nodes}");
+    let local = sb.root.join("local");
+    for per_node in [false, true] {
+        let _args = per_node.then(|| c.plugin_args(&format!("runtime_dir={}/%n", local.display())));
+        let which = if per_node { "per-node" } else { "shared" };
+        for step in 0..STEPS {
+            let r = c
+                .run(
+                    &sb,
+                    &[
+                        "srun",
+                        &n,
+                        "--ntasks-per-node=2",
+                        &flag,
+                        "sh",
+                        "-c",
+                        "echo $(hostname) $(readlink /proc/self/ns/mnt)",
+                    ],
+                )
+                .expect_ok("srun");
+            let rows = lines(&r);
+            assert_eq!(rows.len(), 2 * nodes, "{}", r.stdout);
+            let mut per_host = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+            for row in &rows {
+                let (host, ns) = row.split_once(' ').unwrap();
+                per_host.entry(host).or_default().push(ns);
+            }
+            assert_eq!(per_host.len(), nodes, "{rows:?}");
+            for (host, mut ns) in per_host {
+                ns.dedup();
+                assert_eq!(
+                    ns.len(),
+                    1,
+                    "{which} state, step {step}: the tasks on {host} are in {} containers: {rows:?}",
+                    ns.len()
+                );
+            }
+        }
+    }
+    for i in 1..=nodes {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let base = local.join(format!("n{i}"));
+        let mode = std::fs::metadata(&base).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o1777, "{}", base.display());
+        let own = std::fs::metadata(base.join(format!("berth-{}", user().uid))).unwrap();
+        assert_eq!((own.uid(), own.mode() & 0o777), (user().uid, 0o700));
+    }
+}
+
+/// A job whose container is up to date starts while another job of the same user is building
+/// another container on the same node: join keys have a lock each, never one per user. The
+/// other job's cold build (an extract of a new image) is held stopped while the first runs.
+#[test]
+fn a_cold_build_does_not_hold_up_another_jobs_start() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let c = cluster();
+    let sb = Sandbox::new("slurm-coldbuild");
+    // Extract mode (plugstack's mode= without the policy's): the cold build is an unsquashfs.
+    struct Policy<'a>(&'a std::path::Path);
+    impl Drop for Policy<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0, POLICY);
+        }
+    }
+    std::fs::write(&c.policy, POLICY.replace("mode = \"mount\"\n", "")).unwrap();
+    let _policy = Policy(&c.policy);
+    // Another image: the demo image with a tail of this run's own, so an extract cache entry
+    // no earlier run made.
+    let cold_path = sb.root.join("cold.sqsh");
+    let mut bytes = std::fs::read(demo_image()).unwrap();
+    let mut tail = format!("{:?} {:?}", sb.root, std::time::SystemTime::now()).into_bytes();
+    tail.resize(4096, 0);
+    bytes.extend(tail);
+    std::fs::write(&cold_path, bytes).unwrap();
+    let warm = format!("--container-image={}", image());
+    let cold = format!("--container-image={}", cold_path.display());
+    c.run(&sb, &["srun", "-n1", "-w", "n1", &warm, "true"])
+        .expect_ok("the warm image's first step");
+    let mut building = c
+        .cmd(&sb, &["srun", "-n1", "-w", "n1", &cold, "true"])
+        .spawn()
+        .unwrap();
+    let mut unsquashfs = None;
+    eventually(Duration::from_secs(60), || {
+        unsquashfs = berth_tests::live_processes(user().uid)
+            .into_iter()
+            .find(|(pid, _)| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "unsquashfs")
+            })
+            .map(|(pid, _)| Pid::from_raw(pid));
+        unsquashfs.is_some()
+    });
+    let unsquashfs = unsquashfs.expect("the cold build's unsquashfs");
+    kill(unsquashfs, Signal::SIGSTOP).unwrap();
+    // The warm job, while the other build cannot end.
+    let mut warm_job = c
+        .cmd(&sb, &["srun", "-n1", "-w", "n1", &warm, "echo", "started"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut warm_done = None;
+    eventually(Duration::from_secs(60), || {
+        warm_done = warm_job.try_wait().unwrap();
+        warm_done.is_some()
+    });
+    let cold_done = building.try_wait().unwrap();
+    kill(unsquashfs, Signal::SIGCONT).unwrap();
+    if warm_done.is_none() {
+        let _ = warm_job.kill();
+    }
+    let warm_out = warm_job.wait_with_output().unwrap();
+    let cold_status = building.wait().unwrap();
+    // The cold image's cache entry goes (the nodes' state directory is the shared /tmp one).
+    let state = format!("/tmp/berth-{}", user().uid);
+    let berth_in_state = |args: &[&str]| {
+        let mut cmd = sb.berth(args);
+        cmd.env("BERTH_STATE_DIR", &state);
+        run(cmd)
+    };
+    let list = berth_in_state(&["cache", "list"]);
+    let cold_path = cold_path.to_string_lossy();
+    for key in list
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with(&*cold_path))
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        berth_in_state(&["cache", "clean", key]);
+    }
+    assert!(
+        warm_done.is_some_and(|s| s.success()),
+        "the warm job waited for the other job's build: {warm_done:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&warm_out.stdout), "started\n");
+    assert_eq!(cold_done, None, "the cold build was stopped all along");
+    assert!(cold_status.success(), "the cold job: {cold_status:?}");
+}
+
+/// A join keeper is named in ps: `berth-keeper <key>`, not the user-owned `slurmstepd: [J.S]`
+/// with parent 1 it was forked from, which an admin would take for a stuck slurmstepd.
+#[test]
+fn the_join_keeper_is_named_in_ps() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-keepername");
+    let flag = format!("--container-image={}", image());
+    let go = sb.root.join("go");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.1; done", go.display());
+    let mut job = c
+        .cmd(&sb, &["srun", "-n2", "-w", "n1", &flag, "sh", "-c", &wait])
+        .spawn()
+        .unwrap();
+    let keeper = |comm: &str| {
+        berth_tests::live_processes(user().uid)
+            .into_iter()
+            .filter(|(pid, _)| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .map(|(_, cmdline)| cmdline)
+            .collect::<Vec<_>>()
+    };
+    let mut named = Vec::new();
+    eventually(Duration::from_secs(60), || {
+        named = keeper("berth-keeper");
+        !named.is_empty()
+    });
+    let stepds: Vec<String> = berth_tests::live_processes(user().uid)
+        .into_iter()
+        .map(|(_, cmdline)| cmdline)
+        .filter(|cmdline| cmdline.starts_with("slurmstepd"))
+        .collect();
+    std::fs::write(&go, "").unwrap();
+    let status = job.wait().unwrap();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(
+        named[0].starts_with("berth-keeper slurm-"),
+        "{:?}",
+        named[0]
+    );
+    assert!(
+        stepds.is_empty(),
+        "user processes named slurmstepd: {stepds:?}"
+    );
+    assert!(status.success());
+}
