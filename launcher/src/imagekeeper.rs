@@ -74,11 +74,23 @@ fn keeper_name(plan: &Plan, image: &File) -> Result<String> {
         plan.image_cache_bytes,
         plan.keeper_scope,
     );
-    Ok(Sha256::digest(identity.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(format!(
+        "{}-{}",
+        node_prefix(),
+        hex(&Sha256::digest(identity.as_bytes())[..8])
+    ))
+}
+
+/// The first part of this node's keepers' file names: a sweep touches only its own node's
+/// files (another node's socket on a shared filesystem refuses connections from here, alive
+/// or not).
+fn node_prefix() -> String {
+    let node = nix::unistd::gethostname().unwrap_or_default();
+    hex(&Sha256::digest(node.as_encoded_bytes())[..4])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Get a share of this image's mount on this node, starting its keeper if there is none.
@@ -511,17 +523,20 @@ fn answer(conn: &UnixStream, userns: &File, at: &Path) -> Result<i32> {
     Ok(peer.pid())
 }
 
-/// Remove what killed keepers left in `<state>/keepers` (a scheduler kills a step's keeper with
-/// SIGKILL when the step ends): sockets nobody listens on (a keeper binds and listens in one
-/// step, so a refused connection means it is gone), and their logs unless a warning in one says
-/// something went wrong before (those stay for the user until `berth cache clean`, which passes
-/// `all_logs`). Returns what went.
+/// Remove what this node's killed keepers left in `<state>/keepers` (a scheduler kills a
+/// step's keeper with SIGKILL when the step ends): sockets nobody listens on (a keeper binds
+/// and listens in one step, so a refused connection means it is gone), and their logs unless a
+/// warning in one says something went wrong before (those stay for the user until `berth
+/// cache clean`, which passes `all_logs`). Returns what went.
 pub fn sweep(state_dir: &Path, all_logs: bool) -> Vec<String> {
     let dir = state_dir.join("keepers");
+    let ours = format!("{}-", node_prefix());
     let mut gone = Vec::new();
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let path = e.path();
-        if path.extension().is_none_or(|x| x != "sock") {
+        if path.extension().is_none_or(|x| x != "sock")
+            || !e.file_name().to_string_lossy().starts_with(&ours)
+        {
             continue;
         }
         match UnixStream::connect(&path) {
@@ -540,7 +555,8 @@ pub fn sweep(state_dir: &Path, all_logs: bool) -> Vec<String> {
     if all_logs {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = e.path();
-            if path.extension().is_some_and(|x| x == "log")
+            if e.file_name().to_string_lossy().starts_with(&ours)
+                && path.extension().is_some_and(|x| x == "log")
                 && !path.with_extension("sock").exists()
                 && std::fs::remove_file(&path).is_ok()
             {
