@@ -29,7 +29,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Targets of issue 3.
+/// The import targets.
 const IMPORT_VS_PIPELINE_MAX: f64 = 0.6;
 const REIMPORT_MAX_S: f64 = 1.0;
 const RSS_MAX_MIB: f64 = 256.0;

@@ -1,5 +1,5 @@
 //! berth-imagefs: mount mode's FUSE server, a forked child of berth serving the image through
-//! berth's own squashfs reader (issue 14).
+//! berth's own squashfs reader.
 //!
 //! berth mounts `fuse.berth` itself and hands this server the mounted `/dev/fuse` fd (see
 //! `container::FuseServer`); fuser does the INIT handshake on it. The server asks for the kernel

@@ -1,4 +1,4 @@
-//! OpenLava glue for berth (issue 6): `bsub -a 'berth(IMG.sqsh)'` jobs run in the image.
+//! OpenLava glue for berth: `bsub -a 'berth(IMG.sqsh)'` jobs run in the image.
 //!
 //! Three small programs, none of them privileged:
 //! - `berth-lava-esub` runs at submit time as `$LSF_SERVERDIR/esub` (or from the site's esub):

@@ -546,7 +546,7 @@ fn a_damaged_block_is_an_io_error_and_the_server_serves_on() {
     assert!(r.stdout.contains("still-serving"), "{}", r.stdout);
 }
 
-/// OpenLava's sbatchd signals every process group of a job (issue 16): the image server's
+/// OpenLava's sbatchd signals every process group of a job: the image server's
 /// group too. The server ignores them and serves until its mount goes away.
 #[test]
 fn the_server_outlives_signals_sent_to_its_process_group() {

@@ -1,4 +1,4 @@
-//! berth's own squashfs reader (issue 14): the image server (imagefs.rs) serves FUSE requests
+//! berth's own squashfs reader: the image server (imagefs.rs) serves FUSE requests
 //! from it. Squashfs 4.0, little-endian, as mksquashfs writes it; codecs gzip, xz, lz4 and zstd.
 //!
 //! Lazy: `open` reads the superblock, the id table and the fragment table's index; inodes,
