@@ -1,7 +1,7 @@
 //! `berth-bench mount-mode`: berth's mount mode (its own FUSE server, `berth-imagefs`, and the
 //! image keeper that keeps one mount per user, node and image warm) against its peers, in one
 //! interleaved run: start-up against `ch-run IMG.sqsh`, file access against extract mode, 16
-//! runs starting at once, and the keeper's memory. Issue 14's targets.
+//! runs starting at once, and the keeper's memory. Targets as ratios.
 //!
 //! The first run on a node (a fresh mount, or a keeper that has to start) and later runs (the
 //! keeper warm) are separate rows. "Cold" I/O is a fresh mount (`--image-idle 0`): its FUSE page
@@ -33,7 +33,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Issue 14's targets.
+/// The targets: ratios of medians, and the keeper's memory.
 const WARM_VS_CH_RUN_MAX: f64 = 0.35;
 const FIRST_VS_CH_RUN_MAX: f64 = 0.85;
 const WALK_WARM_MAX: f64 = 1.5;
