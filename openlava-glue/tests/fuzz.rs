@@ -53,12 +53,16 @@ proptest! {
         }
     }
 
-    /// What the esub writes is one line that OpenLava's job file carries as it is.
+    /// What the esub writes is one line that bsub's reader of the env file carries as it is:
+    /// nothing it would end, cut, fold or drop (a quote, '#', a line break or tab, a run of
+    /// blanks, a blank at either end, a backslash before a blank or at the end).
     #[test]
-    fn fuzz_env_file_line(value in "\\PC{0,30}|[a-z\"'$`\\\\\n/]{0,10}") {
+    fn fuzz_env_file_line(value in "\\PC{0,30}|[a-z\"'$`#\t \\\\\n/]{0,10}") {
         if let Ok(line) = env_file_line("BERTH_IMAGE", &value) {
             prop_assert_eq!(line, format!("BERTH_IMAGE=\"{value}\"\n"));
-            prop_assert!(!value.contains(['"', '\'', '\\', '$', '`', '\n', '\r']));
+            prop_assert!(!value.contains(['"', '#', '\n', '\r', '\t']));
+            prop_assert!(!value.contains("  ") && !value.contains("\\ "));
+            prop_assert!(!value.starts_with(' ') && !value.ends_with([' ', '\\']));
         }
     }
 
