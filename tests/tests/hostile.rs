@@ -510,8 +510,16 @@ fn image_path_that_is_not_a_file() {
     }
     // OpenLava's submit check (the esub) says the same and rejects the job.
     let esub = berth_tests::openlava::lava_bin("berth-lava-esub");
+    // A site whose default queue has the starter, so the esub goes on to look at the image.
+    let config = sb.root.join("openlava.toml");
+    std::fs::write(
+        &config,
+        "starter_queues = [\"normal\"]\ndefault_queue = \"normal\"\n",
+    )
+    .unwrap();
     let mut cmd = sb.as_user(&[esub.to_string_lossy().into_owned()]);
     cmd.env("BERTH_IMAGE", &fifo_path)
+        .env("BERTH_LAVA_CONFIG", &config)
         .env("LSB_SUB_ABORT_VALUE", "97");
     let (r, killed) = run_bounded(cmd, &sb.root, BOUND);
     if killed
