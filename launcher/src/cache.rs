@@ -457,7 +457,7 @@ pub fn clean(state_dir: &Path, only: &[String]) -> Result<Cleaned> {
     }
     forget_missing(&root);
     out.swept = sweep(&root);
-    out.swept.extend(crate::join::sweep(state_dir));
+    out.swept.extend(crate::join::sweep(state_dir, true));
     out.swept.extend(crate::imagekeeper::sweep(state_dir, true));
     Ok(out)
 }

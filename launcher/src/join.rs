@@ -222,8 +222,10 @@ pub fn join(plan: &Plan, key: &str, attach: bool, local_ranks: u32) -> Result<Ve
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
-                // A killed keeper's socket (a live keeper's key lock is ours now).
+                // A killed keeper's socket (a live keeper's key lock is ours now), and those
+                // other killed keepers of this node left.
                 let _ = std::fs::remove_file(&sock_path);
+                sweep(&plan.state_dir, false);
                 info!(
                     "join: no container '{key}' on this node: spawning a keeper (log {})",
                     log_path(&sock_path).display()
@@ -278,12 +280,13 @@ fn log_path(sock_path: &Path) -> PathBuf {
     sock_path.with_extension("log")
 }
 
-/// Sweep `<state>/join` for what killed or failed keepers of this node left (`berth cache
-/// clean`): sockets nobody listens on, lock files of keys without a keeper, logs of failed
-/// keepers. Each socket is probed under its key's lock, taken without waiting (a busy key is
+/// Sweep `<state>/join` for what killed or failed keepers of this node left: sockets nobody
+/// listens on (a first rank does this, `everything` false: a scheduler kills a step's keeper
+/// at the step's end), and with `everything` (`berth cache clean`) also lock files of keys
+/// without a keeper and logs of failed keepers. Each socket is probed under its key's lock, taken without waiting (a busy key is
 /// in use), so that no keeper is between its bind and its listen. Other nodes' files (a shared
 /// state directory) are left alone: their sockets cannot be probed from here. Returns what went.
-pub fn sweep(state_dir: &Path) -> Vec<String> {
+pub fn sweep(state_dir: &Path, everything: bool) -> Vec<String> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let dir = state_dir.join("join");
     let mut gone = Vec::new();
@@ -302,10 +305,16 @@ pub fn sweep(state_dir: &Path) -> Vec<String> {
         .iter()
         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
     {
-        let Ok(lock) = File::options().read(true).open(path.with_extension("lock")) else {
-            continue;
-        };
-        if sys::flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+        // A first rank makes its key's lock before it binds: with no lock file nobody is
+        // between bind and listen.
+        let lock = File::options()
+            .read(true)
+            .open(path.with_extension("lock"))
+            .ok();
+        if lock
+            .as_ref()
+            .is_some_and(|l| sys::flock(l, libc::LOCK_EX | libc::LOCK_NB).is_err())
+        {
             continue;
         }
         let Ok(sock) = socket(
@@ -325,6 +334,9 @@ pub fn sweep(state_dir: &Path) -> Vec<String> {
             let _ = std::fs::remove_file(path);
             gone.push(format!("dead join socket {}", path.display()));
         }
+    }
+    if !everything {
+        return gone;
     }
     for path in &ours {
         let no_keeper = !path.with_extension("sock").exists();

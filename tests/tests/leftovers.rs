@@ -289,14 +289,20 @@ fn stale_locks_partials_and_join_sockets_go_live_ones_stay() {
     let _live = hold_lock(&images.join(format!("{live_key}.lock")));
     let _held = hold_lock(&images.join(format!("{held_key}.lock")));
 
-    // A socket whose keeper died (bound, then closed) and one a live process listens on.
-    let dead_sock = join.join("dead.sock");
-    let live_sock = join.join("live.sock");
+    // A socket whose keeper died (bound, then closed) and one a live process listens on,
+    // named as this node's keepers name theirs (a sweep touches no other node's files).
+    let node = join_node_prefix();
+    let dead_sock = join.join(format!("{node}-dead.sock"));
+    let live_sock = join.join(format!("{node}-live.sock"));
     drop(UnixListener::bind(&dead_sock).unwrap());
     let _listener = UnixListener::bind(&live_sock).unwrap();
     for s in [&dead_sock, &live_sock] {
         fs::set_permissions(s, fs::Permissions::from_mode(0o600)).unwrap();
         give(s);
+        // Each keeper's first rank made its lock beside the socket.
+        let lock = s.with_extension("lock");
+        fs::write(&lock, b"").unwrap();
+        give(&lock);
     }
 
     let clean = run(sb.berth(&["cache", "clean"])).expect_ok("clean");
@@ -343,4 +349,17 @@ fn stale_locks_partials_and_join_sockets_go_live_ones_stay() {
         "the first rank removed the dead socket"
     );
     assert!(live_sock.exists());
+}
+
+/// The first part of this node's join keepers' file names: a short hash of the node's name.
+fn join_node_prefix() -> String {
+    use sha2::{Digest, Sha256};
+    let node = nix::unistd::gethostname().unwrap();
+    let mut h = Sha256::new();
+    h.update(node.as_encoded_bytes());
+    h.update([0]);
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

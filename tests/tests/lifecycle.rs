@@ -118,10 +118,14 @@ fn sigkill_of_berth_leaves_no_mount_and_no_helper() {
                 .map(|(p, _)| p)
                 .collect()
         } else {
-            processes_with("--join killed")
+            // The join keeper (named for its key in ps) and the image server.
+            sb.processes()
                 .into_iter()
+                .filter(|(p, c)| {
+                    *p != pid
+                        && (c.starts_with("berth-keeper killed") || c.starts_with("berth-imagefs"))
+                })
                 .map(|(p, _)| p)
-                .filter(|p| *p != pid)
                 .collect()
         };
         assert!(
