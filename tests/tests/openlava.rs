@@ -65,6 +65,9 @@ fn assert_nothing_left(sb: &Sandbox, mnt_ns: Option<&Path>) {
         sb.processes()
     );
     if let Some(ns) = mnt_ns {
+        // Only this test's processes (they work in the sandbox): once the container's
+        // namespace is gone, the kernel gives its number to the next new namespace, which may
+        // be another test's.
         let inside: Vec<_> = live_processes(user().uid)
             .into_iter()
             .filter(|(p, _)| {
@@ -72,6 +75,8 @@ fn assert_nothing_left(sb: &Sandbox, mnt_ns: Option<&Path>) {
                     .ok()
                     .as_deref()
                     == Some(ns)
+                    && std::fs::read_link(format!("/proc/{p}/cwd"))
+                        .is_ok_and(|d| d.starts_with(&sb.root))
             })
             .collect();
         assert!(
