@@ -79,16 +79,37 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A directory every user can traverse, holding copies of the binaries under test (the
-/// checkout may be under /root, which the test user cannot enter).
+/// A directory `/tmp/<prefix>-<pid>` for this test process's copies of the programs under
+/// test, traversable by every user (the checkout may be under /root, which the test user
+/// cannot enter). A test binary has no teardown hook, so each one first removes the
+/// directories that earlier, finished test processes left under the same prefix.
+pub fn per_process_dir(prefix: &str) -> PathBuf {
+    let mine = std::process::id();
+    if let Ok(entries) = fs::read_dir("/tmp") {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|rest| rest.strip_prefix('-'))
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != mine && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = PathBuf::from(format!("/tmp/{prefix}-{mine}"));
+    let _ = fs::create_dir_all(&dir);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 fn shared_bin_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = PathBuf::from(format!("/tmp/berth-test-bin-{}", std::process::id()));
-        let _ = fs::create_dir_all(&dir);
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    })
+    DIR.get_or_init(|| per_process_dir("berth-test-bin"))
 }
 
 /// Copy a program for the tests to run. The copy is made by `cp`, not by this process: a write

@@ -42,9 +42,7 @@ pub fn berth_image_bin() -> &'static PathBuf {
             "{} is missing: run tests/run (or cargo build -p berth-image) first",
             built.display()
         );
-        let dir = PathBuf::from(format!("/tmp/berth-test-imgbin-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = crate::per_process_dir("berth-test-imgbin");
         let copy = dir.join("berth-image");
         crate::copy_executable(&built, &copy);
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();

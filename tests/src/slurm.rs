@@ -56,9 +56,7 @@ fn plugin() -> PathBuf {
         "{} is missing: run tests/run (it builds it with cargo build --release -p berth-slurm)",
         built.display()
     );
-    let dir = PathBuf::from(format!("/tmp/berth-slurm-plugin-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = crate::per_process_dir("berth-slurm-plugin");
     let copy = dir.join("spank_berth.so");
     crate::copy_executable(&built, &copy);
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
