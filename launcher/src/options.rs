@@ -161,12 +161,85 @@ impl RunOptions {
         }
     }
 
-    /// Show a host path of the scheduler's (a job file directory) read-only at the same path
-    /// in the container ([`RunOptions::scheduler_paths`]); `path` must be a valid mount target.
-    pub fn add_scheduler_path(&mut self, path: PathBuf) -> std::result::Result<(), String> {
+    // What a front end changes after [`RunOptions::new`] (or its job layer's options), one
+    // call each, so that the options are built in one expression.
+
+    /// Run this image file instead (a path that need not be UTF-8).
+    pub fn with_image(self, image: impl Into<PathBuf>) -> RunOptions {
+        RunOptions {
+            image: image.into(),
+            ..self
+        }
+    }
+
+    /// Mount or extract; None: the site policy's mode.
+    pub fn with_mode(self, mode: Option<Mode>) -> RunOptions {
+        RunOptions { mode, ..self }
+    }
+
+    /// The environment the container starts with besides the image's.
+    pub fn with_env(self, env: Vec<(OsString, OsString)>) -> RunOptions {
+        RunOptions { env, ..self }
+    }
+
+    /// Which container to join ([`RunOptions::join`]) and whether to attach to it whatever
+    /// its options ([`RunOptions::attach`]).
+    pub fn with_join(self, join: Join, attach: bool) -> RunOptions {
+        RunOptions {
+            join,
+            attach,
+            ..self
+        }
+    }
+
+    /// Keep the writable layer under this name ([`RunOptions::persist`]).
+    pub fn with_persist(self, persist: Option<String>) -> RunOptions {
+        RunOptions { persist, ..self }
+    }
+
+    /// Keep the writable layer under `name` unless it is kept under a name already.
+    pub fn or_persist(self, name: Option<String>) -> RunOptions {
+        RunOptions {
+            persist: self.persist.or(name),
+            ..self
+        }
+    }
+
+    /// Inject the host's MPI when the policy says so (true) or never (false).
+    pub fn with_mpi(self, mpi: bool) -> RunOptions {
+        RunOptions { mpi, ..self }
+    }
+
+    /// Mount mode's image idle time ([`RunOptions::image_idle_secs`]).
+    pub fn with_image_idle_secs(self, image_idle_secs: Option<u64>) -> RunOptions {
+        RunOptions {
+            image_idle_secs,
+            ..self
+        }
+    }
+
+    /// The scheduler's host paths and libraries ([`RunOptions::scheduler_paths`],
+    /// [`RunOptions::scheduler_libraries`]), as the glue found them on this host.
+    pub fn with_scheduler_files(self, paths: Vec<PathBuf>, libraries: Vec<PathBuf>) -> RunOptions {
+        RunOptions {
+            scheduler_paths: paths,
+            scheduler_libraries: libraries,
+            ..self
+        }
+    }
+
+    /// Also show a host path of the scheduler's (a job file directory) read-only at the same
+    /// path in the container ([`RunOptions::scheduler_paths`]); `path` must be a valid mount
+    /// target.
+    pub fn with_scheduler_path(mut self, path: PathBuf) -> std::result::Result<RunOptions, String> {
         check_target(&path)?;
         self.scheduler_paths.push(path);
-        Ok(())
+        Ok(self)
+    }
+
+    /// The site's policy file and state directory, as the front end found them.
+    pub fn with_site(self, site: Site) -> RunOptions {
+        RunOptions { site, ..self }
     }
 }
 

@@ -381,39 +381,43 @@ pub fn run_options(
         mount_home: true,
         ..Default::default()
     };
-    let mut opts = request.run_options(key.unwrap_or("none"), argv, env, cwd)?;
-    opts.join = key.map_or(Join::No, |k| Join::Key(k.to_string()));
-    opts.env = scheduler_env(env);
     // `berth run`'s variables for --mode and --image-idle, set at submit: honoured as berth
     // run honours them.
-    if let Some(mode) = get_os(env, "BERTH_MODE") {
-        opts.mode = Some(
+    let mode = match get_os(env, "BERTH_MODE") {
+        Some(mode) => Some(
             mode.to_str()
                 .unwrap_or_default()
                 .parse()
                 .map_err(|e| Error::Usage(format!("BERTH_MODE: {e}")))?,
-        );
-    }
-    if let Some(idle) = get_os(env, "BERTH_IMAGE_IDLE") {
-        let secs = idle.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+        ),
+        None => None,
+    };
+    let idle = match get_os(env, "BERTH_IMAGE_IDLE") {
+        Some(idle) => Some(idle.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
             Error::Usage(format!(
                 "BERTH_IMAGE_IDLE '{}' is not a number of seconds",
                 idle.to_string_lossy()
             ))
-        })?;
-        opts.image_idle_secs = Some(secs);
-    }
-    if let Some(dir) = job_dir {
-        let real = std::fs::canonicalize(dir).map_err(|e| {
-            Error::Usage(format!(
-                "the job file directory {} (from LSB_JOBFILENAME) is not there: {e}",
-                dir.display()
-            ))
-        })?;
-        opts.add_scheduler_path(real)
-            .map_err(|why| Error::Usage(format!("cannot show the job file directory: {why}")))?;
-    }
-    Ok(opts)
+        })?),
+        None => None,
+    };
+    let opts = request
+        .run_options(key.unwrap_or("none"), argv, env, cwd)?
+        .with_join(key.map_or(Join::No, |k| Join::Key(k.to_string())), false)
+        .with_env(scheduler_env(env))
+        .with_mode(mode)
+        .with_image_idle_secs(idle);
+    let Some(dir) = job_dir else {
+        return Ok(opts);
+    };
+    let real = std::fs::canonicalize(dir).map_err(|e| {
+        Error::Usage(format!(
+            "the job file directory {} (from LSB_JOBFILENAME) is not there: {e}",
+            dir.display()
+        ))
+    })?;
+    opts.with_scheduler_path(real)
+        .map_err(|why| Error::Usage(format!("cannot show the job file directory: {why}")))
 }
 
 /// The command line of `berth-lava-mpirun`.

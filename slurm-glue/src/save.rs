@@ -171,20 +171,23 @@ fn save_as_user(
     }
     let (image, _, _) = crate::slurmstepd::resolve(req, cfg, &state, env, node, job, step, &key)
         .map_err(|e| fail(&e))?;
-    let mut opts = JobRequest {
+    let opts = JobRequest {
         image: Some(image.to_string_lossy().into_owned()),
         mounts: None,
         writable: true,
+        remap_root: false,
         mount_home: false,
         entrypoint: false,
         unshare: None,
         ..req.clone()
     }
     .run_options(&persist, vec!["true".into()], env, Path::new("/"))
-    .map_err(|e| fail(&e))?;
-    (opts.join, opts.persist, opts.mpi, opts.remap_root) = (Join::No, Some(persist), false, false);
-    opts.mode = policy.mode.or(cfg.mode);
-    opts.site = crate::config::site(cfg, Some(&state));
+    .map_err(|e| fail(&e))?
+    .with_join(Join::No, false)
+    .with_persist(Some(persist))
+    .with_mpi(false)
+    .with_mode(policy.mode.or(cfg.mode))
+    .with_site(crate::config::site(cfg, Some(&state)));
     let tmp = parent.join(format!(".{file}.berth-save-{node}-{}", std::process::id()));
     let result = squash(&opts, env, &tmp).map_err(|e| fail(&e));
     match result.and_then(|()| std::fs::rename(&tmp, target).map_err(|e| fail(&e))) {

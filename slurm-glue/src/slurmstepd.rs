@@ -63,22 +63,24 @@ pub fn task_init(sp: Spank, av: &[String]) -> Result<(), Error> {
     let named = crate::taskenv::named(req.env_names.as_deref());
     let task_env = crate::taskenv::without_locale(&env, &named);
     let (image_path, join_key, attach) = resolve(&req, &cfg, &state, &env, &node, job, step, &key)?;
-    let mut opts = JobRequest {
+    // --container-save: the writable layer is kept on disk, for the step's exit to save.
+    let save = crate::args::save_path(&src)?.map(|_| crate::save::save_key(job, step, &node));
+    let (client_paths, client_libraries) = match batch {
+        true => slurm_client(&argv[0], &env),
+        false => Default::default(),
+    };
+    let opts = JobRequest {
         image: Some(image_path.to_string_lossy().into_owned()),
         ..req.clone()
     }
-    .run_options(&key, argv.clone(), &task_env, &cwd)?;
-    (opts.image, opts.join, opts.attach) = (image_path, Join::Key(join_key), attach);
-    opts.site = crate::config::site(&cfg, Some(&state));
-    // --container-save: the writable layer is kept on disk, for the step's exit to save.
-    if opts.persist.is_none() && crate::args::save_path(&src)?.is_some() {
-        opts.persist = Some(crate::save::save_key(job, step, &node));
-    }
+    .run_options(&key, argv.clone(), &task_env, &cwd)?
+    .with_image(image_path)
+    .with_join(Join::Key(join_key), attach)
+    .with_site(crate::config::site(&cfg, Some(&state)))
+    .or_persist(save)
     // The policy's mode wins; plugstack's mode= is the site default under it.
-    opts.mode = policy.mode.or(cfg.mode);
-    if batch {
-        (opts.scheduler_paths, opts.scheduler_libraries) = slurm_client(&argv[0], &env);
-    }
+    .with_mode(policy.mode.or(cfg.mode))
+    .with_scheduler_files(client_paths, client_libraries);
     let image = req
         .image
         .clone()

@@ -45,8 +45,9 @@ pub fn check(sp: Spank, cfg: &Config, allocator: bool) -> Result<(), Error> {
     // vars_os: a non-UTF-8 variable in the submit environment is carried, not a panic.
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
-    let mut opts = req.run_options("check", vec!["true".into()], &env, &cwd)?;
-    opts.site = crate::config::site(cfg, None);
+    let opts = req
+        .run_options("check", vec!["true".into()], &env, &cwd)?
+        .with_site(crate::config::site(cfg, None));
     let image = req.image.as_deref().unwrap_or_default();
     let reference = is_reference(image);
     berth_launcher::check(&opts, !reference)?;
