@@ -18,7 +18,7 @@ mod unpack;
 #[cfg(test)]
 mod fuzz_unpack;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use std::time::Duration;
 #[command(
     name = "berth-image",
     version,
+    long_version = berth_launcher::long_version!(),
     about = "Make squashfs images for berth from OCI/Docker images"
 )]
 struct Cli {
@@ -107,9 +108,17 @@ enum Cmd {
     Cache {
         #[command(subcommand)]
         action: CacheCmd,
-        #[arg(long, global = true)]
+        /// Layer cache directory (default $BERTH_LAYER_CACHE or ~/.cache/berth/layers).
+        #[arg(long, value_name = "DIR", global = true)]
         cache: Option<PathBuf>,
     },
+    /// Print berth-image's completion script for SHELL on stdout.
+    Completions {
+        shell: berth_launcher::cli_docs::Shell,
+    },
+    /// Write berth-image's man pages (berth-image.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -120,7 +129,8 @@ enum StoreCmd {
     Rm { what: Vec<String> },
     /// Remove images unused for --older-than DAYS, old job records and killed imports' leftovers.
     Gc {
-        #[arg(long, default_value_t = 30)]
+        /// Days since an image's last use after which it is removed.
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
         older_than: u64,
     },
 }
@@ -131,7 +141,8 @@ enum CacheCmd {
     List,
     /// Remove cached layers (all, or those unused for --older-than DAYS).
     Prune {
-        #[arg(long, default_value_t = 0)]
+        /// Only layers unused for this many days (0: all).
+        #[arg(long, value_name = "DAYS", default_value_t = 0)]
         older_than: u64,
     },
 }
@@ -243,6 +254,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 );
             }
         }
+        Cmd::Completions { shell } => {
+            berth_launcher::cli_docs::print_completions(Cli::command(), shell)
+        }
+        Cmd::GenerateMan { dir } => {
+            berth_launcher::cli_docs::write_man_pages(Cli::command(), &dir)
+                .map_err(|e| format!("cannot write man pages into {}: {e}", dir.display()))?;
+        }
         Cmd::Inspect { image } => {
             let info = inspect::inspect(&image)?;
             if cli.json {
@@ -344,4 +362,36 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+
+    /// Every flag of every subcommand has help text and appears in its man page.
+    #[test]
+    fn every_flag_is_in_its_man_page() {
+        let missing = berth_launcher::cli_docs::undocumented_flags(Cli::command()).unwrap();
+        assert!(missing.is_empty(), "undocumented flags: {missing:?}");
+    }
+
+    #[test]
+    fn man_pages_for_berth_image_and_each_subcommand() {
+        let names: Vec<String> = berth_launcher::cli_docs::man_pages(Cli::command())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        for page in [
+            "berth-image.1",
+            "berth-image-import.1",
+            "berth-image-store-gc.1",
+        ] {
+            assert!(names.iter().any(|n| n == page), "{page} not in {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.contains("generate-man")),
+            "{names:?}"
+        );
+    }
 }

@@ -6,6 +6,7 @@
 //! and exec). The rest is the launcher's own; see docs/architecture.md for how a request flows.
 
 mod cache;
+pub mod cli_docs;
 mod container;
 mod doctor;
 mod error;

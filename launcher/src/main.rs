@@ -3,7 +3,7 @@
 use berth_launcher::{
     check_join_key, parse_env, Error, Join, Mode, MountSpec, Namespaces, Policy, RunOptions, Site,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -14,6 +14,7 @@ berth_launcher::record_signals_at_start!();
 #[command(
     name = "berth",
     version,
+    long_version = berth_launcher::long_version!(),
     about = "Run HPC jobs in squashfs container images, without setuid"
 )]
 struct Cli {
@@ -46,6 +47,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print berth's completion script for SHELL on stdout (e.g. into
+    /// /usr/share/bash-completion/completions/berth)
+    Completions {
+        shell: berth_launcher::cli_docs::Shell,
+    },
+    /// Write berth's man pages (berth.1 and one per subcommand) into DIR
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -256,6 +265,17 @@ fn main() {
     berth_launcher::init_logging(cli.verbose);
     match cli.command {
         Cmd::Doctor { json } => std::process::exit(berth_launcher::doctor(json)),
+        Cmd::Completions { shell } => {
+            berth_launcher::cli_docs::print_completions(Cli::command(), shell)
+        }
+        Cmd::GenerateMan { dir } => {
+            berth_launcher::cli_docs::write_man_pages(Cli::command(), &dir).unwrap_or_else(|e| {
+                fail(Error::Usage(format!(
+                    "cannot write man pages into {}: {e}",
+                    dir.display()
+                )))
+            });
+        }
         Cmd::Run(args) => {
             let (opts, dry_run) = options(*args).unwrap_or_else(|e| fail(e));
             if let Err(e) = berth_launcher::run(&opts, dry_run) {
@@ -311,5 +331,38 @@ fn main() {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag of every subcommand has help text and appears in its man page.
+    #[test]
+    fn every_flag_is_in_its_man_page() {
+        let missing = berth_launcher::cli_docs::undocumented_flags(Cli::command()).unwrap();
+        assert!(missing.is_empty(), "undocumented flags: {missing:?}");
+    }
+
+    #[test]
+    fn man_pages_for_berth_and_each_subcommand() {
+        let names: Vec<String> = berth_launcher::cli_docs::man_pages(Cli::command())
+            .unwrap()
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        for page in [
+            "berth.1",
+            "berth-run.1",
+            "berth-policy-check.1",
+            "berth-doctor.1",
+        ] {
+            assert!(names.iter().any(|n| n == page), "{page} not in {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.contains("generate-man")),
+            "{names:?}"
+        );
     }
 }

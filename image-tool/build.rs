@@ -1,0 +1,2 @@
+// The git commit and cargo features `berth-image --version` prints: the launcher's script.
+include!("../launcher/build.rs");
