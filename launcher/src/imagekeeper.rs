@@ -463,27 +463,7 @@ fn mount_image(plan: &Plan) -> Result<Mounted> {
     .ctx(|| format!("cannot mount a tmpfs on {}", staging.display()))?;
     let at = staging.join("image");
     std::fs::create_dir(&at).ctx(|| format!("cannot create {}", at.display()))?;
-    let dev = File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .map_err(|e| {
-            Error::Image(format!(
-                "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
-            ))
-        })?;
-    let opts = format!(
-        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
-        dev.as_raw_fd()
-    );
-    mount(
-        Some("berth"),
-        &at,
-        Some("fuse.berth"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
-        Some(opts.as_str()),
-    )
-    .ctx(|| "cannot mount FUSE")?;
+    let dev = crate::container::mount_fuse(Path::new("berth"), &at)?;
     let userns = File::open("/proc/self/ns/user").ctx(|| "cannot open the user namespace")?;
     Ok(Mounted {
         dev: dev.into(),

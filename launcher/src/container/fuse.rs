@@ -8,6 +8,30 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+/// Open /dev/fuse and mount it read-only on `at` as `source` (berth's image file system, for a
+/// server given the returned connection). Done in the user namespace that owns the mount:
+/// berth holds CAP_SYS_ADMIN there, so no fusermount and no privilege.
+pub(crate) fn mount_fuse(source: &Path, at: &Path) -> Result<File> {
+    let dev = File::options().read(true).write(true).open("/dev/fuse").map_err(|e| {
+        Error::Image(format!(
+            "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
+        ))
+    })?;
+    let opts = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+        dev.as_raw_fd()
+    );
+    mount(
+        Some(source),
+        at,
+        Some("fuse.berth"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+        Some(opts.as_str()),
+    )
+    .ctx(|| "cannot mount FUSE")?;
+    Ok(dev)
+}
+
 /// If the image server has died, say so with its exit status: that is the real cause.
 pub(super) fn fuse_failure(fuse: &mut Option<FuseServer>) -> Option<Error> {
     let server = fuse.as_mut()?;
@@ -101,23 +125,7 @@ impl FuseServer {
 
     /// Mount the image (in the new namespace) on `at` and hand the server its /dev/fuse fd.
     pub(super) fn mount_and_start(&mut self, image_path: &Path, at: &str) -> Result<()> {
-        let dev = File::options().read(true).write(true).open("/dev/fuse").map_err(|e| {
-            Error::Image(format!(
-                "cannot open /dev/fuse ({e}): mount mode needs /dev/fuse mode 0666 (ask the admin) or use --mode extract"
-            ))
-        })?;
-        let opts = format!(
-            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
-            dev.as_raw_fd()
-        );
-        mount(
-            Some(image_path),
-            at,
-            Some("fuse.berth"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
-            Some(opts.as_str()),
-        )
-        .ctx(|| "cannot mount FUSE")?;
+        let dev = mount_fuse(image_path, Path::new(at))?;
         if let Some(channel) = self.channel.take() {
             let fds = [dev.as_raw_fd()];
             nix::sys::socket::sendmsg::<()>(

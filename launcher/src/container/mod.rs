@@ -33,7 +33,7 @@ mod syscalls;
 pub use config::read_config;
 pub(crate) use exec::find_in_path;
 pub use exec::{enter_user, exec};
-pub(crate) use fuse::close_other_fds;
+pub(crate) use fuse::{close_other_fds, mount_fuse};
 pub use fuse::FuseServer;
 pub(crate) use mpi_check::mpi_version_in;
 
