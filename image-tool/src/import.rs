@@ -9,7 +9,7 @@ use crate::progress::Progress;
 use crate::registry::Client;
 use crate::source::{RegistryRef, Source};
 use crate::unpack::{LayerStats, Unpacker};
-use berth_launcher::{ImageConfig, CONFIG_PATH};
+use berth_image_config::{ImageConfig, CONFIG_PATH};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;

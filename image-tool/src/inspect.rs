@@ -1,6 +1,6 @@
 //! `berth-image inspect` and `verify`: read an image's config with `unsquashfs -cat`.
 
-use berth_launcher::{ImageConfig, CONFIG_PATH};
+use berth_image_config::{ImageConfig, CONFIG_PATH};
 use std::path::Path;
 use std::process::{Command, Stdio};
 

@@ -110,9 +110,9 @@ impl ConfigBlob {
         serde_json::from_slice(bytes).map_err(|e| format!("image config is not valid JSON: {e}"))
     }
 
-    pub fn runtime(&self) -> berth_launcher::RuntimeConfig {
+    pub fn runtime(&self) -> berth_image_config::RuntimeConfig {
         let c = self.config.clone().unwrap_or_default();
-        berth_launcher::RuntimeConfig {
+        berth_image_config::RuntimeConfig {
             env: c.env.unwrap_or_default(),
             entrypoint: c.entrypoint,
             cmd: c.cmd,
