@@ -248,6 +248,55 @@ pub fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 3).unwrap()
 }
 
+/// The layer of a minimal shell image: dash and cat (from the demo image's root) and
+/// `/srv/hello.txt` holding `hello`.
+pub fn shell_layer(hello: &[u8]) -> Vec<u8> {
+    let rootfs = crate::demo_image().parent().unwrap().join("demo-rootfs");
+    let host = [
+        "usr/bin/dash",
+        "usr/bin/cat",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ];
+    tar_with_host_files(
+        &rootfs,
+        &host,
+        &[
+            Entry::Symlink("bin", "usr/bin"),
+            Entry::Symlink("lib", "usr/lib"),
+            Entry::Symlink("lib64", "usr/lib64"),
+            Entry::Symlink("usr/bin/sh", "dash"),
+            Entry::Dir("usr/lib64/", 0o755),
+            Entry::Symlink(
+                "usr/lib64/ld-linux-x86-64.so.2",
+                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            ),
+            Entry::Dir("srv/", 0o755),
+            Entry::File("srv/hello.txt", hello, 0o644),
+        ],
+    )
+}
+
+/// Push an image of one layer (`layer`, gzipped) with the run config `run` to `dest` in
+/// `reg`, through an OCI layout written in `dir`.
+pub fn push_layer(reg: &Registry, dir: &Path, layer: &[u8], run: serde_json::Value, dest: &str) {
+    let mut layout = Layout::new(dir);
+    layout.image("v1", &[(gzip(layer), LAYER_GZIP)], &[layer.to_vec()], run);
+    reg.push(&layout.dir, "v1", dest, &[]);
+}
+
+/// Push a shell image ([`shell_layer`]) whose `/srv/hello.txt` holds `hello` to `dest`.
+pub fn push_shell(reg: &Registry, dir: &Path, dest: &str, hello: &[u8]) {
+    let layer = shell_layer(hello);
+    push_layer(
+        reg,
+        dir,
+        &layer,
+        serde_json::json!({"Env": ["PATH=/usr/bin:/bin"]}),
+        dest,
+    );
+}
+
 pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";

@@ -56,15 +56,9 @@ fn count(reqs: &[(String, &str)], kind: &str) -> usize {
 
 /// An image of one small layer holding `/version` and a shell-free config, pushed to `dest`.
 fn push(sb: &Sandbox, reg: &Registry, name: &str, version: &[u8], dest: &str) {
-    let mut layout = Layout::new(&sb.root.join(format!("layout-{name}")));
     let layer = tar_layer(&[Entry::File("version", version, 0o644)]);
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
-        json!({"Cmd": ["/version"]}),
-    );
-    reg.push(&layout.dir, "v1", dest, &[]);
+    let dir = sb.root.join(format!("layout-{name}"));
+    push_layer(reg, &dir, &layer, json!({"Cmd": ["/version"]}), dest);
 }
 
 fn cat(img: &Path, path: &str) -> String {
@@ -202,15 +196,14 @@ fn two_importers_of_one_new_image_import_it_once() {
     let sb = Sandbox::new("store-two");
     let reg = Registry::start("store-two", None);
     // Big enough that the two overlap: a 256 MiB sparse file takes mksquashfs a while.
-    let mut layout = Layout::new(&sb.root.join("layout-two"));
     let layer = sparse_layer(256 << 20);
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
+    push_layer(
+        &reg,
+        &sb.root.join("layout-two"),
+        &layer,
         json!({}),
+        "demo/two:1",
     );
-    reg.push(&layout.dir, "v1", "demo/two:1", &[]);
     let src = format!("docker://{}/demo/two:1", reg.addr);
     // Separate layer caches: an importer that did the work would fetch the blobs again.
     let spawn = |cache: &str| {
@@ -250,15 +243,14 @@ fn two_importers_of_one_new_image_import_it_once() {
 fn an_importer_killed_with_sigkill_blocks_nothing() {
     let sb = Sandbox::new("store-kill");
     let reg = Registry::start("store-kill", None);
-    let mut layout = Layout::new(&sb.root.join("layout-kill"));
     let layer = sparse_layer(1 << 30);
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
+    push_layer(
+        &reg,
+        &sb.root.join("layout-kill"),
+        &layer,
         json!({}),
+        "demo/kill:1",
     );
-    reg.push(&layout.dir, "v1", "demo/kill:1", &[]);
     let src = format!("docker://{}/demo/kill:1", reg.addr);
     let mut child = berth_image(&sb, "c", &["import", "--store", &src])
         .stdout(Stdio::null())
@@ -379,14 +371,13 @@ fn importers_with_the_same_pid_share_a_layer_cache() {
         *b = x as u8;
     }
     let layer = tar_layer(&[Entry::File("noise", &noise, 0o644)]);
-    let mut layout = Layout::new(&sb.root.join("layout-samepid"));
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
+    push_layer(
+        &reg,
+        &sb.root.join("layout-samepid"),
+        &layer,
         json!({}),
+        "demo/noise:1",
     );
-    reg.push(&layout.dir, "v1", "demo/noise:1", &[]);
     let src = format!("docker://{}/demo/noise:1", reg.addr);
     let u = berth_tests::user();
     let spawn = |out: &str| {
@@ -467,14 +458,13 @@ fn berth_run_takes_a_registry_reference() {
             Entry::File("srv/hello.txt", b"from the store", 0o644),
         ],
     );
-    let mut layout = Layout::new(&sb.root.join("layout-run"));
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
+    push_layer(
+        &reg,
+        &sb.root.join("layout-run"),
+        &layer,
         json!({"Env": ["PATH=/usr/bin:/bin"]}),
+        "demo/run:1",
     );
-    reg.push(&layout.dir, "v1", "demo/run:1", &[]);
     let src = format!("docker://{}/demo/run:1", reg.addr);
     let berth = |args: &[&str]| {
         let mut cmd = sb.berth(args);

@@ -972,43 +972,15 @@ fn berth_mode_from_the_submit_environment_is_honoured() {
 /// environment carries the stored file and the digest, and the starter runs it.
 #[test]
 fn esub_imports_a_registry_image_and_the_job_runs_it() {
-    use berth_tests::registry::{
-        berth_image_bin, gzip, tar_with_host_files, Entry, Layout, Registry, LAYER_GZIP,
-    };
+    use berth_tests::registry::{berth_image_bin, push_shell, Registry};
     let sb = Sandbox::new("lava-registry");
     let reg = Registry::start("lava-registry", None);
-    let rootfs = demo_image().parent().unwrap().join("demo-rootfs");
-    let host = [
-        "usr/bin/dash",
-        "usr/bin/cat",
-        "usr/lib/x86_64-linux-gnu/libc.so.6",
-        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-    ];
-    let layer = tar_with_host_files(
-        &rootfs,
-        &host,
-        &[
-            Entry::Symlink("bin", "usr/bin"),
-            Entry::Symlink("lib", "usr/lib"),
-            Entry::Symlink("lib64", "usr/lib64"),
-            Entry::Symlink("usr/bin/sh", "dash"),
-            Entry::Dir("usr/lib64/", 0o755),
-            Entry::Symlink(
-                "usr/lib64/ld-linux-x86-64.so.2",
-                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-            ),
-            Entry::Dir("srv/", 0o755),
-            Entry::File("srv/hello.txt", b"from the registry", 0o644),
-        ],
+    push_shell(
+        &reg,
+        &sb.root.join("layout"),
+        "demo/app:1",
+        b"from the registry",
     );
-    let mut layout = Layout::new(&sb.root.join("layout"));
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
-        serde_json::json!({"Env": ["PATH=/usr/bin:/bin"]}),
-    );
-    reg.push(&layout.dir, "v1", "demo/app:1", &[]);
     let store = sb.work.join("store");
     // berth-image on PATH: the tests' esub is a copy with no berth-image beside it.
     let tools = berth_image_bin().parent().unwrap().display().to_string();

@@ -572,42 +572,16 @@ fn a_named_container_keeps_its_changes_across_the_steps_of_a_job() {
 
 #[test]
 fn container_image_can_be_a_registry_reference_imported_on_the_nodes() {
-    use berth_tests::registry::{gzip, tar_with_host_files, Entry, Layout, Registry, LAYER_GZIP};
+    use berth_tests::registry::{push_shell, Registry};
     let c = cluster();
     let sb = Sandbox::new("slurm-registry");
     let reg = Registry::start_on("slurm", None, berth_tests::slurm::BRIDGE_IP);
-    let rootfs = demo_image().parent().unwrap().join("demo-rootfs");
-    let host = [
-        "usr/bin/dash",
-        "usr/bin/cat",
-        "usr/lib/x86_64-linux-gnu/libc.so.6",
-        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-    ];
-    let layer = tar_with_host_files(
-        &rootfs,
-        &host,
-        &[
-            Entry::Symlink("bin", "usr/bin"),
-            Entry::Symlink("lib", "usr/lib"),
-            Entry::Symlink("lib64", "usr/lib64"),
-            Entry::Symlink("usr/bin/sh", "dash"),
-            Entry::Dir("usr/lib64/", 0o755),
-            Entry::Symlink(
-                "usr/lib64/ld-linux-x86-64.so.2",
-                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-            ),
-            Entry::Dir("srv/", 0o755),
-            Entry::File("srv/hello.txt", b"from the registry\n", 0o644),
-        ],
+    push_shell(
+        &reg,
+        &sb.root.join("layout"),
+        "demo/shell:v1",
+        b"from the registry\n",
     );
-    let mut layout = Layout::new(&sb.root.join("layout"));
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
-        serde_json::json!({"Env": ["PATH=/usr/bin:/bin"]}),
-    );
-    reg.push(&layout.dir, "v1", "demo/shell:v1", &[]);
     let flag = format!("--container-image=docker://{}/demo/shell:v1", reg.addr);
     let r = c
         .run(&sb, &["srun", "-N2", "-n4", &flag, "cat", "/srv/hello.txt"])

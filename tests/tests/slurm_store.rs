@@ -2,7 +2,7 @@
 //! once for the whole job; the nodes use the stored image by digest. Requests are counted in
 //! the registry's access log (Debian's docker-registry on the cluster's bridge).
 
-use berth_tests::registry::{gzip, tar_with_host_files, Entry, Layout, Registry, LAYER_GZIP};
+use berth_tests::registry::{push_shell, Registry};
 use berth_tests::slurm::{cluster, BRIDGE_IP, POLICY};
 use berth_tests::*;
 use std::path::PathBuf;
@@ -12,43 +12,6 @@ fn lines(r: &Run) -> Vec<String> {
     let mut v: Vec<String> = r.stdout.lines().map(String::from).collect();
     v.sort();
     v
-}
-
-/// Push a shell image whose /srv/hello.txt holds `text` to `dest`.
-fn push_shell(sb: &Sandbox, reg: &Registry, dest: &str, text: &'static [u8]) {
-    let rootfs = demo_image().parent().unwrap().join("demo-rootfs");
-    let host = [
-        "usr/bin/dash",
-        "usr/bin/cat",
-        "usr/lib/x86_64-linux-gnu/libc.so.6",
-        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-    ];
-    let layer = tar_with_host_files(
-        &rootfs,
-        &host,
-        &[
-            Entry::Symlink("bin", "usr/bin"),
-            Entry::Symlink("lib", "usr/lib"),
-            Entry::Symlink("lib64", "usr/lib64"),
-            Entry::Symlink("usr/bin/sh", "dash"),
-            Entry::Dir("usr/lib64/", 0o755),
-            Entry::Symlink(
-                "usr/lib64/ld-linux-x86-64.so.2",
-                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-            ),
-            Entry::Dir("srv/", 0o755),
-            Entry::File("srv/hello.txt", text, 0o644),
-        ],
-    );
-    let dir = sb.root.join(format!("layout-{}", text.len()));
-    let mut layout = Layout::new(&dir);
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
-        serde_json::json!({"Env": ["PATH=/usr/bin:/bin"]}),
-    );
-    reg.push(&layout.dir, "v1", dest, &[]);
 }
 
 /// (manifest GETs, blob GETs) in the registry's access log since `from` lines.
@@ -70,7 +33,12 @@ fn a_registry_image_is_imported_once_per_job_and_the_nodes_use_its_digest() {
     let sb = Sandbox::new("slurm-store");
     let store = sb.work.join("store");
     let reg = Registry::start_on("slurm-store", None, BRIDGE_IP);
-    push_shell(&sb, &reg, "demo/app:1", b"first\n");
+    push_shell(
+        &reg,
+        &sb.root.join("layout-first"),
+        "demo/app:1",
+        b"first\n",
+    );
     let (_, _, start) = gets(&reg, 0);
     let flag = format!("--container-image=docker://{}/demo/app:1", reg.addr);
     let srun = |args: &[&str]| {
@@ -125,7 +93,12 @@ fn a_registry_image_is_imported_once_per_job_and_the_nodes_use_its_digest() {
     let first_step = eventually(Duration::from_secs(120), || {
         std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 2)
     });
-    push_shell(&sb, &reg, "demo/app:1", b"second, after the move\n");
+    push_shell(
+        &reg,
+        &sb.root.join("layout-second"),
+        "demo/app:1",
+        b"second, after the move\n",
+    );
     std::fs::write(&moved, b"").unwrap();
     let done = job.wait_with_output().unwrap();
     assert!(first_step, "the first step ran");
@@ -184,7 +157,12 @@ fn nodes_that_cannot_reach_the_registry_run_the_job() {
     let c = cluster();
     let sb = Sandbox::new("slurm-store-noreg");
     let reg = Registry::start("slurm-store-noreg", None);
-    push_shell(&sb, &reg, "demo/app:1", b"no registry on the nodes\n");
+    push_shell(
+        &reg,
+        &sb.root.join("layout-offline"),
+        "demo/app:1",
+        b"no registry on the nodes\n",
+    );
     let flag = format!("--container-image=docker://{}/demo/app:1", reg.addr);
     let mut cmd = c.cmd(&sb, &["srun", "-N3", &flag, "cat", "/srv/hello.txt"]);
     cmd.env("BERTH_STORE", sb.work.join("store"))
