@@ -203,9 +203,18 @@ impl Sandbox {
         self.as_user(&argv)
     }
 
-    /// Any command as the test user.
+    /// Any command as the test user. With `BERTH_TEST_WRAP` set (a program such as the
+    /// `enosys` wrapper) the command runs under it, and so does every berth it starts.
     pub fn as_user(&self, argv: &[String]) -> Command {
         let u = user();
+        let wrapped: Vec<String>;
+        let argv = match std::env::var("BERTH_TEST_WRAP") {
+            Ok(wrap) if !wrap.is_empty() => {
+                wrapped = std::iter::once(wrap).chain(argv.iter().cloned()).collect();
+                &wrapped[..]
+            }
+            _ => argv,
+        };
         let mut cmd = if is_root() {
             let mut c = Command::new("setpriv");
             c.args([

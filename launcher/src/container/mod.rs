@@ -33,8 +33,8 @@ mod syscalls;
 pub use config::read_config;
 pub(crate) use exec::find_in_path;
 pub use exec::{enter_user, exec};
-pub(crate) use fuse::{close_other_fds, mount_fuse};
 pub use fuse::FuseServer;
+pub(crate) use fuse::{close_other_fds, mount_fuse};
 pub(crate) use mpi_check::mpi_version_in;
 
 use crate::cache;
@@ -53,7 +53,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use syscalls::Kernel;
+use syscalls::{Kernel, MountOps};
 use tracing::info;
 
 /// What must stay alive as long as the container does.
@@ -101,9 +101,13 @@ pub fn build(plan: &Plan) -> Result<Built> {
     let (cache_lock, lower_dir, image_file) = open_image(plan, &mut clock)?;
     let persist = make_persist_dirs(plan)?;
     // Mount mode: a share of this node's mount of the image (its keeper's), or a mount of
-    // the run's own (`--image-idle 0`).
+    // the run's own (`--image-idle 0`, or a kernel without open_tree: there is no detached
+    // mount to hand over, and a run joining the keeper's mount namespace would see its old
+    // copy of the host's mounts).
     let shared = match &image_file {
-        Some(f) if plan.image_idle_secs > 0 => Some(crate::imagekeeper::attach(plan, f)?),
+        Some(f) if plan.image_idle_secs > 0 && sys::missing_mount_api().is_none() => {
+            Some(crate::imagekeeper::attach(plan, f)?)
+        }
         _ => None,
     };
     if let Some(s) = &shared {
@@ -122,6 +126,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
     clock.done("unshare (user, mount and --unshare namespaces, id maps)");
 
     make_staging(&staging)?;
+    let kernel = Kernel::new(&staging).ctx(|| "cannot open the staging area")?;
     if let Some(s) = &shared {
         let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
         sys::move_mount(&s.tree, &OwnedFd::from(target))
@@ -131,9 +136,9 @@ pub fn build(plan: &Plan) -> Result<Built> {
         server.mount_and_start(&plan.image.path, "lower")?;
         clock.done("FUSE server start (berth-imagefs serving the image)");
     } else if let Some(dir) = lower_dir {
-        attach_lower_dir(&dir)?;
+        attach_lower_dir(&kernel, &dir)?;
     }
-    mount_overlay(persist.as_deref(), &mut fuse)?;
+    mount_overlay(&kernel, persist.as_deref(), &mut fuse)?;
     clock.done(if persist.is_some() {
         "overlay (upper layer on disk)"
     } else {
@@ -145,7 +150,7 @@ pub fn build(plan: &Plan) -> Result<Built> {
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open("root")
         .ctx(|| "cannot open the container root")?;
-    let mut root = Root::new(OwnedFd::from(root_dir), &Kernel)?;
+    let mut root = Root::new(OwnedFd::from(root_dir), &kernel)?;
     for step in &plan.steps {
         apply_step(&mut root, step, &staging).map_err(|e| match fuse_failure(&mut fuse) {
             Some(fe) => fe,
@@ -156,12 +161,13 @@ pub fn build(plan: &Plan) -> Result<Built> {
     let warnings = inject_mpi(plan, &mut root, &staging)?;
 
     if !plan.writable {
-        sys::mount_setattr(
-            &root.fd,
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-            false,
-        )
-        .ctx(|| "cannot make the container root read-only")?;
+        root.sys
+            .set_attrs(
+                &root.fd,
+                sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+                false,
+            )
+            .ctx(|| "cannot make the container root read-only")?;
     }
     nix::unistd::fchdir(root.raw()).ctx(|| "cannot enter the container root")?;
     sys::pivot_root_here().ctx(|| "pivot_root failed")?;
@@ -266,30 +272,41 @@ fn make_staging(staging: &Path) -> Result<()> {
 }
 
 /// An extracted or directory rootfs, bound read-only as the overlay's lower layer.
-fn attach_lower_dir(dir: &Path) -> Result<()> {
-    let tree = sys::open_tree_clone(dir, false).ctx(|| format!("cannot bind {}", dir.display()))?;
-    sys::mount_setattr(
-        &tree,
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
-        false,
-    )
-    .ctx(|| "cannot make the image read-only")?;
+fn attach_lower_dir(kernel: &Kernel, dir: &Path) -> Result<()> {
+    let tree = kernel
+        .clone_tree(dir, false)
+        .ctx(|| format!("cannot bind {}", dir.display()))?;
+    kernel
+        .set_attrs(
+            &tree,
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+            false,
+        )
+        .ctx(|| "cannot make the image read-only")?;
     let target = File::open("lower").ctx(|| "cannot open staging/lower")?;
-    sys::move_mount(&tree, &OwnedFd::from(target)).ctx(|| "cannot attach the image")
+    kernel
+        .attach(&tree, &OwnedFd::from(target))
+        .ctx(|| "cannot attach the image")
 }
 
 /// The overlay root: the image under a tmpfs upper layer, or under a named container's saved
 /// layer. A failure because the image server died says so.
-fn mount_overlay(persist: Option<&Path>, fuse: &mut Option<FuseServer>) -> Result<()> {
+fn mount_overlay(
+    kernel: &Kernel,
+    persist: Option<&Path>,
+    fuse: &mut Option<FuseServer>,
+) -> Result<()> {
     // A named container keeps its writable layer on disk: bind that directory in and put the
     // overlay's upper and work directories there (they must share one mount).
     let layers = match persist {
         Some(dir) => {
             std::fs::create_dir("persist").ctx(|| "cannot create staging directory persist")?;
-            let tree = sys::open_tree_clone(dir, false)
+            let tree = kernel
+                .clone_tree(dir, false)
                 .ctx(|| format!("cannot bind {}", dir.display()))?;
             let target = File::open("persist").ctx(|| "cannot open staging/persist")?;
-            sys::move_mount(&tree, &OwnedFd::from(target))
+            kernel
+                .attach(&tree, &OwnedFd::from(target))
                 .ctx(|| "cannot attach the container's saved layer")?;
             "lowerdir=lower,upperdir=persist/upper,workdir=persist/work,userxattr"
         }

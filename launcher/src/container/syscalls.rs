@@ -8,9 +8,11 @@
 
 use crate::sys;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use std::ffi::CStr;
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub(super) trait MountOps {
@@ -38,24 +40,108 @@ pub(super) trait MountOps {
     fn make_file(&self, dir: &OwnedFd, name: &CStr) -> io::Result<()>;
 }
 
-/// The real operations.
-pub(super) struct Kernel;
+/// The real operations: the new mount API, or on kernels without it (before 5.12) mount(2).
+///
+/// With mount(2) there is no detached tree, so a "clone" is a bind of the source onto a fresh
+/// mount point in `staging` (berth's private tmpfs, in this mount namespace only), set up there
+/// (remounted with its options, its propagation set) and then moved onto the target with
+/// MS_MOVE: the steps keep their order and the target is never visible half set up. Every
+/// call goes through O_PATH fds named by /proc/self/fd, never by a path an image could swap.
+pub(super) struct Kernel {
+    /// Classic mount(2) only: where binds are made before they are moved into place.
+    staging: Option<OwnedFd>,
+    /// The number of binds made there (their mount points' names).
+    made: Cell<u32>,
+}
+
+impl Kernel {
+    /// The operations for a build whose staging directory (a private tmpfs of berth's) is
+    /// `staging`.
+    pub(super) fn new(staging: &Path) -> io::Result<Kernel> {
+        let staging = match sys::missing_mount_api() {
+            None => None,
+            Some(_) => Some(
+                std::fs::File::options()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    .open(staging)?
+                    .into(),
+            ),
+        };
+        Ok(Kernel {
+            staging,
+            made: Cell::new(0),
+        })
+    }
+
+    /// mount(2): bind `source` onto a new mount point in the staging directory; the fd of the
+    /// new mount's root.
+    fn bind_in_staging(
+        &self,
+        staging: &OwnedFd,
+        source: &Path,
+        recursive: bool,
+    ) -> io::Result<OwnedFd> {
+        let src = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(source)?;
+        let n = self.made.get() + 1;
+        self.made.set(n);
+        let name = CString::new(format!("tree-{n}")).expect("no NUL");
+        if src.metadata()?.is_dir() {
+            self.make_dir(staging, &name)?;
+        } else {
+            self.make_file(staging, &name)?;
+        }
+        let open_spot = || -> io::Result<OwnedFd> {
+            // SAFETY: `staging` is open and `name` a NUL-terminated name alive for the call.
+            let fd = unsafe {
+                libc::openat(
+                    staging.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: openat succeeded, so `fd` is a new descriptor that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        sys::bind_fds(&src, &open_spot()?, recursive)?;
+        // Opened again: now the fd names the new mount, not the mount point it covers.
+        open_spot()
+    }
+}
 
 impl MountOps for Kernel {
     fn clone_tree(&self, source: &Path, recursive: bool) -> io::Result<OwnedFd> {
-        sys::open_tree_clone(source, recursive)
+        match &self.staging {
+            None => sys::open_tree_clone(source, recursive),
+            Some(staging) => self.bind_in_staging(staging, source, recursive),
+        }
     }
 
     fn set_attrs(&self, tree: &OwnedFd, attrs: u64, recursive: bool) -> io::Result<()> {
-        sys::mount_setattr(tree, attrs, recursive)
+        match self.staging {
+            None => sys::mount_setattr(tree, attrs, recursive),
+            Some(_) => sys::remount_fd(tree, attrs, recursive),
+        }
     }
 
     fn set_propagation(&self, tree: &OwnedFd, propagation: u64, recursive: bool) -> io::Result<()> {
-        sys::set_propagation(tree, propagation, recursive)
+        match self.staging {
+            None => sys::set_propagation(tree, propagation, recursive),
+            Some(_) => sys::propagation_fd(tree, propagation, recursive),
+        }
     }
 
     fn attach(&self, tree: &OwnedFd, at: &OwnedFd) -> io::Result<()> {
-        sys::move_mount(tree, at)
+        match self.staging {
+            None => sys::move_mount(tree, at),
+            Some(_) => sys::move_fd(tree, at),
+        }
     }
 
     fn mount_fs(
@@ -81,31 +167,39 @@ impl MountOps for Kernel {
     }
 
     fn make_dir(&self, dir: &OwnedFd, name: &CStr) -> io::Result<()> {
-        // SAFETY: `dir` is open and `name` a NUL-terminated name alive for the call.
-        if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        make_dir_at(dir, name)
     }
 
     fn make_file(&self, dir: &OwnedFd, name: &CStr) -> io::Result<()> {
-        // SAFETY: as for mkdirat above.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: openat succeeded, so `fd` is a new descriptor that nothing else owns; it is
-        // closed on drop.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        Ok(())
+        make_file_at(dir, name)
     }
+}
+
+fn make_dir_at(dir: &OwnedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: `dir` is open and `name` a NUL-terminated name alive for the call.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn make_file_at(dir: &OwnedFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: as for mkdirat above.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat succeeded, so `fd` is a new descriptor that nothing else owns; it is
+    // closed on drop.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
 }
 
 /// A test double that records each operation, with paths as the container would see them.
@@ -259,14 +353,14 @@ pub(super) mod recording {
         }
 
         fn make_dir(&self, dir: &OwnedFd, name: &CStr) -> io::Result<()> {
-            super::Kernel.make_dir(dir, name)?;
+            super::make_dir_at(dir, name)?;
             self.record(Op::MakeDir {
                 at: self.in_dir(dir, name),
             })
         }
 
         fn make_file(&self, dir: &OwnedFd, name: &CStr) -> io::Result<()> {
-            super::Kernel.make_file(dir, name)?;
+            super::make_file_at(dir, name)?;
             self.record(Op::MakeFile {
                 at: self.in_dir(dir, name),
             })
