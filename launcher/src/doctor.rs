@@ -383,6 +383,43 @@ impl ProbeRow {
     }
 }
 
+fn attrs_ro() -> u64 {
+    sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV
+}
+
+/// open_tree + mount_setattr + move_mount: how berth binds every source on a kernel that has
+/// them. Run in the probe's scratch directory.
+fn new_mount_api_probes(kernel: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    match sys::open_tree_clone(Path::new("lower"), false) {
+        Err(e) => {
+            rows.push(bad(
+                "open_tree",
+                true,
+                format!("open_tree(OPEN_TREE_CLONE): {e}"),
+                kernel,
+            ));
+        }
+        Ok(tree) => {
+            rows.push(ok(
+                "open_tree",
+                "open_tree(OPEN_TREE_CLONE) + move_mount work",
+            ));
+            let setattr = sys::mount_setattr(&tree, attrs_ro(), false);
+            let moved = File::open("bind").and_then(|t| sys::move_mount(&tree, &OwnedFd::from(t)));
+            if let Err(e) = moved {
+                let last = rows.len() - 1;
+                rows[last] = bad("open_tree", true, format!("move_mount: {e}"), kernel);
+            }
+            rows.push(match setattr {
+                Ok(()) => ok("mount_setattr", "ro, nosuid, nodev on a detached mount"),
+                Err(e) => bad("mount_setattr", true, format!("mount_setattr: {e}"), kernel),
+            });
+        }
+    }
+    rows
+}
+
 fn probes_in_child(uid: u32, gid: u32, mount_mode: bool) -> Vec<Row> {
     const USERNS: &str = "user namespaces";
     let mut rows = Vec::new();
@@ -448,33 +485,46 @@ fn probes_in_child(uid: u32, gid: u32, mount_mode: bool) -> Vec<Row> {
         ));
         return rows;
     }
-    let kernel = "Linux >= 5.12 is needed (berth's minimum); upgrade the kernel";
+    let kernel = "Linux >= 4.18 is needed (berth's minimum); upgrade the kernel";
 
-    // open_tree + mount_setattr + move_mount: how berth binds every source.
-    match sys::open_tree_clone(Path::new("lower"), false) {
-        Err(e) => {
-            rows.push(bad(
-                "open_tree",
-                true,
-                format!("open_tree(OPEN_TREE_CLONE): {e}"),
-                kernel,
-            ));
+    // Which calls berth binds with: the new mount API, or mount(2) on kernels without it.
+    match sys::missing_mount_api() {
+        None => {
+            rows.push(ok("mount API", "new (open_tree/move_mount/mount_setattr)"));
+            rows.extend(new_mount_api_probes(kernel));
         }
-        Ok(tree) => {
-            rows.push(ok(
-                "open_tree",
-                "open_tree(OPEN_TREE_CLONE) + move_mount work",
-            ));
-            let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
-            let setattr = sys::mount_setattr(&tree, attrs, false);
-            let moved = File::open("bind").and_then(|t| sys::move_mount(&tree, &OwnedFd::from(t)));
-            if let Err(e) = moved {
-                let last = rows.len() - 1;
-                rows[last] = bad("open_tree", true, format!("move_mount: {e}"), kernel);
-            }
-            rows.push(match setattr {
-                Ok(()) => ok("mount_setattr", "ro, nosuid, nodev on a detached mount"),
-                Err(e) => bad("mount_setattr", true, format!("mount_setattr: {e}"), kernel),
+        Some(missing) => {
+            // The same bind as a run's, done with mount(2) on O_PATH fds: read-only, nosuid.
+            let bound = (|| -> std::io::Result<()> {
+                let open = |p: &str| {
+                    File::options()
+                        .read(true)
+                        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+                        .open(p)
+                };
+                sys::bind_fds(&open("lower")?, &open("bind")?, true)?;
+                let tree = open("bind")?;
+                sys::remount_fd(&tree, attrs_ro(), true)?;
+                sys::propagation_fd(&tree, sys::PROPAGATION_PRIVATE, true)?;
+                match std::fs::write("bind/probe", "") {
+                    Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
+                    _ => Err(std::io::Error::other("the bind stayed writable")),
+                }
+            })();
+            rows.push(match bound {
+                Ok(()) => ok(
+                    "mount API",
+                    format!(
+                        "classic mount(2) (kernel lacks {missing}): binds, remounts and moves \
+                         on O_PATH fds work; each run mounts its image itself (no image keeper)"
+                    ),
+                ),
+                Err(e) => bad(
+                    "mount API",
+                    true,
+                    format!("classic mount(2) (kernel lacks {missing}): bind: {e}"),
+                    kernel,
+                ),
             });
         }
     }
@@ -490,9 +540,13 @@ fn probes_in_child(uid: u32, gid: u32, mount_mode: bool) -> Vec<Row> {
         Ok(got == std::fs::metadata("r/marker")?.ino())
     })();
     rows.push(match confined {
-        Ok(true) => ok(
+        Ok(true) if sys::has_openat2() => ok(
             "openat2",
             "RESOLVE_IN_ROOT keeps an image's links inside it",
+        ),
+        Ok(true) => ok(
+            "openat2",
+            "absent: berth resolves paths component by component, inside the root",
         ),
         Ok(false) => bad(
             "openat2",
