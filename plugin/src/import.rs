@@ -32,7 +32,8 @@ pub struct Stored {
 impl Importer<'_> {
     /// A registry reference is imported into the image store, once per step on the node: the
     /// first task asks berth-image and records the result, the step's other tasks get it (the
-    /// file, or the same error) without asking again. The reference is the job's pinned
+    /// file, or the same error) without asking again. With the policy's node-local staging,
+    /// the file is the node's verified copy of the store's ([`crate::stage`]). The reference is the job's pinned
     /// digest when the submit side resolved it ([`PIN_VAR`] in the job's environment), so
     /// the nodes ask no registry when the store has the image.
     pub fn import(
@@ -60,9 +61,18 @@ impl Importer<'_> {
             h.iter().take(8).map(|b| format!("{b:02x}")).collect()
         };
         let job_id = job.to_string();
+        // `[images] stage = "node-local"`: the step uses the node's copy of the store's file.
+        let staged = match policy.is_some_and(|p| p.stage_images) {
+            true => Some(berth_launcher::private_state_subdir(state, "staged", uid)?),
+            false => None,
+        };
         crate::step::once_per_step(&dir, &stem, job, step, || {
-            self.store(wanted, env, Some(&job_id), policy)
-                .map(|s| s.path.display().to_string())
+            let stored = self.store(wanted, env, Some(&job_id), policy)?;
+            let path = match &staged {
+                Some(node_dir) => crate::stage::stage(&stored.path, node_dir)?,
+                None => stored.path,
+            };
+            Ok(path.display().to_string())
         })
         .map(PathBuf::from)
     }

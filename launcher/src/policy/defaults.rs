@@ -23,6 +23,7 @@ impl Default for Policy {
             cache_dir: None,
             image_store: None,
             site_store: None,
+            stage_images: false,
             image_idle: None,
             image_cache_mib: None,
             mounts: Vec::new(),

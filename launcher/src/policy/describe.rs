@@ -48,6 +48,12 @@ impl Policy {
         if let Some(d) = &self.cache_dir {
             let _ = writeln!(out, "cache_dir:    {}", d.display());
         }
+        if self.stage_images {
+            let _ = writeln!(
+                out,
+                "image stage:  node-local (store images copied to each node once, verified)"
+            );
+        }
         let _ = writeln!(out, "site mounts:");
         for m in &self.mounts {
             let _ = writeln!(

@@ -123,6 +123,18 @@ impl Policy {
             if let Some(s) = i.site_store {
                 self.site_store = Some(PathBuf::from(s.into_inner()));
             }
+            if let Some(stage) = i.stage {
+                self.stage_images = match stage.get_ref().as_str() {
+                    "node-local" => true,
+                    "in-place" => false,
+                    other => {
+                        return Err(src.err(
+                            &stage,
+                            format!("images.stage '{other}': use \"node-local\" or \"in-place\""),
+                        ))
+                    }
+                };
+            }
         }
         Ok(())
     }

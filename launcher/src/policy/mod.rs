@@ -121,6 +121,10 @@ pub struct Policy {
     pub image_store: Option<String>,
     /// `[images] site_store`: the read-only store admins fill, searched first.
     pub site_store: Option<PathBuf>,
+    /// `[images] stage = "node-local"`: a store image is copied into the node's state
+    /// directory once per node (verified by its sha256) and used from there, for stores on
+    /// filesystems that serve many small random reads badly. False: used in place.
+    pub stage_images: bool,
 }
 
 impl Policy {

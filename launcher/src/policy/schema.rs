@@ -26,6 +26,9 @@ pub(super) struct File {
 pub(super) struct ImagesSection {
     pub(super) store: Option<Spanned<String>>,
     pub(super) site_store: Option<Spanned<String>>,
+    /// `"node-local"`: copy a store image to the node once before use; `"in-place"` (the
+    /// default): use the store's file where it is.
+    pub(super) stage: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
