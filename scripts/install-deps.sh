@@ -7,6 +7,7 @@ set -euo pipefail
 
 packages=(
   squashfs-tools squashfuse fuse3     # images: mksquashfs/unsquashfs; squashfuse: tests' other-user FUSE mounts, ch-run
+  squashfs-tools-ng                   # berth-image import: tar2sqfs (layers streamed into squashfs)
   openmpi-bin libopenmpi-dev          # MPI jobs in the demo and the tests (mpicc builds mpi-hello)
   debootstrap                         # the demo image (Debian minbase)
   util-linux procps openssh-client    # setpriv, ps; mpirun wants an rsh agent even on one node

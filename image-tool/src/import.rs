@@ -2,18 +2,18 @@
 //! layers), fetch (registry layers into the cache), then assemble (apply the layers into a
 //! private temp rootfs next to the output, add the image config, mksquashfs, rename).
 
+pub(crate) use crate::assemble::make_work_dir;
+use crate::assemble::{assemble, mksquashfs, sweep_stale_temps};
 use crate::cache::Cache;
-use crate::cleanup::{cancelled, TempGuard};
+use crate::fetch::{open_loc, Layer, Loc};
 use crate::oci::{self, ConfigBlob, Document};
 use crate::progress::Progress;
 use crate::registry::Client;
 use crate::source::{RegistryRef, Source};
-use crate::unpack::{LayerStats, Unpacker};
 use berth_image_config::{ImageConfig, CONFIG_PATH};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -35,6 +35,8 @@ pub struct Options {
     pub store: Option<crate::store::Stores>,
     /// The job whose steps must all get the digest its first step resolved (with `store`).
     pub job: Option<String>,
+    /// How the image is put together (streamed, or the old unpack + mksquashfs).
+    pub assemble: crate::assemble::Method,
 }
 
 /// What an import did (printed as JSON with `--json`).
@@ -62,35 +64,16 @@ pub struct LayerSummary {
     pub entries: u64,
 }
 
-/// Where a layer's bytes are.
-enum Loc {
-    Cache(PathBuf),
-    /// A file, or a slice of one (a member of a tar archive).
-    Slice {
-        file: PathBuf,
-        offset: u64,
-        len: u64,
-    },
-}
-
-struct Layer {
-    /// The digest the raw bytes must have (descriptor digest; diff_id for docker-archive).
-    digest: String,
-    size: u64,
-    loc: Loc,
-    cached: bool,
-}
-
 /// The plan: everything needed to assemble, nothing written yet except the layer cache.
-struct Plan {
-    config: ImageConfig,
-    layers: Vec<Layer>,
-    manifest_digest: Option<String>,
+pub(crate) struct Plan {
+    pub config: ImageConfig,
+    pub layers: Vec<Layer>,
+    pub manifest_digest: Option<String>,
     /// The output already holds exactly this image; layers were not fetched.
-    up_to_date: bool,
+    pub up_to_date: bool,
 }
 
-fn mib(n: u64) -> String {
+pub(crate) fn mib(n: u64) -> String {
     format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
 }
 
@@ -276,6 +259,7 @@ fn import_to_store(opts: &Options, stores: &crate::store::Stores) -> Result<Summ
         max_size: opts.max_size,
         store: None,
         job: None,
+        assemble: opts.assemble,
     };
     let work_path = check_output(&sub.output)?;
     sweep_stale_temps(&work_path);
@@ -368,7 +352,7 @@ pub const ZSTD_DEFAULT_LEVEL: u32 = 3;
 
 /// mksquashfs's memory budget (its default is a quarter of the RAM: 300 MiB peak on the demo
 /// image); 128 MiB costs no speed on 2 cores and keeps an import's peak RSS near 100 MiB.
-const MKSQUASHFS_MEM: &str = "128M";
+pub(crate) const MKSQUASHFS_MEM: &str = "128M";
 
 fn open_cache(opts: &Options) -> Result<Cache, String> {
     let dir = match &opts.cache_dir {
@@ -453,66 +437,7 @@ fn plan_resolved(
         });
     }
 
-    // Fetch missing layers, a few at a time; each is verified before it enters the cache.
-    let total = doc.layers.len();
-    let was_cached: Vec<bool> = doc
-        .layers
-        .iter()
-        .map(|l| cache.blob_path(&l.digest).is_ok_and(|p| p.is_file()))
-        .collect();
-    let downloads = progress.downloads(
-        was_cached.iter().filter(|c| !**c).count(),
-        doc.layers
-            .iter()
-            .zip(&was_cached)
-            .filter(|(_, c)| !**c)
-            .map(|(l, _)| l.size)
-            .sum(),
-        format!("layer {total}/{total} ").len() + short("sha256:0123456789ab").len(),
-    );
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<bool, String>>>> =
-        (0..total).map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..total.clamp(1, 3) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= total {
-                    break;
-                }
-                let l = &doc.layers[i];
-                let bar = downloads.layer(
-                    format!("layer {}/{total} {}", i + 1, short(&l.digest)),
-                    l.size,
-                    was_cached[i],
-                );
-                let res = client.fetch_layer(&l.digest, &cache, &|have| bar.at(have));
-                bar.finish(progress, res.as_ref().map(|c| *c).map_err(|_| ()));
-                let failed = res.is_err();
-                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
-                if failed {
-                    break;
-                }
-            });
-        }
-    });
-    let ok = results
-        .iter()
-        .all(|r| matches!(*r.lock().unwrap_or_else(|e| e.into_inner()), Some(Ok(_))));
-    downloads.finish(ok);
-    let mut layers = Vec::new();
-    for (l, res) in doc.layers.iter().zip(results) {
-        match res.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(Ok(cached)) => layers.push(Layer {
-                digest: l.digest.clone(),
-                size: l.size,
-                loc: Loc::Cache(cache.blob_path(&l.digest)?),
-                cached,
-            }),
-            Some(Err(e)) => return Err(e),
-            None => return Err("a layer download was abandoned after an earlier failure".into()),
-        }
-    }
+    let layers = crate::fetch::fetch_layers(progress, client, &cache, &doc.layers)?;
     Ok(Plan {
         config,
         layers,
@@ -521,7 +446,7 @@ fn plan_resolved(
     })
 }
 
-fn short(d: &str) -> &str {
+pub(crate) fn short(d: &str) -> &str {
     &d[..d.len().min(19)]
 }
 
@@ -650,23 +575,6 @@ impl Store {
         let bytes = self.read(&format!("blobs/sha256/{hex}"))?;
         oci::verify_bytes(&bytes, digest, "blob")?;
         Ok(bytes)
-    }
-}
-
-fn open_loc(loc: &Loc) -> Result<Box<dyn Read>, String> {
-    match loc {
-        Loc::Cache(p) => {
-            Ok(Box::new(File::open(p).map_err(|e| {
-                format!("cannot open {}: {e}", p.display())
-            })?))
-        }
-        Loc::Slice { file, offset, len } => {
-            let mut f =
-                File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-            f.seek(SeekFrom::Start(*offset))
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            Ok(Box::new(f.take(*len)))
-        }
     }
 }
 
@@ -829,252 +737,6 @@ fn plan_docker_archive(file: &Path, opts: &Options) -> Result<Plan, String> {
     })
 }
 
-/// Hashes what passes through, so a layer is verified in the same read that applies it.
-/// It also moves the unpack progress bar (hidden when there is none).
-struct HashReader<R> {
-    inner: R,
-    hash: Sha256,
-    bar: indicatif::ProgressBar,
-}
-
-impl<R: Read> Read for HashReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bar.inc(n as u64);
-        Ok(n)
-    }
-}
-
-/// How much decompressed data after a layer's tar stream is read (tar pads to 10 KiB records).
-const TRAILER_LIMIT: u64 = 16 << 20;
-
-/// Decompress (gzip, zstd or none, told by the magic bytes), apply, then verify the digest of
-/// every raw byte. A mismatch fails the import, whose temp rootfs is then discarded.
-fn apply_layer(
-    unpacker: &mut Unpacker,
-    layer: &Layer,
-    bar: &indicatif::ProgressBar,
-) -> Result<LayerStats, String> {
-    let mut hr = HashReader {
-        inner: open_loc(&layer.loc)?,
-        hash: Sha256::new(),
-        bar: bar.clone(),
-    };
-    let fail = |e: String| format!("layer {}: {e}", layer.digest);
-    let stats = {
-        let mut buf = BufReader::with_capacity(256 << 10, &mut hr);
-        let magic = buf
-            .fill_buf()
-            .map_err(|e| fail(format!("cannot read: {e}")))?
-            .to_vec();
-        let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::bufread::MultiGzDecoder::new(buf))
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Box::new(
-                zstd::stream::read::Decoder::with_buffer(buf)
-                    .map_err(|e| fail(format!("zstd: {e}")))?,
-            )
-        } else {
-            Box::new(buf)
-        };
-        let mut decoded = decoded;
-        // A tar stream can end before its input does: drain, so the digest covers everything.
-        // Not after a refusal, and only so far through the decompressor: a bomb of zeros must
-        // not be expanded to the end (the raw bytes are drained for the digest all the same).
-        unpacker.apply(&mut decoded, &cancelled).and_then(|s| {
-            io::copy(&mut decoded.take(TRAILER_LIMIT), &mut io::sink())
-                .map(|_| s)
-                .map_err(|e| format!("corrupt data: {e}"))
-        })
-    };
-    let stats = stats.map_err(|e| fail_with_digest(layer, &mut hr, e))?;
-    io::copy(&mut hr, &mut io::sink()).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let got = format!("sha256:{:x}", hr.hash.finalize());
-    if got != layer.digest {
-        return Err(format!(
-            "layer {} failed verification: the content has digest {got}; refusing it",
-            layer.digest
-        ));
-    }
-    Ok(stats)
-}
-
-/// On an apply error, a digest mismatch is the better explanation when there is one.
-fn fail_with_digest(layer: &Layer, hr: &mut HashReader<Box<dyn Read>>, err: String) -> String {
-    if io::copy(hr, &mut io::sink()).is_ok() {
-        let got = format!("sha256:{:x}", std::mem::take(&mut hr.hash).finalize());
-        if got != layer.digest {
-            return format!(
-                "layer {} failed verification: the content has digest {got}; refusing it",
-                layer.digest
-            );
-        }
-    }
-    format!("layer {}: {err}", layer.digest)
-}
-
-/// The file in a work directory whose lock its live import holds.
-const OWNER_LOCK: &str = ".owner";
-
-/// Raw flock, not nix's `Flock` (which would own the file): the owner lock lives as long as
-/// its open file does.
-fn flock(f: &File, how: libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock takes no pointers; `f` is borrowed, so its fd is open for the call.
-    if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Make the private work directory and lock its owner file for the import's life: a directory
-/// whose lock nobody holds was left by a killed import (see [`sweep_stale_temps`]).
-pub(crate) fn make_work_dir(work_path: &Path) -> Result<(TempGuard, File), String> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let work = TempGuard::new(work_path.to_path_buf());
-    let cant = |e: io::Error| format!("cannot create {}: {e}", work_path.display());
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(work.path())
-        .map_err(cant)?;
-    let owner = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(work.path().join(OWNER_LOCK))
-        .map_err(cant)?;
-    flock(&owner, libc::LOCK_EX | libc::LOCK_NB).map_err(cant)?;
-    Ok((work, owner))
-}
-
-/// Remove the work directories of killed imports next to this one's (`.NAME.berth-tmp-PID-…`,
-/// for any output name): ours (by owner) whose owner lock nobody holds. One without the lock
-/// file is from an import that died before making it (or from an older berth-image): stale
-/// when its pid is gone. Other users' directories are theirs to remove.
-fn sweep_stale_temps(work_path: &Path) {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let Some(dir) = work_path.parent() else {
-        return;
-    };
-    let me = nix::unistd::getuid().as_raw();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // `PID-RANDOM-HOST`, or only `PID` (older berth-image).
-        let Some((pid, host)) = name
-            .strip_prefix('.')
-            .and_then(|n| n.rsplit_once(".berth-tmp-"))
-            .and_then(|(_, rest)| {
-                let (pid, host) = match rest.split_once('-') {
-                    Some((pid, r)) => (pid, r.split_once('-').map(|(_, h)| h)),
-                    None => (rest, None),
-                };
-                Some((pid.parse::<i32>().ok()?, host))
-            })
-        else {
-            continue;
-        };
-        let path = e.path();
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() && m.uid() == me => {}
-            _ => continue,
-        }
-        let lock = File::options()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path.join(OWNER_LOCK));
-        // The lock stays held (by `lock`) while the directory goes.
-        let stale = match &lock {
-            Ok(f) => flock(f, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
-            // Without the lock file, only a pid of this host can be looked up.
-            Err(_) => {
-                host.is_none_or(|h| h == crate::store::hostname())
-                    && matches!(
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-                        Err(nix::errno::Errno::ESRCH)
-                    )
-            }
-        };
-        if stale {
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    }
-}
-
-fn assemble(
-    opts: &Options,
-    progress: &Progress,
-    plan: Plan,
-    work_path: &Path,
-    comp: &str,
-    level: Option<u32>,
-) -> Result<Summary, String> {
-    let (work, _owner) = make_work_dir(work_path)?;
-    let rootfs = work.path().join("rootfs");
-    std::fs::create_dir_all(&rootfs)
-        .map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
-    let mut unpacker = Unpacker::new(&rootfs)?;
-    unpacker.set_max_size(opts.max_size);
-    let mut summaries = Vec::new();
-    let n = plan.layers.len();
-    let bytes: u64 = plan.layers.iter().map(|l| l.size).sum();
-    let bar = progress.unpack(bytes);
-    let started = std::time::Instant::now();
-    for (i, layer) in plan.layers.iter().enumerate() {
-        if cancelled() {
-            return Err("interrupted".into());
-        }
-        let what = format!(
-            "layer {}/{n} {} ({})",
-            i + 1,
-            short(&layer.digest),
-            mib(layer.size)
-        );
-        progress.plain_line(&format!("applying {what}"));
-        bar.set_message(what);
-        let stats = apply_layer(&mut unpacker, layer, &bar);
-        let stats = stats.inspect_err(|_| bar.abandon())?;
-        summaries.push(LayerSummary {
-            digest: layer.digest.clone(),
-            size: layer.size,
-            cached: layer.cached,
-            entries: stats.entries,
-        });
-    }
-    bar.finish_and_clear();
-    if !bar.is_hidden() {
-        progress.line(&format!(
-            "unpacked {n} layer{} ({}, {} entries) in {}",
-            if n == 1 { "" } else { "s" },
-            mib(bytes),
-            summaries.iter().map(|s| s.entries).sum::<u64>(),
-            indicatif::HumanDuration(started.elapsed())
-        ));
-    }
-    unpacker.write_file(Path::new(CONFIG_PATH), plan.config.to_json().as_bytes())?;
-    let warnings = std::mem::take(&mut unpacker.warnings);
-    if !opts.quiet {
-        warnings
-            .iter()
-            .for_each(|w| eprintln!("berth-image: warning: {w}"));
-    }
-    drop(unpacker);
-    let size = mksquashfs(opts, progress, &rootfs, &[], work.path(), comp, level)?;
-    Ok(Summary {
-        output: opts.output.clone(),
-        size,
-        source: opts.source_text.clone(),
-        manifest_digest: plan.manifest_digest,
-        layers: summaries,
-        warnings,
-        up_to_date: false,
-        digest: None,
-    })
-}
-
 /// A rootfs directory as is; the image config is added (as a pseudo file) unless it has one.
 fn import_rootfs(
     opts: &Options,
@@ -1126,78 +788,4 @@ fn import_rootfs(
         up_to_date: false,
         digest: None,
     })
-}
-
-/// mksquashfs into the work directory, then rename over the output: never a half image.
-fn mksquashfs(
-    opts: &Options,
-    progress: &Progress,
-    root: &Path,
-    extra: &[String],
-    work: &Path,
-    comp: &str,
-    level: Option<u32>,
-) -> Result<u64, String> {
-    let part = work.join("image.sqsh");
-    let stage = format!("writing {} ({comp})", opts.output.display());
-    progress.plain_line(&stage);
-    let spinner = progress.spinner(format!("mksquashfs: {stage}"));
-    let mut cmd = Command::new("mksquashfs");
-    cmd.arg(root)
-        .arg(&part)
-        .args([
-            "-noappend",
-            "-quiet",
-            "-no-progress",
-            "-all-root",
-            "-no-xattrs",
-            "-mem",
-            MKSQUASHFS_MEM,
-            "-comp",
-            comp,
-        ])
-        .args(extra);
-    if let Some(l) = level {
-        cmd.args(["-Xcompression-level", &l.to_string()]);
-    }
-    // mksquashfs dies with us: after a SIGKILL it must not go on writing into a work
-    // directory that the next import removes as stale.
-    // SAFETY: the closure runs between fork and exec and calls only prctl, which is
-    // async-signal-safe; it allocates nothing (an Errno converts without allocating).
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            Ok(())
-        });
-    }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run mksquashfs ({e}); install squashfs-tools"))?;
-    crate::cleanup::set_child(child.id());
-    let out = child.wait_with_output();
-    crate::cleanup::clear_child();
-    spinner.finish_and_clear();
-    let out = out.map_err(|e| format!("mksquashfs: {e}"))?;
-    if !out.status.success() {
-        let last = crate::inspect::last_line(&out.stderr);
-        return Err(format!(
-            "mksquashfs failed writing {}: {}",
-            opts.output.display(),
-            last.trim()
-        ));
-    }
-    if cancelled() {
-        return Err("interrupted".into());
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o644));
-    std::fs::rename(&part, &opts.output)
-        .map_err(|e| format!("cannot move the image to {}: {e}", opts.output.display()))?;
-    Ok(std::fs::metadata(&opts.output)
-        .map(|m| m.len())
-        .unwrap_or(0))
 }

@@ -3,10 +3,13 @@
 //! Every error is one line on stderr, `berth-image: ...`, with exit status 1 (2 for usage
 //! errors, from clap); an import that fails or is interrupted leaves no output and no temp files.
 
+mod assemble;
 mod cache;
 mod cleanup;
+mod fetch;
 mod import;
 mod inspect;
+mod merge;
 mod oci;
 mod progress;
 mod registry;
@@ -91,6 +94,10 @@ enum Cmd {
         // few MB of compressed zeros expand to terabytes).
         #[arg(long, value_name = "SIZE", default_value = "64G", value_parser = parse_size)]
         max_size: u64,
+        /// How the image is put together: stream (layers into tar2sqfs) or unpack (a temp
+        /// rootfs, then mksquashfs); for benchmarks and comparisons.
+        #[arg(long, value_enum, default_value = "stream", hide = true)]
+        assemble: assemble::Method,
     },
     /// Show an image's config, size, source digest and layers.
     Inspect { image: PathBuf },
@@ -202,6 +209,7 @@ fn run(cli: Cli) -> Result<(), String> {
             cache,
             force,
             max_size,
+            assemble,
         } => {
             cleanup::install_signal_handlers()?;
             let store = match store {
@@ -228,6 +236,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 quiet: cli.quiet || cli.json,
                 force,
                 max_size,
+                assemble,
             };
             let summary = import::import(&opts)?;
             if cli.json {

@@ -1,0 +1,649 @@
+//! Assemble: the layers of a plan merged into one squashfs image, plus `/.berth/image.json`.
+//!
+//! Streamed (the default): the layers' tar headers are read first (in parallel, digests
+//! verified) and merged in memory ([`crate::merge`]); a second read of each layer then streams
+//! the data of the entries that survive, as one tar stream, into `tar2sqfs`, which compresses
+//! on every core. No temporary tree: the disk holds the layer cache and the output.
+//!
+//! Unpacked (`--assemble=unpack`, and when tar2sqfs is not installed): the layers applied into
+//! a temp rootfs next to the output, then mksquashfs.
+
+use crate::cleanup::{cancelled, TempGuard};
+use crate::fetch::{read_layer, Layer};
+use crate::import::{mib, short, LayerSummary, Options, Plan, Summary, MKSQUASHFS_MEM};
+use crate::merge::{self, Data, Node, Tree};
+use crate::progress::Progress;
+use crate::unpack::Unpacker;
+use berth_image_config::CONFIG_PATH;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// How the image is put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Method {
+    /// Layers streamed into tar2sqfs; no temporary tree.
+    #[default]
+    Stream,
+    /// Layers unpacked into a temporary tree, then mksquashfs (the old way).
+    Unpack,
+}
+
+/// The file in a work directory whose lock its live import holds.
+const OWNER_LOCK: &str = ".owner";
+
+/// Raw flock, not nix's `Flock` (which would own the file): the owner lock lives as long as
+/// its open file does.
+fn flock(f: &File, how: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock takes no pointers; `f` is borrowed, so its fd is open for the call.
+    if unsafe { libc::flock(f.as_raw_fd(), how) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Make the private work directory and lock its owner file for the import's life: a directory
+/// whose lock nobody holds was left by a killed import (see [`sweep_stale_temps`]).
+pub(crate) fn make_work_dir(work_path: &Path) -> Result<(TempGuard, File), String> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let work = TempGuard::new(work_path.to_path_buf());
+    let cant = |e: io::Error| format!("cannot create {}: {e}", work_path.display());
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(work.path())
+        .map_err(cant)?;
+    let owner = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(work.path().join(OWNER_LOCK))
+        .map_err(cant)?;
+    flock(&owner, libc::LOCK_EX | libc::LOCK_NB).map_err(cant)?;
+    Ok((work, owner))
+}
+
+/// Remove the work directories of killed imports next to this one's (`.NAME.berth-tmp-PID-…`,
+/// for any output name): ours (by owner) whose owner lock nobody holds. One without the lock
+/// file is from an import that died before making it (or from an older berth-image): stale
+/// when its pid is gone. Other users' directories are theirs to remove.
+pub(crate) fn sweep_stale_temps(work_path: &Path) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Some(dir) = work_path.parent() else {
+        return;
+    };
+    let me = nix::unistd::getuid().as_raw();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // `PID-RANDOM-HOST`, or only `PID` (older berth-image).
+        let Some((pid, host)) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".berth-tmp-"))
+            .and_then(|(_, rest)| {
+                let (pid, host) = match rest.split_once('-') {
+                    Some((pid, r)) => (pid, r.split_once('-').map(|(_, h)| h)),
+                    None => (rest, None),
+                };
+                Some((pid.parse::<i32>().ok()?, host))
+            })
+        else {
+            continue;
+        };
+        let path = e.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() && m.uid() == me => {}
+            _ => continue,
+        }
+        let lock = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path.join(OWNER_LOCK));
+        // The lock stays held (by `lock`) while the directory goes.
+        let stale = match &lock {
+            Ok(f) => flock(f, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
+            // Without the lock file, only a pid of this host can be looked up.
+            Err(_) => {
+                host.is_none_or(|h| h == crate::store::hostname())
+                    && matches!(
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                        Err(nix::errno::Errno::ESRCH)
+                    )
+            }
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// The old way: every layer applied into a temp rootfs next to the output, then mksquashfs.
+fn assemble_unpacked(
+    opts: &Options,
+    progress: &Progress,
+    plan: Plan,
+    work_path: &Path,
+    comp: &str,
+    level: Option<u32>,
+) -> Result<Summary, String> {
+    let (work, _owner) = make_work_dir(work_path)?;
+    let rootfs = work.path().join("rootfs");
+    std::fs::create_dir_all(&rootfs)
+        .map_err(|e| format!("cannot create {}: {e}", rootfs.display()))?;
+    let mut unpacker = Unpacker::new(&rootfs)?;
+    unpacker.set_max_size(opts.max_size);
+    let mut summaries = Vec::new();
+    let n = plan.layers.len();
+    let bytes: u64 = plan.layers.iter().map(|l| l.size).sum();
+    let bar = progress.unpack(bytes);
+    let started = std::time::Instant::now();
+    for (i, layer) in plan.layers.iter().enumerate() {
+        if cancelled() {
+            return Err("interrupted".into());
+        }
+        let what = format!(
+            "layer {}/{n} {} ({})",
+            i + 1,
+            short(&layer.digest),
+            mib(layer.size)
+        );
+        progress.plain_line(&format!("applying {what}"));
+        bar.set_message(what);
+        let stats = read_layer(layer, &bar, |r| unpacker.apply(r, &cancelled));
+        let stats = stats.inspect_err(|_| bar.abandon())?;
+        summaries.push(LayerSummary {
+            digest: layer.digest.clone(),
+            size: layer.size,
+            cached: layer.cached,
+            entries: stats.entries,
+        });
+    }
+    bar.finish_and_clear();
+    if !bar.is_hidden() {
+        progress.line(&format!(
+            "unpacked {n} layer{} ({}, {} entries) in {}",
+            if n == 1 { "" } else { "s" },
+            mib(bytes),
+            summaries.iter().map(|s| s.entries).sum::<u64>(),
+            indicatif::HumanDuration(started.elapsed())
+        ));
+    }
+    unpacker.write_file(Path::new(CONFIG_PATH), plan.config.to_json().as_bytes())?;
+    let warnings = std::mem::take(&mut unpacker.warnings);
+    if !opts.quiet {
+        warnings
+            .iter()
+            .for_each(|w| eprintln!("berth-image: warning: {w}"));
+    }
+    drop(unpacker);
+    let size = mksquashfs(opts, progress, &rootfs, &[], work.path(), comp, level)?;
+    Ok(Summary {
+        output: opts.output.clone(),
+        size,
+        source: opts.source_text.clone(),
+        manifest_digest: plan.manifest_digest,
+        layers: summaries,
+        warnings,
+        up_to_date: false,
+        digest: None,
+    })
+}
+
+/// mksquashfs into the work directory, then rename over the output: never a half image.
+pub(crate) fn mksquashfs(
+    opts: &Options,
+    progress: &Progress,
+    root: &Path,
+    extra: &[String],
+    work: &Path,
+    comp: &str,
+    level: Option<u32>,
+) -> Result<u64, String> {
+    let part = work.join("image.sqsh");
+    let stage = format!("writing {} ({comp})", opts.output.display());
+    progress.plain_line(&stage);
+    let spinner = progress.spinner(format!("mksquashfs: {stage}"));
+    let mut cmd = Command::new("mksquashfs");
+    cmd.arg(root)
+        .arg(&part)
+        .args([
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+            "-no-xattrs",
+            "-mem",
+            MKSQUASHFS_MEM,
+            "-comp",
+            comp,
+        ])
+        .args(extra);
+    if let Some(l) = level {
+        cmd.args(["-Xcompression-level", &l.to_string()]);
+    }
+    // mksquashfs dies with us: after a SIGKILL it must not go on writing into a work
+    // directory that the next import removes as stale.
+    // SAFETY: the closure runs between fork and exec and calls only prctl, which is
+    // async-signal-safe; it allocates nothing (an Errno converts without allocating).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run mksquashfs ({e}); install squashfs-tools"))?;
+    crate::cleanup::set_child(child.id());
+    let out = child.wait_with_output();
+    crate::cleanup::clear_child();
+    spinner.finish_and_clear();
+    let out = out.map_err(|e| format!("mksquashfs: {e}"))?;
+    if !out.status.success() {
+        let last = crate::inspect::last_line(&out.stderr);
+        return Err(format!(
+            "mksquashfs failed writing {}: {}",
+            opts.output.display(),
+            last.trim()
+        ));
+    }
+    if cancelled() {
+        return Err("interrupted".into());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o644));
+    std::fs::rename(&part, &opts.output)
+        .map_err(|e| format!("cannot move the image to {}: {e}", opts.output.display()))?;
+    Ok(std::fs::metadata(&opts.output)
+        .map(|m| m.len())
+        .unwrap_or(0))
+}
+
+/// Build the image of `plan` into `opts.output`, streamed unless told (or forced) otherwise.
+pub(crate) fn assemble(
+    opts: &Options,
+    progress: &Progress,
+    plan: Plan,
+    work_path: &Path,
+    comp: &str,
+    level: Option<u32>,
+) -> Result<Summary, String> {
+    if opts.assemble == Method::Unpack || !on_path("tar2sqfs") {
+        return assemble_unpacked(opts, progress, plan, work_path, comp, level);
+    }
+    let (work, _owner) = make_work_dir(work_path)?;
+    let bytes: u64 = plan.layers.iter().map(|l| l.size).sum();
+    let started = std::time::Instant::now();
+    let (tree, summaries) = merge_layers(opts, progress, &plan.layers)?;
+    let n = plan.layers.len();
+    if !progress.unpack(0).is_hidden() {
+        progress.line(&format!(
+            "merged {n} layer{} ({}, {} entries) in {}",
+            if n == 1 { "" } else { "s" },
+            mib(bytes),
+            summaries.iter().map(|s| s.entries).sum::<u64>(),
+            indicatif::HumanDuration(started.elapsed())
+        ));
+    }
+    let mut tree = tree;
+    let config = plan.config.to_json();
+    tree.add_config(Path::new(CONFIG_PATH), config.len() as u64)?;
+    let warnings = std::mem::take(&mut tree.warnings);
+    if !opts.quiet {
+        warnings
+            .iter()
+            .for_each(|w| eprintln!("berth-image: warning: {w}"));
+    }
+    let size = tar2sqfs(
+        opts,
+        progress,
+        &Image {
+            tree: &tree,
+            layers: &plan.layers,
+            config: config.as_bytes(),
+        },
+        work.path(),
+        comp,
+        level,
+    )?;
+    Ok(Summary {
+        output: opts.output.clone(),
+        size,
+        source: opts.source_text.clone(),
+        manifest_digest: plan.manifest_digest,
+        layers: summaries,
+        warnings,
+        up_to_date: false,
+        digest: None,
+    })
+}
+
+/// Is `prog` an executable in `$PATH`?
+fn on_path(prog: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            std::fs::metadata(d.join(prog))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// Read every layer's headers (several layers at a time, each verified against its digest),
+/// then merge them in order. Errors come in layer order, as when the layers are applied.
+fn merge_layers(
+    opts: &Options,
+    progress: &Progress,
+    layers: &[Layer],
+) -> Result<(Tree, Vec<LayerSummary>), String> {
+    let bar = progress.unpack(layers.iter().map(|l| l.size).sum());
+    let n = layers.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    type Scan = Option<Result<Vec<merge::Entry>, String>>;
+    let scans: Vec<std::sync::Mutex<Scan>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    let workers = std::thread::available_parallelism().map_or(2, |p| p.get());
+    std::thread::scope(|s| {
+        for _ in 0..n.clamp(1, workers) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= n {
+                    break;
+                }
+                let res = read_layer(&layers[i], &bar, |r| merge::scan(r, &cancelled));
+                let failed = res.is_err();
+                *scans[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
+                if failed {
+                    break;
+                }
+            });
+        }
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut tree = Tree::new(now);
+    tree.set_max_size(opts.max_size);
+    let mut summaries = Vec::new();
+    for (i, (layer, scan)) in layers.iter().zip(scans).enumerate() {
+        if cancelled() {
+            return Err("interrupted".into());
+        }
+        let what = format!(
+            "layer {}/{n} {} ({})",
+            i + 1,
+            short(&layer.digest),
+            mib(layer.size)
+        );
+        progress.plain_line(&format!("applying {what}"));
+        let entries = scan
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| Err("not read after an earlier failure".into()))
+            .inspect_err(|_| bar.abandon())?;
+        let stats = tree
+            .apply(i as u32, &entries)
+            .map_err(|e| format!("layer {}: {e}", layer.digest))
+            .inspect_err(|_| bar.abandon())?;
+        summaries.push(LayerSummary {
+            digest: layer.digest.clone(),
+            size: layer.size,
+            cached: layer.cached,
+            entries: stats.entries,
+        });
+    }
+    bar.finish_and_clear();
+    Ok((tree, summaries))
+}
+
+/// What the tar stream is made of.
+struct Image<'a> {
+    tree: &'a Tree,
+    layers: &'a [Layer],
+    config: &'a [u8],
+}
+
+/// tar2sqfs fed from a thread of ours into the work directory, then rename over the output.
+fn tar2sqfs(
+    opts: &Options,
+    progress: &Progress,
+    image: &Image,
+    work: &Path,
+    comp: &str,
+    level: Option<u32>,
+) -> Result<u64, String> {
+    let part = work.join("image.sqsh");
+    let stage = format!("writing {} ({comp})", opts.output.display());
+    progress.plain_line(&stage);
+    let spinner = progress.spinner(format!("tar2sqfs: {stage}"));
+    let errors = work.join("tar2sqfs.err");
+    let err_file =
+        File::create(&errors).map_err(|e| format!("cannot create {}: {e}", errors.display()))?;
+    let jobs = std::thread::available_parallelism().map_or(2, |p| p.get());
+    let mut cmd = Command::new("tar2sqfs");
+    // -s: a record it cannot read fails the import rather than being left out.
+    cmd.args(["-q", "-s", "-x", "-c", comp, "-j", &jobs.to_string()]);
+    if let Some(l) = level {
+        cmd.args(["-X", &format!("level={l}")]);
+    }
+    cmd.arg(&part);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(err_file)
+        .spawn()
+        .map_err(|e| format!("cannot run tar2sqfs ({e}); install squashfs-tools-ng"))?;
+    crate::cleanup::set_child(child.id());
+    let stdin = child.stdin.take().expect("piped");
+    let written = write_tar(io::BufWriter::with_capacity(1 << 20, stdin), image);
+    let status = child.wait();
+    crate::cleanup::clear_child();
+    spinner.finish_and_clear();
+    let status = status.map_err(|e| format!("tar2sqfs: {e}"))?;
+    if !status.success() || written.is_err() {
+        let last = std::fs::read(&errors).unwrap_or_default();
+        let last = crate::inspect::last_line(&last);
+        return Err(match written {
+            // A broken pipe means tar2sqfs stopped: its own words say why.
+            Err(e) if !e.contains("Broken pipe") || last.trim().is_empty() => e,
+            _ => format!(
+                "tar2sqfs failed writing {}: {}",
+                opts.output.display(),
+                last.trim()
+            ),
+        });
+    }
+    if cancelled() {
+        return Err("interrupted".into());
+    }
+    finish_output(&part, &opts.output)
+}
+
+/// The child dies with us: after a SIGKILL it must not go on writing into a work directory
+/// that the next import removes as stale.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and calls only prctl, which is
+    // async-signal-safe; it allocates nothing (an Errno converts without allocating).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            Ok(())
+        });
+    }
+}
+
+/// Mode 0644 and rename over the output: never a half image.
+fn finish_output(part: &Path, output: &Path) -> Result<u64, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(part, std::fs::Permissions::from_mode(0o644));
+    std::fs::rename(part, output)
+        .map_err(|e| format!("cannot move the image to {}: {e}", output.display()))?;
+    Ok(std::fs::metadata(output).map(|m| m.len()).unwrap_or(0))
+}
+
+/// A header owned by root (mksquashfs -all-root did the same).
+fn header(kind: tar::EntryType, mode: u32, mtime: u64, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_size(size);
+    h
+}
+
+/// The image as one tar stream: directories and symlinks first (parents before children),
+/// then the files, layer by layer in the order their data lies there, then the config.
+fn write_tar(out: impl Write, image: &Image) -> Result<(), String> {
+    let io_err = |e: io::Error| format!("cannot write the image stream: {e}");
+    let mut b = tar::Builder::new(out);
+    image
+        .tree
+        .walk(|path, node| -> io::Result<()> {
+            let name = if path.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                path
+            };
+            match node {
+                Node::Dir { mode, mtime, .. } => {
+                    let mut h = header(tar::EntryType::Directory, *mode, *mtime, 0);
+                    b.append_data(&mut h, name, io::empty())
+                }
+                Node::Symlink { target, mtime } => append_symlink(&mut b, name, target, *mtime),
+                Node::File { .. } => Ok(()),
+            }
+        })
+        .map_err(io_err)?;
+    let mut files = image.tree.files();
+    let hidden = indicatif::ProgressBar::hidden();
+    for (i, layer) in image.layers.iter().enumerate() {
+        let wanted = |j: usize| Data::Layer {
+            layer: i as u32,
+            entry: j as u32,
+        };
+        if !files
+            .keys()
+            .any(|d| matches!(d, Data::Layer { layer, .. } if *layer == i as u32))
+        {
+            continue;
+        }
+        read_layer(layer, &hidden, |r| {
+            let mut archive = tar::Archive::new(r);
+            let entries = archive
+                .entries()
+                .map_err(|e| format!("not a tar archive: {e}"))?;
+            for (j, entry) in entries.enumerate() {
+                if cancelled() {
+                    return Err("interrupted".into());
+                }
+                let entry = entry.map_err(|e| format!("broken tar stream: {e}"))?;
+                if let Some((node, names)) = files.remove(&wanted(j)) {
+                    append_file(&mut b, &node, &names, entry).map_err(io_err)?;
+                }
+            }
+            Ok(())
+        })?;
+    }
+    if let Some((node, names)) = files.remove(&Data::Config) {
+        append_file(&mut b, &node, &names, image.config).map_err(io_err)?;
+    }
+    if !files.is_empty() {
+        return Err(format!(
+            "{} files were not found in their layers on the second read",
+            files.len()
+        ));
+    }
+    b.into_inner().and_then(|mut w| w.flush()).map_err(io_err)
+}
+
+/// A symlink, its target byte for byte (the tar crate would normalise `a//b` or `./x`).
+fn append_symlink(
+    b: &mut tar::Builder<impl Write>,
+    name: &Path,
+    target: &Path,
+    mtime: u64,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = target.as_os_str().as_bytes();
+    let mut h = header(tar::EntryType::Symlink, 0o777, mtime, 0);
+    let room = h.as_old().linkname.len();
+    if bytes.len() > room {
+        // GNU long link: a `././@LongLink` record carries the whole target.
+        let mut long = header(
+            tar::EntryType::GNULongLink,
+            0o644,
+            0,
+            bytes.len() as u64 + 1,
+        );
+        long.as_gnu_mut().expect("gnu header").name[..13].copy_from_slice(b"././@LongLink");
+        long.set_cksum();
+        b.append(&long, bytes.chain(&[0u8][..]))?;
+        h.set_link_name_literal(&bytes[..room])?;
+    } else {
+        h.set_link_name_literal(bytes)?;
+    }
+    b.append_data(&mut h, name, io::empty())
+}
+
+/// A file's data under its first name, its other names as hardlinks to it.
+fn append_file(
+    b: &mut tar::Builder<impl Write>,
+    node: &Node,
+    names: &[PathBuf],
+    data: impl Read,
+) -> io::Result<()> {
+    let Node::File {
+        size, mode, mtime, ..
+    } = node
+    else {
+        unreachable!("files() returns files")
+    };
+    let mut h = header(tar::EntryType::Regular, *mode, *mtime, *size);
+    b.append_data(
+        &mut h,
+        &names[0],
+        Exact {
+            inner: data,
+            left: *size,
+        },
+    )?;
+    for name in &names[1..] {
+        let mut h = header(tar::EntryType::Link, *mode, *mtime, 0);
+        b.append_link(&mut h, name, &names[0])?;
+    }
+    Ok(())
+}
+
+/// Exactly `left` bytes of `inner`, or an error: a short read must not shift the stream.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let max = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a layer entry ended before its size",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}

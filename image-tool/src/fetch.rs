@@ -1,0 +1,201 @@
+//! Fetch: the layers of a plan, from a registry into the layer cache or from local files,
+//! and read back decompressed with their digests verified.
+
+use crate::cache::Cache;
+use crate::import::short;
+use crate::oci::Descriptor;
+use crate::progress::Progress;
+use crate::registry::Client;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+/// Where a layer's bytes are.
+pub(crate) enum Loc {
+    Cache(PathBuf),
+    /// A file, or a slice of one (a member of a tar archive).
+    Slice {
+        file: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+pub(crate) struct Layer {
+    /// The digest the raw bytes must have (descriptor digest; diff_id for docker-archive).
+    pub digest: String,
+    pub size: u64,
+    pub loc: Loc,
+    pub cached: bool,
+}
+
+/// Hashes what passes through, so a layer is verified in the same read that applies it.
+/// It also moves the unpack progress bar (hidden when there is none).
+struct HashReader<R> {
+    inner: R,
+    hash: Sha256,
+    bar: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// How much decompressed data after a layer's tar stream is read (tar pads to 10 KiB records).
+const TRAILER_LIMIT: u64 = 16 << 20;
+
+/// Read a layer through `f` (decompressed: gzip, zstd or none, told by the magic bytes), then
+/// verify the digest of every raw byte. A mismatch fails the import.
+pub(crate) fn read_layer<T>(
+    layer: &Layer,
+    bar: &indicatif::ProgressBar,
+    f: impl FnOnce(&mut dyn Read) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut hr = HashReader {
+        inner: open_loc(&layer.loc)?,
+        hash: Sha256::new(),
+        bar: bar.clone(),
+    };
+    let fail = |e: String| format!("layer {}: {e}", layer.digest);
+    let out = {
+        let mut buf = BufReader::with_capacity(256 << 10, &mut hr);
+        let magic = buf
+            .fill_buf()
+            .map_err(|e| fail(format!("cannot read: {e}")))?
+            .to_vec();
+        let mut decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+            Box::new(flate2::bufread::MultiGzDecoder::new(buf))
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(buf)
+                    .map_err(|e| fail(format!("zstd: {e}")))?,
+            )
+        } else {
+            Box::new(buf)
+        };
+        // A tar stream can end before its input does: drain, so the digest covers everything.
+        // Not after a refusal, and only so far through the decompressor: a bomb of zeros must
+        // not be expanded to the end (the raw bytes are drained for the digest all the same).
+        f(&mut decoded).and_then(|v| {
+            io::copy(&mut decoded.take(TRAILER_LIMIT), &mut io::sink())
+                .map(|_| v)
+                .map_err(|e| format!("corrupt data: {e}"))
+        })
+    };
+    let out = out.map_err(|e| fail_with_digest(layer, &mut hr, e))?;
+    io::copy(&mut hr, &mut io::sink()).map_err(|e| fail(format!("cannot read: {e}")))?;
+    let got = format!("sha256:{:x}", hr.hash.finalize());
+    if got != layer.digest {
+        return Err(format!(
+            "layer {} failed verification: the content has digest {got}; refusing it",
+            layer.digest
+        ));
+    }
+    Ok(out)
+}
+
+/// On an apply error, a digest mismatch is the better explanation when there is one.
+fn fail_with_digest(layer: &Layer, hr: &mut HashReader<Box<dyn Read>>, err: String) -> String {
+    if io::copy(hr, &mut io::sink()).is_ok() {
+        let got = format!("sha256:{:x}", std::mem::take(&mut hr.hash).finalize());
+        if got != layer.digest {
+            return format!(
+                "layer {} failed verification: the content has digest {got}; refusing it",
+                layer.digest
+            );
+        }
+    }
+    format!("layer {}: {err}", layer.digest)
+}
+
+pub(crate) fn open_loc(loc: &Loc) -> Result<Box<dyn Read>, String> {
+    match loc {
+        Loc::Cache(p) => {
+            Ok(Box::new(File::open(p).map_err(|e| {
+                format!("cannot open {}: {e}", p.display())
+            })?))
+        }
+        Loc::Slice { file, offset, len } => {
+            let mut f =
+                File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+            f.seek(SeekFrom::Start(*offset))
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            Ok(Box::new(f.take(*len)))
+        }
+    }
+}
+
+/// Fetch the layers missing from the cache, a few at a time; each is verified before it
+/// enters the cache.
+pub(crate) fn fetch_layers(
+    progress: &Progress,
+    client: &Client,
+    cache: &Cache,
+    descs: &[Descriptor],
+) -> Result<Vec<Layer>, String> {
+    let total = descs.len();
+    let was_cached: Vec<bool> = descs
+        .iter()
+        .map(|l| cache.blob_path(&l.digest).is_ok_and(|p| p.is_file()))
+        .collect();
+    let downloads = progress.downloads(
+        was_cached.iter().filter(|c| !**c).count(),
+        descs
+            .iter()
+            .zip(&was_cached)
+            .filter(|(_, c)| !**c)
+            .map(|(l, _)| l.size)
+            .sum(),
+        format!("layer {total}/{total} ").len() + short("sha256:0123456789ab").len(),
+    );
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<bool, String>>>> =
+        (0..total).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..total.clamp(1, 3) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= total {
+                    break;
+                }
+                let l = &descs[i];
+                let bar = downloads.layer(
+                    format!("layer {}/{total} {}", i + 1, short(&l.digest)),
+                    l.size,
+                    was_cached[i],
+                );
+                let res = client.fetch_layer(&l.digest, cache, &|have| bar.at(have));
+                bar.finish(progress, res.as_ref().map(|c| *c).map_err(|_| ()));
+                let failed = res.is_err();
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
+                if failed {
+                    break;
+                }
+            });
+        }
+    });
+    let ok = results
+        .iter()
+        .all(|r| matches!(*r.lock().unwrap_or_else(|e| e.into_inner()), Some(Ok(_))));
+    downloads.finish(ok);
+    let mut layers = Vec::new();
+    for (l, res) in descs.iter().zip(results) {
+        match res.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(cached)) => layers.push(Layer {
+                digest: l.digest.clone(),
+                size: l.size,
+                loc: Loc::Cache(cache.blob_path(&l.digest)?),
+                cached,
+            }),
+            Some(Err(e)) => return Err(e),
+            None => return Err("a layer download was abandoned after an earlier failure".into()),
+        }
+    }
+    Ok(layers)
+}
