@@ -26,6 +26,7 @@ pub mod sif;
 mod signals;
 mod site;
 mod squashfs;
+mod stage;
 mod sys;
 
 // The request and the three ways to carry it out.
@@ -38,6 +39,8 @@ pub use run::{build, check, enter, run};
 // The site's configuration: the policy and the per-user state directory.
 pub use policy::Policy;
 pub use site::{private_state_subdir, user_state_dir, Site};
+/// `[images] stage = "node-local"`: a store image's verified copy on this node.
+pub use stage::stage as stage_image;
 
 /// Whether a container runs under join key `key` in the state directory `state_dir`.
 pub use join::running as container_running;

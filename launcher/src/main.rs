@@ -191,7 +191,8 @@ fn options(a: RunArgs) -> Result<(RunOptions, bool), Error> {
 }
 
 /// `docker://...`: imported into the image store by berth-image (installed beside berth, else
-/// on PATH; nothing is fetched when the store has the image), then run from there.
+/// on PATH; nothing is fetched when the store has the image), then run from there, or from
+/// this node's copy of it when the policy stages images (`[images] stage = "node-local"`).
 fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
     let Some(reference) = image.to_str().filter(|t| t.starts_with("docker://")) else {
         return Ok(image);
@@ -203,7 +204,9 @@ fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
         .unwrap_or_else(|| "berth-image".into());
     let mut cmd = std::process::Command::new(&program);
     cmd.args(["import", "--json", "--store"]);
-    if let Ok(policy) = berth_launcher::Site::default().policy() {
+    let site = berth_launcher::Site::default();
+    let policy = site.policy().ok();
+    if let Some(policy) = &policy {
         if let Some(dir) = &policy.image_store {
             let user = std::env::var("USER").unwrap_or_default();
             cmd.arg("--store-dir").arg(dir.replace("${USER}", &user));
@@ -224,7 +227,15 @@ fn registry_image(image: PathBuf) -> Result<PathBuf, Error> {
         })?;
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     match summary.get("output").and_then(|o| o.as_str()) {
-        Some(path) if out.status.success() => Ok(PathBuf::from(path)),
+        Some(path) if out.status.success() => match policy.filter(|p| p.stage_images) {
+            Some(policy) => {
+                let uid = nix::unistd::getuid().as_raw();
+                let state = site.state_dir(&policy, uid);
+                let dir = berth_launcher::private_state_subdir(&state, "staged", uid)?;
+                berth_launcher::stage_image(std::path::Path::new(path), &dir)
+            }
+            None => Ok(PathBuf::from(path)),
+        },
         _ => {
             let err = String::from_utf8_lossy(&out.stderr);
             let why = err

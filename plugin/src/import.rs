@@ -33,7 +33,7 @@ impl Importer<'_> {
     /// A registry reference is imported into the image store, once per step on the node: the
     /// first task asks berth-image and records the result, the step's other tasks get it (the
     /// file, or the same error) without asking again. With the policy's node-local staging,
-    /// the file is the node's verified copy of the store's ([`crate::stage`]). The reference is the job's pinned
+    /// the file is the node's verified copy of the store's ([`berth_launcher::stage_image`]). The reference is the job's pinned
     /// digest when the submit side resolved it ([`PIN_VAR`] in the job's environment), so
     /// the nodes ask no registry when the store has the image.
     pub fn import(
@@ -69,7 +69,7 @@ impl Importer<'_> {
         crate::step::once_per_step(&dir, &stem, job, step, || {
             let stored = self.store(wanted, env, Some(&job_id), policy)?;
             let path = match &staged {
-                Some(node_dir) => crate::stage::stage(&stored.path, node_dir)?,
+                Some(node_dir) => berth_launcher::stage_image(&stored.path, node_dir)?,
                 None => stored.path,
             };
             Ok(path.display().to_string())

@@ -6,11 +6,9 @@
 //! environment and ids into these.
 
 mod import;
-mod stage;
 mod step;
 
 pub use import::{pinned, registry_host, Importer, Stored, PIN_VAR};
-pub use stage::stage;
 pub use step::{once_per_step, record_image, saved_image};
 
 use berth_launcher::{Error, Join, MountSpec, Namespaces, Result, RunOptions};

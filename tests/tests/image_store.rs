@@ -432,38 +432,11 @@ fn importers_with_the_same_pid_share_a_layer_cache() {
 fn berth_run_takes_a_registry_reference() {
     let sb = Sandbox::new("store-run");
     let reg = Registry::start("store-run", None);
-    let rootfs = berth_tests::demo_image()
-        .parent()
-        .unwrap()
-        .join("demo-rootfs");
-    let host = [
-        "usr/bin/dash",
-        "usr/bin/cat",
-        "usr/lib/x86_64-linux-gnu/libc.so.6",
-        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-    ];
-    let layer = tar_with_host_files(
-        &rootfs,
-        &host,
-        &[
-            Entry::Symlink("bin", "usr/bin"),
-            Entry::Symlink("lib", "usr/lib"),
-            Entry::Symlink("lib64", "usr/lib64"),
-            Entry::Dir("usr/lib64/", 0o755),
-            Entry::Symlink(
-                "usr/lib64/ld-linux-x86-64.so.2",
-                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-            ),
-            Entry::Dir("srv/", 0o755),
-            Entry::File("srv/hello.txt", b"from the store", 0o644),
-        ],
-    );
-    push_layer(
+    push_shell(
         &reg,
         &sb.root.join("layout-run"),
-        &layer,
-        json!({"Env": ["PATH=/usr/bin:/bin"]}),
         "demo/run:1",
+        b"from the store",
     );
     let src = format!("docker://{}/demo/run:1", reg.addr);
     let berth = |args: &[&str]| {
@@ -481,6 +454,47 @@ fn berth_run_takes_a_registry_reference() {
     let r = berth(&["run", &src, "--", "cat", "/srv/hello.txt"]).expect_ok("second run");
     assert_eq!(r.stdout, "from the store");
     assert_eq!(count(&gets(&reg)[n..], "blob"), 0);
+    // `[images] stage = "node-local"`: the run uses this node's verified copy of the store's
+    // file, which --dry-run shows as the image.
+    let etc = sb.root.join("etc-berth");
+    std::fs::create_dir_all(&etc).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = etc.join("berth.toml");
+    std::fs::write(&policy, "[images]\nstage = \"node-local\"\n").unwrap();
+    let staged = |args: &[&str]| {
+        let mut cmd = sb.berth(args);
+        let tools = berth_image_bin().parent().unwrap().display().to_string();
+        cmd.env("BERTH_STORE", store(&sb))
+            .env("BERTH_LAYER_CACHE", sb.work.join("layers"))
+            .env("BERTH_CONFIG", &policy)
+            .env("PATH", format!("{tools}:/usr/bin:/bin"));
+        run(cmd)
+    };
+    let dry = staged(&["run", "--dry-run", &src, "--", "true"]).expect_ok("--dry-run, staged");
+    let image = dry
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("image:"))
+        .and_then(|l| l.split_whitespace().next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no image line: {}", dry.stdout));
+    assert!(image.starts_with(sb.state.join("staged")), "{}", dry.stdout);
+    let r = staged(&[
+        "run",
+        &src,
+        "--",
+        "sh",
+        "-c",
+        "echo $BERTH_CONTAINER; cat /srv/hello.txt",
+    ])
+    .expect_ok("staged run");
+    assert_eq!(r.stdout, format!("{}\nfrom the store", image.display()));
+    let stored = store(&sb).join(image.file_name().unwrap());
+    assert_eq!(
+        std::fs::read(&image).unwrap(),
+        std::fs::read(&stored).unwrap()
+    );
     // An unknown tag: one line, exit 125.
     let missing = format!("docker://{}/demo/run:nope", reg.addr);
     let r = berth(&["run", &missing, "--", "true"]);

@@ -4,7 +4,7 @@
 //! copy is checked against the sha256 the store recorded before it is renamed into place, so
 //! a damaged store file or a short copy is never used.
 
-use berth_launcher::Error;
+use crate::error::Error;
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use std::fs::File;
