@@ -30,6 +30,21 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
 }
 
+/// The plugstack.conf arguments [`config`] takes, as `NAME=VALUE`: berth-slurm(8) documents
+/// each one (a test checks), and any other name is refused.
+pub const ARGUMENTS: &[&str] = &[
+    "policy",
+    "runtime_dir",
+    "mode",
+    "sbatch",
+    "entrypoint",
+    "remap_root",
+    "mount_home",
+    "container_mount_home",
+    "berth_image",
+    "insecure_registries",
+];
+
 pub fn config(av: &[String]) -> Result<Config, Error> {
     let mut c = Config {
         policy: None,
@@ -44,7 +59,10 @@ pub fn config(av: &[String]) -> Result<Config, Error> {
     };
     for a in av {
         let what = |k: &str| format!("plugstack.conf: spank_berth.so {k}");
-        match a.split_once('=') {
+        let known = a
+            .split_once('=')
+            .is_some_and(|(k, _)| ARGUMENTS.contains(&k));
+        match a.split_once('=').filter(|_| known) {
             Some(("policy", v)) => c.policy = Some(v.into()),
             Some(("runtime_dir", v)) => c.runtime_dir = Some(v.into()),
             Some(("mode", v)) => {
@@ -61,11 +79,16 @@ pub fn config(av: &[String]) -> Result<Config, Error> {
             }
             Some(("berth_image", v)) => c.berth_image = v.into(),
             Some(("insecure_registries", v)) => {
-                c.insecure_registries = v.split(',').filter(|h| !h.is_empty()).map(String::from).collect()
+                c.insecure_registries = v
+                    .split(',')
+                    .filter(|h| !h.is_empty())
+                    .map(String::from)
+                    .collect()
             }
             _ => {
                 return Err(Error::Usage(format!(
-                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use policy=, runtime_dir=, mode=, sbatch=, entrypoint=, remap_root=, mount_home=, berth_image=, insecure_registries=)"
+                    "plugstack.conf: unknown argument '{a}' for spank_berth.so (use {}=)",
+                    ARGUMENTS.join("=, ")
                 )))
             }
         }
@@ -188,6 +211,25 @@ mod tests {
         }
         assert!(!state.exists());
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    /// Every name in [`ARGUMENTS`] is one `config` takes (the man page test reads that list).
+    #[test]
+    fn every_listed_argument_is_taken() {
+        for a in ARGUMENTS {
+            let value = match *a {
+                "mode" => "mount",
+                "policy" | "runtime_dir" | "berth_image" => "/x",
+                "insecure_registries" => "r:5000",
+                _ => "1",
+            };
+            cfg(&[&format!("{a}={value}")]).unwrap_or_else(|e| panic!("{a}: {e}"));
+        }
+        let e = cfg(&["colour=1"]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown argument 'colour=1'") && e.contains("(use policy=,"),
+            "{e}"
+        );
     }
 
     #[test]

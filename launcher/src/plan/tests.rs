@@ -547,7 +547,7 @@ fn devices_and_visible_gpus_come_with_their_libraries() {
             ..
         }
     ));
-    assert_eq!(ib.origin, "devices built-in default");
+    assert_eq!(ib.origin, "devices built-in 20-infiniband.toml:12");
     let verbs = step(&p, "/etc/libibverbs.d").expect("verbs config");
     assert!(matches!(verbs.action, Action::Bind { readonly: true, .. }));
     assert!(step(&p, "/dev/nvidiactl").is_some() && step(&p, "/dev/nvidia-uvm").is_some());
@@ -617,7 +617,10 @@ fn pmix_and_munge_directories_are_bound_when_present_and_not_shown_already() {
         origin("/var/spool/slurm/spmix_appdir_1000_7.0"),
         Some("pmix SLURM_PMIX_TMPDIR")
     );
-    assert_eq!(origin("/run/munge"), Some("pmix munge built-in default"));
+    assert_eq!(
+        origin("/run/munge"),
+        Some("pmix munge built-in 10-defaults.toml:21")
+    );
     // Under /tmp, already shown; absent on the node, left out.
     let env = [("PMIX_SERVER_TMPDIR", "/tmp/pmix")];
     let p = build_on(

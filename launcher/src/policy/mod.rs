@@ -2,15 +2,15 @@
 //! `/etc/berth/conf.d/*.toml`, merged into one effective [`Policy`] that every `berth run`
 //! applies, whichever front end called it.
 //!
-//! Merge rules (documented in docs/policy.md): files are read in order (the main file, then
-//! conf.d in name order). A later file's scalar replaces an earlier one; a later file's list
+//! Merge rules (documented in docs/policy.md): files are read in order (the vendor defaults
+//! of `defaults.rs`, then the main file, then the rest of conf.d in name order). A later file's scalar replaces an earlier one; a later file's list
 //! replaces the earlier list; `[env.set]`-style tables merge key by key; `[[mount]]` entries
 //! accumulate, and a later mount with the same target replaces the earlier one.
 //!
 //! Every error names `file:line`. A broken policy stops berth: it never falls back to none.
 //!
 //! The parts: `schema` (one file's format), `files` (which files, read safely), `merge` (one
-//! file over the policy so far), `defaults` (the policy without files), `describe` (for
+//! file over the policy so far), `defaults` (the vendor defaults: launcher/conf.d, built in), `describe` (for
 //! `berth policy check`). This module holds the effective policy and the helpers the plan uses.
 
 mod defaults;
@@ -128,15 +128,18 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Load the effective policy from the files `policy_files` names.
+    /// Load the effective policy: the vendor defaults (each from conf.d when installed there,
+    /// else built in), then the main file and the other conf.d files in order.
     pub fn load(explicit: Option<&Path>) -> Result<Policy, PolicyError> {
-        let files = policy_files(explicit)?;
-        let mut policy = Policy::default();
-        for path in &files {
+        let (vendor, site): (Vec<PathBuf>, Vec<PathBuf>) = policy_files(explicit)?
+            .into_iter()
+            .partition(|f| defaults::is_vendor_file(f));
+        let mut policy = Policy::vendor_defaults(&vendor)?;
+        for path in &site {
             let text = read_policy_file(path)?;
             policy.merge(path, &text)?;
         }
-        policy.files = files;
+        policy.files = vendor.into_iter().chain(site).collect();
         Ok(policy)
     }
 }

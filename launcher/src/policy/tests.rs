@@ -235,3 +235,205 @@ fn versions_and_expansion() {
     );
     assert!(name_matches("SLURM_*", "SLURM_JOB_ID") && !name_matches("SLURM_*", "PMIX_X"));
 }
+
+fn paths(rules: &[Rule]) -> Vec<&str> {
+    rules.iter().map(|r| r.path.as_str()).collect()
+}
+
+/// The shipped conf.d files are berth's defaults, the same values berth had built in before
+/// they were files: a policy without files behaves as it always did.
+#[test]
+fn the_shipped_files_are_the_built_in_defaults() {
+    let p = Policy::default();
+    assert_eq!(paths(&p.device_paths), ["/dev/infiniband"]);
+    assert_eq!(paths(&p.device_config), ["/etc/libibverbs.d", "/etc/rdma"]);
+    assert!(p.device_libraries.is_empty());
+    assert!(p.gpu_enabled);
+    assert_eq!(
+        paths(&p.gpu_devices),
+        [
+            "/dev/nvidiactl",
+            "/dev/nvidia-uvm",
+            "/dev/nvidia-uvm-tools",
+            "/dev/nvidia-modeset",
+            "/dev/nvidia[0-9]*"
+        ]
+    );
+    assert_eq!(
+        paths(&p.gpu_libraries),
+        [
+            "libcuda.so*",
+            "libnvidia-ml.so*",
+            "libnvidia-ptxjitcompiler.so*",
+            "libnvidia-nvvm.so*",
+            "libnvidia-fatbinaryloader.so*",
+            "libnvidia-opencl.so*"
+        ]
+    );
+    assert!(p.user_mounts.enabled && p.user_mounts.allowed_sources.is_none());
+    assert!(p.user_mounts.denied_sources.is_empty() && p.user_mounts.denied_targets.is_empty());
+    assert!(p.pmix_server_dir);
+    assert_eq!(p.munge_socket_dir.as_ref().unwrap().path, "/run/munge");
+    assert!(p.mounts.is_empty() && p.mpi.is_none() && p.mode.is_none());
+    assert_eq!(p.env, EnvRules::default());
+    assert_eq!(
+        p.gpu_devices[0].origin.0, "built-in 20-nvidia.toml:16",
+        "rules name the shipped file and line"
+    );
+}
+
+/// The files on disk (launcher/conf.d, what the package installs) parse, and loading them as
+/// an installed conf.d gives exactly the built-in policy.
+#[test]
+fn the_installed_files_equal_the_built_in_ones() {
+    let dir = scratch("shipped");
+    let main = dir.join("berth.toml");
+    std::fs::write(&main, "# site\n").unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf.d");
+    let mut names: Vec<String> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    let builtin: Vec<&str> = super::defaults::BUILTIN.iter().map(|b| b.0).collect();
+    assert_eq!(names, builtin, "every shipped file is built in, in order");
+    for name in &names {
+        std::fs::copy(shipped.join(name), dir.join("conf.d").join(name)).unwrap();
+    }
+    let mut installed = Policy::load(Some(&main)).unwrap();
+    let mut builtin = Policy::default();
+    assert_eq!(installed.files.len(), 1 + names.len());
+    // Only where the rules came from differs.
+    installed.files.clear();
+    builtin.files.clear();
+    let unplace = |p: &mut Policy| {
+        for r in p
+            .device_paths
+            .iter_mut()
+            .chain(&mut p.device_config)
+            .chain(&mut p.gpu_devices)
+            .chain(&mut p.gpu_libraries)
+            .chain(&mut p.munge_socket_dir)
+        {
+            r.origin.0 = r
+                .origin
+                .0
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .replace("built-in ", "");
+        }
+    };
+    unplace(&mut installed);
+    unplace(&mut builtin);
+    assert_eq!(installed, builtin);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An installed file of a built-in's name replaces it: an empty 20-nvidia.toml turns the
+/// NVIDIA defaults off and leaves the others; the main file still overrides them.
+#[test]
+fn an_installed_file_replaces_the_built_in_one_of_its_name() {
+    let dir = scratch("shadow");
+    let main = dir.join("berth.toml");
+    std::fs::write(&main, "# site\n").unwrap();
+    assert_eq!(
+        Policy::load(Some(&main)).unwrap().gpu_devices.len(),
+        5,
+        "no conf.d file: the built-in NVIDIA defaults"
+    );
+    std::fs::write(dir.join("conf.d/20-nvidia.toml"), "# off\n").unwrap();
+    let p = Policy::load(Some(&main)).unwrap();
+    assert!(p.gpu_devices.is_empty() && p.gpu_libraries.is_empty() && !p.gpu_enabled);
+    assert_eq!(paths(&p.device_paths), ["/dev/infiniband"]);
+    assert!(p.user_mounts.enabled);
+    // The vendor files are the base: the main file overrides them, installed or not.
+    std::fs::write(&main, "[user_mounts]\nenabled = false\n").unwrap();
+    std::fs::write(
+        dir.join("conf.d/10-defaults.toml"),
+        super::defaults::BUILTIN[0].1,
+    )
+    .unwrap();
+    let p = Policy::load(Some(&main)).unwrap();
+    assert!(
+        !p.user_mounts.enabled,
+        "berth.toml wins over 10-defaults.toml"
+    );
+    assert_eq!(
+        p.files,
+        [
+            dir.join("conf.d/10-defaults.toml"),
+            dir.join("conf.d/20-nvidia.toml"),
+            main.clone()
+        ]
+    );
+    // A main file of that name is not a conf.d file: it does not replace the built-in.
+    let odd = dir.join("20-nvidia.toml");
+    std::fs::write(&odd, "# main\n").unwrap();
+    std::fs::remove_file(dir.join("conf.d/20-nvidia.toml")).unwrap();
+    assert_eq!(Policy::load(Some(&odd)).unwrap().gpu_devices.len(), 5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every section and key of the policy format, as serde knows them: each `deny_unknown_fields`
+/// struct names its fields when it meets an unknown one. `[[mount]]` is `mount`.
+fn schema_keys() -> Vec<(String, Vec<String>)> {
+    fn fields(text: &str) -> Vec<String> {
+        let err = toml::from_str::<super::schema::File>(text).unwrap_err();
+        let msg = err.message().to_string();
+        let (_, list) = msg
+            .split_once("expected ")
+            .unwrap_or_else(|| panic!("{msg}"));
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(String::from)
+            .collect()
+    }
+    fields("zz_unknown = 1\n")
+        .into_iter()
+        .map(|section| {
+            let probe = match section.as_str() {
+                "mount" => "[[mount]]\nzz_unknown = 1\n".to_string(),
+                s => format!("[{s}]\nzz_unknown = 1\n"),
+            };
+            let keys = fields(&probe);
+            (section, keys)
+        })
+        .collect()
+}
+
+/// docs/man/berth.toml.5 has a subsection for every section of the format and, in it, every
+/// key: a key added to the schema fails here until the page describes it.
+#[test]
+fn every_policy_key_is_in_the_man_page() {
+    let keys = schema_keys();
+    assert!(keys.len() >= 9, "{keys:?}");
+    assert!(keys
+        .iter()
+        .any(|(s, k)| s == "runtime" && k.contains(&"mode".into())));
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/man/berth.toml.5"
+    ))
+    .unwrap()
+    .replace("\\-", "-");
+    let mut missing = Vec::new();
+    for (section, fields) in &keys {
+        let heading = match section.as_str() {
+            "mount" => ".SS [[mount]]\n".to_string(),
+            s => format!(".SS [{s}]\n"),
+        };
+        let Some((_, rest)) = page.split_once(&heading) else {
+            missing.push(heading.trim().to_string());
+            continue;
+        };
+        let body = rest.split(".SS ").next().unwrap_or(rest);
+        for key in fields {
+            if !body.contains(&format!("\\fB{key}\\fR")) {
+                missing.push(format!("{section}.{key}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in berth.toml.5: {missing:?}");
+}
