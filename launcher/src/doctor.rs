@@ -738,7 +738,10 @@ fn plugin_dir(slurm: &Path) -> PathBuf {
         .filter_map(|l| l.trim().strip_prefix("PluginDir="))
         .map(|v| PathBuf::from(v.split(':').next().unwrap_or("").trim()))
         .next()
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/x86_64-linux-gnu/slurm-wlm"))
+        .unwrap_or_else(|| {
+            let triplet = crate::arch::multiarch_triplet(crate::arch::NATIVE);
+            PathBuf::from(format!("/usr/lib/{triplet}/slurm-wlm"))
+        })
 }
 
 /// Host MPI injection, when the policy enables it: are the host's libraries and binds there?

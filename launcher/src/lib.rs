@@ -5,6 +5,7 @@
 //! (the process becomes the container; the scheduler execs the task) or [`run`] (build, enter
 //! and exec). The rest is the launcher's own; see docs/architecture.md for how a request flows.
 
+mod arch;
 mod cache;
 pub mod cli_docs;
 mod container;

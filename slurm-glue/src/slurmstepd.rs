@@ -300,7 +300,7 @@ fn slurm_client(script: &OsStr, env: &[(OsString, OsString)]) -> (Vec<PathBuf>, 
             .unwrap_or_default()
             .lines()
         {
-            // "libfoo.so.1 => /lib/x86_64-linux-gnu/libfoo.so.1 (0x...)"
+            // "libfoo.so.1 => /lib/<multiarch triplet>/libfoo.so.1 (0x...)"
             let Some((name, rest)) = line.trim().split_once(" => ") else {
                 continue;
             };

@@ -17,16 +17,6 @@ pub(super) enum MpiCheck {
     Incompatible(String),
 }
 
-/// Where images keep their MPI library.
-const LIB_DIRS: &[&str] = &[
-    "usr/lib/x86_64-linux-gnu",
-    "usr/lib64",
-    "usr/lib",
-    "usr/local/lib",
-    "lib/x86_64-linux-gnu",
-    "lib64",
-];
-
 /// The ABI check: is the image's MPI (if any) of the host's family and a compatible version?
 pub(super) fn mpi_check(root: &OwnedFd, host: &MpiPlan, state_dir: &Path) -> MpiCheck {
     let Some((path, family)) = find_image_mpi(root) else {
@@ -68,9 +58,10 @@ fn find_image_mpi(root: &OwnedFd) -> Option<(PathBuf, MpiFamily)> {
         ("libmpi.so.12", MpiFamily::Mpich),
         ("libmpich.so.12", MpiFamily::Mpich),
     ];
-    for dir in LIB_DIRS {
+    // Where images keep their MPI library: the image is of berth's own architecture.
+    for dir in crate::arch::lib_dirs(crate::arch::NATIVE) {
         for (name, family) in NAMES {
-            let path = Path::new(dir).join(name);
+            let path = Path::new(&dir).join(name);
             if sys::open_in_root(root.as_raw_fd(), &path, libc::O_PATH, 0).is_ok() {
                 return Some((path, *family));
             }

@@ -29,7 +29,7 @@ pub trait Host {
 
 /// This machine. Directory listings and the loader cache are read once per process: several
 /// library patterns of a policy usually look into the same large directory
-/// (/usr/lib/x86_64-linux-gnu), and `ldconfig -p` is a process to spawn.
+/// (/usr/lib/<triplet>), and `ldconfig -p` is a process to spawn.
 pub struct RealHost;
 
 impl Host for RealHost {
@@ -88,9 +88,9 @@ impl Host for RealHost {
             let text = out
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
+            // Only berth's own architecture: an i386 libcuda.so.1 would not load.
             text.lines()
-                .filter(|l| l.contains("x86-64") || !l.contains('('))
-                .filter_map(|l| l.split(" => ").nth(1).map(|p| PathBuf::from(p.trim())))
+                .filter_map(|l| crate::arch::ld_cache_entry(l, crate::arch::NATIVE))
                 .collect()
         })
     }
