@@ -446,3 +446,95 @@ fn writer_round_trips_through_the_tar_crate() {
     assert_eq!(names[0].0, long);
     assert_eq!(names[1], (b"../up".to_vec(), Some(vec![b't'; 120])));
 }
+
+// ---- The merge (streamed import) against the unpacker ----
+
+/// What a tree holds, path by path: directory modes, file modes and contents, link targets.
+type Listing = BTreeMap<PathBuf, String>;
+
+fn listing_on_disk(root: &std::path::Path) -> Listing {
+    let mut seen = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let what = if meta.is_dir() {
+                stack.push(path.clone());
+                format!("dir {:o}", meta.mode() & 0o7777)
+            } else if meta.file_type().is_symlink() {
+                format!("link {:?}", std::fs::read_link(&path).unwrap())
+            } else {
+                format!(
+                    "file {:o} {:?}",
+                    meta.mode() & 0o7777,
+                    std::fs::read(&path).unwrap()
+                )
+            };
+            seen.insert(path.strip_prefix(root).unwrap().to_path_buf(), what);
+        }
+    }
+    seen
+}
+
+fn listing_of_tree(tree: &crate::merge::Tree, tars: &[Vec<u8>]) -> Listing {
+    use crate::merge::{Data, Node};
+    use std::io::Read;
+    let mut seen = BTreeMap::new();
+    tree.walk(|path, node| {
+        if path.as_os_str().is_empty() {
+            return Ok::<(), ()>(());
+        }
+        let what = match node {
+            Node::Dir { mode, .. } => format!("dir {mode:o}"),
+            Node::Symlink { target, .. } => format!("link {target:?}"),
+            Node::File {
+                data: Data::Layer { layer, entry },
+                mode,
+                ..
+            } => {
+                let mut a = tar::Archive::new(&tars[*layer as usize][..]);
+                let mut e = a.entries().unwrap().nth(*entry as usize).unwrap().unwrap();
+                let mut content = Vec::new();
+                e.read_to_end(&mut content).unwrap();
+                format!("file {mode:o} {content:?}")
+            }
+            Node::File { .. } => unreachable!("no config in these tests"),
+        };
+        seen.insert(path.to_path_buf(), what);
+        Ok(())
+    })
+    .unwrap();
+    seen
+}
+
+/// The layers merged in memory, each layer's result as the unpacker would give it.
+fn merge_all(tars: &[Vec<u8>]) -> (crate::merge::Tree, Vec<Result<(), String>>) {
+    let mut tree = crate::merge::Tree::new(0);
+    tree.set_max_size(1 << 20);
+    let results = tars
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let entries = crate::merge::scan(&t[..], &|| false)?;
+            tree.apply(i as u32, &entries).map(|_| ())
+        })
+        .collect();
+    (tree, results)
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    /// The streamed import's merge gives the image the unpacker gives, layer errors included.
+    #[test]
+    fn fuzz_merge_matches_unpacker(layers in proptest::collection::vec(layer(decoy_stand_in().as_os_str().as_bytes()), 1..5)) {
+        // The unpacker resolves inside its root, so the decoy's stand-in is not needed here.
+        let case = Case::new();
+        let unpacked = apply_all(&case, &layers);
+        let tars: Vec<Vec<u8>> = layers.iter().map(|l| tar(l)).collect();
+        let (tree, merged) = merge_all(&tars);
+        prop_assert_eq!(&unpacked, &merged);
+        prop_assert_eq!(listing_on_disk(&case.base.join("root")), listing_of_tree(&tree, &tars));
+    }
+}

@@ -40,6 +40,9 @@ type Id = usize;
 const ROOT: Id = 0;
 /// Symlinks a resolution follows before it gives up (the kernel's MAXSYMLINKS).
 const MAX_LINKS: u32 = 40;
+/// The kernel's limits on a name and on a path (with its NUL), as the unpacker meets them.
+const NAME_MAX: usize = 255;
+const PATH_MAX: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub enum Node {
@@ -164,6 +167,9 @@ impl Tree {
 
     /// A directory by its path, every symlink followed, as `openat2(RESOLVE_IN_ROOT)` finds it.
     fn resolve_dir(&self, path: &Path) -> Result<Id, Errno> {
+        if path.as_os_str().len() >= PATH_MAX {
+            return Err(Errno::ENAMETOOLONG);
+        }
         let mut todo: Vec<OsString> = Vec::new();
         push_components(&mut todo, path);
         let (mut cur, mut links) = (ROOT, 0);
@@ -175,6 +181,9 @@ impl Tree {
                 continue;
             }
             let children = self.children(cur).ok_or(Errno::ENOTDIR)?;
+            if c.len() > NAME_MAX {
+                return Err(Errno::ENAMETOOLONG);
+            }
             let next = *children.get(&c).ok_or(Errno::ENOENT)?;
             match &self.nodes[next] {
                 Node::Symlink { target, .. } => {
@@ -286,6 +295,10 @@ impl Tree {
             Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(()),
             Err(e) => return Err(errno_msg("cannot open directory", parent, e)),
         };
+        if hidden.len() > NAME_MAX {
+            let e = Errno::ENAMETOOLONG;
+            return Err(errno_msg("cannot remove", &parent.join(hidden), e));
+        }
         // The name as the unpacker has it (lossy: a name that is not UTF-8 is not found).
         self.children_mut(dir).remove(OsStr::new(hidden));
         Ok(())
@@ -321,8 +334,15 @@ impl Tree {
         if existing.is_some() && !(e.kind == EntryType::Directory && existing_is_dir) {
             self.children_mut(dir).remove(name);
         }
+        let too_long = |what: &str| -> Result<(), String> {
+            match name.len() > NAME_MAX {
+                true => Err(errno_msg(what, rel, Errno::ENAMETOOLONG)),
+                false => Ok(()),
+            }
+        };
         let node = match e.kind {
             EntryType::Directory => {
+                too_long("cannot create directory")?;
                 let mode = (e.mode & 0o1777) | 0o700;
                 if let Some(Node::Dir { mode: m, mtime, .. }) = existing
                     .filter(|_| existing_is_dir)
@@ -339,13 +359,20 @@ impl Tree {
                 }
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                self.file(e, rel, data)?
+                let node = self.file(e, rel, data)?;
+                too_long("cannot create")?;
+                node
             }
             EntryType::Symlink => {
                 let target = e
                     .link
                     .clone()
                     .ok_or_else(|| format!("symlink '{}' has no target", rel.display()))?;
+                too_long("cannot create symlink")?;
+                if target.as_os_str().len() >= PATH_MAX {
+                    let e = Errno::ENAMETOOLONG;
+                    return Err(errno_msg("cannot create symlink", rel, e));
+                }
                 Node::Symlink {
                     target,
                     mtime: e.mtime,
@@ -418,9 +445,15 @@ impl Tree {
                 err,
             )
         };
-        let id = self
-            .child(tdir, target.file_name().expect("non-empty"))
-            .ok_or_else(|| cant(Errno::ENOENT))?;
+        let tname = target.file_name().expect("non-empty");
+        // In linkat's order: the old name is looked up, the new one made, then the kind checked.
+        if tname.len() > NAME_MAX {
+            return Err(cant(Errno::ENAMETOOLONG));
+        }
+        let id = self.child(tdir, tname).ok_or_else(|| cant(Errno::ENOENT))?;
+        if rel.file_name().is_some_and(|n| n.len() > NAME_MAX) {
+            return Err(cant(Errno::ENAMETOOLONG));
+        }
         if self.is_dir(id) {
             return Err(cant(Errno::EPERM));
         }
