@@ -20,6 +20,8 @@ packages=(
   openssh-server                      # the OpenLava tests: an sshd per test host for mpirun's rsh agent
   busybox-static                      # tests/src/hostile.rs: minimal hostile images (one static binary)
   libseccomp-dev apt-utils            # the fake-root filter (--remap-root); tests/src/aptrepo.rs: apt-ftparchive
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross  # CI's aarch64 check: the C parts of zstd-sys and liblzma-sys
+  lintian man-db libcap2-bin          # scripts/package.sh's packages: checked by lintian, man -w, getcap
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -45,4 +47,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found: install a Rust toolchain (rustup) and re-run" >&2
   exit 1
 fi
+# scripts/package.sh builds the Debian packages with cargo-deb (tests/run installs and checks them).
+cargo deb --version >/dev/null 2>&1 || cargo install cargo-deb --locked
+# CI checks that berth builds for aarch64 (Grace Hopper nodes); without the target's std it is skipped.
+rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || echo "install-deps: no aarch64 target (rustup): skip" >&2
 echo "install-deps: ok" >&2

@@ -385,6 +385,14 @@ mod cli_tests {
     }
 
     #[test]
+    fn version_names_the_commit_and_features() {
+        let text = Cli::command().render_long_version();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], concat!("berth-image ", env!("CARGO_PKG_VERSION")));
+        assert!(lines[1].starts_with("commit: ") && lines[2].starts_with("features: "));
+    }
+
+    #[test]
     fn man_pages_for_berth_image_and_each_subcommand() {
         let names: Vec<String> = berth_launcher::cli_docs::man_pages(Cli::command())
             .unwrap()

@@ -356,6 +356,20 @@ mod tests {
         assert!(missing.is_empty(), "undocumented flags: {missing:?}");
     }
 
+    /// `berth --version`: "berth VERSION" first (what scripts parse), then the commit and the
+    /// cargo features.
+    #[test]
+    fn version_names_the_commit_and_features() {
+        let text = Cli::command().render_long_version();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], concat!("berth ", env!("CARGO_PKG_VERSION")));
+        assert!(
+            lines[1].starts_with("commit: ") && lines[1].len() > 8,
+            "{text}"
+        );
+        assert!(lines[2].starts_with("features: "), "{text}");
+    }
+
     #[test]
     fn man_pages_for_berth_and_each_subcommand() {
         let names: Vec<String> = berth_launcher::cli_docs::man_pages(Cli::command())
