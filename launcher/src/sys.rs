@@ -408,32 +408,60 @@ pub fn resolve_in_root(
     open_at(dir, c".", flags, mode)
 }
 
-/// The MS_* flags the mount `fd` is on has now that a bind remount must keep: in a user
-/// namespace the kernel refuses to clear ro, nosuid, nodev, noexec or the atime flags of a
-/// mount that came from a more privileged namespace, and MS_REMOUNT sets all of them at once.
-fn kept_flags(fd: &impl AsRawFd) -> io::Result<libc::c_ulong> {
-    // SAFETY: statvfs is a C struct of integers, for which all zeroes is a valid value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is open (fstatfs, under fstatvfs, takes O_PATH fds since 3.12) and `st` is
-    // a writable statvfs.
-    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// One line of /proc/self/mountinfo: the mount's id, its parent's, where it is mounted and
+/// its per-mount flags as MS_* values.
+struct MountEntry {
+    id: u64,
+    parent: u64,
+    point: PathBuf,
+    flags: libc::c_ulong,
+}
+
+/// This mount namespace's mounts. The flags come from here, not from statfs, which another
+/// user's FUSE mount refuses (EACCES) while a remount of it works.
+fn mount_table() -> io::Result<Vec<MountEntry>> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    Ok(info
+        .split(|b| *b == b'\n')
+        .filter_map(|line| {
+            let mut f = line.split(|b| *b == b' ');
+            let id = std::str::from_utf8(f.next()?).ok()?.parse().ok()?;
+            let parent = std::str::from_utf8(f.next()?).ok()?.parse().ok()?;
+            let point = f.nth(2)?;
+            let options = f.next()?;
+            Some(MountEntry {
+                id,
+                parent,
+                point: PathBuf::from(OsStr::from_bytes(&unescape(point))),
+                flags: kept_flags(options),
+            })
+        })
+        .collect())
+}
+
+/// The MS_* flags of a mount's options (mountinfo's sixth field) that a bind remount must
+/// keep: in a user namespace the kernel refuses to clear ro, nosuid, nodev, noexec or change
+/// the atime mode of a mount that came from a more privileged namespace, and MS_REMOUNT sets
+/// all of them at once.
+fn kept_flags(options: &[u8]) -> libc::c_ulong {
     let mut flags = 0;
-    for (st_flag, ms) in [
-        (libc::ST_RDONLY, libc::MS_RDONLY),
-        (libc::ST_NOSUID, libc::MS_NOSUID),
-        (libc::ST_NODEV, libc::MS_NODEV),
-        (libc::ST_NOEXEC, libc::MS_NOEXEC),
-        (libc::ST_NOATIME, libc::MS_NOATIME),
-        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-        (libc::ST_RELATIME, libc::MS_RELATIME),
-    ] {
-        if st.f_flag & st_flag != 0 {
-            flags |= ms;
-        }
+    for opt in options.split(|b| *b == b',') {
+        flags |= match opt {
+            b"ro" => libc::MS_RDONLY,
+            b"nosuid" => libc::MS_NOSUID,
+            b"nodev" => libc::MS_NODEV,
+            b"noexec" => libc::MS_NOEXEC,
+            b"noatime" => libc::MS_NOATIME,
+            b"nodiratime" => libc::MS_NODIRATIME,
+            b"relatime" => libc::MS_RELATIME,
+            _ => 0,
+        };
     }
-    Ok(flags)
+    // Neither shown: strictatime, which a remount must ask for (it defaults to relatime).
+    if flags & (libc::MS_NOATIME | libc::MS_RELATIME) == 0 {
+        flags |= libc::MS_STRICTATIME;
+    }
+    flags
 }
 
 fn mount_call(source: Option<&str>, target: &str, flags: libc::c_ulong) -> io::Result<()> {
@@ -460,8 +488,8 @@ pub fn bind_fds(source: &impl AsRawFd, target: &impl AsRawFd, recursive: bool) -
     mount_call(Some(&from), &to, flags)
 }
 
-fn remount_one(fd: &impl AsRawFd, attrs: u64) -> io::Result<()> {
-    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | kept_flags(fd)?;
+fn remount_one(fd: &impl AsRawFd, kept: libc::c_ulong, attrs: u64) -> io::Result<()> {
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | kept;
     for (attr, ms) in [
         (MOUNT_ATTR_RDONLY, libc::MS_RDONLY),
         (MOUNT_ATTR_NOSUID, libc::MS_NOSUID),
@@ -475,38 +503,7 @@ fn remount_one(fd: &impl AsRawFd, attrs: u64) -> io::Result<()> {
     mount_call(None, &format!("/proc/self/fd/{}", fd.as_raw_fd()), flags)
 }
 
-/// The mounts under mount `id` (its submounts, theirs...), with their mount points, from
-/// /proc/self/mountinfo.
-fn submounts(id: u64) -> io::Result<Vec<(u64, PathBuf)>> {
-    let info = std::fs::read("/proc/self/mountinfo")?;
-    let all: Vec<(u64, u64, PathBuf)> = info
-        .split(|b| *b == b'\n')
-        .filter_map(|line| {
-            let mut f = line.split(|b| *b == b' ');
-            let id = std::str::from_utf8(f.next()?).ok()?.parse().ok()?;
-            let parent = std::str::from_utf8(f.next()?).ok()?.parse().ok()?;
-            let point = f.nth(2)?;
-            Some((
-                id,
-                parent,
-                PathBuf::from(OsStr::from_bytes(&unescape(point))),
-            ))
-        })
-        .collect();
-    let mut found: Vec<(u64, PathBuf)> = Vec::new();
-    let mut parents = vec![id];
-    while let Some(p) = parents.pop() {
-        for (child, parent, point) in &all {
-            if *parent == p && *child != p && !found.iter().any(|(f, _)| f == child) {
-                found.push((*child, point.clone()));
-                parents.push(*child);
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\\ooo`.
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
@@ -528,23 +525,43 @@ fn unescape(field: &[u8]) -> Vec<u8> {
 /// the mount, so it names the mount and not what it covers) with MS_REMOUNT | MS_BIND, keeping
 /// its locked flags; with `recursive`, to every mount under it too (mount(2) has no recursive
 /// remount: each is found in mountinfo, opened by its path, and remounted only if the fd is on
-/// that very mount; a mount hidden under another is out of reach anyway).
+/// that very mount; a mount hidden under another is out of reach anyway). Mount ids come from
+/// /proc's fdinfo, which needs no access to the mount's files.
 pub fn remount_fd(fd: &impl AsRawFd, attrs: u64, recursive: bool) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    remount_one(fd, attrs)?;
+    let table = mount_table()?;
+    let top = mount_id_from_fdinfo(fd.as_raw_fd())?;
+    let kept = |id: u64| table.iter().find(|m| m.id == id).map_or(0, |m| m.flags);
+    remount_one(fd, kept(top), attrs)?;
     if !recursive {
         return Ok(());
     }
-    for (id, point) in submounts(mount_id(fd)?)? {
+    // The mounts under `top`, theirs, and so on.
+    let mut under = vec![top];
+    let mut i = 0;
+    while i < under.len() {
+        let p = under[i];
+        under.extend(
+            table
+                .iter()
+                .filter(|m| m.parent == p && m.id != p)
+                .map(|m| m.id),
+        );
+        i += 1;
+    }
+    for m in table
+        .iter()
+        .filter(|m| m.id != top && under.contains(&m.id))
+    {
         let Ok(sub) = std::fs::File::options()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&point)
+            .open(&m.point)
         else {
             continue;
         };
-        if mount_id(&sub)? == id {
-            remount_one(&sub, attrs)?;
+        if mount_id_from_fdinfo(sub.as_raw_fd())? == m.id {
+            remount_one(&sub, m.flags, attrs)?;
         }
     }
     Ok(())
@@ -804,6 +821,23 @@ mod tests {
             )),
             libc::ENOTDIR
         );
+    }
+
+    #[test]
+    fn a_remount_keeps_the_flags_a_user_namespace_may_not_clear() {
+        let kept = kept_flags(b"ro,nosuid,nodev,noexec,relatime");
+        assert_eq!(
+            kept,
+            libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV
+                | libc::MS_NOEXEC
+                | libc::MS_RELATIME
+        );
+        // No atime flag shown is strictatime, which MS_REMOUNT must be told.
+        assert_eq!(kept_flags(b"rw"), libc::MS_STRICTATIME);
+        assert_eq!(kept_flags(b"rw,noatime"), libc::MS_NOATIME);
+        assert_eq!(unescape(br"/a\040b\134c"), b"/a b\\c");
     }
 
     /// Where the kernel has openat2, both resolvers agree on every path of the tree.

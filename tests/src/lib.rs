@@ -204,12 +204,15 @@ impl Sandbox {
     }
 
     /// Any command as the test user. With `BERTH_TEST_WRAP` set (a program such as the
-    /// `enosys` wrapper) the command runs under it, and so does every berth it starts.
+    /// `enosys` wrapper), a command that runs berth (or another binary under test, directly,
+    /// through mpirun or a shell) runs under it, and so does every berth it starts; host
+    /// tools alone (a setuid fusermount3) run as they are.
     pub fn as_user(&self, argv: &[String]) -> Command {
         let u = user();
         let wrapped: Vec<String>;
+        let bins = shared_bin_dir().to_string_lossy().into_owned();
         let argv = match std::env::var("BERTH_TEST_WRAP") {
-            Ok(wrap) if !wrap.is_empty() => {
+            Ok(wrap) if !wrap.is_empty() && argv.iter().any(|a| a.contains(&bins)) => {
                 wrapped = std::iter::once(wrap).chain(argv.iter().cloned()).collect();
                 &wrapped[..]
             }

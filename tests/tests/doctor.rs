@@ -76,3 +76,36 @@ fn a_broken_policy_is_a_failed_check_naming_the_line() {
     );
     assert!(r.stdout.contains("fix: fix the file named"), "{}", r.stdout);
 }
+
+#[test]
+fn doctor_names_the_mount_api_and_a_kernel_without_the_new_one_still_passes() {
+    let sb = Sandbox::new("doctor-api");
+    if std::env::var_os("BERTH_TEST_WRAP").is_none() {
+        let r = run(sb.berth(&["doctor"]));
+        let line = row(&r.stdout, "mount API");
+        assert!(
+            line.starts_with("✓") && line.contains("new (open_tree/move_mount/mount_setattr)"),
+            "{}",
+            r.stdout
+        );
+    }
+    // As on RHEL 8's 4.18: no open_tree, move_mount, mount_setattr or openat2.
+    let argv = [
+        env!("CARGO_BIN_EXE_enosys").to_string(),
+        berth_bin().to_string_lossy().into_owned(),
+        "doctor".to_string(),
+    ];
+    let r = run(sb.as_user(&argv));
+    assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
+    let line = row(&r.stdout, "mount API");
+    assert!(
+        line.starts_with("✓") && line.contains("classic mount(2) (kernel lacks open_tree)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        row(&r.stdout, "openat2").contains("component by component"),
+        "{}",
+        r.stdout
+    );
+}
