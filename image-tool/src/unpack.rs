@@ -13,7 +13,7 @@
 
 use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, fstatat, futimens, mkdirat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
@@ -104,12 +104,10 @@ impl Unpacker {
         } else {
             rel
         };
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let fd = openat2(self.root.as_raw_fd(), path, how)?;
-        // SAFETY: openat2 succeeded, so `fd` is a new descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        // openat2 RESOLVE_IN_ROOT, or berth's component-wise resolver on older kernels.
+        let flags = flags | OFlag::O_DIRECTORY;
+        berth_launcher::open_in_root(self.root.as_raw_fd(), path, flags.bits(), 0)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
     }
 
     /// The parent directory of an entry, created (0755) where missing: layers may omit parents.

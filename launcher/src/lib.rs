@@ -51,6 +51,10 @@ pub use container::read_config as read_image_config;
 pub use image::read_superblock as read_squashfs_superblock;
 pub use image_config::{ImageConfig, RuntimeConfig, CONFIG_PATH};
 
+/// Opening a path inside a directory tree as if it were `/` (openat2 RESOLVE_IN_ROOT, or the
+/// component-wise resolver on kernels without openat2): berth-image's layers, OpenLava's checks.
+pub use sys::open_in_root;
+
 // The `berth` command's other subcommands and what every binary that execs needs.
 pub use cache::{clean as clean_cache, list as list_cache, remove_tree, Cleaned, Listed};
 pub use doctor::run as doctor;

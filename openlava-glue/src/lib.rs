@@ -189,31 +189,20 @@ pub fn job_queue(
 /// Whether a directory given as an image can start a job: it has an executable `/bin/sh`
 /// (resolved inside it, as in the container; `bsub < script` and most commands need it).
 pub fn rootfs_has_shell(root: &Path) -> bool {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
     let Ok(dir) = std::fs::File::open(root) else {
         return false;
     };
-    // SAFETY: open_how is plain integers, for which all zero bytes is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: openat2 reads `how` (a valid open_how of the size passed) and the path, a
-    // NUL-terminated literal; it returns a new fd or -1 and touches no other memory.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c"bin/sh".as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
+    let Ok(fd) = berth_launcher::open_in_root(
+        dir.as_raw_fd(),
+        std::path::Path::new("bin/sh"),
+        libc::O_PATH,
+        0,
+    ) else {
         return false;
-    }
-    // SAFETY: fd was just returned by openat2 and is owned by nothing else.
-    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    };
+    let file = std::fs::File::from(fd);
     file.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
