@@ -422,9 +422,6 @@ fn tar2sqfs(
     let stage = format!("writing {} ({comp})", opts.output.display());
     progress.plain_line(&stage);
     let spinner = progress.spinner(format!("tar2sqfs: {stage}"));
-    let errors = work.join("tar2sqfs.err");
-    let err_file =
-        File::create(&errors).map_err(|e| format!("cannot create {}: {e}", errors.display()))?;
     let jobs = std::thread::available_parallelism().map_or(2, |p| p.get());
     let mut cmd = Command::new("tar2sqfs");
     // -s: a record it cannot read fails the import rather than being left out.
@@ -437,22 +434,36 @@ fn tar2sqfs(
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(err_file)
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run tar2sqfs ({e}); install squashfs-tools-ng"))?;
     crate::cleanup::set_child(child.id());
     let stdin = child.stdin.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    // Read by a thread: tar2sqfs must never wait on a full stderr pipe while we write.
+    let said = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text);
+        text
+    });
     let written = write_tar(io::BufWriter::with_capacity(1 << 20, stdin), image);
     let status = child.wait();
     crate::cleanup::clear_child();
     spinner.finish_and_clear();
+    let said = said.join().unwrap_or_default();
     let status = status.map_err(|e| format!("tar2sqfs: {e}"))?;
     if !status.success() || written.is_err() {
-        let last = std::fs::read(&errors).unwrap_or_default();
-        let last = crate::inspect::last_line(&last);
+        let last = crate::inspect::last_line(&said);
         return Err(match written {
             // A broken pipe means tar2sqfs stopped: its own words say why.
             Err(e) if !e.contains("Broken pipe") || last.trim().is_empty() => e,
+            // tar2sqfs reports a full disk as an I/O error, and removes what it wrote: an
+            // I/O error with less room than the image's files is taken for a full disk.
+            _ if last.contains("I/O error") && disk_short(work, image.tree.unpacked) => format!(
+                "cannot write {}: No space left on device ({})",
+                opts.output.display(),
+                last.trim()
+            ),
             _ => format!(
                 "tar2sqfs failed writing {}: {}",
                 opts.output.display(),
@@ -464,6 +475,12 @@ fn tar2sqfs(
         return Err("interrupted".into());
     }
     finish_output(&part, &opts.output)
+}
+
+/// Has the filesystem of `dir` less than `bytes` free?
+fn disk_short(dir: &Path, bytes: u64) -> bool {
+    nix::sys::statvfs::statvfs(dir)
+        .is_ok_and(|v| v.blocks_available().saturating_mul(v.fragment_size()) < bytes)
 }
 
 /// The child dies with us: after a SIGKILL it must not go on writing into a work directory

@@ -1057,7 +1057,7 @@ fn later_imports_remove_temps_of_killed_imports_and_keep_live_ones() {
     fs::create_dir_all(&dir).unwrap();
     chown(&dir, Some(u.uid), Some(u.gid)).unwrap();
 
-    // A real import killed (SIGKILL) while it unpacks a large sparse file.
+    // A real import killed (SIGKILL) while it streams a large sparse file into tar2sqfs.
     let source = layout_with(&sb, "slow", &sparse_layer(8 << 30));
     let out = dir.join("killed.sqsh");
     let mut child = berth_image(&sb, &["import", &source, "-o", out.to_str().unwrap()])
@@ -1065,21 +1065,18 @@ fn later_imports_remove_temps_of_killed_imports_and_keep_live_ones() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = berth_tests::eventually(std::time::Duration::from_secs(120), || {
-        temps(&dir)
+    let writing = || {
+        berth_tests::processes_with("tar2sqfs")
             .iter()
-            .any(|t| dir.join(t).join("rootfs/big").exists())
-    });
+            .any(|(_, c)| c.contains(dir.to_str().unwrap()))
+    };
+    let started = berth_tests::eventually(std::time::Duration::from_secs(120), writing);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(started, "the import started unpacking");
+    assert!(started, "the import started writing");
     assert!(
-        berth_tests::eventually(std::time::Duration::from_secs(20), || {
-            berth_tests::processes_with("mksquashfs")
-                .iter()
-                .all(|(_, c)| !c.contains(dir.to_str().unwrap()))
-        }),
-        "mksquashfs outlived berth-image"
+        berth_tests::eventually(std::time::Duration::from_secs(20), || !writing()),
+        "tar2sqfs outlived berth-image"
     );
     let killed = temps(&dir);
     assert_eq!(
@@ -1123,4 +1120,150 @@ fn later_imports_remove_temps_of_killed_imports_and_keep_live_ones() {
     assert!(others.exists(), "another user's temp is theirs");
     drop(lock);
     fs::remove_dir_all(&others).unwrap();
+}
+
+/// `unsquashfs -lln`, without what the two writers may differ in and the image does not:
+/// directory sizes (their on-disk encoding) and the times of directories, symlinks and the
+/// config (set when the import ran).
+fn listing(img: &Path) -> Vec<String> {
+    let out = Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "unsquashfs -lln {}", img.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split_whitespace().collect();
+            let timeless = l.starts_with('d') || l.starts_with('l') || l.contains(".berth/");
+            if f.len() >= 6 && timeless {
+                f.drain(3..5);
+                if l.starts_with('d') {
+                    f.remove(2);
+                }
+            }
+            f.join(" ")
+        })
+        .collect()
+}
+
+/// The streamed import (layers into tar2sqfs) makes the image the old way (unpack, then
+/// mksquashfs) makes: same tree, modes, owners, link targets, contents and config, for
+/// ordinary and hostile layers in gzip, plain tar and zstd.
+#[test]
+fn streamed_import_matches_unpacked_import() {
+    need_tool("tar2sqfs", "squashfs-tools-ng");
+    let sb = Sandbox::new("img-stream");
+    let long_name = format!("etc/{}", "n".repeat(150));
+    let long_target = format!("/usr/{}", "t".repeat(200));
+    let zeros = vec![0u8; 1 << 20];
+    let mut l1 = shell_layer();
+    l1.truncate(l1.len() - 1024);
+    l1.extend(tar_layer(&[
+        Entry::Dir("etc/", 0o755),
+        Entry::File("etc/a", b"a", 0o644),
+        Entry::Hardlink("etc/a-link", "etc/a"),
+        Entry::File("etc/suid", b"s", 0o4755),
+        Entry::File("etc/mode000", b"0", 0o000),
+        Entry::CharDev("dev-mem", 1, 1),
+        Entry::Fifo("fifo"),
+        Entry::Dir("opt/", 0o750),
+        Entry::Dir("opt/sticky/", 0o1777),
+        Entry::File("opt/old", b"old", 0o644),
+        Entry::File("lib/x86_64-linux-gnu/via-link", b"through lib", 0o644),
+        Entry::Symlink("abs", "/etc/a"),
+        Entry::Symlink("weird", "a//b/./c/"),
+        Entry::File("deep/implicit/parent", b"p", 0o640),
+        Entry::File("zeros", &zeros, 0o644),
+        Entry::Symlink("esc", "/tmp/berth-stream-outside"),
+        Entry::File("esc/pwned", b"inside", 0o644),
+        Entry::Symlink("up", "../../../.."),
+        Entry::File("up/pwned2", b"inside too", 0o644),
+        Entry::Dir("var/", 0o755),
+        Entry::File("var/old", b"v", 0o644),
+    ]));
+    // Names and targets past the 100 bytes of a tar header: GNU long-name records.
+    l1.truncate(l1.len() - 1024);
+    let mut b = tar::Builder::new(l1);
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_size(4);
+    b.append_data(&mut h.clone(), &long_name, &b"long"[..])
+        .unwrap();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "long-link", &long_target).unwrap();
+    let l1 = b.into_inner().unwrap();
+    let l2 = tar_layer(&[
+        Entry::File("etc/a", b"replaced", 0o600),
+        Entry::File("etc/.wh.suid", b"", 0o644),
+        Entry::Hardlink("etc/b", "etc/a"),
+        Entry::Dir("etc/", 0o711),
+        Entry::Dir("opt/", 0o700),
+        Entry::File("opt/.wh..wh..opq", b"", 0o644),
+        Entry::File("opt/new", b"new", 0o644),
+        Entry::File(".wh.var", b"", 0o644),
+        Entry::Symlink("var", "opt"),
+        Entry::File(".wh.deep", b"", 0o644),
+    ]);
+    let l3 = tar_layer(&[
+        Entry::File("var/via-var", b"in opt", 0o644),
+        Entry::Dir("deep/", 0o755),
+        Entry::File("abs", b"now a file", 0o644),
+    ]);
+    let mut layout = Layout::new(&layout_dir(&sb, "stream"));
+    layout.image(
+        "v1",
+        &[
+            (gzip(&l1), LAYER_GZIP),
+            (l2.clone(), LAYER_TAR),
+            (zstd(&l3), LAYER_ZSTD),
+        ],
+        &[l1, l2, l3],
+        json!({"Cmd": ["/bin/sh"], "Env": ["A=b"]}),
+    );
+    let source = format!("oci:{}:v1", layout.dir.display());
+    let streamed = sb.work.join("streamed.sqsh");
+    let unpacked = sb.work.join("unpacked.sqsh");
+    let s = import_ok(&sb, &source, &streamed, &[]);
+    let u = import_ok(&sb, &source, &unpacked, &["--assemble", "unpack"]);
+    assert_eq!(s["warnings"], u["warnings"]);
+    assert_eq!(s["layers"], u["layers"]);
+    assert!(!Path::new("/tmp/berth-stream-outside").exists());
+    let (ls, lu) = (listing(&streamed), listing(&unpacked));
+    assert_eq!(ls, lu);
+    assert!(ls.iter().any(|l| l.ends_with("/var -> opt")), "{ls:?}");
+    let trees: Vec<Vec<String>> = [&streamed, &unpacked]
+        .iter()
+        .map(|img| {
+            let dir = sb
+                .root
+                .join(format!("x-{}", img.file_stem().unwrap().to_string_lossy()));
+            let out = Command::new("unsquashfs")
+                .arg("-d")
+                .arg(&dir)
+                .arg(img)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tree(&dir)
+        })
+        .collect();
+    assert_eq!(trees[0], trees[1]);
+    for want in [
+        "etc/a = replaced",
+        "etc/a-link = a",
+        "etc/b = replaced",
+        "esc/pwned = inside",
+        "opt/via-var = in opt",
+        "usr/lib/x86_64-linux-gnu/via-link = through lib",
+    ] {
+        assert!(trees[0].iter().any(|l| l == want), "{want}: {:?}", trees[0]);
+    }
 }
