@@ -27,12 +27,18 @@ pub struct Args {
     pub runs: usize,
     pub workdir: Option<PathBuf>,
     pub json: bool,
+    /// Instead of the rounds: import an image of about this many GiB from cached layers
+    /// (streamed, then the old unpack path) and report MB/s. Not for CI.
+    pub big_gib: Option<u64>,
 }
 
 /// The import targets.
 const IMPORT_VS_PIPELINE_MAX: f64 = 0.6;
 const REIMPORT_MAX_S: f64 = 1.0;
 const RSS_MAX_MIB: f64 = 256.0;
+/// The streamed import against the old unpack + mksquashfs path, same image and settings.
+const STREAM_VS_UNPACK_FRESH_MAX: f64 = 0.55;
+const STREAM_VS_UNPACK_CACHED_MAX: f64 = 0.3;
 
 /// mksquashfs's default zstd level: what the pipeline's `-comp zstd` uses.
 const PIPELINE_ZSTD_LEVEL: &str = "15";
@@ -86,16 +92,21 @@ fn add_tree(
     Ok(())
 }
 
-/// One gzip layer blob in the layout: (compressed digest, size, diff_id).
+/// One gzip layer blob in the layout: (compressed digest, size, diff_id). With `copy`, the
+/// whole root under that name, compressed fast (the big image).
 fn write_layer(
     layout: &Path,
     root: &Path,
     tops: &[&Path],
     skip: &[&Path],
+    copy: Option<&str>,
 ) -> Result<(String, u64, String), String> {
     let tmp = layout.join("blobs").join(format!(
         "tmp-layer-{}",
-        tops[0].to_string_lossy().replace('/', "-")
+        copy.map_or_else(
+            || tops[0].to_string_lossy().replace('/', "-"),
+            str::to_string
+        )
     ));
     let file = File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let compressed = HashWriter {
@@ -103,7 +114,11 @@ fn write_layer(
         hash: Sha256::new(),
         len: 0,
     };
-    let gz = flate2::write::GzEncoder::new(compressed, flate2::Compression::default());
+    let level = match copy {
+        Some(_) => flate2::Compression::fast(),
+        None => flate2::Compression::default(),
+    };
+    let gz = flate2::write::GzEncoder::new(compressed, level);
     let raw = HashWriter {
         inner: gz,
         hash: Sha256::new(),
@@ -113,6 +128,10 @@ fn write_layer(
     b.follow_symlinks(false);
     for top in tops {
         add_tree(&mut b, root, top, skip)
+            .map_err(|e| format!("reading {}: {e}", root.display()))?;
+    }
+    if let Some(name) = copy {
+        b.append_dir_all(name, root)
             .map_err(|e| format!("reading {}: {e}", root.display()))?;
     }
     let raw = b.into_inner().map_err(|e| e.to_string())?;
@@ -131,8 +150,9 @@ fn write_blob(layout: &Path, bytes: &[u8]) -> Result<String, String> {
     Ok(digest)
 }
 
-/// An OCI layout `DIR:1` of the rootfs in three gzip layers (built in parallel).
-fn build_layout(layout: &Path, rootfs: &Path) -> Result<u64, String> {
+/// An OCI layout `DIR:1` of the rootfs in three gzip layers (built in parallel), or with
+/// `copies`, of that many copies of it, one layer each.
+fn build_layout(layout: &Path, rootfs: &Path, copies: usize) -> Result<u64, String> {
     fs::create_dir_all(layout.join("blobs/sha256")).map_err(|e| e.to_string())?;
     fs::write(
         layout.join("oci-layout"),
@@ -141,13 +161,21 @@ fn build_layout(layout: &Path, rootfs: &Path) -> Result<u64, String> {
     .map_err(|e| e.to_string())?;
     let split: Vec<&Path> = SPLIT.iter().map(Path::new).collect();
     let root_rel = Path::new("");
-    let plans: Vec<(Vec<&Path>, Vec<&Path>)> = std::iter::once((vec![root_rel], split.clone()))
-        .chain(split.iter().map(|p| (vec![*p], vec![])))
-        .collect();
+    let mut plans: Vec<(Vec<&Path>, Vec<&Path>, Option<String>)> =
+        std::iter::once((vec![root_rel], split.clone(), None))
+            .chain(split.iter().map(|p| (vec![*p], vec![], None)))
+            .collect();
+    if copies > 0 {
+        plans = (0..copies)
+            .map(|k| (vec![], vec![], Some(format!("copy{k}"))))
+            .collect();
+    }
     let layers: Vec<Result<(String, u64, String), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = plans
             .iter()
-            .map(|(tops, skip)| s.spawn(move || write_layer(layout, rootfs, tops, skip)))
+            .map(|(tops, skip, copy)| {
+                s.spawn(move || write_layer(layout, rootfs, tops, skip, copy.as_deref()))
+            })
             .collect();
         handles
             .into_iter()
@@ -285,7 +313,10 @@ pub fn run(a: &Args) -> Result<(), String> {
         .join(format!("berth-bench-import-{}", std::process::id()));
     remove(&work);
     fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let result = bench(a, &berth_image, &work);
+    let result = match a.big_gib {
+        Some(gib) => big(a, &berth_image, &work, gib),
+        None => bench(a, &berth_image, &work),
+    };
     remove(&work);
     result
 }
@@ -314,7 +345,7 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         "berth-bench: building a 3-layer gzip OCI image of {}",
         a.rootfs.display()
     );
-    let compressed = build_layout(&layout, &a.rootfs)?;
+    let compressed = build_layout(&layout, &a.rootfs, 0)?;
     let reg = Registry::start("bench-import", None);
     reg.push(&layout, "1", "demo:1", &[]);
     remove(&layout);
@@ -345,10 +376,17 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         Series::default(),
         Series::default(),
     );
+    let (mut sf, mut sg) = (Series::default(), Series::default());
+    let unpack = |out: &Path| -> Vec<std::ffi::OsString> {
+        let mut v = bi(out);
+        v.extend(["--assemble".into(), "unpack".into()]);
+        v
+    };
     let (mut skopeo, mut umoci, mut mksq) = (Vec::new(), Vec::new(), Vec::new());
     eprintln!(
         "berth-bench: import: {} rounds of (a) berth-image, (b) skopeo+umoci+mksquashfs, \
-         (c) re-import, (d) import from cached layers, (e) (a) at level 15",
+         (c) re-import, (d) import from cached layers, (e) (a) at level 15, \
+         (f) (a) and (g) (d) the old way (--assemble unpack)",
         a.runs
     );
     for round in 0..a.runs {
@@ -428,15 +466,34 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         argv.extend(["--level".into(), PIPELINE_ZSTD_LEVEL.into()]);
         let e = timed(&argv.iter().map(|s| s as _).collect::<Vec<_>>(), &log)?;
         se.push(&e);
+
+        // (f) as (a) and (g) as (d), the old way: a temp rootfs, then mksquashfs.
+        remove(&cache);
+        remove(&out_d);
+        let e = timed(
+            &unpack(&out_d).iter().map(|s| s as _).collect::<Vec<_>>(),
+            &log,
+        )?;
+        sf.push(&e);
+        remove(&out_d);
+        let e = timed(
+            &unpack(&out_d).iter().map(|s| s as _).collect::<Vec<_>>(),
+            &log,
+        )?;
+        sg.push(&e);
+        remove(&out_d);
         eprintln!(
-            "berth-bench: round {}/{}: (a) {:.2} s  (b) {:.2} s  (c) {:.3} s  (d) {:.2} s  (e) {:.2} s",
+            "berth-bench: round {}/{}: (a) {:.2} s  (b) {:.2} s  (c) {:.3} s  (d) {:.2} s  \
+             (e) {:.2} s  (f) {:.2} s  (g) {:.2} s",
             round + 1,
             a.runs,
             sa.wall[round],
             sb.wall[round],
             sc.wall[round],
             sd.wall[round],
-            se.wall[round]
+            se.wall[round],
+            sf.wall[round],
+            sg.wall[round]
         );
     }
     let size = |p: &Path| fs::metadata(p).map(|m| m.size()).unwrap_or(0);
@@ -450,6 +507,9 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         Summary::of(&sd.wall),
         Summary::of(&se.wall),
     );
+    let (mf, mg) = (Summary::of(&sf.wall), Summary::of(&sg.wall));
+    let fresh_vs_unpack = ma.median / mf.median;
+    let cached_vs_unpack = md.median / mg.median;
     let ratio = ma.median / mb.median;
     let ratio_same_level = me.median / mb.median;
     let rss_a = sa.rss_mib.iter().cloned().fold(0.0, f64::max);
@@ -471,6 +531,11 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
             "berth_image_reimport": sc.json(),
             "berth_image_cached_layers": sd.json(),
             "berth_image_fresh_level15": se.json(),
+            "berth_image_fresh_unpack": sf.json(),
+            "berth_image_cached_layers_unpack": sg.json(),
+            "stream_vs_unpack": {"fresh": fresh_vs_unpack, "fresh_target_max": STREAM_VS_UNPACK_FRESH_MAX,
+                                 "cached_layers": cached_vs_unpack,
+                                 "cached_layers_target_max": STREAM_VS_UNPACK_CACHED_MAX},
             "outputs": {"berth_image_mib": mib(size_a), "pipeline_mib": mib(size_b),
                         "berth_image_entries": files_a, "pipeline_entries": files_b},
             "ratios": {"fresh_vs_pipeline": ratio, "fresh_level15_vs_pipeline": ratio_same_level,
@@ -534,6 +599,16 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         &me,
         max(&se.rss_mib),
     );
+    row(
+        "(f) as (a), --assemble unpack (temp rootfs)",
+        &mf,
+        max(&sf.rss_mib),
+    );
+    row(
+        "(g) as (d), --assemble unpack (temp rootfs)",
+        &mg,
+        max(&sg.rss_mib),
+    );
     println!(
         "\noutputs: berth-image {:.1} MiB, {files_a} entries; pipeline {:.1} MiB, {files_b} entries",
         mib(size_a),
@@ -548,14 +623,85 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         "(e)/(b) = {ratio_same_level:.2}   (same compression level as the pipeline; for reference)"
     );
     println!(
+        "(a)/(f) = {fresh_vs_unpack:.2}   target <= {STREAM_VS_UNPACK_FRESH_MAX}   {}   (streamed vs unpacked, empty cache)",
+        verdict(fresh_vs_unpack <= STREAM_VS_UNPACK_FRESH_MAX)
+    );
+    println!(
+        "(d)/(g) = {cached_vs_unpack:.2}   target <= {STREAM_VS_UNPACK_CACHED_MAX}   {}   (streamed vs unpacked, layers cached)",
+        verdict(cached_vs_unpack <= STREAM_VS_UNPACK_CACHED_MAX)
+    );
+    println!(
         "(c)     = {:.3} s   target < {REIMPORT_MAX_S} s   {}",
         mc.median,
         verdict(mc.median < REIMPORT_MAX_S)
     );
     println!(
-        "peak RSS of berth-image (with its mksquashfs), max over (a)(c)(d)(e) = {rss_all:.1} MiB   \
+        "peak RSS of berth-image (with its tar2sqfs), max over (a)(c)(d)(e) = {rss_all:.1} MiB   \
          target < {RSS_MAX_MIB} MiB   {}",
         verdict(rss_all < RSS_MAX_MIB)
     );
+    Ok(())
+}
+
+/// Bytes of file content under `dir` (what an image of it holds).
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// A big image (copies of the rootfs, one gzip layer each, read from an OCI layout as from
+/// the layer cache): streamed and the old way, once each, MB/s of image content.
+fn big(a: &Args, berth_image: &Path, work: &Path, gib: u64) -> Result<(), String> {
+    let one = tree_bytes(&a.rootfs).max(1);
+    let copies = ((gib << 30) / one).max(1) as usize;
+    let content = one * copies as u64;
+    eprintln!(
+        "berth-bench: building an OCI image of {copies} copies of {} ({:.0} MiB of files)",
+        a.rootfs.display(),
+        mib(content)
+    );
+    let layout = work.join("layout");
+    let compressed = build_layout(&layout, &a.rootfs, copies)?;
+    let src = format!("oci:{}:1", layout.display());
+    let log = work.join("stderr.log");
+    let out = work.join("big.sqsh");
+    let cores = std::thread::available_parallelism().map_or(1, |p| p.get());
+    println!(
+        "image: {copies} gzip layers, {:.0} MiB compressed, {:.0} MiB of files; {cores} cores",
+        mib(compressed),
+        mib(content)
+    );
+    for how in ["stream", "unpack"] {
+        remove(&out);
+        let e = timed(
+            &[
+                &berth_image,
+                &"import",
+                &src,
+                &"-o",
+                &out,
+                &"--assemble",
+                &how,
+            ],
+            &log,
+        )?;
+        println!(
+            "--assemble {how:<6}  {:>7.1} s  {:>7.1} MB/s of files  peak RSS {:>6.1} MiB  output {:.0} MiB",
+            secs(e.wall),
+            content as f64 / 1e6 / secs(e.wall),
+            e.maxrss_kib as f64 / 1024.0,
+            mib(fs::metadata(&out).map(|m| m.size()).unwrap_or(0))
+        );
+    }
     Ok(())
 }

@@ -70,6 +70,10 @@ enum Cmd {
         /// Print the figures as JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// Instead: import an image of about GIB GiB from cached layers, streamed and the old
+        /// way, and report MB/s (minutes and GiBs of disk; not for CI)
+        #[arg(long, value_name = "GIB")]
+        big: Option<u64>,
     },
     /// What a container costs per Slurm step, on the local test cluster (run as root)
     Slurm {
@@ -309,12 +313,14 @@ fn main() {
             runs,
             warmup,
         }),
+            big,
         Cmd::MountMode {
             berth,
             ch_run,
             demo_image,
             cache_dir,
             runs,
+            big_gib: big,
             warmup,
             io_runs,
             burst,
