@@ -14,6 +14,7 @@ packages=(
   build-essential pkg-config libclang-dev  # Rust crates with C parts; bindgen for the Slurm glue
   charliecloud-runtime hyperfine      # peers and tools for benchmarks/
   hpcc calculix-ccx libopenblas0-serial  # berth-bench suite: Linpack (HPL in hpcc), CalculiX FEA, the BLAS both use (host and bench image)
+  python3-numpy                       # berth-bench suite: the Python-imports row (host and bench image)
   docker-registry skopeo umoci apache2-utils  # berth-image tests: local registry, pushes, reference unpack, htpasswd
   libmpich12                          # an MPICH library for the MPI ABI-check tests (library only, no mpirun)
   slurm-wlm slurmctld slurmd munge libslurm-dev iproute2  # the test cluster; spank.h for the plugin
