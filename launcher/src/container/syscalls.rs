@@ -60,13 +60,14 @@ impl Kernel {
     pub(super) fn new(staging: &Path) -> io::Result<Kernel> {
         let staging = match sys::missing_mount_api() {
             None => None,
-            Some(_) => Some(
+            Some(missing) => Some({
+                tracing::info!("build: the kernel lacks {missing}: binding with mount(2)");
                 std::fs::File::options()
                     .read(true)
                     .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
                     .open(staging)?
-                    .into(),
-            ),
+                    .into()
+            }),
         };
         Ok(Kernel {
             staging,
