@@ -55,6 +55,8 @@ fn root_command(program: &str, args: &[&str]) -> Run {
 struct Installed;
 
 impl Installed {
+    /// `apt-get remove --purge` of those of the packages dpkg knows (apt refuses a name it has
+    /// never seen, e.g. after an install that failed).
     fn purge() -> Run {
         let mut args = vec![
             "remove",
@@ -64,7 +66,10 @@ impl Installed {
             "-o",
             "DPkg::Lock::Timeout=300",
         ];
-        args.extend(PACKAGES);
+        args.extend(PACKAGES.iter().filter(|name| {
+            let status = root_command("dpkg-query", &["-W", "-f=${Status}", name]);
+            status.ok() && !status.stdout.ends_with("not-installed")
+        }));
         root_command("apt-get", &args)
     }
 }
