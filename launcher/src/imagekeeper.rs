@@ -1,4 +1,4 @@
-//! One FUSE mount of an image per user, node and job step: the image keeper.
+//! One FUSE mount of an image per user, node and job step (or Slurm job): the image keeper.
 //!
 //! The first mount-mode run of an image forks a keeper. The keeper makes its own user and mount
 //! namespaces, mounts the image with berth's FUSE server ([`crate::imagefs`], threads of the
@@ -15,6 +15,11 @@
 //! image to the idle timer. Keepers are keyed by the image file's identity (a replaced .sqsh gets
 //! a fresh one) and by the job step they serve under a scheduler, because the scheduler kills a
 //! step's processes when it ends and a keeper of one step must not serve another's containers.
+//! A Slurm job with an extern step on the node (`PrologFlags=Contain`) is one scope instead
+//! (`plan::key::keeper_scope`): the keeper watches the extern step's slurmstepd, and the SPANK
+//! plugin moves it into that step's cgroups when the step that started it ends (proctrack/cgroup
+//! would kill it with the step), so the job's later steps find the mount warm. Its title,
+//! `berth-imagefs keeper SCOPE`, is how the plugin finds it.
 
 use crate::error::{Context, Error, Result};
 use crate::host::ensure_private_dir;
@@ -307,6 +312,16 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
     // The server's name, and deaf to the signals schedulers send to every process group of a
     // job: it serves other runs' containers too, and ends when its mount is no longer used.
     crate::imagefs::become_server_process();
+    // Found by this title (the SPANK plugin, `ps`).
+    crate::imagefs::set_cmdline(
+        format!(
+            "{} keeper {}",
+            crate::imagefs::PROCESS_NAME,
+            plan.keeper_scope
+        )
+        .trim_end(),
+        true,
+    );
     // It outlives the run that started it: it must not hold the job's stdout/stderr open.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {

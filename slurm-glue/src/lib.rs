@@ -6,6 +6,7 @@
 //!   options ([`args`]) are registered and a request is checked before the job is submitted;
 //! - [`slurmstepd`] (remote context): each task enters the node's container for its step;
 //! - [`save`] (remote context, as root, after the step's last task): `--container-save`;
+//! - [`adopt`] (the same, after it): the job's image keepers move into its extern step;
 //! - [`epilog`] (job script context, as root): the job's named containers are removed.
 //!
 //! [`config`] reads the plugstack.conf arguments and [`spank`] holds every call into Slurm.
@@ -15,6 +16,7 @@
 
 #![allow(non_upper_case_globals)]
 
+pub mod adopt;
 pub mod alloc;
 pub mod args;
 pub mod config;
@@ -146,7 +148,12 @@ pub unsafe extern "C" fn slurm_spank_task_exit(
     // SAFETY: Slurm passes `ac` C strings in `av` (this function's # Safety).
     let (sp, av) = (Spank(sp), unsafe { spank::args(ac, av) });
     guard("slurm_spank_task_exit", move || match spank::context() {
-        Context::Remote => save::task_exit(sp, &av),
+        Context::Remote => {
+            let saved = save::task_exit(sp, &av);
+            // After the save, which may have started a keeper of its own.
+            adopt::task_exit(sp);
+            saved
+        }
         _ => Ok(()),
     })
 }

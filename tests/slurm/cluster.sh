@@ -5,20 +5,26 @@
 # plugstack.conf. The nodes share the machine's filesystem: /tmp is one directory for all of
 # them, as a home on NFS is on a real cluster.
 #
-#   cluster.sh start [-n N] DIR PLUGIN.so [ARG...]   # ARGs go to the plugin in plugstack.conf;
+#   cluster.sh start [-n N] [-c] DIR PLUGIN.so [ARG...]   # ARGs go to the plugin in plugstack.conf;
 #                                             # prints `export SLURM_CONF=DIR/slurm.conf`
+#                                             # -c: PrologFlags=Contain (an extern step per job)
+#   cluster.sh contain DIR on|off    # the running cluster with or without PrologFlags=Contain
 #   cluster.sh stop DIR              # stops every daemon, removes namespaces and bridge
 #
 # Run as root. Jobs are submitted by any user with SLURM_CONF=DIR/slurm.conf.
 set -euo pipefail
-usage="usage: cluster.sh start [-n NODES] DIR PLUGIN.so [ARG...] | stop DIR"
+usage="usage: cluster.sh start [-n NODES] [-c] DIR PLUGIN.so [ARG...] | contain DIR on|off | stop DIR"
 cmd=${1:?$usage}
 shift
 count=3
-if [ "${1:-}" = -n ]; then
-  count=${2:?$usage}
-  shift 2
-fi
+contain=off
+while true; do
+  case "${1:-}" in
+    -n) count=${2:?$usage}; shift 2 ;;
+    -c) contain=on; shift ;;
+    *) break ;;
+  esac
+done
 [[ "$count" =~ ^[1-9][0-9]?$ ]] || { echo "cluster.sh: -n takes a node count from 1 to 99" >&2; exit 2; }
 dir=${1:?$usage}
 nodes=()
@@ -57,6 +63,27 @@ stop() {
 }
 
 if [ "$cmd" = stop ]; then stop "$dir"; rm -f "$registry"; exit 0; fi
+if [ "$cmd" = contain ]; then
+  # Jobs allocated from now on get (or no longer get) an extern step on each of their nodes.
+  want=${2:?$usage}
+  grep -v '^PrologFlags=' "$dir/slurm.conf" > "$dir/slurm.conf.new"
+  [ "$want" = on ] && echo "PrologFlags=Contain" >> "$dir/slurm.conf.new"
+  chmod 0644 "$dir/slurm.conf.new"
+  mv "$dir/slurm.conf.new" "$dir/slurm.conf"
+  export SLURM_CONF="$dir/slurm.conf"
+  scontrol reconfigure
+  # The nodes take it a moment later: wait until a job on all of them has (or has no) extern
+  # steps (the nodes share one kernel: their slurmstepds are all seen from here).
+  all=$(sinfo -h -o %D | head -n 1)
+  expect=0; [ "$want" = on ] && expect=$all
+  for _ in $(seq 40); do
+    got=$(salloc -Q -I60 -N"$all" sh -c 'pgrep -cf "^slurmstepd: \[$SLURM_JOB_ID\.extern\]"' 2>/dev/null || true)
+    [ "$got" = "$expect" ] && exit 0
+    sleep 0.5
+  done
+  echo "cluster.sh: the nodes did not take PrologFlags=Contain $want (a job had $got extern steps, not $expect)" >&2
+  exit 1
+fi
 [ "$cmd" = start ] || { echo "cluster.sh: unknown command $cmd" >&2; exit 2; }
 plugin=${2:?$usage}
 plugin_args=("${@:3}")
@@ -115,6 +142,7 @@ SlurmdLogFile=$dir/log/slurmd-%n.log
 SlurmdDebug=verbose
 TmpFS=$dir/tmp/%n
 ProctrackType=proctrack/linuxproc
+$([ "$contain" = on ] && echo "PrologFlags=Contain")
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none

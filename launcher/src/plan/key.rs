@@ -84,10 +84,17 @@ pub(super) fn join_key(
 
 /// The job step a run belongs to, if a scheduler started it: Slurm's job and step (`batch` for
 /// the batch script), OpenLava's job and array index. The step's processes are killed when it
-/// ends, so its image keeper serves only it.
+/// ends, so its image keeper serves only it. A Slurm job with an extern step on this node
+/// (`PrologFlags=Contain`) is one scope: the keeper lives as long as that step (the plugin
+/// moves it into the step's cgroup), so the job's later steps find the mount warm. It is still
+/// the user's alone: its socket is in the user's 0700 state directory, it answers only the
+/// user's uid (SO_PEERCRED), and its name holds the job, so no other job reaches it.
 pub fn keeper_scope(env: &[(OsString, OsString)]) -> String {
     let get = |k: &str| get_var(env, k).map(|v| v.to_string_lossy().into_owned());
     if let Some(job) = get("SLURM_JOB_ID") {
+        if slurm_extern_step(&job).is_some() {
+            return format!("slurm-{job}");
+        }
         let step = get("SLURM_STEP_ID").unwrap_or_else(|| "batch".into());
         return format!("slurm-{job}.{step}");
     }
@@ -99,14 +106,18 @@ pub fn keeper_scope(env: &[(OsString, OsString)]) -> String {
 }
 
 /// The process that lives as long as the run's job step: Slurm's slurmstepd (the task's parent;
-/// the plugin runs berth in the task itself), OpenLava's res (the job's process-group leader).
+/// the plugin runs berth in the task itself), or for a whole Slurm job the slurmstepd of its
+/// extern step; OpenLava's res (the job's process-group leader).
 /// An image keeper stops taking runs when it ends, so no keeper outlives its step for its idle
 /// time even where the scheduler does not kill what left the step's process tree
 /// (proctrack/linuxproc, OpenLava). None outside a scheduler.
 pub fn keeper_anchor(scope: &str) -> Option<i32> {
     let parent = nix::unistd::getppid().as_raw();
-    if scope.starts_with("slurm-") {
-        return Some(parent);
+    if let Some(job_step) = scope.strip_prefix("slurm-") {
+        return match job_step.split_once('.') {
+            Some(_) => Some(parent),
+            None => slurm_extern_step(job_step),
+        };
     }
     if scope.starts_with("lsf-") {
         let group = nix::unistd::getpgrp().as_raw();
@@ -114,6 +125,43 @@ pub fn keeper_anchor(scope: &str) -> Option<i32> {
         return Some(if group != own { group } else { parent });
     }
     None
+}
+
+/// This node's slurmstepd of the job's extern step: root's process named `slurmstepd` whose
+/// title is `slurmstepd: [JOB.extern]`. Slurm starts it when the job is allocated, with
+/// `PrologFlags=Contain`, and ends it with the job. One look through /proc per run (a few
+/// microseconds a process), remembered for the plan's other questions. Where nodes share one
+/// kernel (the test cluster), any of the job's extern steps: they all end with the job.
+fn slurm_extern_step(job: &str) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+    static LAST: Mutex<Option<(String, Option<i32>)>> = Mutex::new(None);
+    if job.is_empty() || !job.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let title = format!("slurmstepd: [{job}.extern]");
+    let is_it = |pid: i32| {
+        // The title, then NULs or spaces where the arguments and environment were.
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            c.split(|&b| b == 0).next().map(|t| t.trim_ascii_end()) == Some(title.as_bytes())
+        }) && std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == 0)
+    };
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    // A job's extern step starts before its other steps: a job without one has none later.
+    match last.as_ref() {
+        Some((j, None)) if j == job => return None,
+        Some((j, Some(pid))) if j == job && is_it(*pid) => return Some(*pid),
+        _ => {}
+    }
+    let found = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| {
+            std::fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c == b"slurmstepd\n")
+                && is_it(pid)
+        });
+    *last = Some((job.to_string(), found));
+    found
 }
 
 /// A join key from the environment of a parallel launcher, so that the ranks one launcher
