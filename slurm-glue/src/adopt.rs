@@ -38,18 +38,25 @@ pub fn task_exit(sp: Spank) {
     };
     let title = format!("berth-imagefs keeper slurm-{job}");
     for pid in keepers(uid, &title) {
-        let msg = match adopt(pid, &format!("job_{job}"), &step_dir) {
-            Ok(0) => {
-                format!("image keeper {pid} of job {job}: not in the step's cgroups; left as is")
-            }
-            Ok(n) => format!(
-                "image keeper {pid} of job {job}: moved into the extern step's cgroups ({n} hierarchies)"
+        let (level, msg) = match adopt(pid, &format!("job_{job}"), &step_dir) {
+            Ok(0) => (
+                Level::Verbose,
+                format!("image keeper {pid} of job {job}: not in the step's cgroups; left as is"),
             ),
-            Err(e) => format!(
-                "image keeper {pid} of job {job}: {e}; it ends with step {step_dir} and the next step mounts the image afresh"
+            Ok(n) => (
+                Level::Verbose,
+                format!(
+                    "image keeper {pid} of job {job}: moved into the extern step's cgroups ({n} hierarchies)"
+                ),
+            ),
+            Err(e) => (
+                Level::Info,
+                format!(
+                    "image keeper {pid} of job {job}: {e}; it ends with {step_dir} and the job's next step mounts the image afresh"
+                ),
             ),
         };
-        log(Level::Verbose, &msg);
+        log(level, &msg);
     }
 }
 
@@ -136,7 +143,40 @@ fn hierarchy(mounts: &str, controllers: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::hierarchy;
+    use super::{adopt, hierarchy};
+
+    /// A process in a step's freezer cgroup moves to the job's extern step's, as Slurm's
+    /// proctrack/cgroup lays them out (needs root and a cgroup v1 freezer; says so otherwise).
+    #[test]
+    fn moves_a_process_from_its_step_to_the_extern_step() {
+        let freezer = std::path::Path::new("/sys/fs/cgroup/freezer");
+        if !nix::unistd::geteuid().is_root() || !freezer.join("cgroup.procs").exists() {
+            eprintln!("skipped: needs root and a cgroup v1 freezer hierarchy");
+            return;
+        }
+        let base = freezer.join(format!("berth-adopt-test-{}", std::process::id()));
+        let (step, ext) = (base.join("job_7/step_3"), base.join("job_7/step_extern"));
+        std::fs::create_dir_all(&step).unwrap();
+        std::fs::create_dir_all(&ext).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        std::fs::write(step.join("cgroup.procs"), pid.to_string()).unwrap();
+        let moved = adopt(pid, "job_7", "step_3");
+        let now = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        // Not in a step of this job: nothing to do.
+        let other = adopt(pid, "job_8", "step_3");
+        let _ = child.kill();
+        let _ = child.wait();
+        for d in [&step, &ext, &base.join("job_7"), &base] {
+            let _ = std::fs::remove_dir(d);
+        }
+        assert_eq!(moved, Ok(1));
+        assert!(now.contains("job_7/step_extern\n"), "{now}");
+        assert_eq!(other, Ok(0));
+    }
 
     #[test]
     fn finds_a_v1_hierarchy_by_its_controllers() {
