@@ -67,10 +67,10 @@ gzip -9n "$stage/changelog.Debian"
 if [ "$what" != rpm ]; then
   mkdir -p "$target/debian"
   rm -f "$target"/debian/{berth,berth-slurm,berth-openlava}_*.deb
-  cargo deb --no-build -q -p berth-launcher
+  cargo deb --no-build -q -p berth-launcher >/dev/null
   # multiarch: the plugin goes to Slurm's PluginDir, /usr/lib/<triplet>/slurm-wlm.
-  cargo deb --no-build -q -p berth-slurm --multiarch=same
-  cargo deb --no-build -q -p berth-openlava
+  cargo deb --no-build -q -p berth-slurm --multiarch=same >/dev/null
+  cargo deb --no-build -q -p berth-openlava >/dev/null
   ls -l "$target"/debian/{berth,berth-slurm,berth-openlava}_*.deb
 fi
 if [ "$what" != deb ]; then
