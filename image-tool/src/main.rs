@@ -265,6 +265,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Completions { shell } => {
             berth_launcher::cli_docs::print_completions(Cli::command(), shell)
+                .map_err(|e| format!("cannot write the completion script: {e}"))?;
         }
         Cmd::GenerateMan { dir } => {
             berth_launcher::cli_docs::write_man_pages(Cli::command(), &dir)

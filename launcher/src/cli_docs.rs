@@ -57,10 +57,18 @@ pub fn write_man_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<Pa
     Ok(written)
 }
 
-/// Print the completion script of `cmd` for `shell` on stdout.
-pub fn print_completions(mut cmd: clap::Command, shell: Shell) {
+/// Print the completion script of `cmd` for `shell` on stdout. The script is made in memory
+/// first: clap_complete panics on a failed write, and a reader that stops early (`| head`)
+/// closes the pipe, which is not an error of ours.
+pub fn print_completions(mut cmd: clap::Command, shell: Shell) -> std::io::Result<()> {
+    use std::io::Write;
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    match std::io::stdout().lock().write_all(&script) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Every visible long flag of the command tree that has no help text or is missing from its

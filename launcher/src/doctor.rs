@@ -704,8 +704,9 @@ fn plugstack_check(slurm: &Path) -> Vec<Row> {
                 conf.display()
             ),
             format!(
-                "to use berth under Slurm, copy slurm-glue/plugstack.conf.d/berth.conf to {} \
-                 and make sure plugstack.conf includes it",
+                "to use berth under Slurm, uncomment the line in {}/berth.conf (the \
+                 berth-slurm package installs it; from source: slurm-glue/plugstack.conf.d/berth.conf) \
+                 and make sure plugstack.conf includes that directory",
                 dir.display()
             ),
         )];

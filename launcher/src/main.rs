@@ -277,7 +277,13 @@ fn main() {
     match cli.command {
         Cmd::Doctor { json } => std::process::exit(berth_launcher::doctor(json)),
         Cmd::Completions { shell } => {
-            berth_launcher::cli_docs::print_completions(Cli::command(), shell)
+            berth_launcher::cli_docs::print_completions(Cli::command(), shell).unwrap_or_else(
+                |e| {
+                    fail(Error::Usage(format!(
+                        "cannot write the completion script: {e}"
+                    )))
+                },
+            );
         }
         Cmd::GenerateMan { dir } => {
             berth_launcher::cli_docs::write_man_pages(Cli::command(), &dir).unwrap_or_else(|e| {
