@@ -336,70 +336,86 @@ fn on_path(prog: &str) -> bool {
     })
 }
 
-/// Read every layer's headers (several layers at a time, each verified against its digest),
-/// then merge them in order. Errors come in layer order, as when the layers are applied.
+/// Read every layer's headers (several layers at a time, each verified against its digest)
+/// and merge them in order as they come: only the layers read ahead of the merge are held.
+/// Errors come in layer order, as when the layers are applied.
 fn merge_layers(
     opts: &Options,
     progress: &Progress,
     layers: &[Layer],
 ) -> Result<(Tree, Vec<LayerSummary>), String> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let bar = progress.unpack(layers.iter().map(|l| l.size).sum());
     let n = layers.len();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    type Scan = Option<Result<Vec<merge::Entry>, String>>;
-    let scans: Vec<std::sync::Mutex<Scan>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
     let workers = std::thread::available_parallelism().map_or(2, |p| p.get());
-    std::thread::scope(|s| {
-        for _ in 0..n.clamp(1, workers) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if i >= n {
-                    break;
-                }
-                let res = read_layer(&layers[i], &bar, |r| merge::scan(r, &cancelled));
-                let failed = res.is_err();
-                *scans[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
-                if failed {
-                    break;
-                }
-            });
-        }
-    });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut tree = Tree::new(now);
     tree.set_max_size(opts.max_size);
-    let mut summaries = Vec::new();
-    for (i, (layer, scan)) in layers.iter().zip(scans).enumerate() {
-        if cancelled() {
-            return Err("interrupted".into());
+    let merged = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..n.clamp(1, workers) {
+            let tx = tx.clone();
+            let (next, stop, bar) = (&next, &stop, &bar);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let res = read_layer(&layers[i], bar, |r| merge::scan(r, &cancelled));
+                let _ = tx.send((i, res));
+            });
         }
-        let what = format!(
-            "layer {}/{n} {} ({})",
-            i + 1,
-            short(&layer.digest),
-            mib(layer.size)
-        );
-        progress.plain_line(&format!("applying {what}"));
-        let entries = scan
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_or_else(|| Err("not read after an earlier failure".into()))
-            .inspect_err(|_| bar.abandon())?;
-        let stats = tree
-            .apply(i as u32, &entries)
-            .map_err(|e| format!("layer {}: {e}", layer.digest))
-            .inspect_err(|_| bar.abandon())?;
-        summaries.push(LayerSummary {
-            digest: layer.digest.clone(),
-            size: layer.size,
-            cached: layer.cached,
-            entries: stats.entries,
-        });
+        drop(tx);
+        let mut ready = std::collections::BTreeMap::new();
+        let mut summaries = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let entries = loop {
+                if let Some(r) = ready.remove(&i) {
+                    break r;
+                }
+                match rx.recv() {
+                    Ok((j, r)) => ready.insert(j, r),
+                    Err(_) => break Err("not read after an earlier failure".into()),
+                };
+            };
+            let stats = entries
+                .and_then(|e| {
+                    progress.plain_line(&format!(
+                        "applying layer {}/{n} {} ({})",
+                        i + 1,
+                        short(&layer.digest),
+                        mib(layer.size)
+                    ));
+                    match cancelled() {
+                        true => Err("interrupted".into()),
+                        false => tree
+                            .apply(i as u32, &e)
+                            .map_err(|e| format!("layer {}: {e}", layer.digest)),
+                    }
+                })
+                .inspect_err(|_| stop.store(true, Ordering::SeqCst))?;
+            summaries.push(LayerSummary {
+                digest: layer.digest.clone(),
+                size: layer.size,
+                cached: layer.cached,
+                entries: stats.entries,
+            });
+        }
+        Ok(summaries)
+    });
+    match merged {
+        Ok(summaries) => {
+            bar.finish_and_clear();
+            Ok((tree, summaries))
+        }
+        Err(e) => {
+            bar.abandon();
+            Err(e)
+        }
     }
-    bar.finish_and_clear();
-    Ok((tree, summaries))
 }
 
 /// What the tar stream is made of.
