@@ -251,13 +251,19 @@ pub fn zstd(data: &[u8]) -> Vec<u8> {
 /// The layer of a minimal shell image: dash and cat (from the demo image's root) and
 /// `/srv/hello.txt` holding `hello`.
 pub fn shell_layer(hello: &[u8]) -> Vec<u8> {
+    shell_layer_with(hello, &[])
+}
+
+/// [`shell_layer`] with more files of the demo image's root (paths relative to it).
+pub fn shell_layer_with(hello: &[u8], more: &[&str]) -> Vec<u8> {
     let rootfs = crate::demo_image().parent().unwrap().join("demo-rootfs");
-    let host = [
+    let mut host = vec![
         "usr/bin/dash",
         "usr/bin/cat",
         "usr/lib/x86_64-linux-gnu/libc.so.6",
         "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
     ];
+    host.extend_from_slice(more);
     tar_with_host_files(
         &rootfs,
         &host,

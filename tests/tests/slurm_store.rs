@@ -2,7 +2,7 @@
 //! once for the whole job; the nodes use the stored image by digest. Requests are counted in
 //! the registry's access log (Debian's docker-registry on the cluster's bridge).
 
-use berth_tests::registry::{push_shell, Registry};
+use berth_tests::registry::{push_layer, push_shell, shell_layer_with, Registry};
 use berth_tests::slurm::{cluster, BRIDGE_IP, POLICY};
 use berth_tests::*;
 use std::path::PathBuf;
@@ -169,4 +169,175 @@ fn nodes_that_cannot_reach_the_registry_run_the_job() {
         .env("BERTH_LAYER_CACHE", sb.work.join("layers"));
     let r = run(cmd).expect_ok("srun with a loopback registry");
     assert_eq!(lines(&r), vec!["no registry on the nodes"; 3]);
+}
+
+/// `[images] stage = "node-local"`: each node copies the store's image into its own state
+/// directory once, checked against the store's sha256, and its tasks run from that copy; the
+/// two tasks of a node and a later job use the one copy.
+#[test]
+fn node_local_staging_copies_the_store_image_once_per_node() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-store-stage");
+    let store = sb.work.join("store");
+    let reg = Registry::start_on("slurm-store-stage", None, BRIDGE_IP);
+    push_shell(
+        &reg,
+        &sb.root.join("layout-stage"),
+        "demo/stage:1",
+        b"staged\n",
+    );
+    let local = sb.root.join("local");
+    let _args = c.plugin_args(&format!("runtime_dir={}/%n", local.display()));
+    std::fs::write(
+        &c.policy,
+        format!("{POLICY}[images]\nstage = \"node-local\"\n"),
+    )
+    .unwrap();
+    let flag = format!("--container-image=docker://{}/demo/stage:1", reg.addr);
+    let srun = |args: &[&str]| {
+        let mut argv = vec!["srun"];
+        argv.extend_from_slice(args);
+        argv.extend_from_slice(&[
+            &flag,
+            "sh",
+            "-c",
+            "echo $BERTH_CONTAINER; cat /srv/hello.txt",
+        ]);
+        let mut cmd = c.cmd(&sb, &argv);
+        cmd.env("BERTH_STORE", &store)
+            .env("BERTH_LAYER_CACHE", sb.work.join("layers"));
+        run(cmd)
+    };
+    // The same two nodes each time.
+    let first = srun(&["-w", "n1,n2", "--ntasks-per-node=2"]);
+    let second = srun(&["-w", "n1,n2"]);
+    std::fs::write(&c.policy, POLICY).unwrap();
+    let (first, second) = (first.expect_ok("first job"), second.expect_ok("second job"));
+
+    let stored: Vec<PathBuf> = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sqsh"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let name = stored[0].file_name().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(stored[0].with_extension("json")).unwrap()).unwrap();
+    // Each task ran from its node's copy, never from the store's file.
+    let mut copies = std::collections::BTreeSet::new();
+    for (r, tasks) in [(&first, 4), (&second, 2)] {
+        // The tasks' lines interleave: their images, and what they read.
+        let (images, read): (Vec<&str>, Vec<&str>) =
+            r.stdout.lines().partition(|l| l.starts_with('/'));
+        assert_eq!(read, vec!["staged"; tasks], "{}", r.stdout);
+        assert_eq!(images.len(), tasks, "{}", r.stdout);
+        for image in images {
+            let image = PathBuf::from(image);
+            assert!(
+                image.starts_with(&local) && image.file_name() == Some(name),
+                "a task ran from {}, not from a node-local copy in {}: {}",
+                image.display(),
+                local.display(),
+                r.stdout
+            );
+            copies.insert(image);
+        }
+    }
+    assert_eq!(copies.len(), 2, "one copy per node: {copies:?}");
+    // Each copy is the store's file, and nothing else is left beside it (no temporary).
+    for copy in &copies {
+        let bytes = std::fs::read(copy).unwrap();
+        assert_eq!(
+            berth_tests::registry::sha256(&bytes),
+            format!("sha256:{}", meta["sha256"].as_str().unwrap())
+        );
+        let beside: Vec<String> = std::fs::read_dir(copy.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert_eq!(beside, [name.to_string_lossy().into_owned()]);
+    }
+}
+
+/// sbatch `--container-image=docker://...` resolves and imports at submit, once for the job:
+/// the batch step and the step it starts use that digest even though the tag moved before
+/// the job started, and no node fetches a blob.
+#[test]
+fn sbatch_imports_a_registry_image_once_and_the_job_keeps_its_digest() {
+    let c = cluster();
+    let sb = Sandbox::new("slurm-store-sbatch");
+    let store = sb.work.join("store");
+    let reg = Registry::start_on("slurm-store-sbatch", None, BRIDGE_IP);
+    // srun in the batch script runs in the container: it needs these of glibc's, the users
+    // Slurm names, and what Slurm's munge plugin and berth's plugin link (an image of the
+    // node's distribution has them all).
+    let srun_libs = [
+        "usr/lib/x86_64-linux-gnu/libm.so.6",
+        "usr/lib/x86_64-linux-gnu/libresolv.so.2",
+        "usr/lib/x86_64-linux-gnu/libmunge.so.2",
+        "usr/lib/x86_64-linux-gnu/libseccomp.so.2",
+        "usr/lib/x86_64-linux-gnu/libgcc_s.so.1",
+        "etc/passwd",
+        "etc/group",
+    ];
+    let env = serde_json::json!({"Env": ["PATH=/usr/bin:/bin"]});
+    push_layer(
+        &reg,
+        &sb.root.join("layout-first"),
+        &shell_layer_with(b"first\n", &srun_libs),
+        env.clone(),
+        "demo/batch:1",
+    );
+    let (_, _, start) = gets(&reg, 0);
+    let flag = format!("--container-image=docker://{}/demo/batch:1", reg.addr);
+    let out = sb.work.join("job.out");
+    let o = format!("--output={}", out.display());
+    let script = "cat /srv/hello.txt; srun -N2 cat /srv/hello.txt";
+    let mut sbatch = c.cmd(
+        &sb,
+        &["sbatch", "--hold", "-N2", &flag, &o, "--wrap", script],
+    );
+    sbatch
+        .env("BERTH_STORE", &store)
+        .env("BERTH_LAYER_CACHE", sb.work.join("layers"));
+    let submitted = run(sbatch).expect_ok("sbatch");
+    let job = submitted
+        .stdout
+        .split_whitespace()
+        .last()
+        .expect("sbatch prints the job id")
+        .to_string();
+    // sbatch imported: one manifest GET and one per blob (config, layer).
+    let (manifests, blobs, seen) = gets(&reg, start);
+    assert_eq!((manifests, blobs), (1, 2), "at submit");
+
+    // The tag moves while the job waits; then it runs.
+    push_layer(
+        &reg,
+        &sb.root.join("layout-second"),
+        &shell_layer_with(b"second, after the move\n", &srun_libs),
+        env,
+        "demo/batch:1",
+    );
+    c.run(&sb, &["scontrol", "release", &job])
+        .expect_ok("scontrol release");
+    let finished = eventually(Duration::from_secs(180), || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 3)
+            || !c
+                .run(&sb, &["squeue", "-h", "-j", &job])
+                .stdout
+                .contains(&job)
+    });
+    assert!(finished, "job {job} did not finish");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec!["first"; 3],
+        "the batch step and its srun step use the digest sbatch resolved"
+    );
+    let (_, blobs, _) = gets(&reg, seen);
+    assert_eq!(blobs, 0, "no node fetched a blob");
 }
