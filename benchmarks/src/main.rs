@@ -93,6 +93,27 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         warmup: usize,
     },
+    /// `srun -N{1,2,4,8,16} true`, plain vs in a container, on a local test cluster (run as root)
+    SrunNodes {
+        /// The SPANK plugin (target/release/libspank_berth.so)
+        #[arg(long)]
+        plugin: PathBuf,
+        /// A squashfs image readable by the user
+        #[arg(long)]
+        image: PathBuf,
+        /// The non-root user the jobs are submitted as
+        #[arg(long, default_value = "berthtest")]
+        user: String,
+        /// Node counts; the cluster has the largest
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+        nodes: Vec<u32>,
+        /// Timed rounds
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Untimed warm-up rounds
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+    },
     /// Every workload natively and in the container, alternately, and a report (Markdown, JSON, SVG)
     Suite(Box<SuiteArgs>),
     /// What parsing the site policy costs as it grows: 100 vs 10,000 site mounts, in process
@@ -183,7 +204,7 @@ struct SuiteArgs {
     /// Untimed warm-up rounds per workload (small problem sizes for Linpack and FEA)
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    /// Workloads to run, comma-separated: linpack,fea,mpi,startup,io,slurm (default: all)
+    /// Workloads to run, comma-separated: linpack,fea,mpi,startup,io,python,large-image,scaling,slurm (default: all)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// berth's mode for the container side of Linpack, FEA and MPI (I/O and start-up run both);
@@ -238,6 +259,18 @@ struct SuiteArgs {
     /// Nodes for --sbatch (2 adds MPI rows across two hosts)
     #[arg(long, default_value_t = 1)]
     sbatch_nodes: u32,
+    /// Ping-pong and allreduce iterations across two test-cluster nodes (TCP over veth)
+    #[arg(long, default_value_t = 5000)]
+    mpi_tcp_iters: u32,
+    /// GiB of incompressible data in /opt of the large image (first start, extract vs mount vs Docker)
+    #[arg(long, default_value_t = 3)]
+    large_gib: u32,
+    /// Ranks on one node for start-up scaling (`mpirun -np N`, oversubscribed past the cores)
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    scale_ranks: Vec<u32>,
+    /// Test-cluster nodes for start-up scaling (`srun -N N`, one task per node)
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    scale_nodes: Vec<u32>,
 }
 
 fn parse_mesh(s: &str) -> Result<[u32; 3], String> {
@@ -280,12 +313,14 @@ fn main() {
             runs,
             workdir,
             json,
+            big,
         } => image_import::run(&image_import::Args {
             berth_image,
             rootfs,
             runs,
             workdir,
             json,
+            big_gib: big,
         }),
         Cmd::Slurm {
             plugin,
@@ -300,6 +335,23 @@ fn main() {
             runs,
             warmup,
         }),
+        Cmd::SrunNodes {
+            plugin,
+            image,
+            user,
+            nodes,
+            runs,
+            warmup,
+        } => slurm_steps::run_nodes(
+            &slurm_steps::Args {
+                plugin,
+                image,
+                user,
+                runs,
+                warmup,
+            },
+            &nodes,
+        ),
         Cmd::Policy {
             berth,
             image,
@@ -313,14 +365,12 @@ fn main() {
             runs,
             warmup,
         }),
-            big,
         Cmd::MountMode {
             berth,
             ch_run,
             demo_image,
             cache_dir,
             runs,
-            big_gib: big,
             warmup,
             io_runs,
             burst,
@@ -371,6 +421,10 @@ fn main() {
                 plugin: s.plugin,
                 sbatch: s.sbatch,
                 sbatch_nodes: s.sbatch_nodes,
+                mpi_tcp_iters: s.mpi_tcp_iters,
+                large_gib: s.large_gib,
+                scale_ranks: s.scale_ranks,
+                scale_nodes: s.scale_nodes,
             })
             .map(|_| ())
         }

@@ -28,6 +28,11 @@ pub fn become_subreaper() -> io::Result<()> {
     set_subreaper(true)
 }
 
+/// Whether this process is a child subreaper now.
+pub fn is_subreaper() -> bool {
+    nix::sys::prctl::get_child_subreaper().unwrap_or(false)
+}
+
 /// Turn the subreaper role on or off (off while starting a process that must outlive the
 /// rounds, such as a lingering berth keeper).
 pub fn set_subreaper(on: bool) -> io::Result<()> {

@@ -18,7 +18,8 @@ pub struct Args {
     pub warmup: usize,
 }
 
-fn srun(conf: &Path, user: &str, ntasks: u32, image: Option<&Path>) -> Command {
+/// `srun -N NODES -n TASKS [--container=IMG] true` as the user.
+fn srun(conf: &Path, user: &str, case: &Case, image: &Path) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid",
@@ -28,10 +29,13 @@ fn srun(conf: &Path, user: &str, ntasks: u32, image: Option<&Path>) -> Command {
         "--init-groups",
         "--",
         "srun",
-        "-N1",
     ])
-    .arg(format!("-n{ntasks}"))
-    .args(image.map(|i| format!("--container={}", i.display())))
+    .arg(format!("-N{}", case.nodes))
+    .arg(format!("-n{}", case.tasks))
+    .args(
+        case.container
+            .then(|| format!("--container={}", image.display())),
+    )
     .arg("true")
     .env("SLURM_CONF", conf)
     .current_dir("/tmp")
@@ -41,12 +45,47 @@ fn srun(conf: &Path, user: &str, ntasks: u32, image: Option<&Path>) -> Command {
     cmd
 }
 
-/// The cases timed, in round order: (label, tasks, in a container).
-pub const CASES: [(&str, u32, bool); 4] = [
-    ("srun -n2 true", 2, false),
-    ("srun -n2 --container true", 2, true),
-    ("srun -n8 true", 8, false),
-    ("srun -n8 --container true", 8, true),
+/// One kind of step timed: nodes, tasks, in a container or not.
+#[derive(Clone, Copy)]
+pub struct Case {
+    pub nodes: u32,
+    pub tasks: u32,
+    pub container: bool,
+}
+
+impl Case {
+    pub fn label(&self) -> String {
+        format!(
+            "srun -N{} -n{}{} true",
+            self.nodes,
+            self.tasks,
+            if self.container { " --container" } else { "" }
+        )
+    }
+}
+
+/// The cases timed, in round order: 2 and 8 tasks on one node, plain and in a container.
+pub const CASES: [Case; 4] = [
+    Case {
+        nodes: 1,
+        tasks: 2,
+        container: false,
+    },
+    Case {
+        nodes: 1,
+        tasks: 2,
+        container: true,
+    },
+    Case {
+        nodes: 1,
+        tasks: 8,
+        container: false,
+    },
+    Case {
+        nodes: 1,
+        tasks: 8,
+        container: true,
+    },
 ];
 
 /// Held (flock, exclusive) by whoever runs the test cluster (tests/src/slurm.rs CLUSTER_LOCK):
@@ -61,9 +100,13 @@ pub fn lock_cluster() -> Result<Flock<std::fs::File>, String> {
         .map_err(|(_, e)| format!("flock {CLUSTER_LOCK}: {}", std::io::Error::from(e)))
 }
 
-/// Start the cluster (holding the lock until it is stopped), time the cases interleaved, stop
-/// it. Returns the samples (ms) per case, in CASES order.
-pub fn measure(a: &Args) -> Result<Vec<Vec<f64>>, String> {
+/// Start the local test cluster of `nodes` nodes (holding the lock), run `f` with its
+/// slurm.conf, stop it whatever `f` returned.
+pub fn with_cluster<T>(
+    plugin: &Path,
+    nodes: u32,
+    f: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err(
             "run as root: it starts the local test cluster (tests/slurm/cluster.sh)".into(),
@@ -72,51 +115,107 @@ pub fn measure(a: &Args) -> Result<Vec<Vec<f64>>, String> {
     let _lock = lock_cluster()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/slurm/cluster.sh");
     let dir = PathBuf::from(format!("/tmp/berth-bench-slurm-{}", std::process::id()));
-    let started = Command::new("bash")
-        .arg(&script)
-        .arg("start")
-        .arg(&dir)
-        .arg(&a.plugin)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !started.status.success() {
+    let stop = || {
         let _ = Command::new("bash")
             .arg(&script)
             .arg("stop")
             .arg(&dir)
             .status();
+        let _ = std::fs::remove_dir_all(&dir);
+    };
+    // The cluster's daemons must not become our children (the suite is a subreaper and waits
+    // for every child a run leaves): off while starting them, back on after.
+    let was = proc::is_subreaper();
+    let _ = proc::set_subreaper(false);
+    let started = Command::new("bash")
+        .arg(&script)
+        .args(["start", "-n", &nodes.to_string()])
+        .arg(&dir)
+        .arg(plugin)
+        .output();
+    let _ = proc::set_subreaper(was);
+    let started = started.map_err(|e| e.to_string())?;
+    if !started.status.success() {
+        stop();
         return Err(format!(
             "the test cluster did not start: {}",
             String::from_utf8_lossy(&started.stderr)
         ));
     }
-    let conf = dir.join("slurm.conf");
-    let cases = CASES;
+    let result = f(&dir.join("slurm.conf"));
+    stop();
+    result
+}
+
+/// Time `cases` interleaved on a running cluster: samples (ms) per case, in order.
+pub fn time_cases(a: &Args, conf: &Path, cases: &[Case]) -> Result<Vec<Vec<f64>>, String> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-    let mut failure = None;
-    'rounds: for round in 0..a.warmup + a.runs {
-        for (i, (label, n, container)) in cases.iter().enumerate() {
-            let image = container.then_some(a.image.as_path());
-            match proc::run_timed(&mut srun(&conf, &a.user, *n, image)) {
-                Ok(exit) if round >= a.warmup => samples[i].push(exit.wall.as_secs_f64() * 1e3),
-                Ok(_) => {}
-                Err(e) => {
-                    failure = Some(format!("{label}: {e}"));
-                    break 'rounds;
-                }
+    for round in 0..a.warmup + a.runs {
+        for (i, case) in cases.iter().enumerate() {
+            let exit = proc::run_timed(&mut srun(conf, &a.user, case, &a.image))
+                .map_err(|e| format!("{}: {e}", case.label()))?;
+            if round >= a.warmup {
+                samples[i].push(exit.wall.as_secs_f64() * 1e3);
             }
         }
     }
-    let _ = Command::new("bash")
-        .arg(&script)
-        .arg("stop")
-        .arg(&dir)
-        .status();
-    let _ = std::fs::remove_dir_all(&dir);
-    match failure {
-        Some(f) => Err(f),
-        None => Ok(samples),
+    Ok(samples)
+}
+
+/// Start the three-node cluster, time CASES interleaved, stop it.
+pub fn measure(a: &Args) -> Result<Vec<Vec<f64>>, String> {
+    with_cluster(&a.plugin, 3, |conf| time_cases(a, conf, &CASES))
+}
+
+/// `berth-bench srun-nodes`: `srun -N{n} true`, plain and in a container, for each node count,
+/// on a test cluster of the largest count; one task per node.
+pub fn run_nodes(a: &Args, nodes: &[u32]) -> Result<(), String> {
+    let max = nodes
+        .iter()
+        .copied()
+        .max()
+        .ok_or("--nodes: give at least one count")?;
+    let cases: Vec<Case> = nodes
+        .iter()
+        .flat_map(|&n| {
+            [false, true].map(|container| Case {
+                nodes: n,
+                tasks: n,
+                container,
+            })
+        })
+        .collect();
+    let samples = with_cluster(&a.plugin, max, |conf| time_cases(a, conf, &cases))?;
+    let s: Vec<Summary> = samples.iter().map(|v| Summary::of(v)).collect();
+    println!(
+        "berth-bench srun-nodes: {} timed rounds after {} warm-up, interleaved, on a local {max}-node test cluster",
+        a.runs, a.warmup
+    );
+    println!("  image {}", a.image.display());
+    println!("  the nodes are network namespaces sharing this machine's {} cores: {max} nodes oversubscribe it", num_cpus());
+    println!();
+    println!("  step wall time (ms), median [p10-p90]   plain              container          ratio   added/node");
+    for (k, n) in nodes.iter().enumerate() {
+        let (p, c) = (&s[2 * k], &s[2 * k + 1]);
+        println!(
+            "  srun -N{n:<3} true                     {:>6.1} [{:.0}-{:.0}]   {:>6.1} [{:.0}-{:.0}]   {:>5.2}   {:>6.1} ms",
+            p.median,
+            p.p10,
+            p.p90,
+            c.median,
+            c.p10,
+            c.p90,
+            c.median / p.median,
+            (c.median - p.median) / *n as f64
+        );
     }
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
@@ -127,10 +226,13 @@ pub fn run(a: &Args) -> Result<(), String> {
     println!("  image {}", a.image.display());
     println!();
     println!("  step wall time (ms)              median      p10      p90");
-    for ((label, _, _), x) in cases.iter().zip(&s) {
+    for (case, x) in cases.iter().zip(&s) {
         println!(
-            "  {label:<30} {:>8.1} {:>8.1} {:>8.1}",
-            x.median, x.p10, x.p90
+            "  {:<30} {:>8.1} {:>8.1} {:>8.1}",
+            case.label(),
+            x.median,
+            x.p10,
+            x.p90
         );
     }
     let added2 = s[1].median - s[0].median;

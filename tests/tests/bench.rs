@@ -73,6 +73,11 @@ fn suite(name: &str, args: &[&str]) -> Suite {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let mut cmd = Command::new(bench_bin());
+    // No Docker daemon: the Docker rows say so and the rest goes on (a socket that never exists).
+    cmd.env(
+        "DOCKER_HOST",
+        "unix:///nonexistent/berth-tests-no-docker.sock",
+    );
     cmd.args(["suite", "--berth"])
         .arg(target_dir().join("debug/berth"));
     if !args.contains(&"--image") {
@@ -133,6 +138,23 @@ fn measured(r: &Value, reps: usize) {
     assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap(), "{r}");
 }
 
+/// Split rows into berth's and Docker's.
+fn berth_and_docker(v: Vec<&Value>) -> (Vec<&Value>, Vec<&Value>) {
+    v.into_iter()
+        .partition(|r| !r["container_label"].as_str().unwrap().starts_with("docker"))
+}
+
+/// A Docker row without a daemon: said so, no number.
+fn no_docker(r: &Value) {
+    assert_eq!(r["status"], "not run", "{r}");
+    assert!(
+        r["why"].as_str().unwrap().contains("no docker daemon"),
+        "{r}"
+    );
+    assert!(samples(r, "container_samples").is_empty(), "{r}");
+    assert!(r["ratio"].is_null(), "{r}");
+}
+
 /// No number stands in for a row that could not be measured.
 fn marked(r: &Value, why: &str) {
     assert_eq!(r["status"], "failed", "{r}");
@@ -176,23 +198,32 @@ fn suite_compares_every_workload_side_by_side_and_reports_it() {
         ],
     )
     .run_ok();
-    let linpack = rows(&s, "Linpack");
+    let (linpack, linpack_docker) = berth_and_docker(rows(&s, "Linpack"));
     assert_eq!(linpack.len(), 3, "HPL, DGEMM, STREAM");
     assert_eq!(linpack[0]["metric"], "HPL");
     assert_eq!(linpack[0]["unit"], "GFLOP/s");
     for r in &linpack {
         measured(r, 2);
     }
-    let fea = rows(&s, "ABAQUS-style FEA");
+    let (fea, fea_docker) = berth_and_docker(rows(&s, "ABAQUS-style FEA"));
     assert_eq!(fea.len(), 1);
     measured(fea[0], 2);
     assert_eq!(fea[0]["unit"], "s");
     // Image MPI and host MPI injected (the suite checks which libmpi rank 0 maps).
-    let mpi = rows(&s, "MPI, 1 node");
+    let (mpi, mpi_docker) = berth_and_docker(rows(&s, "MPI, 1 node"));
     assert_eq!(mpi.len(), 6);
     for r in &mpi {
         measured(r, 2);
     }
+    // No daemon: the Docker side of each is marked, the native side still measured.
+    for r in linpack_docker.iter().chain(&fea_docker).chain(&mpi_docker) {
+        no_docker(r);
+        assert_eq!(samples(r, "native_samples").len(), 2, "{r}");
+    }
+    assert_eq!(
+        linpack_docker.len() + fea_docker.len() + mpi_docker.len(),
+        7
+    );
     assert!(mpi.iter().any(|r| r["container_label"]
         .as_str()
         .unwrap()
@@ -201,11 +232,13 @@ fn suite_compares_every_workload_side_by_side_and_reports_it() {
     for r in rows(&s, "MPI, 2 hosts") {
         assert_eq!(r["status"], "not run", "{r}");
     }
-    let io = rows(&s, "I/O");
+    let (io, io_docker) = berth_and_docker(rows(&s, "I/O"));
     assert_eq!(io.len(), 6, "3 figures x (mount, extract)");
     for r in &io {
         measured(r, 2);
     }
+    assert_eq!(io_docker.len(), 3);
+    io_docker.iter().for_each(|r| no_docker(r));
     // The same binaries inside and outside, and the machine described.
     let notes: Vec<&str> = s.json["notes"]
         .as_array()
@@ -246,6 +279,8 @@ fn suite_compares_every_workload_side_by_side_and_reports_it() {
         assert!(s.md.contains(want), "report.md lacks {want}:\n{}", s.md);
     }
     assert!(!s.md.contains("FAILED"), "{}", s.md);
+    assert!(s.md.contains("**NOT RUN**: no docker daemon"), "{}", s.md);
+    assert!(s.md.contains("## Native, Docker and berth side by side"));
     let svg = std::fs::read_to_string(s.out.join("report.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert!(svg.contains("Linpack: HPL") && svg.contains("I/O: read a 256 MiB file"));
@@ -339,6 +374,7 @@ fn a_missing_image_fails_the_container_rows_and_says_which() {
         .into_iter()
         .chain(rows(&s, "start-up"))
         .filter(|r| !r["workload"].as_str().unwrap().contains("Charliecloud"))
+        .filter(|r| !r["container_label"].as_str().unwrap().starts_with("docker"))
         .collect();
     assert_eq!(all.len(), 8);
     for r in all {
@@ -406,4 +442,163 @@ fn sbatch_writes_a_script_that_runs_the_same_suite_on_real_nodes() {
         .unwrap();
     assert!(st.success(), "bash -n {}", script.display());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn python_large_image_and_scaling_rows_run_without_a_docker_daemon() {
+    let s = suite(
+        "newrows",
+        &[
+            "--only",
+            "startup,python,large-image,scaling",
+            "--mode",
+            "mount,extract",
+            "--reps",
+            "2",
+            "--warmup",
+            "0",
+            "--startup-runs",
+            "1",
+            "--large-gib",
+            "0",
+            "--scale-ranks",
+            "1,2",
+        ],
+    )
+    .run_ok();
+    let (python, python_docker) = berth_and_docker(rows(&s, "Python imports"));
+    assert_eq!(python.len(), 4, "cold and warm x (extract, mount)");
+    for r in &python {
+        measured(r, 2);
+    }
+    assert!(python
+        .iter()
+        .any(|r| r["metric"].as_str().unwrap().ends_with("cold")));
+    let (large, large_docker) = berth_and_docker(rows(&s, "large image"));
+    assert_eq!(large.len(), 2, "first start, extract and mount");
+    for r in &large {
+        measured(r, 2);
+    }
+    let (scaling, scaling_docker) = berth_and_docker(rows(&s, "start-up scaling, 1 node"));
+    assert_eq!(scaling.len(), 4, "1 and 2 ranks x (mount, extract)");
+    for r in &scaling {
+        measured(r, 2);
+    }
+    assert!(scaling_docker.is_empty());
+    let (_, startup_docker) = berth_and_docker(rows(&s, "start-up"));
+    assert_eq!(
+        python_docker.len() + large_docker.len() + startup_docker.len(),
+        4
+    );
+    for r in python_docker
+        .iter()
+        .chain(&large_docker)
+        .chain(&startup_docker)
+    {
+        no_docker(r);
+    }
+    // Without --plugin the test-cluster rows say what they need; the image file is gone.
+    for r in rows(&s, "start-up scaling, nodes") {
+        assert_eq!(r["status"], "not run", "{r}");
+    }
+    assert!(!s.md.contains("FAILED"), "{}", s.md);
+    let left: Vec<_> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("berth-bench-suite-")
+        })
+        .filter(|e| e.path().join("large.sqsh").exists())
+        .collect();
+    assert!(left.is_empty(), "large image left behind: {left:?}");
+}
+
+/// The release plugin, copied where srun (as the test user) can load it.
+fn plugin_copy() -> (PathBuf, PathBuf) {
+    let built = target_dir().join("release/libspank_berth.so");
+    assert!(
+        built.exists(),
+        "{} is missing: cargo build --release -p berth-slurm",
+        built.display()
+    );
+    let dir = per_process_dir("berth-bench-plugin");
+    let copy = dir.join("spank_berth.so");
+    copy_executable(&built, &copy);
+    (dir, copy)
+}
+
+#[test]
+fn test_cluster_rows_mpi_over_veth_and_nodes_are_measured() {
+    let (_dir, plugin) = plugin_copy();
+    let s = suite(
+        "cluster",
+        &[
+            "--only",
+            "mpi,scaling",
+            "--reps",
+            "2",
+            "--warmup",
+            "0",
+            "--mpi-iters",
+            "100",
+            "--mpi-tcp-iters",
+            "100",
+            "--scale-ranks",
+            "1",
+            "--scale-nodes",
+            "1,2",
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+    )
+    .run_ok();
+    let veth = rows(&s, "MPI, 2 hosts (TCP over veth)");
+    assert_eq!(veth.len(), 6, "3 figures x (image MPI, host MPI injected)");
+    for r in &veth {
+        measured(r, 2);
+    }
+    let nodes = rows(&s, "start-up scaling, nodes");
+    assert_eq!(nodes.len(), 2);
+    for r in &nodes {
+        measured(r, 2);
+    }
+    assert_eq!(nodes[1]["metric"], "srun -N2 -n2 step, `true`");
+    assert!(s.md.contains("TCP over veth"), "{}", s.md);
+}
+
+#[test]
+fn srun_nodes_prints_plain_and_container_per_node_count() {
+    let (image, _) = bench_image();
+    let (_dir, plugin) = plugin_copy();
+    let r = run({
+        let mut c = Command::new(bench_bin());
+        c.args(["srun-nodes", "--plugin"])
+            .arg(&plugin)
+            .arg("--image")
+            .arg(image)
+            .args([
+                "--user",
+                &user().name,
+                "--nodes",
+                "1,2",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+            ]);
+        c
+    })
+    .expect_ok("berth-bench srun-nodes");
+    for want in [
+        "srun -N1 ",
+        "srun -N2 ",
+        "plain",
+        "container",
+        "ratio",
+        "oversubscribe",
+    ] {
+        assert!(r.stdout.contains(want), "{want} not in:\n{}", r.stdout);
+    }
 }

@@ -33,6 +33,8 @@ pub struct Ctx {
     /// Linpack and FEA run a container variant in each (`--mode mount,extract`).
     pub modes: Vec<String>,
     pub ranks: u32,
+    /// The Docker column: the daemon and the imported image, or why there is none.
+    pub docker: Result<super::docker::Docker, String>,
 }
 
 pub struct Done {
@@ -41,6 +43,18 @@ pub struct Done {
 }
 
 impl Ctx {
+    /// The container sides of Linpack and FEA: berth's modes, then Docker.
+    pub fn sides(&self) -> Vec<String> {
+        let mut v = self.modes.clone();
+        v.push("docker".into());
+        v
+    }
+
+    /// The Docker daemon and image, or the row's reason ("not run: no docker daemon").
+    pub fn docker(&self) -> Result<&super::docker::Docker, String> {
+        self.docker.as_ref().map_err(Clone::clone)
+    }
+
     /// `argv` as the benchmark user in `cwd`, BERTH_CONFIG set to `policy` (default: empty).
     pub fn command(&self, argv: &[OsString], cwd: &Path, policy: Option<&Path>) -> Command {
         let mut cmd = match &self.user {
@@ -68,7 +82,10 @@ impl Ctx {
                 c
             }
         };
-        cmd.env("BERTH_STATE_DIR", &self.state)
+        // Mount mode: a mount of each run's own, as the rows say; a keeper lingering after a
+        // run would also be waited for by the suite (a child subreaper) after every command.
+        cmd.env("BERTH_IMAGE_IDLE", "0")
+            .env("BERTH_STATE_DIR", &self.state)
             .env("BERTH_CONFIG", policy.unwrap_or(&self.empty_policy))
             .env("OMP_NUM_THREADS", "1")
             .env("OPENBLAS_NUM_THREADS", "1")

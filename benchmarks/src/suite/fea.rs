@@ -150,12 +150,12 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
     // The native run's results, for the container runs of the same repetition to match.
     let last = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<u8>>));
     let containers = ctx
-        .modes
-        .iter()
+        .sides()
+        .into_iter()
         .map(|mode| {
             let (solver, base, last) = (solver.clone(), base.clone(), last.clone());
-            Variant::new(format!("berth --mode {mode}"), move |w| {
-                let (secs, dat) = once(ctx, &solver, base.as_deref(), Some(mode), w)?;
+            Variant::new(super::side_label(&mode), move |w| {
+                let (secs, dat) = once(ctx, &solver, base.as_deref(), Some(&mode), w)?;
                 if dat.is_some() && *last.borrow() != dat {
                     return Err("the results (job.dat) differ from the native run's".into());
                 }
@@ -233,11 +233,15 @@ fn once(
             v
         }
     };
-    let argv = match mode {
-        Some(mode) => ctx.berth_run(mode, &[], &argv),
-        None => argv,
+    let cmd = match mode {
+        Some("docker") => {
+            ctx.docker()?
+                .run(false, &[(&dir, &dir.to_string_lossy())], Some(&dir), &argv)
+        }
+        Some(mode) => ctx.command(&ctx.berth_run(mode, &[], &argv), &dir, None),
+        None => ctx.command(&argv, &dir, None),
     };
-    let done = exec::run(ctx.command(&argv, &dir, None))?;
+    let done = exec::run(cmd)?;
     if let Solver::Ccx(_) = solver {
         // ccx exits 0 on some errors: the results must be there.
         let dat = std::fs::read(dir.join("job.dat")).unwrap_or_default();

@@ -97,6 +97,7 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
     ];
     let in_mount = ctx.berth_run("mount", &mount, &inner);
     let in_extract = ctx.berth_run("extract", &mount, &inner);
+    let lustre = lustre.clone();
     let cwd: &Path = &ctx.work;
     Workload {
         name: "I/O",
@@ -111,6 +112,10 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
             Variant::new("berth --mode mount", move |_| parse(&exec::run(ctx.command(&in_mount, cwd, None))?.stdout)),
             Variant::new("berth --mode extract", move |_| {
                 parse(&exec::run(ctx.command(&in_extract, cwd, None))?.stdout)
+            }),
+            Variant::new("docker", move |_| {
+                let d = ctx.docker()?;
+                parse(&exec::run(d.run(false, &[(&lustre, "/lustre")], None, &inner))?.stdout)
             }),
         ],
         setup_error,

@@ -104,22 +104,31 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
         let dir = if warm { warm_dir } else { run_dir };
         let _ = std::fs::remove_file(dir.join("hpccoutf.txt"));
         let prog: Vec<OsString> = vec![hpcc.clone().into()];
-        let argv = match mode {
-            Some(mode) => ctx.mpirun(
-                &["--mca", "btl", "self,vader"],
-                ctx.berth_run(mode, &[], &prog),
+        let btl = ["--mca", "btl", "self,vader"];
+        let cmd = match mode {
+            // Docker's way: one container, mpirun and its ranks inside, host IPC.
+            Some("docker") => ctx.docker()?.run(
+                true,
+                &[(&dir, &dir.to_string_lossy())],
+                Some(&dir),
+                &ctx.mpirun(&btl, prog),
             ),
-            None => ctx.mpirun(&["--mca", "btl", "self,vader"], prog),
+            Some(mode) => ctx.command(
+                &ctx.mpirun(&btl, ctx.berth_run(mode, &[], &prog)),
+                &dir,
+                None,
+            ),
+            None => ctx.command(&ctx.mpirun(&btl, prog), &dir, None),
         };
-        exec::run(ctx.command(&argv, &dir, None))?;
+        exec::run(cmd)?;
         parse(&dir)
     };
     let containers = ctx
-        .modes
-        .iter()
+        .sides()
+        .into_iter()
         .map(|mode| {
             let side = side.clone();
-            Variant::new(format!("berth --mode {mode}"), move |w| side(Some(mode), w))
+            Variant::new(super::side_label(&mode), move |w| side(Some(&mode), w))
         })
         .collect();
     Workload {

@@ -2,6 +2,7 @@
 //! container, native, container, ...), N repetitions, and a report (Markdown, JSON, SVG) with
 //! the machine described. A workload that cannot run marks its rows with why; the others go on.
 
+mod docker;
 mod exec;
 mod fea;
 mod io;
@@ -9,8 +10,10 @@ mod linpack;
 mod machine;
 mod mpi;
 mod plot;
+mod python;
 mod report;
 mod sbatch;
+mod scaling;
 mod slurm;
 mod startup;
 
@@ -42,9 +45,23 @@ pub struct Args {
     pub plugin: Option<PathBuf>,
     pub sbatch: Option<PathBuf>,
     pub sbatch_nodes: u32,
+    pub mpi_tcp_iters: u32,
+    pub large_gib: u32,
+    pub scale_ranks: Vec<u32>,
+    pub scale_nodes: Vec<u32>,
 }
 
-pub const WORKLOADS: [&str; 6] = ["linpack", "fea", "mpi", "startup", "io", "slurm"];
+pub const WORKLOADS: [&str; 9] = [
+    "linpack",
+    "fea",
+    "mpi",
+    "startup",
+    "io",
+    "python",
+    "large-image",
+    "scaling",
+    "slurm",
+];
 
 /// A figure a workload reports per run.
 pub struct Metric {
@@ -170,6 +187,8 @@ pub fn measure(mut w: Workload, reps: usize, warmup: usize) -> (Vec<Row>, Vec<St
             match (c.run)(warm) {
                 Ok(v) if !warm => push(&mut cont[i], v, m, &mut cont_err[i]),
                 Ok(_) => {}
+                // A side that cannot run here at all (no docker daemon) says so as it is.
+                Err(e) if e.starts_with("not run: ") => cont_err[i] = Some(e),
                 Err(e) => cont_err[i] = Some(format!("{}: {e}", c.label)),
             }
         }
@@ -214,6 +233,14 @@ fn push(into: &mut [Vec<f64>], v: Vec<f64>, m: usize, err: &mut Option<String>) 
     }
     for (s, x) in into.iter_mut().zip(v) {
         s.push(x);
+    }
+}
+
+/// A container side's label: `berth --mode M`, or `docker`.
+pub fn side_label(side: &str) -> String {
+    match side {
+        "docker" => "docker".to_string(),
+        mode => format!("berth --mode {mode}"),
     }
 }
 
@@ -306,7 +333,7 @@ pub fn run(a: &Args) -> Result<i32, String> {
     let work = std::env::temp_dir().join(format!("berth-bench-suite-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         user,
         berth: work.join("berth"),
         image: absolute(&a.image),
@@ -317,6 +344,7 @@ pub fn run(a: &Args) -> Result<i32, String> {
         mode: modes[0].clone(),
         modes,
         ranks: a.ranks,
+        docker: Err(docker::NO_DAEMON.to_string()),
     };
     ctx.give(&work)?;
     // The user may not be able to enter the checkout: run a copy of berth (cp, see tests/src/lib.rs).
@@ -343,11 +371,40 @@ pub fn run(a: &Args) -> Result<i32, String> {
     std::fs::write(&ctx.empty_policy, "# empty: berth's built-in defaults\n")
         .map_err(|e| e.to_string())?;
     ctx.give(&ctx.empty_policy)?;
+    if [
+        "linpack",
+        "fea",
+        "mpi",
+        "startup",
+        "io",
+        "python",
+        "large-image",
+    ]
+    .iter()
+    .any(|w| want(w))
+    {
+        ctx.docker = docker::prepare(&ctx);
+        match &ctx.docker {
+            Ok(d) => eprintln!("berth-bench suite: Docker {} ({})", d.version, d.tag),
+            Err(e) => eprintln!("berth-bench suite: no Docker column: {e}"),
+        }
+    }
 
     let started = machine::now();
     let before = machine::describe(a, &ctx);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    match &ctx.docker {
+        Ok(d) => notes.push(format!(
+            "Docker: daemon {} at {}; the image is `docker import` of {} (the bench image's tree) as {}; containers run `docker run --rm --network none -u {}` (`--ipc host` for Linpack and MPI: mpirun and its ranks in one container), the docker CLI as root. benchmarks/run-suite.sh installs Debian's docker.io when missing and starts its own `dockerd --bridge=none --iptables=false --ip6tables=false --data-root /var/lib/berth-bench-docker` on a socket of its own, stopped at the end",
+            d.version,
+            std::env::var("DOCKER_HOST").unwrap_or_else(|_| "the default socket".into()),
+            ctx.rootfs.display(),
+            d.tag,
+            d.user
+        )),
+        Err(e) => notes.push(format!("Docker: no Docker column: {e}")),
+    }
     let mut refs = Vec::new();
     let mut take = |(r, n): (Vec<Row>, Vec<String>)| {
         rows.extend(r);
@@ -362,23 +419,6 @@ pub fn run(a: &Args) -> Result<i32, String> {
     if want("mpi") {
         for w in mpi::workloads(a, &ctx) {
             take(measure(w, a.reps, a.warmup));
-        }
-        if std::env::var("SLURM_JOB_NUM_NODES")
-            .ok()
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(1)
-            < 2
-        {
-            take((
-                not_run(
-                    "MPI, 2 hosts",
-                    &mpi::metrics(),
-                    "native",
-                    &["berth (image MPI)"],
-                    "not run: needs two hosts (run the suite under `sbatch -N2`, see benchmarks/README.md); the local Slurm test cluster's nodes share this machine's 2 cores",
-                ),
-                Vec::new(),
-            ));
         }
     }
     if want("startup") {
@@ -398,8 +438,29 @@ pub fn run(a: &Args) -> Result<i32, String> {
     if want("io") {
         take(measure(io::workload(a, &ctx), a.reps, a.warmup));
     }
-    if want("slurm") {
-        take(slurm::rows(a, &ctx));
+    if want("python") {
+        take(measure(python::workload(a, &ctx), a.reps, a.warmup));
+    }
+    if want("large-image") {
+        take(measure(python::large_image(a, &ctx), a.reps, 0));
+        python::remove_large_image(&ctx);
+    }
+    if want("scaling") {
+        take(measure(scaling::workload(a, &ctx), a.reps, a.warmup));
+    }
+    // On the local test cluster: under an allocation of real nodes, the MPI rows above span them.
+    let allocated = std::env::var("SLURM_JOB_NUM_NODES")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(1)
+        >= 2;
+    let parts = slurm::Parts {
+        steps: want("slurm"),
+        scaling: want("scaling"),
+        mpi: want("mpi") && !allocated,
+    };
+    if parts.steps || parts.scaling || parts.mpi {
+        take(slurm::rows(a, &ctx, &parts));
     }
     let after = machine::load();
     let _ = std::process::Command::new("rm")

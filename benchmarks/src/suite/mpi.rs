@@ -126,6 +126,11 @@ pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
         &bin,
         &policy,
         setup_error.clone(),
+        Launch {
+            prefix: Vec::new(),
+            slurm_conf: None,
+            iters: a.mpi_iters,
+        },
     )];
     let nodes: u32 = std::env::var("SLURM_JOB_NUM_NODES")
         .ok()
@@ -140,11 +145,81 @@ pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
             &bin,
             &policy,
             setup_error,
+            Launch {
+                prefix: Vec::new(),
+                slurm_conf: None,
+                iters: a.mpi_iters,
+            },
         ));
     }
     out
 }
 
+/// MPI across two nodes of the local test cluster (network namespaces joined by a bridge, so
+/// Open MPI's TCP BTL crosses a real veth path, not shared memory): `salloc -N2 mpirun
+/// --map-by node` from the cluster's host, with `conf` its slurm.conf.
+pub fn over_veth<'a>(a: &'a Args, ctx: &'a Ctx, conf: &Path) -> Workload<'a> {
+    let mut setup_error = None;
+    let mut bin = PathBuf::new();
+    let mut policy = PathBuf::new();
+    match compile(ctx).and_then(|b| {
+        let p = match &a.mpi_policy {
+            Some(p) => p.clone(),
+            None => host_mpi_policy(ctx)?,
+        };
+        Ok((b, p))
+    }) {
+        Ok((b, p)) => {
+            bin = b;
+            policy = p;
+        }
+        Err(e) => setup_error = Some(e),
+    }
+    let salloc: Vec<OsString> = ["salloc", "-N2", "-n2", "--ntasks-per-node=1", "--quiet"]
+        .map(OsString::from)
+        .to_vec();
+    let mut w = one(
+        a,
+        ctx,
+        "MPI, 2 hosts (TCP over veth)",
+        &[
+            "--map-by",
+            "node",
+            "--bind-to",
+            "none",
+            "--mca",
+            "btl",
+            "self,tcp",
+            "--mca",
+            "btl_tcp_if_include",
+            "10.197.0.0/24",
+            "--mca",
+            "oob_tcp_if_include",
+            "10.197.0.0/24",
+        ],
+        &bin,
+        &policy,
+        setup_error,
+        Launch {
+            prefix: salloc,
+            slurm_conf: Some(conf.to_path_buf()),
+            iters: a.mpi_tcp_iters,
+        },
+    );
+    w.notes.push(
+        "TCP over veth: two nodes of the local Slurm test cluster (network namespaces on one bridge, sharing this machine's cores), Open MPI's TCP BTL between them; not InfiniBand. `--sbatch --sbatch-nodes 2` writes the same rows for real nodes".into(),
+    );
+    w
+}
+
+/// How the ranks are started: on this node (no prefix), or under `salloc` on the test cluster.
+pub struct Launch {
+    pub prefix: Vec<OsString>,
+    pub slurm_conf: Option<PathBuf>,
+    pub iters: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn one<'a>(
     a: &'a Args,
     ctx: &'a Ctx,
@@ -153,39 +228,68 @@ fn one<'a>(
     bin: &Path,
     policy: &Path,
     setup_error: Option<String>,
+    launch: Launch,
 ) -> Workload<'a> {
-    let iters = a.mpi_iters.to_string();
+    let iters = launch.iters.to_string();
     let dir = bin.parent().map(Path::to_path_buf).unwrap_or_default();
     let mount: OsString = format!("{}:/bench-mpi", dir.display()).into();
-    let native_argv = ctx.mpirun(mca, vec![bin.into(), iters.clone().into()]);
+    let with_prefix =
+        |v: Vec<OsString>| -> Vec<OsString> { launch.prefix.iter().cloned().chain(v).collect() };
+    let native_argv = with_prefix(ctx.mpirun(mca, vec![bin.into(), iters.clone().into()]));
     let inner: Vec<OsString> = vec!["/bench-mpi/pingpong".into(), iters.into()];
-    let image_argv = ctx.mpirun(
+    let docker_side = name.contains("1 node");
+    let image_argv = with_prefix(ctx.mpirun(
         mca,
         ctx.berth_run(&ctx.mode, &["--mount".into(), mount.clone()], &inner),
-    );
+    ));
     let host_argv = image_argv.clone();
     let policy = policy.to_path_buf();
-    let (d1, d2, d3) = (dir.clone(), dir.clone(), dir);
+    // Docker: one container, mpirun and both ranks inside, host IPC (shared memory).
+    let docker_argv = ctx.mpirun(mca, inner.clone());
+    let (d1, d2, d3, d4) = (dir.clone(), dir.clone(), dir.clone(), dir);
+    let conf = launch.slurm_conf.clone();
+    let cmd = move |argv: &[OsString], cwd: &Path, policy: Option<&Path>| {
+        let mut c = ctx.command(argv, cwd, policy);
+        if let Some(conf) = &conf {
+            c.env("SLURM_CONF", conf);
+        }
+        c
+    };
+    let (cmd1, cmd2, cmd3) = (cmd.clone(), cmd.clone(), cmd);
     Workload {
         name,
         detail: format!(
-            "benchmarks/mpi/pingpong.c built once by the host's mpicc, {} ranks, {} iterations; mpirun {}",
-            a.ranks,
-            a.mpi_iters,
+            "benchmarks/mpi/pingpong.c built once by the host's mpicc, {} ranks, {} iterations; {}mpirun {}",
+            if launch.prefix.is_empty() { a.ranks } else { 2 },
+            launch.iters,
+            launch
+                .prefix
+                .iter()
+                .map(|p| format!("{} ", p.to_string_lossy()))
+                .collect::<String>(),
             mca.join(" ")
         ),
         metrics: metrics(),
         native: Variant::new("native", move |_| {
-            parse(&exec::run(ctx.command(&native_argv, &d1, None))?.stdout, None)
+            parse(&exec::run(cmd1(&native_argv, &d1, None))?.stdout, None)
         }),
         containers: vec![
             Variant::new(format!("berth --mode {} (image MPI)", ctx.mode), move |_| {
-                parse(&exec::run(ctx.command(&image_argv, &d2, None))?.stdout, Some(false))
+                parse(&exec::run(cmd2(&image_argv, &d2, None))?.stdout, Some(false))
             }),
             Variant::new(format!("berth --mode {} (host MPI injected)", ctx.mode), move |_| {
-                parse(&exec::run(ctx.command(&host_argv, &d3, Some(&policy)))?.stdout, Some(true))
+                parse(&exec::run(cmd3(&host_argv, &d3, Some(&policy)))?.stdout, Some(true))
             }),
-        ],
+        ]
+        .into_iter()
+        .chain(docker_side.then(|| {
+            Variant::new("docker (image MPI)", move |_| {
+                let d = ctx.docker()?;
+                let cmd = d.run(true, &[(&d4, "/bench-mpi")], None, &docker_argv);
+                parse(&exec::run(cmd)?.stdout, Some(false))
+            })
+        }))
+        .collect(),
         setup_error,
         notes: Vec::new(),
     }

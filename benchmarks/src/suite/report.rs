@@ -190,6 +190,71 @@ pub fn table(rep: &Report) -> String {
     s
 }
 
+/// The 2016 study's figure (Gantikow et al., ISC 2016: native vs Docker) for a workload, if any.
+fn study_2016(workload: &str, metric: &str) -> &'static str {
+    match (workload, metric) {
+        ("ABAQUS-style FEA", _) => "ABAQUS s4b: 114 s native, 116.5 s Docker (+2.21%)",
+        ("I/O", m) if m.starts_with("write") => "ABAQUS s4b on Lustre: +1.04% in Docker",
+        ("start-up", _) => "`docker run` 478 ms",
+        ("Linpack", "HPL") => "Felter et al. 2014: ~0% in Docker",
+        _ => "",
+    }
+}
+
+/// Native, Docker and berth in one table: each container side's median and overhead.
+fn side_by_side(rep: &Report) -> String {
+    let docker_rows: Vec<&Row> = rep
+        .rows
+        .iter()
+        .filter(|r| r.container_label.starts_with("docker"))
+        .collect();
+    if docker_rows.is_empty() {
+        return String::new();
+    }
+    let cell = |r: Option<&Row>| -> String {
+        match r {
+            None => "—".into(),
+            Some(r) => match (figures(r), &r.failed) {
+                (Some(f), _) => format!("{} ({:+.1}%)", num(f.container[0]), f.overhead),
+                (None, Some(why)) if why.starts_with("not run") => "NOT RUN".into(),
+                _ => "FAILED".into(),
+            },
+        }
+    };
+    let mut s = String::from(
+        "## Native, Docker and berth side by side\n\nMedians, and in brackets the overhead against native as in the table above. The last column is the 2016 study's native-vs-Docker figure (another machine), for reference.\n\n\
+         | workload | metric | native | Docker | berth mount | berth extract | 2016 study |\n|---|---|---|---|---|---|---|\n",
+    );
+    for d in docker_rows {
+        let find = |mode: &str| {
+            rep.rows.iter().find(|r| {
+                r.workload == d.workload
+                    && r.metric == d.metric
+                    && r.container_label
+                        .starts_with(&format!("berth --mode {mode}"))
+                    && !r.container_label.contains("host MPI")
+            })
+        };
+        let native = figures(d)
+            .map(|f| num(f.native[0]))
+            .or_else(|| (!d.native.is_empty()).then(|| num(spread(&d.native)[0])))
+            .unwrap_or_else(|| "—".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} ({}) | {native} | {} | {} | {} | {} |",
+            d.workload,
+            d.metric,
+            d.unit,
+            cell(Some(d)),
+            cell(find("mount")),
+            cell(find("extract")),
+            study_2016(&d.workload, &d.metric)
+        );
+    }
+    s.push('\n');
+    s
+}
+
 pub fn markdown(rep: &Report) -> String {
     let a = rep.args;
     let m = &rep.machine;
@@ -278,6 +343,7 @@ pub fn markdown(rep: &Report) -> String {
         }
         s.push('\n');
     }
+    s.push_str(&side_by_side(rep));
     s.push_str(
         "The seed's Docker figures, for comparison: ABAQUS s4b 114 s native vs 116.5 s in Docker \
          (+2.21%) on local disk, 117.3 vs 118.5 s (+1.04%) on Lustre; Felter et al. (IBM, 2014): \

@@ -1,32 +1,90 @@
-//! Start-up under Slurm: `srun -N1 -n N --container=IMG true` against plain `srun -N1 -n N true`
-//! on the local three-node test cluster (tests/slurm/cluster.sh, berth's SPANK plugin), through
-//! `berth-bench slurm`'s measurement, which holds the cluster lock while the cluster runs.
+//! Everything on the local test cluster (tests/slurm/cluster.sh, berth's SPANK plugin), started
+//! once, holding the cluster lock: start-up under Slurm (`srun -N1 -n N --container=IMG true`
+//! against plain `srun`), start-up scaling over nodes (`srun -N{1,2,3}`), and MPI across two of
+//! its nodes (TCP over veth).
 
 use super::exec::Ctx;
-use super::{not_run, Args, Metric, Row};
-use crate::slurm_steps;
+use super::{measure, not_run, Args, Metric, Row};
+use crate::slurm_steps::{self, Case};
 
 fn metrics() -> Vec<Metric> {
     vec![Metric::new("srun step, `true`", "ms", false)]
 }
 
-pub fn rows(a: &Args, ctx: &Ctx) -> (Vec<Row>, Vec<String>) {
-    let labels = ["srun -n2 --container", "srun -n8 --container"];
-    let fail = |why: String| {
-        (
-            not_run(
-                "start-up under Slurm",
-                &metrics(),
-                "srun (plain)",
-                &labels,
-                &why,
+/// Which parts run: (start-up under Slurm, node scaling, MPI across two hosts).
+pub struct Parts {
+    pub steps: bool,
+    pub scaling: bool,
+    pub mpi: bool,
+}
+
+const STEPS: &str = "start-up under Slurm";
+const SCALING: &str = "start-up scaling, nodes";
+const MPI: &str = "MPI, 2 hosts (TCP over veth)";
+
+/// The NOT RUN rows of every part asked for, all with `why`.
+fn not_run_all(p: &Parts, why: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if p.steps {
+        rows.extend(not_run(
+            STEPS,
+            &metrics(),
+            "srun (plain)",
+            &["srun -n2 --container", "srun -n8 --container"],
+            why,
+        ));
+    }
+    if p.scaling {
+        rows.extend(not_run(
+            SCALING,
+            &metrics(),
+            "srun (plain)",
+            &["srun --container"],
+            why,
+        ));
+    }
+    if p.mpi {
+        rows.extend(not_run(
+            MPI,
+            &super::mpi::metrics(),
+            "native",
+            &["berth (image MPI)", "berth (host MPI injected)"],
+            why,
+        ));
+    }
+    rows
+}
+
+/// Rows of plain/container case pairs: cases 2k and 2k+1.
+fn step_rows(workload: &str, cases: &[Case], samples: &[Vec<f64>]) -> Vec<Row> {
+    (0..cases.len() / 2)
+        .map(|k| {
+            let plain = &cases[2 * k];
+            let shape = format!("-N{} -n{}", plain.nodes, plain.tasks);
+            Row {
+                workload: workload.into(),
+                metric: format!("srun {shape} step, `true`"),
+                unit: "ms".into(),
+                higher_is_better: false,
+                native_label: format!("srun {shape} (plain)"),
+                container_label: format!("srun {shape} --container"),
+                native: samples[2 * k].clone(),
+                container: samples[2 * k + 1].clone(),
+                target: None,
+                failed: None,
+            }
+        })
+        .collect()
+}
+
+pub fn rows(a: &Args, ctx: &Ctx, p: &Parts) -> (Vec<Row>, Vec<String>) {
+    let Some(plugin) = &a.plugin else {
+        return (
+            not_run_all(
+                p,
+                "not run: needs --plugin target/release/libspank_berth.so (and root, for the local test cluster)",
             ),
             Vec::new(),
-        )
-    };
-    let Some(plugin) = &a.plugin else {
-        return fail(
-            "not run: needs --plugin target/release/libspank_berth.so (and root, for the local test cluster)".into(),
         );
     };
     // srun loads the plugin as the user, who may not be able to enter the checkout: a copy.
@@ -36,7 +94,8 @@ pub fn rows(a: &Args, ctx: &Ctx) -> (Vec<Row>, Vec<String>) {
         .arg(&copy)
         .status();
     if !matches!(copied, Ok(s) if s.success()) {
-        return fail(format!("cannot copy the plugin {}", plugin.display()));
+        let why = format!("cannot copy the plugin {}", plugin.display());
+        return (not_run_all(p, &why), Vec::new());
     }
     let _ = ctx.give(&copy);
     let args = slurm_steps::Args {
@@ -46,27 +105,66 @@ pub fn rows(a: &Args, ctx: &Ctx) -> (Vec<Row>, Vec<String>) {
         runs: a.startup_runs.max(a.reps),
         warmup: 2,
     };
-    eprintln!("berth-bench suite: start-up under Slurm: starting the local test cluster");
-    let samples = match slurm_steps::measure(&args) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("the Slurm measurement failed: {e}")),
-    };
-    let mut rows = Vec::new();
-    for (k, label) in labels.iter().enumerate() {
-        let (plain, cont) = (2 * k, 2 * k + 1);
-        rows.push(Row {
-            workload: "start-up under Slurm".into(),
-            metric: format!("srun -N1 -n{} step, `true`", slurm_steps::CASES[plain].1),
-            unit: "ms".into(),
-            higher_is_better: false,
-            native_label: format!("srun -n{} (plain)", slurm_steps::CASES[plain].1),
-            container_label: label.to_string(),
-            native: samples[plain].clone(),
-            container: samples[cont].clone(),
-            target: None,
-            failed: None,
-        });
+    let nodes = a.scale_nodes.iter().copied().max().unwrap_or(1).max(3);
+    let scale_cases: Vec<Case> = a
+        .scale_nodes
+        .iter()
+        .flat_map(|&n| {
+            [false, true].map(|container| Case {
+                nodes: n,
+                tasks: n,
+                container,
+            })
+        })
+        .collect();
+    eprintln!("berth-bench suite: starting the local test cluster ({nodes} nodes)");
+    let result = slurm_steps::with_cluster(&args.plugin, nodes, |conf| {
+        let mut rows = Vec::new();
+        let mut notes = Vec::new();
+        if p.steps {
+            eprintln!("berth-bench suite: {STEPS}");
+            match slurm_steps::time_cases(&args, conf, &slurm_steps::CASES) {
+                Ok(s) => rows.extend(step_rows(STEPS, &slurm_steps::CASES, &s)),
+                Err(e) => rows.extend(not_run_all(
+                    &Parts {
+                        steps: true,
+                        scaling: false,
+                        mpi: false,
+                    },
+                    &format!("the Slurm measurement failed: {e}"),
+                )),
+            }
+            notes.push(format!(
+                "{STEPS}: the test nodes share this machine's cores; -n8 oversubscribes one node"
+            ));
+        }
+        if p.scaling {
+            eprintln!("berth-bench suite: {SCALING}");
+            match slurm_steps::time_cases(&args, conf, &scale_cases) {
+                Ok(s) => rows.extend(step_rows(SCALING, &scale_cases, &s)),
+                Err(e) => rows.extend(not_run_all(
+                    &Parts {
+                        steps: false,
+                        scaling: true,
+                        mpi: false,
+                    },
+                    &format!("the Slurm measurement failed: {e}"),
+                )),
+            }
+            notes.push(format!("{SCALING}: one task per node, time until every task has run `true` and the step ended; the nodes are network namespaces sharing this machine's cores (`berth-bench srun-nodes` runs 1-16 nodes)"));
+        }
+        if p.mpi {
+            let (r, n) = measure(super::mpi::over_veth(a, ctx, conf), a.reps, a.warmup);
+            rows.extend(r);
+            notes.extend(n);
+        }
+        Ok((rows, notes))
+    });
+    match result {
+        Ok(x) => x,
+        Err(e) => (
+            not_run_all(p, &format!("the test cluster failed: {e}")),
+            Vec::new(),
+        ),
     }
-    let note = "start-up under Slurm: the three test nodes share this machine's 2 cores; -n8 oversubscribes one node".to_string();
-    (rows, vec![note])
 }

@@ -84,10 +84,19 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
         containers: vec![
             Variant::new("berth --mode extract", move |_| median_ms(ctx, &extract, n)),
             Variant::new("berth --mode mount", move |_| median_ms(ctx, &mount, n)),
+            Variant::new("docker", move |_| {
+                let d = ctx.docker()?;
+                let mut v = Vec::new();
+                for _ in 0..n.max(1) {
+                    v.push(exec::run(d.run(false, &[], None, &os(&["true"])))?.secs * 1e3);
+                }
+                Ok(vec![crate::stats::median(&v)])
+            }),
         ],
         setup_error: None,
         notes: vec![
             "times include `setpriv` to the benchmark user on both sides when the suite runs as root".into(),
+            "docker: `docker run --rm --network none -u UID:GID IMG true` (the docker CLI runs as root, the container as the user)".into(),
         ],
     }
 }
