@@ -9,7 +9,7 @@
 //! a temp rootfs next to the output, then mksquashfs.
 
 use crate::cleanup::{cancelled, TempGuard};
-use crate::fetch::{read_layer, Layer};
+use crate::fetch::{read_layer, Layer, Loc};
 use crate::import::{mib, short, LayerSummary, Options, Plan, Summary, MKSQUASHFS_MEM};
 use crate::merge::{self, Data, Node, Tree};
 use crate::progress::Progress;
@@ -281,7 +281,7 @@ pub(crate) fn assemble(
     let (work, _owner) = make_work_dir(work_path)?;
     let bytes: u64 = plan.layers.iter().map(|l| l.size).sum();
     let started = std::time::Instant::now();
-    let (tree, summaries) = merge_layers(opts, progress, &plan.layers)?;
+    let (tree, summaries, from_index) = merge_layers(opts, progress, &plan.layers)?;
     let n = plan.layers.len();
     if !progress.unpack(0).is_hidden() {
         progress.line(&format!(
@@ -308,6 +308,7 @@ pub(crate) fn assemble(
             tree: &tree,
             layers: &plan.layers,
             config: config.as_bytes(),
+            from_index: &from_index,
         },
         work.path(),
         comp,
@@ -343,7 +344,7 @@ fn merge_layers(
     opts: &Options,
     progress: &Progress,
     layers: &[Layer],
-) -> Result<(Tree, Vec<LayerSummary>), String> {
+) -> Result<(Tree, Vec<LayerSummary>, Vec<bool>), String> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let bar = progress.unpack(layers.iter().map(|l| l.size).sum());
     let n = layers.len();
@@ -364,13 +365,13 @@ fn merge_layers(
                 if i >= n || stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let res = read_layer(&layers[i], bar, |r| merge::scan(r, &cancelled));
-                let _ = tx.send((i, res));
+                let _ = tx.send((i, layer_entries(&layers[i], bar)));
             });
         }
         drop(tx);
         let mut ready = std::collections::BTreeMap::new();
         let mut summaries = Vec::new();
+        let mut from_index = Vec::new();
         for (i, layer) in layers.iter().enumerate() {
             let entries = loop {
                 if let Some(r) = ready.remove(&i) {
@@ -382,7 +383,8 @@ fn merge_layers(
                 };
             };
             let stats = entries
-                .and_then(|e| {
+                .and_then(|(e, indexed)| {
+                    from_index.push(indexed);
                     progress.plain_line(&format!(
                         "applying layer {}/{n} {} ({})",
                         i + 1,
@@ -404,12 +406,12 @@ fn merge_layers(
                 entries: stats.entries,
             });
         }
-        Ok(summaries)
+        Ok((summaries, from_index))
     });
     match merged {
-        Ok(summaries) => {
+        Ok((summaries, from_index)) => {
             bar.finish_and_clear();
-            Ok((tree, summaries))
+            Ok((tree, summaries, from_index))
         }
         Err(e) => {
             bar.abandon();
@@ -418,11 +420,39 @@ fn merge_layers(
     }
 }
 
+/// A layer's entries: from its index in the layer cache, else read (and verified) from the
+/// layer, which then gets an index. True if they came from the index: the layer is then
+/// verified when its data is streamed.
+fn layer_entries(
+    layer: &Layer,
+    bar: &indicatif::ProgressBar,
+) -> Result<(Vec<merge::Entry>, bool), String> {
+    let blob = match &layer.loc {
+        Loc::Cache(p) => Some(p),
+        Loc::Slice { .. } => None,
+    };
+    let indexed = blob
+        .and_then(|b| crate::cache::index_of(b))
+        .and_then(|i| std::fs::read(i).ok())
+        .and_then(|bytes| merge::decode(&bytes));
+    if let Some(entries) = indexed {
+        bar.inc(layer.size);
+        return Ok((entries, true));
+    }
+    let entries = read_layer(layer, bar, |r| merge::scan(r, &cancelled))?;
+    if let Some(b) = blob {
+        crate::cache::store_index(b, &merge::encode(&entries));
+    }
+    Ok((entries, false))
+}
+
 /// What the tar stream is made of.
 struct Image<'a> {
     tree: &'a Tree,
     layers: &'a [Layer],
     config: &'a [u8],
+    /// Per layer: its entries came from the cache's index (so it must be read to be verified).
+    from_index: &'a [bool],
 }
 
 /// tar2sqfs fed from a thread of ours into the work directory, then rename over the output.
@@ -564,10 +594,10 @@ fn write_tar(out: impl Write, image: &Image) -> Result<(), String> {
             layer: i as u32,
             entry: j as u32,
         };
-        if !files
+        let needed = files
             .keys()
-            .any(|d| matches!(d, Data::Layer { layer, .. } if *layer == i as u32))
-        {
+            .any(|d| matches!(d, Data::Layer { layer, .. } if *layer == i as u32));
+        if !needed && !image.from_index[i] {
             continue;
         }
         read_layer(layer, &hidden, |r| {
@@ -581,6 +611,26 @@ fn write_tar(out: impl Write, image: &Image) -> Result<(), String> {
                 }
                 let entry = entry.map_err(|e| format!("broken tar stream: {e}"))?;
                 if let Some((node, names)) = files.remove(&wanted(j)) {
+                    let Node::File { size, .. } = node else {
+                        unreachable!("files() returns files")
+                    };
+                    let kind = entry.header().entry_type();
+                    let file = matches!(
+                        kind,
+                        tar::EntryType::Regular
+                            | tar::EntryType::Continuous
+                            | tar::EntryType::GNUSparse
+                    );
+                    if !file || entry.size() != size {
+                        // Only a changed index can do this: drop it, the next import reads anew.
+                        if let Some(i) = layer_index(layer) {
+                            let _ = std::fs::remove_file(i);
+                        }
+                        return Err(format!(
+                            "entry {} is not what the layer cache's index says; import again",
+                            j + 1
+                        ));
+                    }
                     append_file(&mut b, &node, &names, entry).map_err(io_err)?;
                 }
             }
@@ -597,6 +647,13 @@ fn write_tar(out: impl Write, image: &Image) -> Result<(), String> {
         ));
     }
     b.into_inner().and_then(|mut w| w.flush()).map_err(io_err)
+}
+
+fn layer_index(layer: &Layer) -> Option<PathBuf> {
+    match &layer.loc {
+        Loc::Cache(p) => crate::cache::index_of(p),
+        Loc::Slice { .. } => None,
+    }
 }
 
 /// A symlink, its target byte for byte (the tar crate would normalise `a//b` or `./x`).

@@ -126,8 +126,46 @@ impl Cache {
                 bytes += m.len();
             }
         }
+        // Indexes go with their blobs (and any temp of a dead import with them).
+        let index = self.dir.join("index/sha256");
+        for e in fs::read_dir(&index).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if !dir.join(&name).exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700));
         Ok((n, bytes))
+    }
+}
+
+/// Where the index of a cached blob is kept (its tar entries, so that an import of cached
+/// layers reads each layer once): `<cache>/index/sha256/<hex>` for `<cache>/blobs/sha256/<hex>`.
+pub fn index_of(blob: &Path) -> Option<PathBuf> {
+    let cache = blob.parent()?.parent()?.parent()?;
+    Some(cache.join("index/sha256").join(blob.file_name()?))
+}
+
+/// Store the index of a cached blob (temp name + rename); an index is only a shortcut, so a
+/// failure to store it is not an error.
+pub fn store_index(blob: &Path, bytes: &[u8]) {
+    let Some(path) = index_of(blob) else { return };
+    let Some(dir) = path.parent() else { return };
+    if fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .is_err()
+    {
+        return;
+    }
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        crate::store::random()
+    ));
+    if fs::write(&tmp, bytes).is_err() || fs::rename(&tmp, &path).is_err() {
+        let _ = fs::remove_file(&tmp);
     }
 }
 

@@ -1,6 +1,6 @@
 //! `berth-image import`: plan (resolve the source to a config and an ordered list of verified
-//! layers), fetch (registry layers into the cache), then assemble (apply the layers into a
-//! private temp rootfs next to the output, add the image config, mksquashfs, rename).
+//! layers; here), fetch (registry layers into the cache; [`crate::fetch`]), then assemble
+//! (merge the layers and write the squashfs with its image config; [`crate::assemble`]).
 
 pub(crate) use crate::assemble::make_work_dir;
 use crate::assemble::{assemble, mksquashfs, sweep_stale_temps};

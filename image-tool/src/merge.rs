@@ -522,3 +522,105 @@ fn push_components(todo: &mut Vec<OsString>, path: &Path) {
     }
     todo[start..].reverse();
 }
+
+/// The first bytes of a layer's index (its entries, kept in the layer cache beside the blob).
+const INDEX_MAGIC: &[u8] = b"berth-layer-index 1\n";
+
+/// A layer's entries as bytes: what [`decode`] reads back.
+pub fn encode(entries: &[Entry]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = INDEX_MAGIC.to_vec();
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend((b.len() as u32).to_le_bytes());
+        out.extend(b);
+    };
+    for e in entries {
+        out.push(e.kind.as_byte());
+        out.extend(e.mode.to_le_bytes());
+        out.extend(e.mtime.to_le_bytes());
+        out.extend(e.size.to_le_bytes());
+        bytes(&mut out, e.path.as_os_str().as_bytes());
+        match &e.link {
+            Some(l) => {
+                out.push(1);
+                bytes(&mut out, l.as_os_str().as_bytes());
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
+/// The entries [`encode`] wrote; `None` for anything else (the layer is then read again).
+pub fn decode(mut b: &[u8]) -> Option<Vec<Entry>> {
+    use std::os::unix::ffi::OsStrExt;
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn num<const N: usize>(b: &mut &[u8]) -> Option<[u8; N]> {
+        take(b, N)?.try_into().ok()
+    }
+    fn path(b: &mut &[u8]) -> Option<PathBuf> {
+        let n = u32::from_le_bytes(num(b)?) as usize;
+        Some(PathBuf::from(OsStr::from_bytes(take(b, n)?)))
+    }
+    if take(&mut b, INDEX_MAGIC.len())? != INDEX_MAGIC {
+        return None;
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let kind = EntryType::new(take(&mut b, 1)?[0]);
+        let mode = u32::from_le_bytes(num(&mut b)?);
+        let mtime = u64::from_le_bytes(num(&mut b)?);
+        let size = u64::from_le_bytes(num(&mut b)?);
+        let p = path(&mut b)?;
+        let link = match take(&mut b, 1)?[0] {
+            0 => None,
+            _ => Some(path(&mut b)?),
+        };
+        out.push(Entry {
+            path: p,
+            kind,
+            mode,
+            mtime,
+            size,
+            link,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn index_round_trips() {
+        let entries = vec![
+            Entry {
+                path: PathBuf::from(OsStr::from_bytes(b"etc/\xff name")),
+                kind: EntryType::Regular,
+                mode: 0o4755,
+                mtime: 1_700_000_000,
+                size: 10 << 30,
+                link: None,
+            },
+            Entry {
+                path: PathBuf::from("lib"),
+                kind: EntryType::Symlink,
+                mode: 0o777,
+                mtime: 0,
+                size: 0,
+                link: Some(PathBuf::from("usr//lib/")),
+            },
+        ];
+        let bytes = encode(&entries);
+        let back = decode(&bytes).unwrap();
+        assert_eq!(format!("{entries:?}"), format!("{back:?}"));
+        assert!(decode(&bytes[..bytes.len() - 1]).is_none());
+        assert!(decode(b"something else").is_none());
+    }
+}

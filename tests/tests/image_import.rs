@@ -1267,3 +1267,50 @@ fn streamed_import_matches_unpacked_import() {
         assert!(trees[0].iter().any(|l| l == want), "{want}: {:?}", trees[0]);
     }
 }
+
+/// An import of cached layers reads their entries from the cache's index (each layer is then
+/// read once) and gives the same image; a cached blob changed since is still refused.
+#[test]
+fn cached_layers_are_indexed_and_still_verified() {
+    let sb = Sandbox::new("img-index");
+    let reg = Registry::start("index", None);
+    let layer = tar_layer(&[
+        Entry::Dir("etc/", 0o755),
+        Entry::File("etc/motd", b"indexed", 0o644),
+        Entry::Symlink("motd", "etc/motd"),
+    ]);
+    push_layer(
+        &reg,
+        &layout_dir(&sb, "index"),
+        &layer,
+        json!({}),
+        "demo/index:v1",
+    );
+    let src = format!("docker://{}/demo/index:v1", reg.addr);
+    let (first, again) = (sb.work.join("first.sqsh"), sb.work.join("again.sqsh"));
+    import_ok(&sb, &src, &first, &[]);
+    let index = sb.work.join("cache/index/sha256");
+    let indexed: Vec<_> = fs::read_dir(&index).unwrap().flatten().collect();
+    assert_eq!(indexed.len(), 1, "one layer, one index");
+    let s = import_ok(&sb, &src, &again, &[]);
+    assert_eq!(s["layers"][0]["cached"], true);
+    assert_eq!(listing(&first), listing(&again));
+    assert_eq!(cat_in_image(&again, "etc/motd").as_deref(), Some("indexed"));
+
+    // The blob changed behind the index: refused by its digest, no output.
+    let blob = sb
+        .work
+        .join("cache/blobs/sha256")
+        .join(indexed[0].file_name());
+    fs::write(
+        &blob,
+        gzip(&tar_layer(&[Entry::File("etc/motd", b"evil", 0o644)])),
+    )
+    .unwrap();
+    let out = sb.work.join("tampered.sqsh");
+    let r = run(berth_image(
+        &sb,
+        &["import", &src, "-o", out.to_str().unwrap()],
+    ));
+    expect_clean_failure(&r, &out, "failed verification");
+}
