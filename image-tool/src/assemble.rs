@@ -9,9 +9,9 @@
 //! a temp rootfs next to the output, then mksquashfs.
 
 use crate::cleanup::{cancelled, TempGuard};
-use crate::fetch::{read_layer, Layer, Loc};
+use crate::fetch::{layer_entries, read_layer, Layer, Loc};
 use crate::import::{mib, short, LayerSummary, Options, Plan, Summary, MKSQUASHFS_MEM};
-use crate::merge::{self, Data, Node, Tree};
+use crate::merge::{Data, Node, Tree};
 use crate::progress::Progress;
 use crate::unpack::Unpacker;
 use berth_image_config::CONFIG_PATH;
@@ -365,7 +365,7 @@ fn merge_layers(
                 if i >= n || stop.load(Ordering::SeqCst) {
                     break;
                 }
-                let _ = tx.send((i, layer_entries(&layers[i], bar)));
+                let _ = tx.send((i, layer_entries(&layers[i], bar, opts.max_size)));
             });
         }
         drop(tx);
@@ -383,8 +383,8 @@ fn merge_layers(
                 };
             };
             let stats = entries
-                .and_then(|(e, indexed)| {
-                    from_index.push(indexed);
+                .and_then(|e| {
+                    from_index.push(e.indexed);
                     progress.plain_line(&format!(
                         "applying layer {}/{n} {} ({})",
                         i + 1,
@@ -394,7 +394,12 @@ fn merge_layers(
                     match cancelled() {
                         true => Err("interrupted".into()),
                         false => tree
-                            .apply(i as u32, &e)
+                            .apply(i as u32, &e.list)
+                            .and_then(|stats| match e.complete {
+                                true => Ok(stats),
+                                // Cannot happen: the layer's files alone are over the limit.
+                                false => Err("the image unpacks to more than --max-size".into()),
+                            })
                             .map_err(|e| format!("layer {}: {e}", layer.digest)),
                     }
                 })
@@ -418,32 +423,6 @@ fn merge_layers(
             Err(e)
         }
     }
-}
-
-/// A layer's entries: from its index in the layer cache, else read (and verified) from the
-/// layer, which then gets an index. True if they came from the index: the layer is then
-/// verified when its data is streamed.
-fn layer_entries(
-    layer: &Layer,
-    bar: &indicatif::ProgressBar,
-) -> Result<(Vec<merge::Entry>, bool), String> {
-    let blob = match &layer.loc {
-        Loc::Cache(p) => Some(p),
-        Loc::Slice { .. } => None,
-    };
-    let indexed = blob
-        .and_then(|b| crate::cache::index_of(b))
-        .and_then(|i| std::fs::read(i).ok())
-        .and_then(|bytes| merge::decode(&bytes));
-    if let Some(entries) = indexed {
-        bar.inc(layer.size);
-        return Ok((entries, true));
-    }
-    let entries = read_layer(layer, bar, |r| merge::scan(r, &cancelled))?;
-    if let Some(b) = blob {
-        crate::cache::store_index(b, &merge::encode(&entries));
-    }
-    Ok((entries, false))
 }
 
 /// What the tar stream is made of.

@@ -2,6 +2,7 @@
 //! and read back decompressed with their digests verified.
 
 use crate::cache::Cache;
+use crate::cleanup::cancelled;
 use crate::import::short;
 use crate::oci::Descriptor;
 use crate::progress::Progress;
@@ -131,6 +132,48 @@ pub(crate) fn open_loc(loc: &Loc) -> Result<Box<dyn Read>, String> {
     }
 }
 
+/// A layer's entries, and whether they came from the cache's index (the layer is then
+/// verified when its data is streamed) and are all there (see [`crate::merge::scan`]).
+pub(crate) struct Entries {
+    pub list: Vec<crate::merge::Entry>,
+    pub indexed: bool,
+    pub complete: bool,
+}
+
+/// A layer's entries: from its index in the layer cache, else read (and verified) from the
+/// layer, which then gets an index.
+pub(crate) fn layer_entries(
+    layer: &Layer,
+    bar: &indicatif::ProgressBar,
+    max_size: u64,
+) -> Result<Entries, String> {
+    let blob = match &layer.loc {
+        Loc::Cache(p) => Some(p),
+        Loc::Slice { .. } => None,
+    };
+    let indexed = blob
+        .and_then(|b| crate::cache::index_of(b))
+        .and_then(|i| std::fs::read(i).ok())
+        .and_then(|bytes| crate::merge::decode(&bytes));
+    if let Some(list) = indexed {
+        bar.inc(layer.size);
+        return Ok(Entries {
+            list,
+            indexed: true,
+            complete: true,
+        });
+    }
+    let (list, complete) = read_layer(layer, bar, |r| crate::merge::scan(r, &cancelled, max_size))?;
+    if let (Some(b), true) = (blob, complete) {
+        crate::cache::store_index(b, &crate::merge::encode(&list));
+    }
+    Ok(Entries {
+        list,
+        indexed: false,
+        complete,
+    })
+}
+
 /// Fetch the layers missing from the cache, a few at a time; each is verified before it
 /// enters the cache.
 pub(crate) fn fetch_layers(
@@ -138,6 +181,7 @@ pub(crate) fn fetch_layers(
     client: &Client,
     cache: &Cache,
     descs: &[Descriptor],
+    max_size: u64,
 ) -> Result<Vec<Layer>, String> {
     let total = descs.len();
     let was_cached: Vec<bool> = descs
@@ -172,6 +216,17 @@ pub(crate) fn fetch_layers(
                 );
                 let res = client.fetch_layer(&l.digest, cache, &|have| bar.at(have));
                 bar.finish(progress, res.as_ref().map(|c| *c).map_err(|_| ()));
+                // Read a new layer's entries now, while others download: the merge then finds
+                // them in its index. A failure here is the merge's to report.
+                if let (Ok(false), Ok(path)) = (&res, cache.blob_path(&l.digest)) {
+                    let layer = Layer {
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        loc: Loc::Cache(path),
+                        cached: false,
+                    };
+                    let _ = layer_entries(&layer, &indicatif::ProgressBar::hidden(), max_size);
+                }
                 let failed = res.is_err();
                 *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
                 if failed {

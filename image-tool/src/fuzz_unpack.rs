@@ -516,7 +516,7 @@ fn merge_all(tars: &[Vec<u8>]) -> (crate::merge::Tree, Vec<Result<(), String>>) 
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let entries = crate::merge::scan(&t[..], &|| false)?;
+            let (entries, _) = crate::merge::scan(&t[..], &|| false, 1 << 20)?;
             tree.apply(i as u32, &entries).map(|_| ())
         })
         .collect();

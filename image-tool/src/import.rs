@@ -437,7 +437,7 @@ fn plan_resolved(
         });
     }
 
-    let layers = crate::fetch::fetch_layers(progress, client, &cache, &doc.layers)?;
+    let layers = crate::fetch::fetch_layers(progress, client, &cache, &doc.layers, opts.max_size)?;
     Ok(Plan {
         config,
         layers,

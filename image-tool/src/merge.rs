@@ -81,9 +81,16 @@ fn errno_msg(what: &str, path: &Path, e: Errno) -> String {
     format!("{what} '{}': {}", path.display(), e.desc())
 }
 
-/// The entries of one layer (an uncompressed tar stream), read to its end.
-pub fn scan(reader: impl Read, cancelled: &dyn Fn() -> bool) -> Result<Vec<Entry>, String> {
+/// The entries of one layer (an uncompressed tar stream), read to its end; or, once its files
+/// add up to more than `max_size`, only so far (false): the merge then refuses the layer
+/// without a bomb of zeros being expanded to its end first.
+pub fn scan(
+    reader: impl Read,
+    cancelled: &dyn Fn() -> bool,
+    max_size: u64,
+) -> Result<(Vec<Entry>, bool), String> {
     let mut out = Vec::new();
+    let mut files = 0u64;
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
@@ -110,8 +117,17 @@ pub fn scan(reader: impl Read, cancelled: &dyn Fn() -> bool) -> Result<Vec<Entry
                 .map(|l| l.into_owned())
                 .filter(|l| !l.as_os_str().is_empty()),
         });
+        if matches!(
+            h.entry_type(),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+        ) {
+            files = files.saturating_add(entry.size());
+            if files > max_size {
+                return Ok((out, false));
+            }
+        }
     }
-    Ok(out)
+    Ok((out, true))
 }
 
 impl Tree {
@@ -596,6 +612,22 @@ pub fn decode(mut b: &[u8]) -> Option<Vec<Entry>> {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    /// A file over the limit ends the scan at its header: its data (here: none, as a bomb's
+    /// would be terabytes of zeros) is not read.
+    #[test]
+    fn scan_stops_at_a_file_over_the_limit() {
+        let mut h = tar::Header::new_gnu();
+        h.set_path("zeros").unwrap();
+        h.set_size(1 << 40);
+        h.set_cksum();
+        let (entries, complete) = scan(&h.as_bytes()[..], &|| false, 1 << 30).unwrap();
+        assert_eq!((entries.len(), complete), (1, false));
+        let mut tree = Tree::new(0);
+        tree.set_max_size(1 << 30);
+        let err = tree.apply(0, &entries).unwrap_err();
+        assert!(err.contains("more than --max-size 1 GiB"), "{err}");
+    }
 
     #[test]
     fn index_round_trips() {
