@@ -112,6 +112,9 @@ pub fn with_cluster<T>(
             "run as root: it starts the local test cluster (tests/slurm/cluster.sh)".into(),
         );
     }
+    // slurmd and srun load the plugin from their own working directories.
+    let plugin = &std::fs::canonicalize(plugin)
+        .map_err(|e| format!("the plugin {}: {e}", plugin.display()))?;
     let _lock = lock_cluster()?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/slurm/cluster.sh");
     let dir = PathBuf::from(format!("/tmp/berth-bench-slurm-{}", std::process::id()));

@@ -338,10 +338,12 @@ fn bad_inputs_mark_their_rows_and_the_other_workloads_go_on() {
         fea[0]
     );
     assert_eq!(samples(fea[0], "native_samples").len(), 1);
-    for r in rows(&s, "MPI, 1 node") {
+    let (mpi, mpi_docker) = berth_and_docker(rows(&s, "MPI, 1 node"));
+    for r in mpi {
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(samples(r, "container_samples").len(), 1);
     }
+    mpi_docker.iter().for_each(|r| no_docker(r));
     assert!(
         s.md.contains("**FAILED**: /nonexistent/hpcc is missing"),
         "{}",
@@ -545,6 +547,8 @@ fn test_cluster_rows_mpi_over_veth_and_nodes_are_measured() {
             "100",
             "--mpi-tcp-iters",
             "100",
+            "--startup-runs",
+            "2",
             "--scale-ranks",
             "1",
             "--scale-nodes",
