@@ -271,6 +271,9 @@ struct SuiteArgs {
     /// Test-cluster nodes for start-up scaling (`srun -N N`, one task per node)
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     scale_nodes: Vec<u32>,
+    /// Redraw DIR/report.svg from DIR/report.json (no measurement) and exit
+    #[arg(long, value_name = "DIR")]
+    replot: Option<PathBuf>,
 }
 
 fn parse_mesh(s: &str) -> Result<[u32; 3], String> {
@@ -425,6 +428,7 @@ fn main() {
                 large_gib: s.large_gib,
                 scale_ranks: s.scale_ranks,
                 scale_nodes: s.scale_nodes,
+                replot: s.replot,
             })
             .map(|_| ())
         }

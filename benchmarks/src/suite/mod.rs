@@ -49,6 +49,7 @@ pub struct Args {
     pub large_gib: u32,
     pub scale_ranks: Vec<u32>,
     pub scale_nodes: Vec<u32>,
+    pub replot: Option<PathBuf>,
 }
 
 pub const WORKLOADS: [&str; 9] = [
@@ -311,6 +312,9 @@ pub fn run(a: &Args) -> Result<i32, String> {
             a.mode
         ));
     }
+    if let Some(dir) = &a.replot {
+        return replot(a, dir);
+    }
     if let Some(path) = &a.sbatch {
         sbatch::write(a, path)?;
         eprintln!(
@@ -487,6 +491,57 @@ pub fn run(a: &Args) -> Result<i32, String> {
         rep.rows.len()
     );
     print!("{}", report::table(&rep));
+    Ok(0)
+}
+
+/// Redraw DIR/report.svg from DIR/report.json: the rows and their samples as measured.
+fn replot(a: &Args, dir: &Path) -> Result<i32, String> {
+    let path = dir.join("report.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let j: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let samples = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+            .unwrap_or_default()
+    };
+    let rows = j["rows"]
+        .as_array()
+        .ok_or("report.json has no rows")?
+        .iter()
+        .map(|r| Row {
+            workload: str_of(&r["workload"]),
+            metric: str_of(&r["metric"]),
+            unit: str_of(&r["unit"]),
+            higher_is_better: r["higher_is_better"].as_bool().unwrap_or(false),
+            native_label: str_of(&r["native_label"]),
+            container_label: str_of(&r["container_label"]),
+            native: samples(&r["native_samples"]),
+            container: samples(&r["container_samples"]),
+            target: r["target"]["ratio"].as_f64().map(|ratio| Target {
+                ratio,
+                at_least: r["target"]["at_least"].as_bool().unwrap_or(false),
+            }),
+            failed: r["why"].as_str().map(String::from),
+        })
+        .collect();
+    let rep = report::Report {
+        args: a,
+        machine: j["machine"].clone(),
+        load_after: str_of(&j["load_after"]),
+        started: str_of(&j["started"]),
+        finished: str_of(&j["finished"]),
+        rows,
+        refs: Vec::new(),
+        notes: Vec::new(),
+    };
+    plot::write(&rep, &dir.join("report.svg"))?;
+    eprintln!(
+        "berth-bench suite: wrote {}",
+        dir.join("report.svg").display()
+    );
     Ok(0)
 }
 

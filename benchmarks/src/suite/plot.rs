@@ -8,14 +8,95 @@ use std::path::Path;
 const COLS: usize = 4;
 const PANEL: (u32, u32) = (330, 240);
 
+/// Height of the native/Docker/berth panel at the bottom, when there are Docker rows.
+const SIDE_BY_SIDE: u32 = 380;
+
 pub fn write(rep: &Report, path: &Path) -> Result<(), String> {
     let n = rep.rows.len().max(1);
     let rows = n.div_ceil(COLS);
-    let size = (PANEL.0 * COLS as u32, PANEL.1 * rows as u32 + 40);
+    let docker = groups(rep);
+    let extra = if docker.is_empty() { 0 } else { SIDE_BY_SIDE };
+    let size = (PANEL.0 * COLS as u32, PANEL.1 * rows as u32 + 40 + extra);
     let root = SVGBackend::new(path, size).into_drawing_area();
-    draw(rep, &root, rows).map_err(|e| format!("plot: {e}"))?;
+    let (top, bottom) = root.split_vertically(PANEL.1 * rows as u32 + 40);
+    draw(rep, &top, rows).map_err(|e| format!("plot: {e}"))?;
+    if !docker.is_empty() {
+        side_by_side(&docker, &bottom).map_err(|e| format!("plot: {e}"))?;
+    }
     root.present()
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Per Docker row: its name and the overhead % of Docker, berth mount, berth extract.
+type Group = (String, [Option<f64>; 3]);
+
+fn groups(rep: &Report) -> Vec<Group> {
+    let overhead = |r: Option<&super::Row>| r.and_then(super::report::figures).map(|f| f.overhead);
+    rep.rows
+        .iter()
+        .filter(|d| d.container_label.starts_with("docker"))
+        .map(|d| {
+            let find = |mode: &str| {
+                rep.rows.iter().find(|r| {
+                    r.workload == d.workload
+                        && r.metric == d.metric
+                        && r.container_label
+                            .starts_with(&format!("berth --mode {mode}"))
+                        && !r.container_label.contains("host MPI")
+                })
+            };
+            (
+                format!("{}: {}", d.workload, d.metric),
+                [
+                    overhead(Some(d)),
+                    overhead(find("mount")),
+                    overhead(find("extract")),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// One chart: overhead % against native of Docker, berth mount and berth extract per
+/// workload, bars clipped at +-100% (the table has the figures).
+fn side_by_side(groups: &[Group], area: &Area) -> Result<(), Box<dyn std::error::Error>> {
+    let n = groups.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "overhead vs native, % (blue: Docker, red: berth mount, green: berth extract; clipped at +-100)",
+            ("sans-serif", 13),
+        )
+        .margin(10)
+        .x_label_area_size(20)
+        .y_label_area_size(46)
+        .build_cartesian_2d(0f64..n, -100f64..100f64)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_labels(9)
+        .label_style(("sans-serif", 10))
+        .draw()?;
+    for (i, (name, v)) in groups.iter().enumerate() {
+        let x = i as f64;
+        for (k, (val, color)) in v.iter().zip([BLUE, RED, GREEN]).enumerate() {
+            if let Some(o) = val {
+                let o = o.clamp(-100.0, 100.0);
+                let x0 = x + 0.15 + 0.23 * k as f64;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(x0, 0.0), (x0 + 0.2, o)],
+                    color.mix(0.6).filled(),
+                )))?;
+            }
+        }
+        let label: String = name.chars().take(34).collect();
+        chart.draw_series(std::iter::once(Text::new(
+            label,
+            (x + 0.05, 95.0 - 6.0 * (i % 3) as f64),
+            ("sans-serif", 8).into_font(),
+        )))?;
+    }
+    Ok(())
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
