@@ -255,6 +255,13 @@ impl Plan {
             None => None,
         };
         let mpi = site::mpi_plan(&ctx);
+        // Only a FUSE-served image has an image keeper; finding a Slurm job's extern step
+        // looks through /proc, which other runs need not pay for.
+        let keeper_scope = match rootfs {
+            Rootfs::Fuse => keeper_scope(env),
+            Rootfs::Extract | Rootfs::Directory => String::new(),
+        };
+        let keeper_anchor = key::keeper_anchor(&keeper_scope);
         let mut plan = Plan {
             image,
             rootfs,
@@ -272,8 +279,8 @@ impl Plan {
                 .unwrap_or(DEFAULT_IMAGE_IDLE_SECS),
             image_cache_bytes: (policy.image_cache_mib.unwrap_or(DEFAULT_IMAGE_CACHE_MIB) as usize)
                 << 20,
-            keeper_scope: keeper_scope(env),
-            keeper_anchor: key::keeper_anchor(&keeper_scope(env)),
+            keeper_scope,
+            keeper_anchor,
             mpi,
             env_rules: policy.env.clone(),
             notes,
