@@ -88,6 +88,20 @@ pub const CASES: [Case; 4] = [
     },
 ];
 
+/// For each node count n, `srun -Nn -nn true` plain then in a container: one task per node.
+pub fn node_cases(nodes: &[u32]) -> Vec<Case> {
+    nodes
+        .iter()
+        .flat_map(|&n| {
+            [false, true].map(|container| Case {
+                nodes: n,
+                tasks: n,
+                container,
+            })
+        })
+        .collect()
+}
+
 /// Held (flock, exclusive) by whoever runs the test cluster (tests/src/slurm.rs CLUSTER_LOCK):
 /// it owns a fixed bridge and ports, so one at a time on the machine.
 pub const CLUSTER_LOCK: &str = "/run/berth-test-cluster.lock";
@@ -178,16 +192,7 @@ pub fn run_nodes(a: &Args, nodes: &[u32]) -> Result<(), String> {
         .copied()
         .max()
         .ok_or("--nodes: give at least one count")?;
-    let cases: Vec<Case> = nodes
-        .iter()
-        .flat_map(|&n| {
-            [false, true].map(|container| Case {
-                nodes: n,
-                tasks: n,
-                container,
-            })
-        })
-        .collect();
+    let cases = node_cases(nodes);
     let samples = with_cluster(&a.plugin, max, |conf| time_cases(a, conf, &cases))?;
     let s: Vec<Summary> = samples.iter().map(|v| Summary::of(v)).collect();
     println!(

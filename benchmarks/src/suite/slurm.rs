@@ -106,17 +106,7 @@ pub fn rows(a: &Args, ctx: &Ctx, p: &Parts) -> (Vec<Row>, Vec<String>) {
         warmup: 2,
     };
     let nodes = a.scale_nodes.iter().copied().max().unwrap_or(1).max(3);
-    let scale_cases: Vec<Case> = a
-        .scale_nodes
-        .iter()
-        .flat_map(|&n| {
-            [false, true].map(|container| Case {
-                nodes: n,
-                tasks: n,
-                container,
-            })
-        })
-        .collect();
+    let scale_cases = slurm_steps::node_cases(&a.scale_nodes);
     eprintln!("berth-bench suite: starting the local test cluster ({nodes} nodes)");
     let result = slurm_steps::with_cluster(&args.plugin, nodes, |conf| {
         let mut rows = Vec::new();
