@@ -21,14 +21,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The berth-image binary
+    #[arg(long)]
     pub berth_image: PathBuf,
+    /// A rootfs directory to make the image from (e.g. /var/cache/berth-test/demo-rootfs)
+    #[arg(long)]
     pub rootfs: PathBuf,
+    /// Timed rounds (each: fresh import, pipeline, re-import, import from cached layers)
+    #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Where the layout, caches and outputs go (default: the temp directory)
+    #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Print the figures as JSON instead of a table
+    #[arg(long)]
     pub json: bool,
-    /// Instead of the rounds: import an image of about this many GiB from cached layers
-    /// (streamed, then the old unpack path) and report MB/s. Not for CI.
+    /// Instead: import an image of about GIB GiB from cached layers, streamed and the old
+    /// way, and report MB/s (minutes and GiBs of disk; not for CI)
+    #[arg(long = "big", value_name = "GIB")]
     pub big_gib: Option<u64>,
 }
 

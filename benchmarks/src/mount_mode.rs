@@ -20,16 +20,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The berth launcher binary
+    #[arg(long, default_value = "target/release/berth")]
     pub berth: PathBuf,
+    /// Charliecloud's ch-run (the start-up peer)
+    #[arg(long, default_value = "ch-run")]
     pub ch_run: PathBuf,
+    /// The demo image the test image is made from (plus /bench)
+    #[arg(long, default_value = "/var/cache/berth-test/demo.sqsh")]
     pub demo_image: PathBuf,
+    /// Where the test image is built once and kept
+    #[arg(long, default_value = "/var/tmp/berth-bench/mount-mode")]
     pub cache_dir: PathBuf,
+    /// Timed start-up rounds (medians need at least 20)
+    #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Untimed start-up warm-up rounds
+    #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Timed I/O rounds (after one untimed round)
+    #[arg(long, default_value_t = 5)]
     pub io_runs: usize,
+    /// Runs started at once
+    #[arg(long, default_value_t = 16)]
     pub burst: usize,
+    /// The image server's block cache (policy's image_cache_mib), for the memory target
+    #[arg(long, default_value_t = 64.0)]
     pub block_cache_mib: f64,
+    /// Print the figures as JSON instead of a table
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -8,11 +8,22 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The berth launcher binary
+    #[arg(long)]
     pub berth: PathBuf,
+    /// A squashfs image (ideally one with an MPI the policy injects over)
+    #[arg(long)]
     pub image: PathBuf,
+    /// The site policy to measure (e.g. benchmarks/site-policy.toml)
+    #[arg(long)]
     pub policy: PathBuf,
+    /// Timed runs of each (medians need at least 20)
+    #[arg(long, default_value_t = 30)]
     pub runs: usize,
+    /// Untimed warm-up rounds before the timed ones
+    #[arg(long, default_value_t = 3)]
     pub warmup: usize,
 }
 

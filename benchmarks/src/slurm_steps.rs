@@ -10,11 +10,23 @@ use nix::fcntl::{Flock, FlockArg};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The `slurm` command's options (its defaults); srun-nodes and the suite fill it in.
+#[derive(clap::Args)]
 pub struct Args {
+    /// The SPANK plugin (target/release/libspank_berth.so)
+    #[arg(long)]
     pub plugin: PathBuf,
+    /// A squashfs image readable by the user
+    #[arg(long)]
     pub image: PathBuf,
+    /// The non-root user the jobs are submitted as
+    #[arg(long, default_value = "berthtest")]
     pub user: String,
+    /// Timed rounds (medians need at least 20)
+    #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Untimed warm-up rounds
+    #[arg(long, default_value_t = 2)]
     pub warmup: usize,
 }
 

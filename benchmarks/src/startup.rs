@@ -13,14 +13,31 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The berth launcher binary
+    #[arg(long)]
     pub berth: PathBuf,
+    /// Charliecloud's ch-run (the peer)
+    #[arg(long, default_value = "ch-run")]
     pub ch_run: PathBuf,
+    /// A squashfs image
+    #[arg(long)]
     pub image: PathBuf,
+    /// The same image unpacked into a directory (for `ch-run DIR`)
+    #[arg(long)]
     pub rootfs: PathBuf,
+    /// Timed runs of each command (medians need at least 20)
+    #[arg(long, default_value_t = 30)]
     pub runs: usize,
+    /// Untimed warm-up rounds before the timed ones
+    #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Repetitions of the read-throughput test per mode
+    #[arg(long, default_value_t = 3)]
     pub read_reps: usize,
+    /// Print the figures as JSON instead of a table
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -20,36 +20,108 @@ mod startup;
 use exec::{Ctx, User};
 use std::path::{Path, PathBuf};
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The berth launcher binary
+    #[arg(long, default_value = "target/release/berth")]
     pub berth: PathBuf,
+    /// The benchmark image (benchmarks/images/build-bench.sh)
+    #[arg(long, default_value = "/var/cache/berth-bench/bench.sqsh")]
     pub image: PathBuf,
+    /// The same image unpacked (the native side of the I/O workload reads its files)
+    #[arg(long, default_value = "/var/cache/berth-bench/bench-rootfs")]
     pub rootfs: PathBuf,
+    /// Where report.md, report.json and report.svg go
+    #[arg(long, default_value = "berth-bench-report")]
     pub out: PathBuf,
+    /// Repetitions (each: native then container)
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Untimed warm-up rounds per workload (small problem sizes for Linpack and FEA)
+    #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Workloads to run, comma-separated: linpack,fea,mpi,startup,io,python,large-image,scaling,slurm (default: all)
+    #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// berth's mode for the container side of Linpack, FEA and MPI (I/O and start-up run both);
+    /// `mount,extract`: Linpack and FEA run both, as two container variants (MPI the first)
+    #[arg(long, default_value = "mount")]
     pub mode: String,
+    /// MPI ranks on the node (Linpack, MPI)
+    #[arg(long, default_value_t = 2)]
     pub ranks: u32,
+    /// The non-root user the commands run as when the suite runs as root
+    #[arg(long, default_value = "berthtest")]
     pub user: String,
+    /// The hpcc binary (the same path is run inside the image)
+    #[arg(long, default_value = "/usr/bin/hpcc")]
     pub hpcc: String,
+    /// HPL problem size N (memory: 8 N^2 bytes over all ranks; choose ~60% of a node's memory on a real node)
+    #[arg(long, default_value_t = 5000)]
     pub hpl_n: u32,
+    /// HPL block size NB
+    #[arg(long, default_value_t = 192)]
     pub hpl_nb: u32,
+    /// CalculiX's ccx (the same path is run inside the image)
+    #[arg(long, default_value = "/usr/bin/ccx")]
     pub ccx: String,
+    /// The generated deck's mesh: NXxNYxNZ C3D20 elements
+    #[arg(long, default_value = "60x10x10", value_parser = parse_mesh)]
     pub fea_mesh: [u32; 3],
+    /// A site's ABAQUS command (with --abaqus-input, used instead of CalculiX)
+    #[arg(long, env = "BERTH_BENCH_ABAQUS")]
     pub abaqus: Option<String>,
+    /// The ABAQUS input (e.g. the s4b sample), with --abaqus
+    #[arg(long, env = "BERTH_BENCH_ABAQUS_INPUT")]
     pub abaqus_input: Option<PathBuf>,
+    /// Ping-pong and allreduce iterations
+    #[arg(long, default_value_t = 200000)]
     pub mpi_iters: u32,
+    /// A site policy that injects the host's MPI (default: one made for the host's Open MPI)
+    #[arg(long)]
     pub mpi_policy: Option<PathBuf>,
+    /// Start-up runs per repetition (the repetition's figure is their median); also the Slurm rounds
+    #[arg(long, default_value_t = 10)]
     pub startup_runs: usize,
+    /// MiB written to the bind-mounted directory
+    #[arg(long, default_value_t = 256)]
     pub io_write_mib: u32,
+    /// The SPANK plugin, for the start-up rows under Slurm (local test cluster; root)
+    #[arg(long)]
     pub plugin: Option<PathBuf>,
+    /// Write an sbatch script that runs this suite on a real node, and exit
+    #[arg(long)]
     pub sbatch: Option<PathBuf>,
+    /// Nodes for --sbatch (2 adds MPI rows across two hosts)
+    #[arg(long, default_value_t = 1)]
     pub sbatch_nodes: u32,
+    /// Ping-pong and allreduce iterations across two test-cluster nodes (TCP over veth)
+    #[arg(long, default_value_t = 5000)]
     pub mpi_tcp_iters: u32,
+    /// GiB of incompressible data in /opt of the large image (first start, extract vs mount vs Docker)
+    #[arg(long, default_value_t = 3)]
     pub large_gib: u32,
+    /// Ranks on one node for start-up scaling (`mpirun -np N`, oversubscribed past the cores)
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
     pub scale_ranks: Vec<u32>,
+    /// Test-cluster nodes for start-up scaling (`srun -N N`, one task per node)
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     pub scale_nodes: Vec<u32>,
+    /// Redraw DIR/report.svg from DIR/report.json (no measurement) and exit
+    #[arg(long, value_name = "DIR")]
     pub replot: Option<PathBuf>,
+}
+
+fn parse_mesh(s: &str) -> Result<[u32; 3], String> {
+    let v: Vec<u32> = s
+        .split('x')
+        .map(|p| p.parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad mesh '{s}': expected NXxNYxNZ, e.g. 40x8x8"))?;
+    match v[..] {
+        [x, y, z] if x > 0 && y > 0 && z > 0 => Ok([x, y, z]),
+        _ => Err(format!("bad mesh '{s}': expected NXxNYxNZ, e.g. 40x8x8")),
+    }
 }
 
 pub const WORKLOADS: [&str; 9] = [
