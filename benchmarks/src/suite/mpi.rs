@@ -101,23 +101,24 @@ fn parse(out: &str, host_mpi: Option<bool>) -> Result<Vec<f64>, String> {
         .collect()
 }
 
-pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
-    let mut setup_error = None;
-    let mut bin = PathBuf::new();
-    let mut policy = PathBuf::new();
-    match compile(ctx).and_then(|b| {
+/// The compiled benchmark and the policy that injects the host's MPI, or empty paths and why
+/// they could not be made (the rows then say so).
+fn setup(a: &Args, ctx: &Ctx) -> (PathBuf, PathBuf, Option<String>) {
+    let made = compile(ctx).and_then(|b| {
         let p = match &a.mpi_policy {
             Some(p) => p.clone(),
             None => host_mpi_policy(ctx)?,
         };
         Ok((b, p))
-    }) {
-        Ok((b, p)) => {
-            bin = b;
-            policy = p;
-        }
-        Err(e) => setup_error = Some(e),
+    });
+    match made {
+        Ok((b, p)) => (b, p, None),
+        Err(e) => (PathBuf::new(), PathBuf::new(), Some(e)),
     }
+}
+
+pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
+    let (bin, policy, setup_error) = setup(a, ctx);
     let mut out = vec![one(
         a,
         ctx,
@@ -159,22 +160,7 @@ pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
 /// Open MPI's TCP BTL crosses a real veth path, not shared memory): `salloc -N2 mpirun
 /// --map-by node` from the cluster's host, with `conf` its slurm.conf.
 pub fn over_veth<'a>(a: &'a Args, ctx: &'a Ctx, conf: &Path) -> Workload<'a> {
-    let mut setup_error = None;
-    let mut bin = PathBuf::new();
-    let mut policy = PathBuf::new();
-    match compile(ctx).and_then(|b| {
-        let p = match &a.mpi_policy {
-            Some(p) => p.clone(),
-            None => host_mpi_policy(ctx)?,
-        };
-        Ok((b, p))
-    }) {
-        Ok((b, p)) => {
-            bin = b;
-            policy = p;
-        }
-        Err(e) => setup_error = Some(e),
-    }
+    let (bin, policy, setup_error) = setup(a, ctx);
     let salloc: Vec<OsString> = ["salloc", "-N2", "-n2", "--ntasks-per-node=1", "--quiet"]
         .map(OsString::from)
         .to_vec();
