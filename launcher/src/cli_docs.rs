@@ -104,6 +104,28 @@ pub fn undocumented_flags(cmd: clap::Command) -> std::io::Result<Vec<String>> {
     Ok(missing)
 }
 
+/// For a command's tests: each page of `expected` that [`man_pages`] does not make, then each
+/// page it makes whose name holds `unwanted` (such as a hidden subcommand); empty when none.
+pub fn man_page_mismatches(
+    cmd: clap::Command,
+    expected: &[&str],
+    unwanted: &str,
+) -> std::io::Result<Vec<String>> {
+    let names: Vec<String> = man_pages(cmd)?.into_iter().map(|p| p.0).collect();
+    let mut wrong: Vec<String> = expected
+        .iter()
+        .filter(|page| !names.iter().any(|n| n == *page))
+        .map(|page| format!("no {page} among {names:?}"))
+        .collect();
+    wrong.extend(
+        names
+            .iter()
+            .filter(|n| n.contains(unwanted))
+            .map(|n| format!("{n} is made")),
+    );
+    Ok(wrong)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +149,16 @@ mod tests {
     fn pages_for_the_command_and_each_subcommand() {
         let names: Vec<String> = man_pages(toy()).unwrap().into_iter().map(|p| p.0).collect();
         assert_eq!(names, ["toy.1", "toy-go.1", "toy-go-deep.1"]);
+    }
+
+    #[test]
+    fn man_page_mismatches_name_missing_and_unwanted_pages() {
+        let ok = man_page_mismatches(toy(), &["toy.1", "toy-go.1"], "generate-man").unwrap();
+        assert_eq!(ok, Vec::<String>::new());
+        let wrong = man_page_mismatches(toy(), &["toy-stop.1"], "deep").unwrap();
+        assert_eq!(wrong.len(), 2, "{wrong:?}");
+        assert!(wrong[0].starts_with("no toy-stop.1 among"), "{wrong:?}");
+        assert_eq!(wrong[1], "toy-go-deep.1 is made");
     }
 
     #[test]
