@@ -10,7 +10,7 @@
 //! with all layers cached. Targets are printed as PASS/MISS; the exit status is 0 either way.
 
 use crate::proc::{self, Exit};
-use crate::stats::Summary;
+use crate::stats::{verdict, Summary};
 use berth_tests::registry::Registry;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -275,14 +275,6 @@ fn secs(d: Duration) -> f64 {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
 }
 
 fn file_count(img: &Path) -> Result<usize, String> {

@@ -9,7 +9,7 @@
 //! dropping it needs root.
 
 use crate::proc;
-use crate::stats::{median, Summary};
+use crate::stats::{median, verdict, Summary};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -66,7 +66,6 @@ const KEEPER_RSS_MIB: f64 = 32.0;
 
 /// The keeper's idle time for the warm rows: longer than the whole benchmark.
 const IDLE_WARM: &str = "600";
-const ORPHAN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the concurrent runs may take to be all inside their containers.
 const BURST_TIMEOUT: Duration = Duration::from_secs(180);
 /// The FUSE server's process name (berth sets it with PR_SET_NAME).
@@ -531,7 +530,7 @@ impl Bench<'_> {
             .stderr(Stdio::inherit())
             .output()
             .map_err(err(format!("cannot start {}", self.a.berth.display())))?;
-        proc::reap_orphans(ORPHAN_TIMEOUT);
+        proc::reap_orphans(proc::ORPHAN_TIMEOUT);
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             return Err(format!(
@@ -836,7 +835,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     // subreaper role (so the rounds do not wait for it; it is killed at the end).
     eprintln!("berth-bench: warming the extract cache and starting the warm keeper");
     proc::run_timed(&mut b.start_true(Side::Extract))?;
-    proc::reap_orphans(ORPHAN_TIMEOUT);
+    proc::reap_orphans(proc::ORPHAN_TIMEOUT);
     let before: Vec<i32> = image_servers(&image.path).iter().map(|s| s.pid).collect();
     proc::set_subreaper(false).map_err(err("prctl"))?;
     let started = proc::run_timed(&mut b.start_true(Side::Warm));
@@ -894,7 +893,7 @@ pub fn run(a: &Args) -> Result<(), String> {
             } else {
                 Vec::new()
             };
-            let left = proc::reap_orphans(ORPHAN_TIMEOUT);
+            let left = proc::reap_orphans(proc::ORPHAN_TIMEOUT);
             if round < a.warmup {
                 continue;
             }
@@ -1086,7 +1085,7 @@ fn burst(b: &Bench) -> Result<Burst, String> {
             kill_child(pid);
         }
     }
-    proc::reap_orphans(ORPHAN_TIMEOUT);
+    proc::reap_orphans(proc::ORPHAN_TIMEOUT);
     Ok(Burst {
         runs: n,
         succeeded,
@@ -1109,14 +1108,6 @@ struct Report<'a> {
     io: &'a [(Measure, Side, Series)],
     burst: &'a Burst,
     memory: &'a Memory,
-}
-
-fn pass(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
 }
 
 impl Report<'_> {
@@ -1255,7 +1246,7 @@ impl Report<'_> {
                 t.value,
                 if t.at_most { "<=" } else { ">=" },
                 t.bound,
-                pass(t.pass())
+                verdict(t.pass())
             );
         }
         let b = self.burst;
@@ -1272,7 +1263,7 @@ impl Report<'_> {
             "  keepers {}, FUSE mounts (berth-imagefs servers of the image) {}   target 1 and 1, all attach   {}",
             b.keepers,
             b.servers,
-            pass(b.pass())
+            verdict(b.pass())
         );
         let m = self.memory;
         println!();
@@ -1284,7 +1275,7 @@ impl Report<'_> {
             "warm keeper peak RSS (VmHWM, at the end)",
             m.warm_hwm_mib,
             self.keeper_max_mib(),
-            pass(m.warm_hwm_mib <= self.keeper_max_mib())
+            verdict(m.warm_hwm_mib <= self.keeper_max_mib())
         );
         println!(
             "  {:<58} {:>6.1}",

@@ -3,10 +3,9 @@
 //! interleaved, as a ratio. Target: within 1.1x.
 
 use crate::proc;
-use crate::stats::Summary;
+use crate::stats::{verdict, Summary};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -66,7 +65,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     for round in 0..a.warmup + a.runs {
         for (i, policy) in [&empty, &a.policy].into_iter().enumerate() {
             let exit = proc::run_timed(&mut berth(a, policy))?;
-            proc::reap_orphans(Duration::from_secs(10));
+            proc::reap_orphans(proc::ORPHAN_TIMEOUT);
             if round >= a.warmup {
                 samples[i].push(exit.wall.as_secs_f64() * 1e3);
             }
@@ -96,7 +95,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     println!(
         "  site / empty                      {:>9.3}   target <= {TARGET}  {}",
         ratio,
-        if ratio <= TARGET { "PASS" } else { "MISS" }
+        verdict(ratio <= TARGET)
     );
     Ok(())
 }

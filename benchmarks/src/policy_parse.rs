@@ -3,7 +3,7 @@
 //! is the parser's and not a process start-up. Linear parsing and merging means the same
 //! cost per mount at both sizes. Target: 10,000 mounts in under 100 ms.
 
-use crate::stats::Summary;
+use crate::stats::{verdict, Summary};
 use berth_launcher::Policy;
 use std::path::Path;
 use std::time::Instant;
@@ -66,11 +66,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     println!(
         "  10,000 mounts:                 {:>6.1} ms   target < {TARGET_MS} ms  {}",
         large.2.median,
-        if large.2.median < TARGET_MS {
-            "PASS"
-        } else {
-            "MISS"
-        }
+        verdict(large.2.median < TARGET_MS)
     );
     Ok(())
 }

@@ -94,6 +94,9 @@ fn wait4(pid: libc::pid_t) -> io::Result<(libc::c_int, libc::rusage)> {
     }
 }
 
+/// How long a helper left behind by a command may take to exit before we stop waiting.
+pub const ORPHAN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reap every process reparented to us, waiting up to `timeout` for them to exit.
 pub fn reap_orphans(timeout: Duration) -> Vec<Orphan> {
     let deadline = Instant::now() + timeout;

@@ -5,7 +5,7 @@
 //! (the node's container is created once, joining is cheap).
 
 use crate::proc;
-use crate::stats::Summary;
+use crate::stats::{verdict, Summary};
 use nix::fcntl::{Flock, FlockArg};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -263,12 +263,12 @@ pub fn run(a: &Args) -> Result<(), String> {
     println!(
         "  container added to a 2-task step   {added2:>7.1} ms = {:>5.1}%   target <= 30%   {}",
         overhead * 100.0,
-        if overhead <= 0.30 { "PASS" } else { "MISS" }
+        verdict(overhead <= 0.30)
     );
     println!("  container added to an 8-task step  {added8:>7.1} ms");
     println!(
         "  per extra task on the node         {per_task:>7.2} ms           target < 1 ms   {}",
-        if per_task < 1.0 { "PASS" } else { "MISS" }
+        verdict(per_task < 1.0)
     );
     Ok(())
 }

@@ -6,12 +6,11 @@
 //! as ratios of medians against the named peer, never as absolute pass/fail on time alone.
 
 use crate::proc::{self, Exit};
-use crate::stats::{median, Summary};
+use crate::stats::{median, verdict, Summary};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,9 +50,6 @@ const RSS_MAX_MIB: f64 = 5.0;
 /// by a host mount (/proc, /sys, /dev, /tmp, the home directory).
 const READ_DIRS: &str = "/usr /etc /var /opt";
 const READERS: usize = 2;
-
-/// How long a helper left behind by a command may take to exit before we stop waiting.
-const ORPHAN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One command under test.
 struct Subject {
@@ -196,7 +192,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     // Unpack the image into the extract cache now, so every extract run below is warm.
     eprintln!("berth-bench: warming the extract cache");
     proc::run_timed(&mut subjects[1].command())?;
-    proc::reap_orphans(ORPHAN_TIMEOUT);
+    proc::reap_orphans(proc::ORPHAN_TIMEOUT);
     // Start the lingering container outside our subreaper role, so its keeper is not one of
     // the leftovers each round waits for; it exits by itself LINGER_SECS after the last run.
     proc::set_subreaper(false).map_err(|e| format!("prctl: {e}"))?;
@@ -212,7 +208,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     for round in 0..a.warmup + a.runs {
         for s in subjects.iter_mut() {
             let Exit { wall, maxrss_kib } = proc::run_timed(&mut s.command())?;
-            let helpers = proc::reap_orphans(ORPHAN_TIMEOUT);
+            let helpers = proc::reap_orphans(proc::ORPHAN_TIMEOUT);
             if round < a.warmup {
                 continue;
             }
@@ -296,7 +292,7 @@ fn read_once(a: &Args, mode: &str) -> Result<(f64, u64), String> {
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot start {}: {e}", a.berth.display()))?;
-    proc::reap_orphans(ORPHAN_TIMEOUT);
+    proc::reap_orphans(proc::ORPHAN_TIMEOUT);
     if !out.status.success() {
         return Err(format!(
             "read benchmark in {mode} mode failed ({})",
@@ -358,14 +354,6 @@ struct Report<'a> {
     args: &'a Args,
     subjects: &'a [Subject],
     read: &'a [ReadResult],
-}
-
-fn pass(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
 }
 
 impl Report<'_> {
@@ -460,7 +448,7 @@ impl Report<'_> {
                 label,
                 value,
                 target,
-                pass(value <= target)
+                verdict(value <= target)
             );
         }
         println!();
@@ -472,7 +460,7 @@ impl Report<'_> {
                 s.label,
                 m,
                 RSS_MAX_MIB,
-                pass(m < RSS_MAX_MIB)
+                verdict(m < RSS_MAX_MIB)
             );
         }
         let native = median(&self.subject("native").rss_mib);

@@ -11,6 +11,15 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
     s[lo] + (s[hi] - s[lo]) * (rank - lo as f64)
 }
 
+/// How a figure compares with its target, as the reports print it.
+pub fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
 pub fn median(samples: &[f64]) -> f64 {
     percentile(samples, 50.0)
 }

@@ -154,7 +154,7 @@ pub fn run(mut cmd: Command) -> Result<Done, String> {
         .map_err(|e| format!("cannot start {what}: {e}"))?;
     let secs = t0.elapsed().as_secs_f64();
     // berth's FUSE server may outlive the command by a moment: reap it outside the timing.
-    crate::proc::reap_orphans(std::time::Duration::from_secs(10));
+    crate::proc::reap_orphans(crate::proc::ORPHAN_TIMEOUT);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
