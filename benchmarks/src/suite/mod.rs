@@ -136,6 +136,9 @@ pub const WORKLOADS: [&str; 9] = [
     "slurm",
 ];
 
+/// The workloads with no Docker column: Docker need not be prepared for them alone.
+const NO_DOCKER: [&str; 2] = ["scaling", "slurm"];
+
 /// A figure a workload reports per run.
 pub struct Metric {
     pub name: String,
@@ -447,18 +450,7 @@ pub fn run(a: &Args) -> Result<i32, String> {
     std::fs::write(&ctx.empty_policy, "# empty: berth's built-in defaults\n")
         .map_err(|e| e.to_string())?;
     ctx.give(&ctx.empty_policy)?;
-    if [
-        "linpack",
-        "fea",
-        "mpi",
-        "startup",
-        "io",
-        "python",
-        "large-image",
-    ]
-    .iter()
-    .any(|w| want(w))
-    {
+    if WORKLOADS.iter().any(|w| want(w) && !NO_DOCKER.contains(w)) {
         ctx.docker = docker::prepare(&ctx);
         match &ctx.docker {
             Ok(d) => eprintln!("berth-bench suite: Docker {} ({})", d.version, d.tag),
