@@ -173,23 +173,25 @@ fn assemble_unpacked(
     }
     unpacker.write_file(Path::new(CONFIG_PATH), plan.config.to_json().as_bytes())?;
     let warnings = std::mem::take(&mut unpacker.warnings);
+    print_warnings(opts, &warnings);
+    drop(unpacker);
+    let size = mksquashfs(opts, progress, &rootfs, &[], work.path(), comp, level)?;
+    Ok(Summary::built(
+        opts,
+        size,
+        plan.manifest_digest,
+        summaries,
+        warnings,
+    ))
+}
+
+/// The warnings of reading the layers, on stderr unless quiet (before the squashfs is built).
+fn print_warnings(opts: &Options, warnings: &[String]) {
     if !opts.quiet {
         warnings
             .iter()
             .for_each(|w| eprintln!("berth-image: warning: {w}"));
     }
-    drop(unpacker);
-    let size = mksquashfs(opts, progress, &rootfs, &[], work.path(), comp, level)?;
-    Ok(Summary {
-        output: opts.output.clone(),
-        size,
-        source: opts.source_text.clone(),
-        manifest_digest: plan.manifest_digest,
-        layers: summaries,
-        warnings,
-        up_to_date: false,
-        digest: None,
-    })
 }
 
 /// mksquashfs into the work directory, then rename over the output: never a half image.
@@ -296,11 +298,7 @@ pub(crate) fn assemble(
     let config = plan.config.to_json();
     tree.add_config(Path::new(CONFIG_PATH), config.len() as u64)?;
     let warnings = std::mem::take(&mut tree.warnings);
-    if !opts.quiet {
-        warnings
-            .iter()
-            .for_each(|w| eprintln!("berth-image: warning: {w}"));
-    }
+    print_warnings(opts, &warnings);
     let size = tar2sqfs(
         opts,
         progress,
@@ -314,16 +312,13 @@ pub(crate) fn assemble(
         comp,
         level,
     )?;
-    Ok(Summary {
-        output: opts.output.clone(),
+    Ok(Summary::built(
+        opts,
         size,
-        source: opts.source_text.clone(),
-        manifest_digest: plan.manifest_digest,
-        layers: summaries,
+        plan.manifest_digest,
+        summaries,
         warnings,
-        up_to_date: false,
-        digest: None,
-    })
+    ))
 }
 
 /// Is `prog` an executable in `$PATH`?

@@ -56,6 +56,28 @@ pub struct Summary {
     pub digest: Option<String>,
 }
 
+impl Summary {
+    /// An image just built at `opts.output`, not one found up to date there.
+    pub(crate) fn built(
+        opts: &Options,
+        size: u64,
+        manifest_digest: Option<String>,
+        layers: Vec<LayerSummary>,
+        warnings: Vec<String>,
+    ) -> Summary {
+        Summary {
+            output: opts.output.clone(),
+            size,
+            source: opts.source_text.clone(),
+            manifest_digest,
+            layers,
+            warnings,
+            up_to_date: false,
+            digest: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LayerSummary {
     pub digest: String,
@@ -778,14 +800,5 @@ fn import_rootfs(
         pseudo = vec!["-pf".to_string(), pf.to_string_lossy().into_owned()];
     }
     let size = mksquashfs(opts, progress, dir, &pseudo, work.path(), comp, level)?;
-    Ok(Summary {
-        output: opts.output.clone(),
-        size,
-        source: opts.source_text.clone(),
-        manifest_digest: None,
-        layers: Vec::new(),
-        warnings: Vec::new(),
-        up_to_date: false,
-        digest: None,
-    })
+    Ok(Summary::built(opts, size, None, Vec::new(), Vec::new()))
 }
