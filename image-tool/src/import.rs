@@ -147,24 +147,8 @@ pub fn import(opts: &Options) -> Result<Summary, String> {
     }
     let plan = match &opts.source {
         Source::Registry(r) => plan_registry(opts, &progress, r)?,
-        Source::OciDir { dir, tag } => {
-            let store = Store::dir(dir)?;
-            plan_oci(
-                &store,
-                tag.as_deref(),
-                opts,
-                &format!("oci:{}", dir.display()),
-            )?
-        }
-        Source::OciArchive { file, tag } => {
-            let store = Store::tar(file)?;
-            plan_oci(
-                &store,
-                tag.as_deref(),
-                opts,
-                &format!("oci-archive:{}", file.display()),
-            )?
-        }
+        Source::OciDir { dir, tag } => plan_oci(&Store::dir(dir)?, tag.as_deref(), opts)?,
+        Source::OciArchive { file, tag } => plan_oci(&Store::tar(file)?, tag.as_deref(), opts)?,
         Source::DockerArchive { file } => plan_docker_archive(file, opts)?,
         Source::Rootfs(_) | Source::Sif(_) => unreachable!("handled above"),
     };
@@ -600,7 +584,12 @@ impl Store {
     }
 }
 
-fn plan_oci(store: &Store, tag: Option<&str>, opts: &Options, what: &str) -> Result<Plan, String> {
+fn plan_oci(store: &Store, tag: Option<&str>, opts: &Options) -> Result<Plan, String> {
+    // The source as the user wrote it, less the tag: an OCI layout is a directory or a tar file.
+    let what = match store {
+        Store::Dir(_) => format!("oci:{}", store.describe()),
+        Store::Tar { .. } => format!("oci-archive:{}", store.describe()),
+    };
     let index = Document::parse(&store.read("index.json")?, &format!("{what} index.json"))?;
     let desc = match tag {
         Some(t) => index
@@ -652,7 +641,7 @@ fn plan_oci(store: &Store, tag: Option<&str>, opts: &Options, what: &str) -> Res
         "reference".into(),
         match tag {
             Some(t) => format!("{what}:{t}"),
-            None => what.to_string(),
+            None => what,
         },
     );
     source.insert("manifest_digest".into(), digest.clone());
