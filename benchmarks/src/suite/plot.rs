@@ -32,19 +32,10 @@ type Group = (String, [Option<f64>; 3]);
 
 fn groups(rep: &Report) -> Vec<Group> {
     let overhead = |r: Option<&super::Row>| r.and_then(super::report::figures).map(|f| f.overhead);
-    rep.rows
-        .iter()
-        .filter(|d| d.container_label.starts_with("docker"))
+    super::report::docker_rows(rep)
+        .into_iter()
         .map(|d| {
-            let find = |mode: &str| {
-                rep.rows.iter().find(|r| {
-                    r.workload == d.workload
-                        && r.metric == d.metric
-                        && r.container_label
-                            .starts_with(&format!("berth --mode {mode}"))
-                        && !r.container_label.contains("host MPI")
-                })
-            };
+            let find = |mode: &str| super::report::berth_beside(rep, d, mode);
             (
                 format!("{}: {}", d.workload, d.metric),
                 [

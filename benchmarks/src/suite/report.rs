@@ -201,13 +201,28 @@ fn study_2016(workload: &str, metric: &str) -> &'static str {
     }
 }
 
-/// Native, Docker and berth in one table: each container side's median and overhead.
-fn side_by_side(rep: &Report) -> String {
-    let docker_rows: Vec<&Row> = rep
-        .rows
+/// The rows whose container side is Docker.
+pub fn docker_rows<'a>(rep: &'a Report) -> Vec<&'a Row> {
+    rep.rows
         .iter()
         .filter(|r| r.container_label.starts_with("docker"))
-        .collect();
+        .collect()
+}
+
+/// The berth row in `mode` measured beside Docker row `d` (not its host-MPI variant).
+pub fn berth_beside<'a>(rep: &'a Report, d: &Row, mode: &str) -> Option<&'a Row> {
+    rep.rows.iter().find(|r| {
+        r.workload == d.workload
+            && r.metric == d.metric
+            && r.container_label
+                .starts_with(&format!("berth --mode {mode}"))
+            && !r.container_label.contains("host MPI")
+    })
+}
+
+/// Native, Docker and berth in one table: each container side's median and overhead.
+fn side_by_side(rep: &Report) -> String {
+    let docker_rows = docker_rows(rep);
     if docker_rows.is_empty() {
         return String::new();
     }
@@ -226,15 +241,7 @@ fn side_by_side(rep: &Report) -> String {
          | workload | metric | native | Docker | berth mount | berth extract | 2016 study |\n|---|---|---|---|---|---|---|\n",
     );
     for d in docker_rows {
-        let find = |mode: &str| {
-            rep.rows.iter().find(|r| {
-                r.workload == d.workload
-                    && r.metric == d.metric
-                    && r.container_label
-                        .starts_with(&format!("berth --mode {mode}"))
-                    && !r.container_label.contains("host MPI")
-            })
-        };
+        let find = |mode: &str| berth_beside(rep, d, mode);
         let native = figures(d)
             .map(|f| num(f.native[0]))
             .or_else(|| (!d.native.is_empty()).then(|| num(spread(&d.native)[0])))
