@@ -136,16 +136,10 @@ pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
             )
         }
     };
-    let mut setup_error = None;
-    let mut notes = Vec::new();
-    let mut base = None;
-    match prepare(a, ctx, &solver) {
-        Ok((d, n)) => {
-            base = Some(d);
-            notes.extend(n);
-        }
-        Err(e) => setup_error = Some(e),
-    }
+    let (base, notes, setup_error) = match prepare(a, ctx, &solver) {
+        Ok((d, n)) => (Some(d), n, None),
+        Err(e) => (None, Vec::new(), Some(e)),
+    };
     let solver = std::rc::Rc::new(solver);
     // The native run's results, for the container runs of the same repetition to match.
     let last = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<u8>>));

@@ -87,16 +87,10 @@ fn parse(dir: &Path) -> Result<Vec<f64>, String> {
 }
 
 pub fn workload<'a>(a: &'a Args, ctx: &'a Ctx) -> Workload<'a> {
-    let mut setup_error = None;
-    let mut notes = Vec::new();
-    let mut dirs = None;
-    match prepare(a, ctx) {
-        Ok((d, n)) => {
-            dirs = Some(d);
-            notes.extend(n);
-        }
-        Err(e) => setup_error = Some(e),
-    }
+    let (dirs, notes, setup_error) = match prepare(a, ctx) {
+        Ok((d, n)) => (Some(d), n, None),
+        Err(e) => (None, Vec::new(), Some(e)),
+    };
     let hpcc = a.hpcc.clone();
     // `mode`: None natively, else berth's mode.
     let side = move |mode: Option<&str>, warm: bool| -> Result<Vec<f64>, String> {
