@@ -111,36 +111,38 @@ pub fn rows(a: &Args, ctx: &Ctx, p: &Parts) -> (Vec<Row>, Vec<String>) {
     let result = slurm_steps::with_cluster(&args.plugin, nodes, |conf| {
         let mut rows = Vec::new();
         let mut notes = Vec::new();
-        if p.steps {
-            eprintln!("berth-bench suite: {STEPS}");
-            match slurm_steps::time_cases(&args, conf, &slurm_steps::CASES) {
-                Ok(s) => rows.extend(step_rows(STEPS, &slurm_steps::CASES, &s)),
-                Err(e) => rows.extend(not_run_all(
-                    &Parts {
-                        steps: true,
-                        scaling: false,
-                        mpi: false,
-                    },
-                    &format!("the Slurm measurement failed: {e}"),
-                )),
+        // One part's rows: its cases timed, or NOT RUN (`only` is that part) with why.
+        let timed = |name: &str, cases: &[Case], only: Parts| {
+            eprintln!("berth-bench suite: {name}");
+            match slurm_steps::time_cases(&args, conf, cases) {
+                Ok(s) => step_rows(name, cases, &s),
+                Err(e) => not_run_all(&only, &format!("the Slurm measurement failed: {e}")),
             }
+        };
+        if p.steps {
+            rows.extend(timed(
+                STEPS,
+                &slurm_steps::CASES,
+                Parts {
+                    steps: true,
+                    scaling: false,
+                    mpi: false,
+                },
+            ));
             notes.push(format!(
                 "{STEPS}: the test nodes share this machine's cores; -n8 oversubscribes one node"
             ));
         }
         if p.scaling {
-            eprintln!("berth-bench suite: {SCALING}");
-            match slurm_steps::time_cases(&args, conf, &scale_cases) {
-                Ok(s) => rows.extend(step_rows(SCALING, &scale_cases, &s)),
-                Err(e) => rows.extend(not_run_all(
-                    &Parts {
-                        steps: false,
-                        scaling: true,
-                        mpi: false,
-                    },
-                    &format!("the Slurm measurement failed: {e}"),
-                )),
-            }
+            rows.extend(timed(
+                SCALING,
+                &scale_cases,
+                Parts {
+                    steps: false,
+                    scaling: true,
+                    mpi: false,
+                },
+            ));
             notes.push(format!("{SCALING}: one task per node, time until every task has run `true` and the step ended; the nodes are network namespaces sharing this machine's cores (`berth-bench srun-nodes` runs 1-16 nodes)"));
         }
         if p.mpi {
