@@ -269,6 +269,11 @@ fn timed(argv: &[&dyn AsRef<std::ffi::OsStr>], log: &Path) -> Result<Exit, Strin
     })
 }
 
+/// `timed` of an argument vector built at run time.
+fn timed_os(argv: &[std::ffi::OsString], log: &Path) -> Result<Exit, String> {
+    timed(&argv.iter().map(|s| s as _).collect::<Vec<_>>(), log)
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -398,7 +403,7 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         remove(&cache);
         remove(&out_a);
         let argv = bi(&out_a);
-        let e = timed(&argv.iter().map(|s| s as _).collect::<Vec<_>>(), &log)?;
+        let e = timed_os(&argv, &log)?;
         sa.push(&e);
 
         // (b) the classic pipeline, each step timed, summed.
@@ -455,12 +460,12 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         remove(&bundle);
 
         // (c) the same image again, to the same output: all layers cached, output up to date.
-        let e = timed(&bi(&out_a).iter().map(|s| s as _).collect::<Vec<_>>(), &log)?;
+        let e = timed_os(&bi(&out_a), &log)?;
         sc.push(&e);
 
         // (d) to a new output: all layers cached, the squashfs is built again.
         remove(&out_d);
-        let e = timed(&bi(&out_d).iter().map(|s| s as _).collect::<Vec<_>>(), &log)?;
+        let e = timed_os(&bi(&out_d), &log)?;
         sd.push(&e);
 
         // (e) as (a), at the pipeline's compression level (mksquashfs's zstd default, 15).
@@ -468,22 +473,16 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         remove(&out_d);
         let mut argv = bi(&out_d);
         argv.extend(["--level".into(), PIPELINE_ZSTD_LEVEL.into()]);
-        let e = timed(&argv.iter().map(|s| s as _).collect::<Vec<_>>(), &log)?;
+        let e = timed_os(&argv, &log)?;
         se.push(&e);
 
         // (f) as (a) and (g) as (d), the old way: a temp rootfs, then mksquashfs.
         remove(&cache);
         remove(&out_d);
-        let e = timed(
-            &unpack(&out_d).iter().map(|s| s as _).collect::<Vec<_>>(),
-            &log,
-        )?;
+        let e = timed_os(&unpack(&out_d), &log)?;
         sf.push(&e);
         remove(&out_d);
-        let e = timed(
-            &unpack(&out_d).iter().map(|s| s as _).collect::<Vec<_>>(),
-            &log,
-        )?;
+        let e = timed_os(&unpack(&out_d), &log)?;
         sg.push(&e);
         remove(&out_d);
         eprintln!(
