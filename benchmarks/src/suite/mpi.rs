@@ -119,6 +119,12 @@ fn setup(a: &Args, ctx: &Ctx) -> (PathBuf, PathBuf, Option<String>) {
 
 pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
     let (bin, policy, setup_error) = setup(a, ctx);
+    // mpirun started directly, on this node or in the job's allocation (no salloc prefix).
+    let on_node = || Launch {
+        prefix: Vec::new(),
+        slurm_conf: None,
+        iters: a.mpi_iters,
+    };
     let mut out = vec![one(
         a,
         ctx,
@@ -127,11 +133,7 @@ pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
         &bin,
         &policy,
         setup_error.clone(),
-        Launch {
-            prefix: Vec::new(),
-            slurm_conf: None,
-            iters: a.mpi_iters,
-        },
+        on_node(),
     )];
     let nodes: u32 = std::env::var("SLURM_JOB_NUM_NODES")
         .ok()
@@ -146,11 +148,7 @@ pub fn workloads<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
             &bin,
             &policy,
             setup_error,
-            Launch {
-                prefix: Vec::new(),
-                slurm_conf: None,
-                iters: a.mpi_iters,
-            },
+            on_node(),
         ));
     }
     out
