@@ -146,8 +146,10 @@ pub(crate) fn set_cmdline(name: &str, env_too: bool) {
     // does.
     unsafe {
         let area = std::slice::from_raw_parts_mut(start as *mut u8, end - start);
-        area.fill(0);
+        // The name first, then the rest cleared: a reader of /proc/PID/cmdline in between
+        // sees the name with the old tail, never an empty command line.
         area[..name.len()].copy_from_slice(name.as_bytes());
+        area[name.len()..].fill(0);
     }
 }
 

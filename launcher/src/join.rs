@@ -535,8 +535,9 @@ fn keeper_main(
     // In ps: not the command line of the rank it was forked from (under Slurm a user-owned
     // `slurmstepd: [J.S]` with parent 1, which an admin would take for a stuck slurmstepd).
     // Nothing reads this process's arguments or environment from here on.
-    let _ = nix::sys::prctl::set_name(c"berth-keeper");
+    // The command line before the name: whoever finds the keeper by its name reads its title.
     crate::imagefs::set_cmdline(&format!("berth-keeper {key}"), true);
+    let _ = nix::sys::prctl::set_name(c"berth-keeper");
     let mut answer = String::from("ok");
     for w in &built.warnings {
         answer.push_str(&format!("\nwarning: {w}"));
