@@ -371,9 +371,16 @@ impl Filesystem for ImageFs {
                 Err(e) => return reply.error(e),
             };
             READ_BUF.with_borrow_mut(|buf| {
-                buf.clear();
-                match self.archive.read(&inode, offset, size, buf) {
-                    Ok(()) => reply.data(buf),
+                // Grown (and zeroed) once per thread, never cleared: a READ writes only the
+                // bytes it returns, so no request pays for zeroing its reply.
+                // The kernel bounds `size` by the max_pages of INIT (1 MiB by default).
+                let size = size as usize;
+                if buf.len() < size {
+                    buf.resize(size, 0);
+                }
+                let dst = buf.get_mut(..size).unwrap_or_default();
+                match self.archive.read_into(&inode, offset, dst) {
+                    Ok(n) => reply.data(dst.get(..n).unwrap_or_default()),
                     Err(e) => reply.error(eio("read", ino, e)),
                 }
             })

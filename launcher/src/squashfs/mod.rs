@@ -655,6 +655,7 @@ impl Archive {
 
     /// Appends up to `size` bytes from `offset` to `out` (fewer at end of file, none past it);
     /// sparse blocks read as zeros; fragments/tail ends handled.
+    #[cfg_attr(not(test), allow(dead_code))] // imagefs reads into its reply buffer
     pub(crate) fn read(
         &self,
         file: &Inode,
@@ -663,25 +664,26 @@ impl Archive {
         out: &mut Vec<u8>,
     ) -> Result<(), SquashError> {
         let start_len = out.len();
-        let result = self.read_inner(file, offset, size, out);
-        if result.is_err() {
-            out.truncate(start_len);
-        }
-        result
+        let want = u64::from(size).min(file.size.saturating_sub(offset));
+        out.resize(start_len + want as usize, 0);
+        let result = self.read_into(file, offset, out.get_mut(start_len..).unwrap_or_default());
+        out.truncate(start_len + *result.as_ref().unwrap_or(&0));
+        result.map(|_| ())
     }
 
-    fn read_inner(
+    /// Reads up to `dst.len()` bytes from `offset` into `dst`; returns how many (fewer at end of
+    /// file, none past it). `dst` may hold old bytes: every byte returned is written, so a
+    /// reused buffer is never zeroed per read.
+    pub(crate) fn read_into(
         &self,
         file: &Inode,
         offset: u64,
-        size: u32,
-        out: &mut Vec<u8>,
-    ) -> Result<(), SquashError> {
+        dst: &mut [u8],
+    ) -> Result<usize, SquashError> {
         if file.kind != Kind::File || offset >= file.size {
-            return Ok(());
+            return Ok(0);
         }
-        let end = file.size.min(offset.saturating_add(u64::from(size)));
-        out.reserve((end - offset) as usize);
+        let end = file.size.min(offset.saturating_add(dst.len() as u64));
         let bs = u64::from(self.block_size);
         let count = self.block_count(file);
         let mut at = offset;
@@ -691,6 +693,10 @@ impl Archive {
             let in_block = at % bs;
             let block_len = bs.min(file.size - i * bs);
             let n = (end - at).min(block_len - in_block);
+            let from = (at - offset) as usize;
+            let out = dst
+                .get_mut(from..from + n as usize)
+                .ok_or_else(|| corrupt("a read runs past its buffer"))?;
             if i < count {
                 if list.is_none() {
                     list = Some(self.seek_block(file, i)?);
@@ -699,7 +705,7 @@ impl Archive {
                     break;
                 };
                 let word = c.u32()?;
-                self.read_block(word, *data, in_block, n, n == block_len, out)?;
+                self.read_block(word, *data, in_block, n == block_len, out)?;
                 *data = next_data(*data, word)?;
             } else {
                 // The tail, in a fragment block.
@@ -708,11 +714,11 @@ impl Archive {
                 }
                 let (word, data) = self.fragment(file.fragment)?;
                 let from = u64::from(file.frag_offset) + in_block;
-                self.read_block(word, data, from, n, false, out)?;
+                self.read_block(word, data, from, false, out)?;
             }
             at += n;
         }
-        Ok(())
+        Ok((at - offset) as usize)
     }
 
     /// Fragment `index`'s size word and position.
@@ -729,22 +735,22 @@ impl Archive {
         Ok((word, start))
     }
 
-    /// Appends `n` bytes from `from` in the block at `pos` whose size word is `word`. `whole`:
-    /// the bytes are the whole of a data block.
+    /// Fills `out` with the bytes from `from` in the block at `pos` whose size word is `word`.
+    /// `whole`: `out` is the whole of a data block.
     fn read_block(
         &self,
         word: u32,
         pos: u64,
         from: u64,
-        n: u64,
         whole: bool,
-        out: &mut Vec<u8>,
+        out: &mut [u8],
     ) -> Result<(), SquashError> {
         if word == 0 {
             // A sparse block: all zeros, nothing on disk.
-            out.resize(out.len() + n as usize, 0);
+            out.fill(0);
             return Ok(());
         }
+        let n = out.len() as u64;
         let len = u64::from(word & !UNCOMPRESSED_BLOCK);
         if len > u64::from(self.block_size)
             || pos.checked_add(len).is_none_or(|e| e > self.bytes_used)
@@ -752,26 +758,23 @@ impl Archive {
             return Err(corrupt("a data block lies outside the image"));
         }
         let short = || corrupt("a data block is shorter than its file");
-        let old = out.len();
         if word & UNCOMPRESSED_BLOCK != 0 {
             if from + n > len {
                 return Err(short());
             }
-            out.resize(old + n as usize, 0);
-            return self.pread(out.get_mut(old..).unwrap_or_default(), pos + from);
+            return self.pread(out, pos + from);
         }
         let key = Key::Data(pos, word);
         if whole && self.cache.peek(&key).is_none() {
-            // The reply wants the whole block: decompress it straight there. The kernel's
-            // page cache keeps it; caching it here too would only evict fragments.
-            out.resize(old + self.block_size as usize, 0);
-            let got = self.unpack(pos, len, out.get_mut(old..).unwrap_or_default());
-            if got.as_ref().is_ok_and(|&got| got as u64 >= n) {
-                out.truncate(old + n as usize);
-                return Ok(());
-            }
-            out.truncate(old);
-            return Err(got.err().unwrap_or_else(short));
+            // The reply wants the whole block: decompress it straight there (a block holding
+            // more than its file says does not fit: corrupt). The kernel's page cache keeps
+            // it; caching it here too would only evict fragments.
+            let got = self.unpack(pos, len, out)?;
+            return if got as u64 == n {
+                Ok(())
+            } else {
+                Err(short())
+            };
         }
         let value = self.cache.get_or_insert_with(&key, || {
             let mut data = vec![0u8; self.block_size as usize];
@@ -786,7 +789,7 @@ impl Archive {
             return Err(corrupt("a data block is also a block list"));
         };
         let bytes = block.data.get(from as usize..(from + n) as usize);
-        out.extend_from_slice(bytes.ok_or_else(short)?);
+        out.copy_from_slice(bytes.ok_or_else(short)?);
         Ok(())
     }
 
