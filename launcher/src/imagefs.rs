@@ -8,6 +8,10 @@
 //! then stops sending them and keeps the page cache), and every entry, negative entry and
 //! attribute is valid "forever": the image never changes under a mount.
 //!
+//! A cold walk would make one READ round trip per small file: the first READ in a listed
+//! directory instead has the small files listed after it pushed into the kernel's page cache
+//! (FUSE_NOTIFY_STORE) by a thread of their own (see `Pending`).
+//!
 //! It is stateless: a FUSE node id is the squashfs inode reference (shifted so that it never
 //! collides with the root's id 1), so FORGET is a no-op. fuser sends a node id as st_ino too,
 //! so st_ino is that same number: stable for the image and shared by hard links.
@@ -20,9 +24,12 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 use tracing::{debug, warn};
 
@@ -44,10 +51,79 @@ const NODE_SHIFT: u64 = 2;
 /// Readdir offsets: 1 is after ".", 2 after ".."; the reader's cookie c is c + 2.
 const DOTS: u64 = 2;
 
+/// Files up to this size are pushed into the kernel's page cache with their siblings.
+const PUSH_FILE_MAX: u64 = 16 << 10;
+
+/// At most this many bytes are pushed for one READ.
+const PUSH_BUDGET: u64 = 1 << 20;
+
+/// Listings remembered for pushing (the oldest are forgotten first).
+const PUSH_LISTINGS: usize = 64;
+
+/// Push jobs waiting for the pusher; more are dropped (the kernel READs those files).
+const PUSH_QUEUE: usize = 64;
+
 pub(crate) struct ImageFs {
-    archive: Archive,
+    archive: Arc<Archive>,
     root: InodeRef,
     blksize: u32,
+    pending: Mutex<Pending>,
+    /// Files to push, for the pusher thread (see `push`).
+    to_push: SyncSender<Vec<(u64, u64)>>,
+}
+
+/// Small files of recently listed directories, not read yet. A cold walk reads every file of
+/// a directory, each a FUSE round trip; so the first READ of one of them has the files
+/// listed after it pushed into the kernel's page cache (FUSE_NOTIFY_STORE, see `push`)
+/// without a round trip each. The image never changes, so a pushed page is never stale.
+#[derive(Default)]
+struct Pending {
+    /// A file's node id -> (its listing's number, its place in the listing).
+    files: HashMap<u64, (u64, usize)>,
+    /// (number, the small files' node ids and sizes in listing order), oldest first.
+    listings: VecDeque<(u64, Vec<(u64, u64)>)>,
+    next: u64,
+}
+
+impl Pending {
+    fn add(&mut self, files: Vec<(u64, u64)>) {
+        if files.len() < 2 {
+            return;
+        }
+        if self.listings.len() >= PUSH_LISTINGS {
+            if let Some((_, old)) = self.listings.pop_front() {
+                self.forget(&old);
+            }
+        }
+        let number = self.next;
+        self.next += 1;
+        for (at, &(node, _)) in files.iter().enumerate() {
+            self.files.insert(node, (number, at));
+        }
+        self.listings.push_back((number, files));
+    }
+
+    fn forget(&mut self, files: &[(u64, u64)]) {
+        for (node, _) in files {
+            self.files.remove(node);
+        }
+    }
+
+    /// The files listed after `node`, if it was listed: they are then forgotten, so they are
+    /// pushed once.
+    fn take_after(&mut self, node: u64) -> Vec<(u64, u64)> {
+        let Some((number, at)) = self.files.get(&node).copied() else {
+            return Vec::new();
+        };
+        let Some(i) = self.listings.iter().position(|(n, _)| *n == number) else {
+            return Vec::new();
+        };
+        let Some((_, files)) = self.listings.remove(i) else {
+            return Vec::new();
+        };
+        self.forget(&files);
+        files.into_iter().skip(at + 1).collect()
+    }
 }
 
 thread_local! {
@@ -64,12 +140,22 @@ pub(crate) fn serve(archive: Archive, dev: OwnedFd) -> std::io::Result<()> {
     config.n_threads = Some(THREADS);
     let root = archive.root();
     let blksize = archive.block_size().clamp(4096, 1 << 20);
+    let archive = Arc::new(archive);
+    let (to_push, jobs) = sync_channel(PUSH_QUEUE);
     let fs = ImageFs {
-        archive,
+        archive: archive.clone(),
         root,
         blksize,
+        pending: Mutex::default(),
+        to_push,
     };
-    fuser::Session::from_fd(fs, dev, fuser::SessionACL::All, config)?.run()
+    let session = fuser::Session::from_fd(fs, dev, fuser::SessionACL::All, config)?;
+    let notifier = session.notifier();
+    // It ends when the session drops the sender (or at the process's exit).
+    std::thread::Builder::new()
+        .name("imagefs-push".into())
+        .spawn(move || push(&archive, &notifier, &jobs))?;
+    session.run()
 }
 
 /// Make the forked child a server process: its name, signals and allocator. Call it first.
@@ -150,6 +236,41 @@ pub(crate) fn set_cmdline(name: &str, env_too: bool) {
         // sees the name with the old tail, never an empty command line.
         area[..name.len()].copy_from_slice(name.as_bytes());
         area[name.len()..].fill(0);
+    }
+}
+
+/// The pusher thread: stores each job's files in the kernel's page cache, up to PUSH_BUDGET
+/// bytes a job. Not a request thread: a store waits for a page a READ in flight has locked,
+/// and that READ must find a request thread free. The kernel made the files' inodes when it
+/// took their listing; it ignores one it has dropped since. Best effort: an error ends the
+/// job, and the kernel READs what was not pushed.
+fn push(archive: &Archive, notifier: &fuser::Notifier, jobs: &Receiver<Vec<(u64, u64)>>) {
+    let mut buf = vec![0u8; PUSH_FILE_MAX as usize];
+    while let Ok(files) = jobs.recv() {
+        let mut budget = PUSH_BUDGET;
+        for (node, size) in files {
+            let Some(left) = budget.checked_sub(size) else {
+                break;
+            };
+            budget = left;
+            let Some(inode) = node
+                .checked_sub(NODE_SHIFT)
+                .and_then(|r| archive.inode(r).ok())
+            else {
+                break;
+            };
+            let Ok(n) = archive.read_into(&inode, 0, &mut buf) else {
+                break;
+            };
+            let data = buf.get(..n).unwrap_or_default();
+            if n == 0 || n as u64 != inode.size {
+                continue;
+            }
+            if let Err(e) = notifier.store(INodeNo(node), 0, data) {
+                debug!("imagefs: cannot push node {node:#x}: {e}");
+                break;
+            }
+        }
     }
 }
 
@@ -243,6 +364,18 @@ impl ImageFs {
                 ..self.attr(parent, &dir)
             }),
             Err(e) => Err(eio("lookup", parent, e)),
+        }
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a READ of the small file `node`: have the small files listed after it pushed.
+    fn push_siblings(&self, node: INodeNo) {
+        let files = self.lock_pending().take_after(node.0);
+        if !files.is_empty() {
+            let _ = self.to_push.try_send(files);
         }
     }
 
@@ -381,7 +514,10 @@ impl Filesystem for ImageFs {
                 let dst = buf.get_mut(..size).unwrap_or_default();
                 match self.archive.read_into(&inode, offset, dst) {
                     Ok(n) => reply.data(dst.get(..n).unwrap_or_default()),
-                    Err(e) => reply.error(eio("read", ino, e)),
+                    Err(e) => return reply.error(eio("read", ino, e)),
+                }
+                if inode.size <= PUSH_FILE_MAX {
+                    self.push_siblings(ino);
                 }
             })
         })
@@ -415,6 +551,7 @@ impl Filesystem for ImageFs {
     ) {
         guard("readdirplus", || {
             let mut failed = None;
+            let mut small = Vec::new();
             let listed = self.list(ino, offset, &mut |node, next, name, attr| {
                 // "." and ".." carry the directory's own attributes; others their own.
                 let attr = if node == ino {
@@ -428,10 +565,17 @@ impl Filesystem for ImageFs {
                         }
                     }
                 };
-                reply.add(node, next, name, &FOREVER, &attr, Generation(0))
+                let full = reply.add(node, next, name, &FOREVER, &attr, Generation(0));
+                if !full && attr.kind == FileType::RegularFile && attr.size <= PUSH_FILE_MAX {
+                    small.push((node.0, attr.size));
+                }
+                full
             });
             match listed.and_then(|()| failed.map_or(Ok(()), Err)) {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    self.lock_pending().add(small);
+                    reply.ok()
+                }
                 Err(e) => reply.error(e),
             }
         })
