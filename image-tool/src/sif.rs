@@ -78,16 +78,7 @@ pub fn import(
     let _ = std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644));
     std::fs::rename(&out, &opts.output)
         .map_err(|e| format!("cannot move the image to {}: {e}", opts.output.display()))?;
-    Ok(Summary {
-        output: opts.output.clone(),
-        size: part.size,
-        source: opts.source_text.clone(),
-        manifest_digest: None,
-        layers: Vec::new(),
-        warnings: Vec::new(),
-        up_to_date: false,
-        digest: None,
-    })
+    Ok(Summary::built(opts, part.size, None, Vec::new(), Vec::new()))
 }
 
 #[cfg(test)]
