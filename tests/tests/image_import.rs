@@ -27,6 +27,13 @@ fn import_ok(sb: &Sandbox, source: &str, out: &Path, extra: &[&str]) -> serde_js
         .unwrap_or_else(|e| panic!("bad --json output {e}: {}", r.stdout))
 }
 
+/// `berth-image import SOURCE -o OUT EXTRA...` as the test user.
+fn import_cmd(sb: &Sandbox, source: &str, out: &Path, extra: &[&str]) -> Command {
+    let mut args = vec!["import", source, "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    berth_image(sb, &args)
+}
+
 /// A failed import: exit 1, exactly one line `berth-image: ...` containing `needle`, no
 /// output file, no temp files left next to it.
 fn expect_clean_failure(r: &Run, out: &Path, needle: &str) {
@@ -55,6 +62,17 @@ fn expect_clean_failure(r: &Run, out: &Path, needle: &str) {
             .collect();
         assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
     }
+}
+
+/// An import without credentials, then one with a wrong password for `user`: both fail
+/// cleanly, the first saying credentials are required, the second containing `rejected`.
+fn expect_credentials_refused(sb: &Sandbox, src: &str, out: &Path, user: &str, rejected: &str) {
+    let r = run(import_cmd(sb, src, out, &[]));
+    expect_clean_failure(&r, out, "requires credentials");
+    let mut cmd = import_cmd(sb, src, out, &[]);
+    cmd.env("BERTH_REGISTRY_USER", user)
+        .env("BERTH_REGISTRY_PASSWORD", "wrong");
+    expect_clean_failure(&run(cmd), out, rejected);
 }
 
 fn cat_in_image(img: &Path, path: &str) -> Option<String> {
@@ -200,17 +218,7 @@ fn multi_arch_index_picks_the_platform() {
     import_ok(&sb, &src, &arm, &["--platform", "linux/arm64"]);
     assert_eq!(cat_in_image(&arm, "arch").as_deref(), Some("arm64"));
     let none = sb.work.join("none.sqsh");
-    let r = run(berth_image(
-        &sb,
-        &[
-            "import",
-            &src,
-            "-o",
-            none.to_str().unwrap(),
-            "--platform",
-            "linux/s390x",
-        ],
-    ));
+    let r = run(import_cmd(&sb, &src, &none, &["--platform", "linux/s390x"]));
     expect_clean_failure(&r, &none, "no linux/s390x image");
 }
 
@@ -235,16 +243,7 @@ fn docker_format_behind_basic_auth() {
     let src = format!("docker://{}/private/app:v1", reg.addr);
     let out = sb.work.join("auth.sqsh");
 
-    let r = run(berth_image(
-        &sb,
-        &["import", &src, "-o", out.to_str().unwrap()],
-    ));
-    expect_clean_failure(&r, &out, "requires credentials");
-
-    let mut cmd = berth_image(&sb, &["import", &src, "-o", out.to_str().unwrap()]);
-    cmd.env("BERTH_REGISTRY_USER", "alice")
-        .env("BERTH_REGISTRY_PASSWORD", "wrong");
-    expect_clean_failure(&run(cmd), &out, "rejected the credentials");
+    expect_credentials_refused(&sb, &src, &out, "alice", "rejected the credentials");
 
     // A netrc-style credentials file.
     let creds = sb.user_file(
@@ -365,23 +364,16 @@ fn whiteouts_and_opaque_dirs_match_umoci() {
 
 /// Push a one-layer image made of `entries` and import it; returns (result, output path).
 fn import_layer(sb: &Sandbox, reg: &Registry, name: &str, layer: Vec<u8>) -> (Run, PathBuf) {
-    let mut layout = Layout::new(&layout_dir(sb, name));
-    layout.image(
-        "v1",
-        &[(gzip(&layer), LAYER_GZIP)],
-        std::slice::from_ref(&layer),
+    push_layer(
+        reg,
+        &layout_dir(sb, name),
+        &layer,
         json!({}),
+        &format!("hostile/{name}:v1"),
     );
-    reg.push(&layout.dir, "v1", &format!("hostile/{name}:v1"), &[]);
     let out = sb.work.join(format!("{name}.sqsh"));
     let src = format!("docker://{}/hostile/{name}:v1", reg.addr);
-    (
-        run(berth_image(
-            sb,
-            &["import", &src, "-o", out.to_str().unwrap()],
-        )),
-        out,
-    )
+    (run(import_cmd(sb, &src, &out, &[])), out)
 }
 
 #[test]
@@ -491,14 +483,11 @@ fn hostile_layers_are_refused_or_neutralised() {
     reg.push(&layout.dir, "v1", "hostile/zero:v1", &[]);
     fs::write(reg.blob_data(&digest), b"").unwrap();
     let out = sb.work.join("zero.sqsh");
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("docker://{}/hostile/zero:v1", reg.addr),
-            "-o",
-            out.to_str().unwrap(),
-        ],
+        &format!("docker://{}/hostile/zero:v1", reg.addr),
+        &out,
+        &[],
     ));
     expect_clean_failure(&r, &out, &digest);
     let cached = sb
@@ -519,46 +508,38 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
     let sb = Sandbox::new("img-bad");
     let reg = Registry::start("bad", None);
     let out = sb.work.join("out.sqsh");
-    let o = out.to_str().unwrap();
 
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &["import", "docker://registry.invalid/x/y:1", "-o", o],
+        "docker://registry.invalid/x/y:1",
+        &out,
+        &[],
     ));
     expect_clean_failure(&r, &out, "cannot reach registry registry.invalid");
 
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("docker://{}/no/such:tag", reg.addr),
-            "-o",
-            o,
-        ],
+        &format!("docker://{}/no/such:tag", reg.addr),
+        &out,
+        &[],
     ));
     expect_clean_failure(&r, &out, "not found");
 
     let not_archive = sb.user_file("notes.tar", b"this is not a tar file at all\n");
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("docker-archive:{}", not_archive.display()),
-            "-o",
-            o,
-        ],
+        &format!("docker-archive:{}", not_archive.display()),
+        &out,
+        &[],
     ));
     expect_clean_failure(&r, &out, "not a tar archive");
 
     let missing = sb.work.join("no/such/dir/out.sqsh");
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("docker://{}/no/such:tag", reg.addr),
-            "-o",
-            missing.to_str().unwrap(),
-        ],
+        &format!("docker://{}/no/such:tag", reg.addr),
+        &missing,
+        &[],
     ));
     expect_clean_failure(&r, &missing, "does not exist");
 
@@ -574,14 +555,11 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
         json!({}),
     );
     reg.push(&layout.dir, "v1", "bad/corrupt:v1", &[]);
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("docker://{}/bad/corrupt:v1", reg.addr),
-            "-o",
-            o,
-        ],
+        &format!("docker://{}/bad/corrupt:v1", reg.addr),
+        &out,
+        &[],
     ));
     expect_clean_failure(&r, &out, "layer sha256:");
 
@@ -597,24 +575,14 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
         st.success(),
         "mounting a small tmpfs failed (the tests run as root)"
     );
-    let mut layout = Layout::new(&layout_dir(&sb, "big"));
     let big = shell_layer();
-    layout.image(
-        "v1",
-        &[(gzip(&big), LAYER_GZIP)],
-        std::slice::from_ref(&big),
-        json!({}),
-    );
-    reg.push(&layout.dir, "v1", "bad/big:v1", &[]);
+    push_layer(&reg, &layout_dir(&sb, "big"), &big, json!({}), "bad/big:v1");
     let full = small.join("big.sqsh");
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("docker://{}/bad/big:v1", reg.addr),
-            "-o",
-            full.to_str().unwrap(),
-        ],
+        &format!("docker://{}/bad/big:v1", reg.addr),
+        &full,
+        &[],
     ));
     let leftovers = fs::read_dir(&small).unwrap().count();
     let _ = Command::new("umount").arg(&small).status();
@@ -657,14 +625,11 @@ fn local_sources_oci_layout_docker_archive_and_rootfs() {
     );
     assert_eq!(s["manifest_digest"], digest.as_str());
     assert_eq!(cat_in_image(&out, "etc/motd").as_deref(), Some("local"));
-    let r = run(berth_image(
+    let r = run(import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("oci-archive:{}:nope", archive.display()),
-            "-o",
-            out.to_str().unwrap(),
-        ],
+        &format!("oci-archive:{}:nope", archive.display()),
+        &out,
+        &[],
     ));
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("no image tagged 'nope'"), "{}", r.stderr);
@@ -758,14 +723,11 @@ fn truncated_downloads_are_retried_then_refused() {
     // It drops every time (each resumed request gets half of what is left): a one-line error naming the layer, no output, nothing cached.
     let always = CuttingProxy::start(&reg.addr, usize::MAX, 1024);
     let out = sb.work.join("always.sqsh");
-    let mut cmd = berth_image(
+    let mut cmd = import_cmd(
         &sb,
-        &[
-            "import",
-            &format!("docker://{}/demo/trunc:v1", always.addr),
-            "-o",
-            out.to_str().unwrap(),
-        ],
+        &format!("docker://{}/demo/trunc:v1", always.addr),
+        &out,
+        &[],
     );
     cmd.env("BERTH_LAYER_CACHE", sb.work.join("cache2"));
     let r = run(cmd);
@@ -780,30 +742,26 @@ fn truncated_downloads_are_retried_then_refused() {
 fn bearer_token_auth() {
     let sb = Sandbox::new("img-token");
     let reg = Registry::start("token", None);
-    let mut layout = Layout::new(&layout_dir(&sb, "token"));
     let l = tar_layer(&[Entry::File("secret.txt", b"token holders only", 0o644)]);
-    layout.image(
-        "v1",
-        &[(gzip(&l), LAYER_GZIP)],
-        std::slice::from_ref(&l),
+    push_layer(
+        &reg,
+        &layout_dir(&sb, "token"),
+        &l,
         json!({"Cmd": ["true"]}),
+        "private/tok:v1",
     );
-    reg.push(&layout.dir, "v1", "private/tok:v1", &[]);
     let proxy = TokenProxy::start(&reg.addr, "bob", "t0ken-pw");
     let src = format!("docker://{}/private/tok:v1", proxy.addr);
     let out = sb.work.join("tok.sqsh");
 
     // No credentials: the token endpoint refuses, one line, nothing written.
-    let r = run(berth_image(
+    expect_credentials_refused(
         &sb,
-        &["import", &src, "-o", out.to_str().unwrap()],
-    ));
-    expect_clean_failure(&r, &out, "requires credentials");
-
-    let mut cmd = berth_image(&sb, &["import", &src, "-o", out.to_str().unwrap()]);
-    cmd.env("BERTH_REGISTRY_USER", "bob")
-        .env("BERTH_REGISTRY_PASSWORD", "wrong");
-    expect_clean_failure(&run(cmd), &out, "rejected the credentials of user 'bob'");
+        &src,
+        &out,
+        "bob",
+        "rejected the credentials of user 'bob'",
+    );
     assert!(
         proxy.issued.lock().unwrap().is_empty(),
         "a token was issued"
@@ -870,11 +828,7 @@ fn reimport_of_an_unchanged_image_is_skipped() {
     assert_eq!(stamp(&img), before, "the output was rewritten");
     let r = run(berth_image(&sb, &["cache", "list"])).expect_ok("cache list");
     assert_eq!(r.stdout, "", "layers were downloaded");
-    let r = run(berth_image(
-        &sb,
-        &["import", &src, "-o", img.to_str().unwrap()],
-    ))
-    .expect_ok("re-import");
+    let r = run(import_cmd(&sb, &src, &img, &[])).expect_ok("re-import");
     assert!(r.stderr.contains("is up to date"), "{}", r.stderr);
 
     // --force, or other squashfs settings, rebuild.
@@ -1006,33 +960,13 @@ fn sparse_files_stay_sparse_and_max_size_bounds_the_unpacked_image() {
 
     // Bounded: a clear error with the figure, nothing left behind.
     let out = disk.0.join("bounded.sqsh");
-    let r = run(berth_image(
-        &sb,
-        &[
-            "import",
-            &source,
-            "-o",
-            out.to_str().unwrap(),
-            "--max-size",
-            "1G",
-        ],
-    ));
+    let r = run(import_cmd(&sb, &source, &out, &["--max-size", "1G"]));
     expect_clean_failure(
         &r,
         &out,
         "more than --max-size 1 GiB (/big alone is 10 GiB)",
     );
-    let r = run(berth_image(
-        &sb,
-        &[
-            "import",
-            &source,
-            "-o",
-            out.to_str().unwrap(),
-            "--max-size",
-            "lots",
-        ],
-    ));
+    let r = run(import_cmd(&sb, &source, &out, &["--max-size", "lots"]));
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("not a size"), "{}", r.stderr);
 }
@@ -1060,7 +994,7 @@ fn later_imports_remove_temps_of_killed_imports_and_keep_live_ones() {
     // A real import killed (SIGKILL) while it streams a large sparse file into tar2sqfs.
     let source = layout_with(&sb, "slow", &sparse_layer(8 << 30));
     let out = dir.join("killed.sqsh");
-    let mut child = berth_image(&sb, &["import", &source, "-o", out.to_str().unwrap()])
+    let mut child = import_cmd(&sb, &source, &out, &[])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1308,9 +1242,6 @@ fn cached_layers_are_indexed_and_still_verified() {
     )
     .unwrap();
     let out = sb.work.join("tampered.sqsh");
-    let r = run(berth_image(
-        &sb,
-        &["import", &src, "-o", out.to_str().unwrap()],
-    ));
+    let r = run(import_cmd(&sb, &src, &out, &[]));
     expect_clean_failure(&r, &out, "failed verification");
 }
