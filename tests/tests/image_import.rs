@@ -872,33 +872,6 @@ fn cat_config(img: &Path) -> serde_json::Value {
     serde_json::from_str(&cat_in_image(img, ".berth/image.json").unwrap()).unwrap()
 }
 
-/// A layer holding `/big`, a GNU sparse file of `real` bytes with 4 KiB of data at each end:
-/// a few KiB of tar for any size.
-fn sparse_layer(real: u64) -> Vec<u8> {
-    fn octal(field: &mut [u8], v: u64) {
-        let text = format!("{v:0w$o}", w = field.len() - 1);
-        field[..text.len()].copy_from_slice(text.as_bytes());
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::GNUSparse);
-    h.set_mode(0o644);
-    h.set_size(8192);
-    h.set_mtime(1_700_000_000);
-    let g = h.as_gnu_mut().unwrap();
-    g.name[..3].copy_from_slice(b"big");
-    octal(&mut g.sparse[0].offset, 0);
-    octal(&mut g.sparse[0].numbytes, 4096);
-    octal(&mut g.sparse[1].offset, real - 4096);
-    octal(&mut g.sparse[1].numbytes, 4096);
-    octal(&mut g.realsize, real);
-    h.set_cksum();
-    let mut data = vec![b'a'; 4096];
-    data.extend(vec![b'z'; 4096]);
-    let mut b = tar::Builder::new(Vec::new());
-    b.append(&h, &data[..]).unwrap();
-    b.into_inner().unwrap()
-}
-
 /// An oci layout tagged `v1` with the one layer (gzip).
 fn layout_with(sb: &Sandbox, name: &str, layer: &[u8]) -> String {
     let mut layout = Layout::new(&layout_dir(sb, name));

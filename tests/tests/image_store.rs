@@ -282,32 +282,6 @@ fn an_importer_killed_with_sigkill_blocks_nothing() {
     assert!(list.contains(&format!("{} ", 1u64 << 30)), "{list}");
 }
 
-/// A layer holding `/big`, a GNU sparse file of `real` bytes with 4 KiB of data at each end.
-fn sparse_layer(real: u64) -> Vec<u8> {
-    fn octal(field: &mut [u8], v: u64) {
-        let text = format!("{v:0w$o}", w = field.len() - 1);
-        field[..text.len()].copy_from_slice(text.as_bytes());
-    }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::GNUSparse);
-    h.set_mode(0o644);
-    h.set_size(8192);
-    h.set_mtime(1_700_000_000);
-    let g = h.as_gnu_mut().unwrap();
-    g.name[..3].copy_from_slice(b"big");
-    octal(&mut g.sparse[0].offset, 0);
-    octal(&mut g.sparse[0].numbytes, 4096);
-    octal(&mut g.sparse[1].offset, real - 4096);
-    octal(&mut g.sparse[1].numbytes, 4096);
-    octal(&mut g.realsize, real);
-    h.set_cksum();
-    let mut data = vec![b'a'; 4096];
-    data.extend(vec![b'z'; 4096]);
-    let mut b = tar::Builder::new(Vec::new());
-    b.append(&h, &data[..]).unwrap();
-    b.into_inner().unwrap()
-}
-
 /// A claim of an importer on another node: waited for while its heartbeat goes on, taken over
 /// once it stops (the node died), with no lock held on the shared filesystem meanwhile.
 #[test]
