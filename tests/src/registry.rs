@@ -191,6 +191,7 @@ impl Drop for Registry {
 
 /// One tar entry of a hand-made layer. Names are written raw, so hostile ones (`../x`) are
 /// possible: the point of some tests.
+#[derive(Clone, Copy)]
 pub enum Entry<'a> {
     Dir(&'a str, u32),
     File(&'a str, &'a [u8], u32),
@@ -284,6 +285,19 @@ pub fn shell_layer(hello: &[u8]) -> Vec<u8> {
 /// [`shell_layer`] with more files of the demo image's root (paths relative to it).
 pub fn shell_layer_with(hello: &[u8], more: &[&str]) -> Vec<u8> {
     let rootfs = crate::demo_image().parent().unwrap().join("demo-rootfs");
+    shell_tar(
+        &rootfs,
+        more,
+        &[
+            Entry::Dir("srv/", 0o755),
+            Entry::File("srv/hello.txt", hello, 0o644),
+        ],
+    )
+}
+
+/// A layer with dash and cat, their libraries and the files `more` from `rootfs` (a root
+/// like the demo image's), the links a merged-/usr root needs, then `entries`.
+pub fn shell_tar(rootfs: &Path, more: &[&str], entries: &[Entry]) -> Vec<u8> {
     let mut host = vec![
         "usr/bin/dash",
         "usr/bin/cat",
@@ -291,23 +305,19 @@ pub fn shell_layer_with(hello: &[u8], more: &[&str]) -> Vec<u8> {
         "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
     ];
     host.extend_from_slice(more);
-    tar_with_host_files(
-        &rootfs,
-        &host,
-        &[
-            Entry::Symlink("bin", "usr/bin"),
-            Entry::Symlink("lib", "usr/lib"),
-            Entry::Symlink("lib64", "usr/lib64"),
-            Entry::Symlink("usr/bin/sh", "dash"),
-            Entry::Dir("usr/lib64/", 0o755),
-            Entry::Symlink(
-                "usr/lib64/ld-linux-x86-64.so.2",
-                "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
-            ),
-            Entry::Dir("srv/", 0o755),
-            Entry::File("srv/hello.txt", hello, 0o644),
-        ],
-    )
+    let mut all = vec![
+        Entry::Symlink("bin", "usr/bin"),
+        Entry::Symlink("lib", "usr/lib"),
+        Entry::Symlink("lib64", "usr/lib64"),
+        Entry::Symlink("usr/bin/sh", "dash"),
+        Entry::Dir("usr/lib64/", 0o755),
+        Entry::Symlink(
+            "usr/lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ),
+    ];
+    all.extend_from_slice(entries);
+    tar_with_host_files(rootfs, &host, &all)
 }
 
 /// Push an image of one layer (`layer`, gzipped) with the run config `run` to `dest` in
