@@ -393,3 +393,38 @@ pub fn processes_with(marker: &str) -> Vec<(i32, String)> {
         .filter(|(_, c)| c.contains(marker))
         .collect()
 }
+
+/// mpirun options that force Open MPI's shared-memory transport with its CMA single copy,
+/// the path that needs the ranks in one user namespace.
+pub const MPI_SHM_CMA: &[&str] = &[
+    "--mca",
+    "btl",
+    "self,vader",
+    "--mca",
+    "btl_vader_single_copy_mechanism",
+    "cma",
+];
+
+/// The argument vector of `mpirun -np 2 MPIRUN_ARGS berth run BERTH_ARGS <demo image> --
+/// COMMAND`.
+pub fn mpirun_argv(mpirun_args: &[&str], berth_args: &[&str], command: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = ["mpirun", "-np", "2"]
+        .iter()
+        .chain(mpirun_args)
+        .map(|s| s.to_string())
+        .collect();
+    argv.push(berth_bin().to_string_lossy().into_owned());
+    argv.push("run".into());
+    argv.extend(berth_args.iter().map(|s| s.to_string()));
+    argv.push(demo_image().to_string_lossy().into_owned());
+    argv.push("--".into());
+    argv.extend(command.iter().map(|s| s.to_string()));
+    argv
+}
+
+/// The `rank ...` lines of a two-rank run's output; asserts there are two.
+pub fn two_ranks(stdout: &str) -> Vec<&str> {
+    let ranks: Vec<&str> = stdout.lines().filter(|l| l.starts_with("rank ")).collect();
+    assert_eq!(ranks.len(), 2, "{stdout}");
+    ranks
+}

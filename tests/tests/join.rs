@@ -117,40 +117,14 @@ fn a_key_in_use_with_other_mounts_is_refused() {
 }
 
 fn mpirun(sb: &Sandbox, extra: &[&str]) -> Run {
-    let image = demo_image();
-    let mut argv: Vec<String> = [
-        "mpirun",
-        "-np",
-        "2",
-        "--mca",
-        "btl",
-        "self,vader",
-        "--mca",
-        "btl_vader_single_copy_mechanism",
-        "cma",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.push(berth_bin().to_string_lossy().into_owned());
-    argv.push("run".into());
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    argv.push(image.to_string_lossy().into_owned());
-    argv.push("--".into());
-    argv.push("mpi-hello".into());
-    run(sb.as_user(&argv))
+    run(sb.as_user(&mpirun_argv(MPI_SHM_CMA, extra, &["mpi-hello"])))
 }
 
 #[test]
 fn mpirun_ranks_share_one_container_and_cma_works() {
     let sb = Sandbox::new("mpi-join");
     let r = mpirun(&sb, &[]).expect_ok("mpirun in one container");
-    let ranks: Vec<&str> = r
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("rank "))
-        .collect();
-    assert_eq!(ranks.len(), 2, "{}", r.stdout);
+    let ranks = two_ranks(&r.stdout);
     for l in &ranks {
         assert!(
             l.contains("allreduce=ok") && l.contains("ring=ok") && l.contains("bookworm"),

@@ -221,16 +221,7 @@ bind = [\"/usr/lib/x86_64-linux-gnu/openmpi\"]\n\
 libraries = [\"/usr/lib/x86_64-linux-gnu/libmpi.so.40*\", \"/usr/lib/x86_64-linux-gnu/libopen-rte.so.40*\", \"/usr/lib/x86_64-linux-gnu/libopen-pal.so.40*\"]\n";
 
 fn mpirun_hello(sb: &Sandbox, policy: &Path, extra: &[&str]) -> Run {
-    let mut argv: Vec<String> = ["mpirun", "-np", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    argv.push(berth_bin().to_string_lossy().into_owned());
-    argv.push("run".into());
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    argv.push(demo_image().to_string_lossy().into_owned());
-    argv.extend(["--".into(), "mpi-hello".into()]);
-    let mut cmd = sb.as_user(&argv);
+    let mut cmd = sb.as_user(&mpirun_argv(&[], extra, &["mpi-hello"]));
     cmd.env("BERTH_CONFIG", policy);
     run(cmd)
 }
@@ -240,12 +231,7 @@ fn host_open_mpi_is_injected_into_an_open_mpi_image() {
     let sb = Sandbox::new("policy-mpi");
     let policy = policy_file(&sb, OPENMPI_POLICY);
     let r = mpirun_hello(&sb, &policy, &[]).expect_ok("mpirun with host MPI");
-    let ranks: Vec<&str> = r
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("rank "))
-        .collect();
-    assert_eq!(ranks.len(), 2, "{}", r.stdout);
+    let ranks = two_ranks(&r.stdout);
     for l in &ranks {
         assert!(l.contains("allreduce=ok") && l.contains("ring=ok"), "{l}");
         assert!(

@@ -261,41 +261,17 @@ fn an_unknown_kind_is_one_line_and_exit_125() {
 #[test]
 fn mpirun_with_unshare_ipc_keeps_shared_memory_and_cma() {
     let sb = Sandbox::new("unshare-mpi");
-    let image = demo_image();
-    let mut argv: Vec<String> = [
-        "mpirun",
-        "-np",
-        "2",
-        "--mca",
-        "btl",
-        "self,vader",
-        "--mca",
-        "btl_vader_single_copy_mechanism",
-        "cma",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.push(berth_bin().to_string_lossy().into_owned());
-    for a in ["run", "--unshare", "ipc"] {
-        argv.push(a.into());
-    }
-    argv.push(image.to_string_lossy().into_owned());
-    for a in [
-        "--",
-        "sh",
-        "-c",
-        "echo ipc=$(readlink /proc/self/ns/ipc); exec mpi-hello",
-    ] {
-        argv.push(a.into());
-    }
+    let argv = mpirun_argv(
+        MPI_SHM_CMA,
+        &["--unshare", "ipc"],
+        &[
+            "sh",
+            "-c",
+            "echo ipc=$(readlink /proc/self/ns/ipc); exec mpi-hello",
+        ],
+    );
     let r = run(sb.as_user(&argv)).expect_ok("mpirun --unshare ipc");
-    let ranks: Vec<&str> = r
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("rank "))
-        .collect();
-    assert_eq!(ranks.len(), 2, "{}", r.stdout);
+    let ranks = two_ranks(&r.stdout);
     for l in &ranks {
         assert!(l.contains("allreduce=ok") && l.contains("ring=ok"), "{l}");
     }
