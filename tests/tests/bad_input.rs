@@ -124,54 +124,26 @@ fn bad_mounts_are_refused() {
     let sb = Sandbox::new("bad-mount");
     let image = demo_image();
     let img = image.to_str().unwrap();
-    refused(
-        &sb,
-        &["run", "--mount", "/no/such/dir:/data", img, "--", "true"],
-        125,
-        "mount source /no/such/dir does not exist",
-    );
-    refused(
-        &sb,
-        &["run", "--mount", "/tmp:data", img, "--", "true"],
-        125,
-        "not an absolute path",
-    );
-    refused(
-        &sb,
-        &["run", "--mount", "/tmp:/data/../../etc", img, "--", "true"],
-        125,
-        "contains '.' or '..'",
-    );
-    refused(
-        &sb,
-        &["run", "--mount", "/tmp:/proc", img, "--", "true"],
-        125,
-        "reserved",
-    );
-    refused(
-        &sb,
-        &["run", "--mount", "/tmp:/data:rx", img, "--", "true"],
-        125,
-        "unknown option 'rx'",
-    );
-    refused(
-        &sb,
-        &["run", "--env", "1BAD=x", img, "--", "true"],
-        125,
-        "not a valid variable name",
-    );
-    refused(
-        &sb,
-        &["run", "--join", "../escape", img, "--", "true"],
-        125,
-        "bad join key",
-    );
-    refused(
-        &sb,
-        &["run", "--workdir", "/no/such/dir", img, "--", "true"],
-        125,
-        "working directory /no/such/dir",
-    );
+    for (option, value, says) in [
+        (
+            "--mount",
+            "/no/such/dir:/data",
+            "mount source /no/such/dir does not exist",
+        ),
+        ("--mount", "/tmp:data", "not an absolute path"),
+        ("--mount", "/tmp:/data/../../etc", "contains '.' or '..'"),
+        ("--mount", "/tmp:/proc", "reserved"),
+        ("--mount", "/tmp:/data:rx", "unknown option 'rx'"),
+        ("--env", "1BAD=x", "not a valid variable name"),
+        ("--join", "../escape", "bad join key"),
+        (
+            "--workdir",
+            "/no/such/dir",
+            "working directory /no/such/dir",
+        ),
+    ] {
+        refused(&sb, &["run", option, value, img, "--", "true"], 125, says);
+    }
 }
 
 #[test]
