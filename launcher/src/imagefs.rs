@@ -613,3 +613,34 @@ impl Filesystem for ImageFs {
         reply.error(Errno::ENOSYS)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_takes_the_files_listed_after_it_once() {
+        let mut p = Pending::default();
+        p.add(vec![(10, 1), (11, 2), (12, 3)]);
+        assert_eq!(p.take_after(11), vec![(12, 3)]);
+        // The listing is gone: each file is pushed at most once.
+        assert!(p.take_after(10).is_empty());
+        assert!(p.files.is_empty() && p.listings.is_empty());
+        // A lone file has no siblings to push.
+        p.add(vec![(20, 1)]);
+        assert!(p.take_after(20).is_empty());
+    }
+
+    #[test]
+    fn old_listings_are_forgotten() {
+        let mut p = Pending::default();
+        for d in 0..PUSH_LISTINGS as u64 + 5 {
+            p.add(vec![(d * 10, 1), (d * 10 + 1, 1)]);
+        }
+        assert_eq!(p.listings.len(), PUSH_LISTINGS);
+        assert_eq!(p.files.len(), 2 * PUSH_LISTINGS);
+        assert!(p.take_after(0).is_empty());
+        let last = (PUSH_LISTINGS as u64 + 4) * 10;
+        assert_eq!(p.take_after(last), vec![(last + 1, 1)]);
+    }
+}
