@@ -19,25 +19,33 @@ fn install_script(repo: &AptRepo) -> String {
     )
 }
 
-#[test]
-fn apt_get_install_works_under_remap_root() {
-    let sb = Sandbox::new("fakeroot-apt");
-    let repo = AptRepo::serve(&sb.root.join("apt"));
+/// `berth run FLAGS --writable <demo image> -- sh -c SCRIPT`.
+fn writable_sh(sb: &Sandbox, flags: &[&str], script: &str) -> Run {
     let image = demo_image();
-    // Extract mode: the image's files are the user's, so apt and adduser can rewrite the
-    // ones (/etc/gshadow) that the image gives a group the user namespace does not map.
-    let r = run(sb.berth(&[
-        "run",
-        "--mode",
-        "extract",
-        "--remap-root",
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend([
         "--writable",
         image.to_str().unwrap(),
         "--",
         "sh",
         "-c",
+        script,
+    ]);
+    run(sb.berth(&args))
+}
+
+#[test]
+fn apt_get_install_works_under_remap_root() {
+    let sb = Sandbox::new("fakeroot-apt");
+    let repo = AptRepo::serve(&sb.root.join("apt"));
+    // Extract mode: the image's files are the user's, so apt and adduser can rewrite the
+    // ones (/etc/gshadow) that the image gives a group the user namespace does not map.
+    let r = writable_sh(
+        &sb,
+        &["--mode", "extract", "--remap-root"],
         &install_script(&repo),
-    ]))
+    )
     .expect_ok("apt-get install under --remap-root");
     assert!(r.stdout.contains(aptrepo::GREETING), "{}", r.stdout);
     // The chowns (dpkg's of the 4242 file, the postinst's) reported success without effect:
@@ -59,18 +67,11 @@ fn apt_get_install_works_under_remap_root_in_mount_mode() {
     // Mount mode: berth-imagefs shows every file as the user's, so the overlay can copy up
     // and adduser can rewrite /etc/gshadow (group shadow in the image, which no user
     // namespace of the user's maps).
-    let r = run(sb.berth(&[
-        "run",
-        "--mode",
-        "mount",
-        "--remap-root",
-        "--writable",
-        image.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
+    let r = writable_sh(
+        &sb,
+        &["--mode", "mount", "--remap-root"],
         &format!("stat -c %U:%G /etc/gshadow; {}", install_script(&repo)),
-    ]))
+    )
     .expect_ok("apt-get install under --remap-root in mount mode");
     assert!(r.stdout.starts_with("root:root\n"), "{}", r.stdout);
     assert!(r.stdout.contains(aptrepo::GREETING), "{}", r.stdout);
@@ -98,20 +99,9 @@ fn apt_get_install_works_under_remap_root_in_mount_mode() {
 fn without_remap_root_apt_get_fails_as_the_user() {
     let sb = Sandbox::new("fakeroot-user");
     let repo = AptRepo::serve(&sb.root.join("apt"));
-    let image = demo_image();
     // The same request without --remap-root.
     let script = format!("id -u; {}", install_script(&repo));
-    let r = run(sb.berth(&[
-        "run",
-        "--mode",
-        "extract",
-        "--writable",
-        image.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]));
+    let r = writable_sh(&sb, &["--mode", "extract"], &script);
     assert!(!r.ok(), "{}\n{}", r.stdout, r.stderr);
     assert!(
         r.stdout.starts_with(&format!("{}\n", user().uid)),
