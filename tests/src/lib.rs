@@ -203,6 +203,16 @@ impl Sandbox {
         self.as_user(&argv)
     }
 
+    /// `berth run --mode MODE FLAGS <demo image> -- COMMAND` as the test user.
+    pub fn berth_demo(&self, mode: &str, flags: &[&str], command: &[&str]) -> Command {
+        let image = demo_image();
+        let mut args = vec!["run", "--mode", mode];
+        args.extend_from_slice(flags);
+        args.extend([image.to_str().unwrap(), "--"]);
+        args.extend_from_slice(command);
+        self.berth(&args)
+    }
+
     /// Any command as the test user. With `BERTH_TEST_WRAP` set (a program such as the
     /// `enosys` wrapper), a command that runs berth (or another binary under test, directly,
     /// through mpirun or a shell) runs under it, and so does every berth it starts; host

@@ -6,18 +6,16 @@ use berth_tests::*;
 #[test]
 fn a_pseudo_terminal_can_be_opened_inside() {
     let sb = Sandbox::new("pty");
-    let image = demo_image();
     for mode in ["mount", "extract"] {
-        let r = run(sb.berth(&[
-            "run",
-            "--mode",
+        let r = run(sb.berth_demo(
             mode,
-            image.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "script -qec 'tty; id -u' /dev/null; grep ' /dev/pts ' /proc/self/mountinfo",
-        ]))
+            &[],
+            &[
+                "sh",
+                "-c",
+                "script -qec 'tty; id -u' /dev/null; grep ' /dev/pts ' /proc/self/mountinfo",
+            ],
+        ))
         .expect_ok(mode);
         let lines: Vec<&str> = r.stdout.lines().map(|l| l.trim_end_matches('\r')).collect();
         assert!(

@@ -551,18 +551,16 @@ fn a_damaged_block_is_an_io_error_and_the_server_serves_on() {
 #[test]
 fn the_server_outlives_signals_sent_to_its_process_group() {
     let sb = Sandbox::new("imagefs-signals");
-    let image = demo_image();
     let mut child = sb
-        .berth(&[
-            "run",
-            "--mode",
+        .berth_demo(
             "mount",
-            image.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            "read x; cat /etc/debian_version; ls /usr/bin | wc -l",
-        ])
+            &[],
+            &[
+                "sh",
+                "-c",
+                "read x; cat /etc/debian_version; ls /usr/bin | wc -l",
+            ],
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

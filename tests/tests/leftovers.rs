@@ -181,19 +181,10 @@ fn a_killed_first_extract_is_swept_by_the_next_run_and_by_cache_clean() {
     let root = sb.root.join("rootfs");
     busybox_root(&root, "MARKER-SMALL");
     squash_plain(&root, &small);
-    let image = demo_image();
 
     for sweeper in ["next run", "cache clean"] {
         let mut first = sb
-            .berth(&[
-                "run",
-                "--mode",
-                "extract",
-                "--no-join",
-                image.to_str().unwrap(),
-                "--",
-                "true",
-            ])
+            .berth_demo("extract", &["--no-join"], &["true"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
