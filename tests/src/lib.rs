@@ -203,10 +203,10 @@ impl Sandbox {
         self.as_user(&argv)
     }
 
-    /// `berth run --mode MODE FLAGS <demo image> -- COMMAND` as the test user.
-    pub fn berth_demo(&self, mode: &str, flags: &[&str], command: &[&str]) -> Command {
+    /// `berth run FLAGS <demo image> -- COMMAND` as the test user.
+    pub fn berth_demo(&self, flags: &[&str], command: &[&str]) -> Command {
         let image = demo_image();
-        let mut args = vec!["run", "--mode", mode];
+        let mut args = vec!["run"];
         args.extend_from_slice(flags);
         args.extend([image.to_str().unwrap(), "--"]);
         args.extend_from_slice(command);

@@ -8,8 +8,7 @@ fn a_pseudo_terminal_can_be_opened_inside() {
     let sb = Sandbox::new("pty");
     for mode in ["mount", "extract"] {
         let r = run(sb.berth_demo(
-            mode,
-            &[],
+            &["--mode", mode],
             &[
                 "sh",
                 "-c",

@@ -8,15 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 fn sees_the_image_os_release_its_ids_home_and_cwd() {
     let sb = Sandbox::new("identity");
     let u = user();
-    let image = demo_image();
-    let r = run(sb.berth(&[
-        "run",
-        image.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "grep ^PRETTY_NAME /etc/os-release; id -u; id -g; id -un; echo home=$HOME; pwd; test -d \"$HOME\" && echo home-ok",
-    ]))
+    let r = run(sb.berth_demo(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "grep ^PRETTY_NAME /etc/os-release; id -u; id -g; id -un; echo home=$HOME; pwd; test -d \"$HOME\" && echo home-ok",
+        ],
+    ))
     .expect_ok("berth run");
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(
@@ -34,15 +33,7 @@ fn sees_the_image_os_release_its_ids_home_and_cwd() {
     assert_eq!(lines[5], sb.work.to_str().unwrap(), "cwd is kept");
     assert_eq!(lines[6], "home-ok");
     // The host's name resolution files are the ones inside.
-    let r = run(sb.berth(&[
-        "run",
-        image.to_str().unwrap(),
-        "--",
-        "cat",
-        "/etc/hosts",
-        "/etc/resolv.conf",
-    ]))
-    .expect_ok("hosts");
+    let r = run(sb.berth_demo(&[], &["cat", "/etc/hosts", "/etc/resolv.conf"])).expect_ok("hosts");
     let host = ["/etc/hosts", "/etc/resolv.conf"]
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap_or_default())
@@ -53,17 +44,14 @@ fn sees_the_image_os_release_its_ids_home_and_cwd() {
 #[test]
 fn host_files_keep_host_permissions_shadow_is_visible_not_readable() {
     let sb = Sandbox::new("shadow");
-    let image = demo_image();
-    let r = run(sb.berth(&[
-        "run",
-        "--mount",
-        "/etc/shadow:/host-shadow:ro",
-        image.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "test -e /host-shadow && echo visible; cat /host-shadow >/dev/null 2>&1 && echo READABLE || echo unreadable",
-    ]))
+    let r = run(sb.berth_demo(
+        &["--mount", "/etc/shadow:/host-shadow:ro"],
+        &[
+            "sh",
+            "-c",
+            "test -e /host-shadow && echo visible; cat /host-shadow >/dev/null 2>&1 && echo READABLE || echo unreadable",
+        ],
+    ))
     .expect_ok("berth run");
     assert_eq!(r.stdout, "visible\nunreadable\n");
 }
@@ -102,16 +90,14 @@ fn supplementary_groups_still_grant_access() {
 #[test]
 fn remap_root_makes_the_user_uid_zero_inside_only() {
     let sb = Sandbox::new("remap");
-    let image = demo_image();
-    let r = run(sb.berth(&[
-        "run",
-        "--remap-root",
-        image.to_str().unwrap(),
-        "--",
-        "sh",
-        "-c",
-        "id -u; id -g; echo $HOME; cat /proc/self/uid_map",
-    ]))
+    let r = run(sb.berth_demo(
+        &["--remap-root"],
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; echo $HOME; cat /proc/self/uid_map",
+        ],
+    ))
     .expect_ok("remap-root");
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(&lines[..3], &["0", "0", "/root"]);
@@ -128,30 +114,19 @@ fn environment_entrypoint_and_workdir_follow_the_image_config() {
     let sb = Sandbox::new("config");
     let image = demo_image();
     let img = image.to_str().unwrap();
-    let r = run(sb.berth(&[
-        "run",
-        "--env",
-        "MINE=1",
-        img,
-        "--",
-        "sh",
-        "-c",
-        "echo $DEMO_IMAGE $DEMO_ENTRYPOINT $MINE",
-    ]))
+    let r = run(sb.berth_demo(
+        &["--env", "MINE=1"],
+        &["sh", "-c", "echo $DEMO_IMAGE $DEMO_ENTRYPOINT $MINE"],
+    ))
     .expect_ok("entrypoint");
     assert_eq!(
         r.stdout, "berth-demo ran 1\n",
         "image Env, entrypoint and --env apply"
     );
-    let r = run(sb.berth(&[
-        "run",
-        "--no-entrypoint",
-        img,
-        "--",
-        "sh",
-        "-c",
-        "echo ${DEMO_ENTRYPOINT:-none}",
-    ]))
+    let r = run(sb.berth_demo(
+        &["--no-entrypoint"],
+        &["sh", "-c", "echo ${DEMO_ENTRYPOINT:-none}"],
+    ))
     .expect_ok("no-entrypoint");
     assert_eq!(r.stdout, "none\n");
     let r = run(sb.berth(&["run", img])).expect_ok("default command");
@@ -160,11 +135,10 @@ fn environment_entrypoint_and_workdir_follow_the_image_config() {
         "image Cmd runs by default: {}",
         r.stdout
     );
-    let r =
-        run(sb.berth(&["run", "--workdir", "/usr/share", img, "--", "pwd"])).expect_ok("workdir");
+    let r = run(sb.berth_demo(&["--workdir", "/usr/share"], &["pwd"])).expect_ok("workdir");
     assert_eq!(r.stdout, "/usr/share\n");
     // From a host directory that is not visible inside, the image's WorkingDir is used.
-    let mut cmd = sb.berth(&["run", img, "--", "pwd"]);
+    let mut cmd = sb.berth_demo(&[], &["pwd"]);
     cmd.current_dir("/etc");
     assert_eq!(run(cmd).expect_ok("image workdir").stdout, "/srv/demo\n");
 }
@@ -172,30 +146,23 @@ fn environment_entrypoint_and_workdir_follow_the_image_config() {
 #[test]
 fn writable_keeps_changes_in_memory_and_read_only_refuses() {
     let sb = Sandbox::new("writable");
-    let image = demo_image();
-    let img = image.to_str().unwrap();
-    let r = run(sb.berth(&["run", img, "--", "sh", "-c", "echo x > /etc/new-file"]));
+    let r = run(sb.berth_demo(&[], &["sh", "-c", "echo x > /etc/new-file"]));
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("Read-only file system"), "{}", r.stderr);
-    let r = run(sb.berth(&[
-        "run",
-        "--writable",
-        img,
-        "--",
-        "sh",
-        "-c",
-        "echo x > /etc/new-file && cat /etc/new-file",
-    ]))
+    let r = run(sb.berth_demo(
+        &["--writable"],
+        &["sh", "-c", "echo x > /etc/new-file && cat /etc/new-file"],
+    ))
     .expect_ok("writable");
     assert_eq!(r.stdout, "x\n");
-    let r = run(sb.berth(&[
-        "run",
-        img,
-        "--",
-        "sh",
-        "-c",
-        "test -e /etc/new-file && echo kept || echo discarded",
-    ]))
+    let r = run(sb.berth_demo(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "test -e /etc/new-file && echo kept || echo discarded",
+        ],
+    ))
     .expect_ok("after");
     assert_eq!(r.stdout, "discarded\n");
 }
@@ -234,33 +201,25 @@ fn user_mounts_ro_and_rw_and_files() {
 #[test]
 fn a_named_container_keeps_its_changes_for_the_next_run_with_that_name() {
     let sb = Sandbox::new("named");
-    let image = demo_image();
-    let img = image.to_str().unwrap();
-    run(sb.berth(&[
-        "run",
-        "--name",
-        "keep",
-        img,
-        "--",
-        "sh",
-        "-c",
-        "echo kept > /etc/berth-kept",
-    ]))
+    run(sb.berth_demo(
+        &["--name", "keep"],
+        &["sh", "-c", "echo kept > /etc/berth-kept"],
+    ))
     .expect_ok("first");
-    let r = run(sb.berth(&["run", "--name", "keep", img, "--", "cat", "/etc/berth-kept"]))
-        .expect_ok("second");
+    let r =
+        run(sb.berth_demo(&["--name", "keep"], &["cat", "/etc/berth-kept"])).expect_ok("second");
     assert_eq!(r.stdout, "kept\n");
-    let r = run(sb.berth(&[
-        "run",
-        img,
-        "--",
-        "sh",
-        "-c",
-        "test -e /etc/berth-kept && echo leaked || echo clean",
-    ]))
+    let r = run(sb.berth_demo(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "test -e /etc/berth-kept && echo leaked || echo clean",
+        ],
+    ))
     .expect_ok("unnamed");
     assert_eq!(r.stdout, "clean\n", "an unnamed container does not see it");
     assert!(sb.state.join("named/keep/upper/etc/berth-kept").exists());
-    let bad = run(sb.berth(&["run", "--name", "../x", img, "--", "true"]));
+    let bad = run(sb.berth_demo(&["--name", "../x"], &["true"]));
     assert_eq!(bad.code, Some(125));
 }

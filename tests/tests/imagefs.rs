@@ -553,8 +553,7 @@ fn the_server_outlives_signals_sent_to_its_process_group() {
     let sb = Sandbox::new("imagefs-signals");
     let mut child = sb
         .berth_demo(
-            "mount",
-            &[],
+            &["--mode", "mount"],
             &[
                 "sh",
                 "-c",

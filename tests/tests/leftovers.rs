@@ -184,7 +184,7 @@ fn a_killed_first_extract_is_swept_by_the_next_run_and_by_cache_clean() {
 
     for sweeper in ["next run", "cache clean"] {
         let mut first = sb
-            .berth_demo("extract", &["--no-join"], &["true"])
+            .berth_demo(&["--mode", "extract", "--no-join"], &["true"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -13,11 +13,11 @@ fn exit_codes_pass_through() {
     let image = demo_image();
     for mode in ["mount", "extract"] {
         for code in [0, 1, 42] {
-            let r = run(sb.berth_demo(mode, &[], &["sh", "-c", &format!("exit {code}")]));
+            let r = run(sb.berth_demo(&["--mode", mode], &["sh", "-c", &format!("exit {code}")]));
             assert_eq!(r.code, Some(code), "{mode}: {}", r.stderr);
         }
         // A command killed by a signal: berth *is* the command, so the shell sees 128+signal.
-        let r = run(sb.berth_demo(mode, &[], &["sh", "-c", "kill -USR1 $$"]));
+        let r = run(sb.berth_demo(&["--mode", mode], &["sh", "-c", "kill -USR1 $$"]));
         assert_eq!(
             r.signal,
             Some(libc::SIGUSR1),

@@ -9,8 +9,9 @@ const PROBE: &str = "cat /etc/os-release; id -u; pwd; ls /usr/local/bin; md5sum 
 #[test]
 fn mount_extract_and_directory_give_the_same_results() {
     let sb = Sandbox::new("modes");
-    let mount = run(sb.berth_demo("mount", &[], &["sh", "-c", PROBE])).expect_ok("mount");
-    let extract = run(sb.berth_demo("extract", &[], &["sh", "-c", PROBE])).expect_ok("extract");
+    let mount = run(sb.berth_demo(&["--mode", "mount"], &["sh", "-c", PROBE])).expect_ok("mount");
+    let extract =
+        run(sb.berth_demo(&["--mode", "extract"], &["sh", "-c", PROBE])).expect_ok("extract");
     // A directory image owned by the user: the tree extract mode unpacked.
     let entries = entry_dirs(&sb);
     assert_eq!(entries.len(), 1);
@@ -44,7 +45,7 @@ fn entry_dirs(sb: &Sandbox) -> Vec<std::path::PathBuf> {
 fn extract_cache_is_filled_once_and_reused() {
     let sb = Sandbox::new("cache-reuse");
     let image = demo_image();
-    let first = run(sb.berth_demo("extract", &[], &["true"])).expect_ok("first");
+    let first = run(sb.berth_demo(&["--mode", "extract"], &["true"])).expect_ok("first");
     assert!(
         first.stderr.contains("unpacking"),
         "the first run unpacks: {}",
@@ -53,7 +54,7 @@ fn extract_cache_is_filled_once_and_reused() {
     let entries = entry_dirs(&sb);
     assert_eq!(entries.len(), 1, "{entries:?}");
     let ino = std::fs::metadata(entries[0].join("rootfs")).unwrap().ino();
-    let second = run(sb.berth_demo("extract", &[], &["true"])).expect_ok("second");
+    let second = run(sb.berth_demo(&["--mode", "extract"], &["true"])).expect_ok("second");
     assert!(
         !second.stderr.contains("unpacking"),
         "the second run must not unpack: {}",
@@ -98,7 +99,7 @@ fn extract_cache_is_filled_once_and_reused() {
 fn cache_clean_keeps_an_image_in_use() {
     let sb = Sandbox::new("cache-inuse");
     let mut running = sb
-        .berth_demo("extract", &["--no-join"], &["sleep", "30"])
+        .berth_demo(&["--mode", "extract", "--no-join"], &["sleep", "30"])
         .spawn()
         .unwrap();
     assert!(
@@ -121,11 +122,14 @@ fn cache_clean_keeps_an_image_in_use() {
 fn concurrent_first_runs_unpack_once_and_both_work() {
     let sb = Sandbox::new("cache-race");
     let spawn = || {
-        sb.berth_demo("extract", &["--no-join"], &["cat", "/etc/debian_version"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+        sb.berth_demo(
+            &["--mode", "extract", "--no-join"],
+            &["cat", "/etc/debian_version"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
     };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());

@@ -11,18 +11,8 @@ fn host_root_bind_cannot_delete_what_the_user_could_not() {
     std::fs::create_dir(&victim).unwrap();
     std::fs::write(victim.join("precious"), "keep me\n").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let image = demo_image();
     let inside = format!("/host{}", victim.display());
-    let r = run(sb.berth(&[
-        "run",
-        "--mount",
-        "/:/host",
-        image.to_str().unwrap(),
-        "--",
-        "rm",
-        "-rf",
-        &inside,
-    ]));
+    let r = run(sb.berth_demo(&["--mount", "/:/host"], &["rm", "-rf", &inside]));
     assert_ne!(r.code, Some(0), "rm must fail");
     assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
     assert_eq!(
@@ -30,17 +20,10 @@ fn host_root_bind_cannot_delete_what_the_user_could_not() {
         "keep me\n"
     );
     // The system's own files too.
-    let r = run(sb.berth(&[
-        "run",
-        "--mount",
-        "/:/host",
-        image.to_str().unwrap(),
-        "--",
-        "rm",
-        "-f",
-        "/host/usr/bin/env",
-        "/host/etc/passwd",
-    ]));
+    let r = run(sb.berth_demo(
+        &["--mount", "/:/host"],
+        &["rm", "-f", "/host/usr/bin/env", "/host/etc/passwd"],
+    ));
     assert_ne!(r.code, Some(0));
     assert!(std::path::Path::new("/usr/bin/env").exists());
     assert!(std::path::Path::new("/etc/passwd").exists());
@@ -49,9 +32,8 @@ fn host_root_bind_cannot_delete_what_the_user_could_not() {
 #[test]
 fn no_way_to_another_uid() {
     let sb = Sandbox::new("uid");
-    let image = demo_image();
     // No option switches identity.
-    let r = run(sb.berth(&["run", "-u", "0", image.to_str().unwrap(), "--", "id"]));
+    let r = run(sb.berth_demo(&["-u", "0"], &["id"]));
     assert_ne!(r.code, Some(0));
     assert!(
         r.stderr.contains("unexpected argument '-u'"),
@@ -59,17 +41,17 @@ fn no_way_to_another_uid() {
         r.stderr
     );
     // Inside, only the user's own uid is mapped: setuid to anything else fails.
-    let r = run(sb.berth(&[
-        "run",
-        image.to_str().unwrap(),
-        "--",
-        "setpriv",
-        "--reuid=0",
-        "--regid=0",
-        "--clear-groups",
-        "id",
-        "-u",
-    ]));
+    let r = run(sb.berth_demo(
+        &[],
+        &[
+            "setpriv",
+            "--reuid=0",
+            "--regid=0",
+            "--clear-groups",
+            "id",
+            "-u",
+        ],
+    ));
     // The kernel refuses: uid 0 has no mapping (EINVAL). A bare non-zero exit is not enough,
     // since a shell's 127 for a missing setpriv would pass too.
     assert_ne!(r.code, Some(0), "setuid(0) must fail inside: {}", r.stdout);
@@ -79,14 +61,7 @@ fn no_way_to_another_uid() {
         "setuid(0) must fail for want of a mapping: {}",
         r.stderr
     );
-    let r = run(sb.berth(&[
-        "run",
-        image.to_str().unwrap(),
-        "--",
-        "cat",
-        "/proc/self/uid_map",
-    ]))
-    .expect_ok("uid_map");
+    let r = run(sb.berth_demo(&[], &["cat", "/proc/self/uid_map"])).expect_ok("uid_map");
     assert_eq!(
         r.stdout.lines().count(),
         1,
@@ -98,12 +73,17 @@ fn no_way_to_another_uid() {
 #[test]
 fn setuid_binaries_do_not_raise_privileges() {
     let sb = Sandbox::new("suid");
-    let image = demo_image();
     let uid = user().uid;
     for mode in ["mount", "extract"] {
-        let r = run(sb.berth(&["run", "--mode", mode, image.to_str().unwrap(), "--", "sh", "-c",
-            "ls -l /usr/local/bin/suid-probe | cut -c1-10; /usr/local/bin/suid-probe; grep NoNewPrivs /proc/self/status; awk '$6 !~ /(^|,)nosuid(,|$)/' /proc/self/mountinfo"]))
-            .expect_ok(mode);
+        let r = run(sb.berth_demo(
+            &["--mode", mode],
+            &[
+                "sh",
+                "-c",
+                "ls -l /usr/local/bin/suid-probe | cut -c1-10; /usr/local/bin/suid-probe; grep NoNewPrivs /proc/self/status; awk '$6 !~ /(^|,)nosuid(,|$)/' /proc/self/mountinfo",
+            ],
+        ))
+        .expect_ok(mode);
         let lines: Vec<&str> = r.stdout.lines().collect();
         if mode == "mount" {
             assert_eq!(
@@ -129,14 +109,7 @@ fn setuid_binaries_do_not_raise_privileges() {
         );
     }
     // Every mount of the container's own is nosuid.
-    let r = run(sb.berth(&[
-        "run",
-        image.to_str().unwrap(),
-        "--",
-        "cat",
-        "/proc/self/mountinfo",
-    ]))
-    .expect_ok("mountinfo");
+    let r = run(sb.berth_demo(&[], &["cat", "/proc/self/mountinfo"])).expect_ok("mountinfo");
     let root = r
         .stdout
         .lines()

@@ -153,7 +153,7 @@ fn submounts_under_tmp_shm_home_and_cwd_are_shown_as_on_the_host() {
     assert!(host.stdout.contains("denied"), "host view: {}", host.stdout);
     let image = demo_image();
     for mode in ["mount", "extract"] {
-        let r = run(sb.berth_demo(mode, &[], &["sh", "-c", &script])).expect_ok(mode);
+        let r = run(sb.berth_demo(&["--mode", mode], &["sh", "-c", &script])).expect_ok(mode);
         assert_eq!(
             r.stdout, host.stdout,
             "{mode}: the container shows what the host shows"
