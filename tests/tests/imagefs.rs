@@ -201,11 +201,23 @@ fn squash(tree: &Path, out: &Path, comp: &str, block: &str, extra: &[&str]) {
 
 /// What the container should show: `unsquashfs` of the image (as root: devices, owners),
 /// with every owner the user: as in extract mode, every file of the image is theirs.
+#[derive(Default)]
 struct Listing {
     attrs: BTreeMap<String, String>,
     sums: BTreeMap<String, String>,
     links: BTreeMap<String, String>,
     hard: BTreeSet<Vec<String>>,
+}
+
+/// The names of each inode (given by any key), sorted: the hard-link groups of a listing.
+fn link_groups<K>(by_ino: BTreeMap<K, Vec<String>>) -> BTreeSet<Vec<String>> {
+    by_ino
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect()
 }
 
 fn attr_line(
@@ -241,12 +253,7 @@ fn expected(image: &Path, scratch: &Path) -> Listing {
     let u = user();
     let map = |_id: u32, own: u32| own;
     let base = scratch.join("corpus");
-    let mut out = Listing {
-        attrs: BTreeMap::new(),
-        sums: BTreeMap::new(),
-        links: BTreeMap::new(),
-        hard: BTreeSet::new(),
-    };
+    let mut out = Listing::default();
     let mut by_ino: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     let mut stack = vec![base.clone()];
     while let Some(p) = stack.pop() {
@@ -293,13 +300,7 @@ fn expected(image: &Path, scratch: &Path) -> Listing {
             }
         }
     }
-    out.hard = by_ino
-        .into_values()
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .collect();
+    out.hard = link_groups(by_ino);
     out
 }
 
@@ -311,12 +312,7 @@ fn seen(stdout: &str) -> Listing {
         parts.next().unwrap_or(""),
         parts.next().unwrap_or(""),
     );
-    let mut out = Listing {
-        attrs: BTreeMap::new(),
-        sums: BTreeMap::new(),
-        links: BTreeMap::new(),
-        hard: BTreeSet::new(),
-    };
+    let mut out = Listing::default();
     let mut by_ino: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in stats.lines() {
         let f: Vec<&str> = line.split('|').collect();
@@ -354,13 +350,7 @@ fn seen(stdout: &str) -> Listing {
         let (name, target) = line.split_once('|').unwrap();
         out.links.insert(name.to_string(), target.to_string());
     }
-    out.hard = by_ino
-        .into_values()
-        .map(|mut v| {
-            v.sort();
-            v
-        })
-        .collect();
+    out.hard = link_groups(by_ino);
     out
 }
 
