@@ -438,3 +438,14 @@ pub fn two_ranks(stdout: &str) -> Vec<&str> {
     assert_eq!(ranks.len(), 2, "{stdout}");
     ranks
 }
+
+/// The names in `dir`, sorted; panics when it cannot be read.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}

@@ -2,7 +2,7 @@
 //! pushed by skopeo from OCI layouts built here; results run with `berth run` as the test user.
 
 use berth_tests::registry::*;
-use berth_tests::{run, Run, Sandbox};
+use berth_tests::{dir_names, run, Run, Sandbox};
 use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -54,10 +54,8 @@ fn expect_clean_failure(r: &Run, out: &Path, needle: &str) {
     );
     assert!(!out.exists(), "partial output {} left", out.display());
     if let Some(dir) = out.parent().filter(|d| d.is_dir()) {
-        let leftovers: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        let leftovers: Vec<String> = dir_names(dir)
+            .into_iter()
             .filter(|n| n.contains("berth-tmp"))
             .collect();
         assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
@@ -928,14 +926,10 @@ fn sparse_files_stay_sparse_and_max_size_bounds_the_unpacked_image() {
 }
 
 fn temps(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    dir_names(dir)
+        .into_iter()
         .filter(|n| n.contains(".berth-tmp-"))
-        .collect();
-    v.sort();
-    v
+        .collect()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! registry (Debian's docker-registry); requests are counted in the registry's access log.
 
 use berth_tests::registry::*;
-use berth_tests::{run, Sandbox};
+use berth_tests::{dir_names, run, Sandbox};
 use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -230,10 +230,8 @@ fn two_importers_of_one_new_image_import_it_once() {
     assert_eq!(ups, 1, "one imported, the other found its result");
     let reqs = gets(&reg);
     assert_eq!(count(&reqs, "blob"), 2, "each blob fetched once: {reqs:?}");
-    let leftovers: Vec<String> = fs::read_dir(store(&sb))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let leftovers: Vec<String> = dir_names(&store(&sb))
+        .into_iter()
         .filter(|n| n.starts_with('.') || n.ends_with(".claim"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
@@ -392,10 +390,8 @@ fn importers_with_the_same_pid_share_a_layer_cache() {
             .unwrap();
         assert!(out.stdout == noise, "{img} holds the layer's file");
     }
-    let temps: Vec<String> = fs::read_dir(sb.work.join("shared-cache/blobs/sha256"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let temps: Vec<String> = dir_names(&sb.work.join("shared-cache/blobs/sha256"))
+        .into_iter()
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(temps.is_empty(), "{temps:?}");

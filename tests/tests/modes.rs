@@ -146,11 +146,7 @@ fn concurrent_first_runs_unpack_once_and_both_work() {
         .filter(|o| String::from_utf8_lossy(&o.stderr).contains("unpacking"))
         .count();
     assert_eq!(unpacks, 1, "exactly one of the two unpacked");
-    let names: Vec<String> = std::fs::read_dir(sb.state.join("images"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = dir_names(&sb.state.join("images"));
     assert_eq!(
         names
             .iter()
