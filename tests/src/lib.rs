@@ -449,3 +449,14 @@ pub fn dir_names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Write `text` as the site policy `berth.toml` in the sandbox's `etc-berth` (mode 0755);
+/// returns its path, for `BERTH_CONFIG`.
+pub fn policy_file(sb: &Sandbox, text: &str) -> PathBuf {
+    let dir = sb.root.join("etc-berth");
+    fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("berth.toml");
+    fs::write(&p, text).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}

@@ -2,7 +2,7 @@
 //! registry (Debian's docker-registry); requests are counted in the registry's access log.
 
 use berth_tests::registry::*;
-use berth_tests::{dir_names, run, Sandbox};
+use berth_tests::{dir_names, policy_file, run, Sandbox};
 use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -426,12 +426,7 @@ fn berth_run_takes_a_registry_reference() {
     assert_eq!(count(&gets(&reg)[n..], "blob"), 0);
     // `[images] stage = "node-local"`: the run uses this node's verified copy of the store's
     // file, which --dry-run shows as the image.
-    let etc = sb.root.join("etc-berth");
-    std::fs::create_dir_all(&etc).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let policy = etc.join("berth.toml");
-    std::fs::write(&policy, "[images]\nstage = \"node-local\"\n").unwrap();
+    let policy = policy_file(&sb, "[images]\nstage = \"node-local\"\n");
     let staged = |args: &[&str]| {
         let mut cmd = sb.berth(args);
         let tools = berth_image_bin().parent().unwrap().display().to_string();

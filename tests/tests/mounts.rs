@@ -82,17 +82,13 @@ fn umount_removes_the_jobs_own_mounts_but_never_the_sites() {
     // A site mount stays: one line naming its origin.
     let site = sb.root.join("site");
     fs::create_dir_all(&site).unwrap();
-    let policy_dir = sb.root.join("etc-berth");
-    fs::create_dir_all(&policy_dir).unwrap();
-    let policy = policy_dir.join("berth.toml");
-    fs::write(
-        &policy,
-        format!(
+    let policy = policy_file(
+        &sb,
+        &format!(
             "[[mount]]\nsource = \"{}\"\ntarget = \"/site\"\n",
             site.display()
         ),
-    )
-    .unwrap();
+    );
     let mut cmd = sb.berth(&[
         "run",
         "-m",

@@ -7,15 +7,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Write a policy file in the sandbox and return its path (BERTH_CONFIG).
-fn policy_file(sb: &Sandbox, text: &str) -> PathBuf {
-    let dir = sb.root.join("etc-berth");
-    fs::create_dir_all(&dir).unwrap();
-    let p = dir.join("berth.toml");
-    fs::write(&p, text).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
 fn with_policy(mut cmd: std::process::Command, policy: &Path) -> std::process::Command {
     cmd.env("BERTH_CONFIG", policy);
     cmd

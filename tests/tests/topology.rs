@@ -192,17 +192,13 @@ fn mount_sources_with_submounts_or_a_mount_on_top_work_and_a_plain_bind_says_rbi
     let stacked = sb.root.join("stacked");
     owned_dir(&stacked);
     mounts.tmpfs(&stacked, "marker-stacked");
-    let policy_dir = sb.root.join("etc-berth");
-    fs::create_dir_all(&policy_dir).unwrap();
-    let policy = policy_dir.join("berth.toml");
-    fs::write(
-        &policy,
-        format!(
+    let policy = policy_file(
+        &sb,
+        &format!(
             "[[mount]]\nsource = \"{}\"\ntarget = \"/site\"\noptions = [\"ro\"]\n",
             site.display()
         ),
-    )
-    .unwrap();
+    );
     let image = demo_image();
     let user_mount = format!("{}:/data", src.display());
     let stacked_mount = format!("{}:/stacked:bind", stacked.display());
@@ -260,8 +256,6 @@ fn an_rslave_site_mount_shows_mounts_made_on_the_host_after_start() {
         ),
         &project,
     );
-    let policy_dir = sb.root.join("etc-berth");
-    fs::create_dir_all(&policy_dir).unwrap();
     let image = demo_image();
     // A site mount with and without rslave, then a user's --mount with rslave.
     let user_mount = format!("{}:/project:rslave", project.display());
@@ -270,7 +264,6 @@ fn an_rslave_site_mount_shows_mounts_made_on_the_host_after_start() {
         ("[]", false, "not-seen\n"),
         ("", true, "late-mount\n"),
     ] {
-        let policy = policy_dir.join("berth.toml");
         let text = if user {
             String::new()
         } else {
@@ -279,7 +272,7 @@ fn an_rslave_site_mount_shows_mounts_made_on_the_host_after_start() {
                 project.display()
             )
         };
-        fs::write(&policy, text).unwrap();
+        let policy = policy_file(&sb, &text);
         let started = sb.work.join("started");
         let _ = fs::remove_file(&started);
         let script = watch_script("/project/late/marker", &started);
