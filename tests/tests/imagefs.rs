@@ -199,6 +199,13 @@ fn squash(tree: &Path, out: &Path, comp: &str, block: &str, extra: &[&str]) {
     fs::set_permissions(out, fs::Permissions::from_mode(0o644)).unwrap();
 }
 
+/// `berth run --mode mount IMAGE -- COMMAND` as the test user.
+fn mounted(sb: &Sandbox, image: &Path, command: &[&str]) -> Command {
+    let mut args = vec!["run", "--mode", "mount", image.to_str().unwrap(), "--"];
+    args.extend_from_slice(command);
+    sb.berth(&args)
+}
+
 /// What the container should show: `unsquashfs` of the image (as root: devices, owners),
 /// with every owner the user: as in extract mode, every file of the image is theirs.
 #[derive(Default)]
@@ -380,17 +387,8 @@ fn same_as_unsquashfs(comp: &str) {
         let image = sb.root.join(format!("{comp}-{block}.sqsh"));
         squash(&tree, &image, comp, block, extra);
         let want = expected(&image, &sb.root.join(format!("unsquashfs-{block}")));
-        let r = run(sb.berth(&[
-            "run",
-            "--mode",
-            "mount",
-            image.to_str().unwrap(),
-            "--",
-            "/bin/sh",
-            "-c",
-            LIST,
-        ]))
-        .expect_ok(&format!("{comp} {block}"));
+        let r = run(mounted(&sb, &image, &["/bin/sh", "-c", LIST]))
+            .expect_ok(&format!("{comp} {block}"));
         let got = seen(&r.stdout);
         assert!(want.attrs.len() > 650, "the corpus: {}", want.attrs.len());
         let what = format!("{comp}, {block} blocks");
@@ -488,14 +486,7 @@ fn corrupt_images_fail_in_one_line_before_anything_is_mounted() {
         let image = sb.root.join("bad.sqsh");
         fs::copy(&good, &image).unwrap();
         damage(&image);
-        let r = run(sb.berth(&[
-            "run",
-            "--mode",
-            "mount",
-            image.to_str().unwrap(),
-            "--",
-            "true",
-        ]));
+        let r = run(mounted(&sb, &image, &["true"]));
         assert_eq!(r.code, Some(125), "{what}: {}", r.stderr);
         let lines: Vec<&str> = r.stderr.lines().collect();
         assert_eq!(lines.len(), 1, "{what}: one line: {}", r.stderr);
@@ -517,18 +508,17 @@ fn a_damaged_block_is_an_io_error_and_the_server_serves_on() {
     // /aaa/big's blocks come first after the superblock and /.berth/image.json's block.
     patch(&image, 8192, &noise(64 * 1024, 3));
     let busybox = format!("{:x}", Sha256::digest(fs::read("/bin/busybox").unwrap()));
-    let r = run(sb.berth(&[
-        "run",
-        "--mode",
-        "mount",
-        image.to_str().unwrap(),
-        "--",
-        "/bin/sh",
-        "-c",
-        "/bin/busybox cat /aaa/big >/dev/null; echo cat=$?; \
+    let r = run(mounted(
+        &sb,
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "/bin/busybox cat /aaa/big >/dev/null; echo cat=$?; \
          /bin/busybox cat /aaa/big >/dev/null 2>&1; \
          /bin/busybox sha256sum /bin/busybox; echo still-serving",
-    ]))
+        ],
+    ))
     .expect_ok("damaged image");
     assert!(r.stdout.contains("cat=1"), "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("Input/output error"), "{}", r.stderr);
