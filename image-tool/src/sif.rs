@@ -78,7 +78,13 @@ pub fn import(
     let _ = std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644));
     std::fs::rename(&out, &opts.output)
         .map_err(|e| format!("cannot move the image to {}: {e}", opts.output.display()))?;
-    Ok(Summary::built(opts, part.size, None, Vec::new(), Vec::new()))
+    Ok(Summary::built(
+        opts,
+        part.size,
+        None,
+        Vec::new(),
+        Vec::new(),
+    ))
 }
 
 #[cfg(test)]
