@@ -429,6 +429,10 @@ struct Image<'a> {
     from_index: &'a [bool],
 }
 
+/// The pipe into tar2sqfs: 1 MiB, the most an unprivileged process may ask for by default
+/// (/proc/sys/fs/pipe-max-size).
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
 /// tar2sqfs fed from a thread of ours into the work directory, then rename over the output.
 fn tar2sqfs(
     opts: &Options,
@@ -459,6 +463,12 @@ fn tar2sqfs(
         .map_err(|e| format!("cannot run tar2sqfs ({e}); install squashfs-tools-ng"))?;
     crate::cleanup::set_child(child.id());
     let stdin = child.stdin.take().expect("piped");
+    // A bigger pipe lets our reading of the layers run ahead of tar2sqfs instead of taking
+    // turns with it 64 KiB at a time; the default stays if the system allows no more.
+    let _ = nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&stdin),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES),
+    );
     let mut stderr = child.stderr.take().expect("piped");
     // Read by a thread: tar2sqfs must never wait on a full stderr pipe while we write.
     let said = std::thread::spawn(move || {
