@@ -228,6 +228,24 @@ pub struct Running {
     pgids: Arc<Mutex<Pgids>>,
     done: Arc<AtomicBool>,
     terminate_interval: Duration,
+    _reaper: Reaper,
+}
+
+/// Ends a job that its test left running (a failed assertion): SIGCONT, then SIGKILL to
+/// every group it had, so a stopped job does not outlive the test.
+struct Reaper {
+    root: i32,
+    pgids: Arc<Mutex<Pgids>>,
+    done: Arc<AtomicBool>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            killpg_all(self.root, &self.pgids, libc::SIGCONT);
+            killpg_all(self.root, &self.pgids, libc::SIGKILL);
+        }
+    }
 }
 
 /// sbatchd's mykillpg (lsbatch/daemons/sbd.sig.c): `sig` to the job's first process and to
@@ -536,6 +554,11 @@ impl Sbatchd {
             child,
             job_file,
             pgid,
+            _reaper: Reaper {
+                root: pgid,
+                pgids: pgids.clone(),
+                done: done.clone(),
+            },
             pgids,
             done,
             terminate_interval: self.terminate_interval,
