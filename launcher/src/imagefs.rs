@@ -132,7 +132,7 @@ thread_local! {
 }
 
 /// Serve `archive` on `dev`, a /dev/fuse fd already mounted, until the mount goes away.
-pub(crate) fn serve(archive: Archive, dev: OwnedFd) -> std::io::Result<()> {
+pub(crate) fn serve(archive: Arc<Archive>, dev: OwnedFd) -> std::io::Result<()> {
     let mut config = fuser::Config::default();
     // The kernel decides who may look (allow_other, the container's user namespace); fuser's
     // own owner check would refuse the container's uids.
@@ -140,7 +140,6 @@ pub(crate) fn serve(archive: Archive, dev: OwnedFd) -> std::io::Result<()> {
     config.n_threads = Some(THREADS);
     let root = archive.root();
     let blksize = archive.block_size().clamp(4096, 1 << 20);
-    let archive = Arc::new(archive);
     let (to_push, jobs) = sync_channel(PUSH_QUEUE);
     let fs = ImageFs {
         archive: archive.clone(),
@@ -156,6 +155,58 @@ pub(crate) fn serve(archive: Archive, dev: OwnedFd) -> std::io::Result<()> {
         .name("imagefs-push".into())
         .spawn(move || push(&archive, &notifier, &jobs))?;
     session.run()
+}
+
+/// Files nearly every command of a glibc or musl image reads as it starts: the dynamic loader,
+/// its cache and the C library (absolute, in the image; symlinks are followed).
+#[cfg(target_arch = "x86_64")]
+const LOADER_FILES: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/etc/ld.so.cache",
+    "/lib/x86_64-linux-gnu/libc.so.6",
+    "/lib64/libc.so.6",
+    "/lib/ld-musl-x86_64.so.1",
+];
+#[cfg(target_arch = "aarch64")]
+const LOADER_FILES: &[&str] = &[
+    "/lib/ld-linux-aarch64.so.1",
+    "/etc/ld.so.cache",
+    "/lib/aarch64-linux-gnu/libc.so.6",
+    "/lib64/libc.so.6",
+    "/lib/ld-musl-aarch64.so.1",
+];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const LOADER_FILES: &[&str] = &["/etc/ld.so.cache"];
+
+/// At most this many bytes of one file are decompressed ahead.
+const WARM_FILE_MAX: u64 = 4 << 20;
+
+/// Decompress `first` (the image files berth itself reads as it builds the container, absolute)
+/// and then the loader's files into the block cache, in a thread of their own, while berth
+/// builds the container: a fresh mount's first run would otherwise wait on each of their
+/// blocks in turn, one READ at a time. Best effort.
+pub(crate) fn warm(archive: Arc<Archive>, first: Vec<std::path::PathBuf>) {
+    let started = std::thread::Builder::new()
+        .name("imagefs-warm".into())
+        .spawn(move || {
+            let loader = LOADER_FILES.iter().map(std::path::Path::new);
+            let mut seen = Vec::new();
+            for path in first.iter().map(|p| p.as_path()).chain(loader) {
+                let Ok(Some(inode)) = archive.resolve(path.as_os_str().as_bytes()) else {
+                    continue;
+                };
+                if inode.kind != Kind::File || seen.contains(&inode.reference) {
+                    continue;
+                }
+                seen.push(inode.reference);
+                if let Err(e) = archive.preload(&inode, WARM_FILE_MAX) {
+                    debug!("imagefs: cannot preload {}: {e}", path.display());
+                }
+            }
+        });
+    if let Err(e) = started {
+        debug!("imagefs: no preload thread: {e}");
+    }
 }
 
 /// Make the forked child a server process: its name, signals and allocator. Call it first.

@@ -351,6 +351,9 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
         }
     };
     let Mounted { dev, at, userns } = mounted;
+    // Not before: unshare(CLONE_NEWUSER) needs a single-threaded process.
+    let archive = std::sync::Arc::new(archive);
+    crate::imagefs::warm(archive.clone(), crate::container::read_first(plan));
     let server = std::thread::spawn(move || crate::imagefs::serve(archive, dev));
     // The first look waits for the server's INIT: a server that cannot start fails the first
     // run here, with a message, not later inside it.

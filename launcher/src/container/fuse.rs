@@ -6,7 +6,7 @@ use nix::mount::{mount, MsFlags};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Open /dev/fuse and mount it read-only on `at` as `source` (berth's image file system, for a
 /// server given the returned connection). Done in the user namespace that owns the mount:
@@ -63,7 +63,13 @@ pub struct FuseServer {
 impl FuseServer {
     /// Open the image's squashfs (here, so a corrupt or unsupported image is one line before
     /// anything is mounted) and fork the server that will serve it.
-    pub(super) fn fork(image: &File, offset: u64, path: &Path) -> Result<FuseServer> {
+    /// `warm`: the image files to decompress ahead (see [`crate::imagefs::warm`]).
+    pub(super) fn fork(
+        image: &File,
+        offset: u64,
+        path: &Path,
+        warm: Vec<PathBuf>,
+    ) -> Result<FuseServer> {
         let file = image
             .try_clone()
             .ctx(|| "cannot duplicate the image's descriptor")?;
@@ -96,6 +102,9 @@ impl FuseServer {
                 // Nothing else berth had open (a keeper's socket, a scheduler's pipe, the
                 // job's other descriptors) may stay open for as long as the mount lives.
                 close_other_fds(&[0, 1, 2, theirs.as_raw_fd(), image_fd]);
+                // The loader and libc are decompressed while berth builds the container.
+                let archive = std::sync::Arc::new(archive);
+                crate::imagefs::warm(archive.clone(), warm);
                 // /dev/fuse must be opened in the namespace that mounts it: berth sends it.
                 let dev_fd = receive_fd(&theirs);
                 let Some(dev_fd) = dev_fd else {

@@ -39,7 +39,7 @@ pub(crate) use mpi_check::mpi_version_in;
 
 use crate::cache;
 use crate::error::{Context, Error, Result};
-use crate::plan::{Plan, Rootfs};
+use crate::plan::{Action, Plan, Rootfs};
 use crate::policy::OnMismatch;
 use crate::sys;
 use fuse::fuse_failure;
@@ -115,7 +115,12 @@ pub fn build(plan: &Plan) -> Result<Built> {
     }
     let image_file = if shared.is_some() { None } else { image_file };
     let mut fuse = match &image_file {
-        Some(f) => Some(FuseServer::fork(f, plan.image.offset, &plan.image.path)?),
+        Some(f) => Some(FuseServer::fork(
+            f,
+            plan.image.offset,
+            &plan.image.path,
+            read_first(plan),
+        )?),
         None => None,
     };
     if let Some(f) = &fuse {
@@ -181,6 +186,24 @@ pub fn build(plan: &Plan) -> Result<Built> {
         image_keeper: shared.as_ref().map(|s| s.keeper),
         warnings,
     })
+}
+
+/// The image files a run reads first: those its steps add entries to, and the image's config.
+/// A fresh mount's server decompresses them ahead.
+pub(crate) fn read_first(plan: &Plan) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = plan
+        .steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.action,
+                Action::AddEntry { .. } | Action::AddEntryIfDir { .. }
+            )
+        })
+        .map(|s| s.target.clone())
+        .collect();
+    files.push(Path::new("/").join(crate::image_config::CONFIG_PATH));
+    files
 }
 
 /// Each phase's time, for -v: where a slow start goes.

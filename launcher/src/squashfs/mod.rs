@@ -583,6 +583,92 @@ impl Archive {
         self.walk(dir, pos, c.position(), skip, f)
     }
 
+    /// The inode at the absolute `path` in the image, following symlinks (at most 40, as the
+    /// kernel does; ".." stops at the root), or None if it does not resolve.
+    pub(crate) fn resolve(&self, path: &[u8]) -> Result<Option<Inode>, SquashError> {
+        let mut dirs = vec![self.inode(self.root)?];
+        let mut rest: std::collections::VecDeque<Vec<u8>> =
+            path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+        let mut links = 0;
+        while let Some(name) = rest.pop_front() {
+            match &name[..] {
+                b"" | b"." => continue,
+                b".." => {
+                    if dirs.len() > 1 {
+                        dirs.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let Some(dir) = dirs.last() else {
+                return Ok(None);
+            };
+            let Some(r) = self.lookup(dir, &name)? else {
+                return Ok(None);
+            };
+            let inode = self.inode(r)?;
+            if inode.kind == Kind::Symlink {
+                links += 1;
+                if links > 40 {
+                    return Ok(None);
+                }
+                let target = self.read_link(&inode)?;
+                if target.first() == Some(&b'/') {
+                    dirs.truncate(1);
+                }
+                for part in target.split(|&b| b == b'/').rev() {
+                    rest.push_front(part.to_vec());
+                }
+                continue;
+            }
+            dirs.push(inode);
+        }
+        Ok(dirs.pop())
+    }
+
+    /// Decompresses the compressed blocks of a file's first `max` bytes (and its tail's
+    /// fragment, if the file is no longer) into the block cache, so that reads find them there.
+    /// A block being read meanwhile is decompressed by its reader too: a read never waits on
+    /// this (a preloading thread may be slow).
+    pub(crate) fn preload(&self, file: &Inode, max: u64) -> Result<(), SquashError> {
+        if file.kind != Kind::File {
+            return Ok(());
+        }
+        let count = self
+            .block_count(file)
+            .min(max.div_ceil(u64::from(self.block_size)));
+        if count > 0 {
+            let (mut c, mut data) = self.seek_block(file, 0)?;
+            for _ in 0..count {
+                let word = c.u32()?;
+                self.preload_block(word, data)?;
+                data = next_data(data, word)?;
+            }
+        }
+        if file.fragment != NO_FRAGMENT && file.size <= max {
+            if file.fragment >= self.frag_count {
+                return Err(corrupt("a file's fragment lies past the fragment table"));
+            }
+            let (word, data) = self.fragment(file.fragment)?;
+            self.preload_block(word, data)?;
+        }
+        Ok(())
+    }
+
+    fn preload_block(&self, word: u32, pos: u64) -> Result<(), SquashError> {
+        // Sparse and stored blocks have nothing to decompress.
+        if word == 0 || word & UNCOMPRESSED_BLOCK != 0 {
+            return Ok(());
+        }
+        let key = Key::Data(pos, word);
+        if self.cache.peek(&key).is_none() {
+            let block = self.unpack_block(word, pos)?;
+            self.cache.insert(key, block);
+        }
+        Ok(())
+    }
+
     pub(crate) fn read_link(&self, link: &Inode) -> Result<Vec<u8>, SquashError> {
         if link.kind != Kind::Symlink {
             return Err(corrupt("not a symlink"));
@@ -751,12 +837,7 @@ impl Archive {
             return Ok(());
         }
         let n = out.len() as u64;
-        let len = u64::from(word & !UNCOMPRESSED_BLOCK);
-        if len > u64::from(self.block_size)
-            || pos.checked_add(len).is_none_or(|e| e > self.bytes_used)
-        {
-            return Err(corrupt("a data block lies outside the image"));
-        }
+        let len = self.block_len(word, pos)?;
         let short = || corrupt("a data block is shorter than its file");
         if word & UNCOMPRESSED_BLOCK != 0 {
             if from + n > len {
@@ -776,21 +857,39 @@ impl Archive {
                 Err(short())
             };
         }
-        let value = self.cache.get_or_insert_with(&key, || {
-            let mut data = vec![0u8; self.block_size as usize];
-            let got = self.unpack(pos, len, &mut data)?;
-            data.truncate(got);
-            Ok::<_, SquashError>(Value::Block(Arc::new(meta::Block {
-                data: data.into_boxed_slice(),
-                next: 0,
-            })))
-        })?;
+        let value = self
+            .cache
+            .get_or_insert_with(&key, || self.unpack_block(word, pos))?;
         let Value::Block(block) = value else {
             return Err(corrupt("a data block is also a block list"));
         };
         let bytes = block.data.get(from as usize..(from + n) as usize);
         out.copy_from_slice(bytes.ok_or_else(short)?);
         Ok(())
+    }
+
+    /// The stored length of the data block at `pos` whose size word is `word`, checked to lie
+    /// in the image.
+    fn block_len(&self, word: u32, pos: u64) -> Result<u64, SquashError> {
+        let len = u64::from(word & !UNCOMPRESSED_BLOCK);
+        if len > u64::from(self.block_size)
+            || pos.checked_add(len).is_none_or(|e| e > self.bytes_used)
+        {
+            return Err(corrupt("a data block lies outside the image"));
+        }
+        Ok(len)
+    }
+
+    /// The compressed data block at `pos`, decompressed, for the cache.
+    fn unpack_block(&self, word: u32, pos: u64) -> Result<Value, SquashError> {
+        let len = self.block_len(word, pos)?;
+        let mut data = vec![0u8; self.block_size as usize];
+        let got = self.unpack(pos, len, &mut data)?;
+        data.truncate(got);
+        Ok(Value::Block(Arc::new(meta::Block {
+            data: data.into_boxed_slice(),
+            next: 0,
+        })))
     }
 
     /// Decompresses the `len` bytes at `pos` into `dst`; returns the length.

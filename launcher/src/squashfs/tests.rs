@@ -1061,10 +1061,18 @@ fn exercise(bytes: &[u8]) -> usize {
                 .err();
         }
     }
+    for path in [
+        &b"/dir/short"[..],
+        b"/dir/long",
+        b"/dir/sub/../sub/deep/file",
+    ] {
+        a.resolve(path).map_err(one_line).err();
+    }
     for inode in w.inodes.values() {
         if inode.kind == Kind::Symlink {
             a.read_link(inode).map_err(one_line).err();
         }
+        a.preload(inode, 64 << 10).map_err(one_line).err();
         let mut out = Vec::new();
         errors += a
             .read(inode, 0, 64 << 10, &mut out)
@@ -1247,4 +1255,66 @@ fn concurrent_readers_agree_with_a_tiny_cache() {
         big.extend(noise(11, 2 << 20));
         big
     }
+}
+
+#[test]
+fn resolve_follows_symlinks_and_preload_fills_the_cache() {
+    if !have_tools() {
+        return;
+    }
+    let t = TempDir::new("resolve");
+    let src = t.0.join("src");
+    std::fs::create_dir_all(src.join("usr/lib")).unwrap();
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    let mut lib = text(100_000);
+    lib.extend(noise(3, 50_000));
+    std::fs::write(src.join("usr/lib/libc.so.6"), &lib).unwrap();
+    std::fs::write(src.join("etc/passwd"), b"root:x:0:0::/root:/bin/sh\n").unwrap();
+    let link = |to: &str, at: &str| std::os::unix::fs::symlink(to, src.join(at)).unwrap();
+    link("usr/lib", "lib");
+    link("/lib/libc.so.6", "abs");
+    link("../usr/./lib/../lib/libc.so.6", "etc/rel");
+    link("loop", "loop");
+    link("/nonexistent", "dangling");
+    let img = t.0.join("img");
+    mksquashfs(&src, &img, &["-comp", "zstd", "-b", "4096"]);
+    let a = open(&img);
+    let root = a.inode(a.root()).unwrap();
+    let libc = a.resolve(b"/usr/lib/libc.so.6").unwrap().unwrap();
+    assert_eq!(libc.size, lib.len() as u64);
+    for path in [
+        "/lib/libc.so.6",
+        "/abs",
+        "/etc/rel",
+        "//usr/../../lib//libc.so.6",
+    ] {
+        let got = a.resolve(path.as_bytes()).unwrap();
+        assert_eq!(got.map(|i| i.reference), Some(libc.reference), "{path}");
+    }
+    assert_eq!(a.resolve(b"/").unwrap().unwrap().reference, root.reference);
+    for path in ["/loop", "/dangling", "/nope", "/etc/passwd/x", "/abs/x"] {
+        assert!(a.resolve(path.as_bytes()).unwrap().is_none(), "{path}");
+    }
+
+    // Only the first `max` bytes' blocks go in; the tail's fragment only with the whole file.
+    let before = a.cache.weight();
+    a.preload(&libc, 3 * 4096).unwrap();
+    let three = a.cache.weight() - before;
+    assert!(
+        three >= 3 * 4096 && three < 4 * 4096 + META_SIZE as u64,
+        "{three}"
+    );
+    a.preload(&libc, u64::MAX).unwrap();
+    let all = a.cache.weight() - before;
+    assert!(all > 20 * 4096, "{all}");
+    // Again: nothing new.
+    a.preload(&libc, u64::MAX).unwrap();
+    assert_eq!(a.cache.weight() - before, all);
+    assert_eq!(read_all(&a, &libc, 5000, u64::MAX).unwrap(), lib);
+    let passwd = a.resolve(b"/etc/passwd").unwrap().unwrap();
+    a.preload(&passwd, u64::MAX).unwrap();
+    assert_eq!(
+        read_all(&a, &passwd, 4096, u64::MAX).unwrap(),
+        b"root:x:0:0::/root:/bin/sh\n"
+    );
 }
