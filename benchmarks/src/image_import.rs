@@ -42,6 +42,10 @@ pub struct Args {
     /// way, and report MB/s (minutes and GiBs of disk; not for CI)
     #[arg(long = "big", value_name = "GIB")]
     pub big_gib: Option<u64>,
+    /// Also time (a) and (d) with an earlier berth-image build, interleaved (an A/B of a
+    /// change)
+    #[arg(long, value_name = "BERTH_IMAGE")]
+    pub before: Option<PathBuf>,
 }
 
 /// The import targets.
@@ -386,6 +390,7 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         Series::default(),
     );
     let (mut sf, mut sg) = (Series::default(), Series::default());
+    let (mut sa_before, mut sd_before) = (Series::default(), Series::default());
     let unpack = |out: &Path| -> Vec<std::ffi::OsString> {
         let mut v = bi(out);
         v.extend(["--assemble".into(), "unpack".into()]);
@@ -467,6 +472,19 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         remove(&out_d);
         let e = timed_os(&bi(&out_d), &log)?;
         sd.push(&e);
+        // (d) with the build before, on the same cache (it reads what it knows of it).
+        if let Some(before) = &a.before {
+            remove(&out_d);
+            let mut argv = bi(&out_d);
+            argv[0] = before.into();
+            let e = timed_os(&argv, &log)?;
+            sd_before.push(&e);
+            // (a) with the build before: last, as what it leaves in the cache is its own.
+            remove(&cache);
+            remove(&out_d);
+            let e = timed_os(&argv, &log)?;
+            sa_before.push(&e);
+        }
 
         // (e) as (a), at the pipeline's compression level (mksquashfs's zstd default, 15).
         remove(&cache);
@@ -536,6 +554,8 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
             "berth_image_fresh_level15": se.json(),
             "berth_image_fresh_unpack": sf.json(),
             "berth_image_cached_layers_unpack": sg.json(),
+            "berth_image_fresh_before": a.before.as_ref().map(|_| sa_before.json()),
+            "berth_image_cached_layers_before": a.before.as_ref().map(|_| sd_before.json()),
             "stream_vs_unpack": {"fresh": fresh_vs_unpack, "fresh_target_max": STREAM_VS_UNPACK_FRESH_MAX,
                                  "cached_layers": cached_vs_unpack,
                                  "cached_layers_target_max": STREAM_VS_UNPACK_CACHED_MAX},
@@ -612,6 +632,24 @@ fn bench(a: &Args, berth_image: &Path, work: &Path) -> Result<(), String> {
         &mg,
         max(&sg.rss_mib),
     );
+    if let Some(before) = &a.before {
+        row(
+            "(a') as (a), with --before",
+            &Summary::of(&sa_before.wall),
+            max(&sa_before.rss_mib),
+        );
+        row(
+            "(d') as (d), with --before",
+            &Summary::of(&sd_before.wall),
+            max(&sd_before.rss_mib),
+        );
+        println!(
+            "(a)/(a') = {:.2}, (d)/(d') = {:.2}   (this build vs {})",
+            ma.median / Summary::of(&sa_before.wall).median,
+            md.median / Summary::of(&sd_before.wall).median,
+            before.display()
+        );
+    }
     println!(
         "\noutputs: berth-image {:.1} MiB, {files_a} entries; pipeline {:.1} MiB, {files_b} entries",
         mib(size_a),

@@ -1,6 +1,11 @@
 //! The per-user layer cache: compressed blobs by digest, `<cache>/blobs/sha256/<hex>`.
 //! A blob enters the cache only once its digest is verified (temp name + rename), and is
 //! verified again whenever it is applied.
+//!
+//! Next to a blob: its index (the tar entries, `index/`) and its decoded copy (the tar
+//! stream recompressed with zstd level 1, `decoded/`), both made on the blob's first read.
+//! Gzip is slow to inflate, so a later import reads the copy instead, and verifies it against
+//! the image config's diff_id, the digest of the uncompressed layer.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -61,12 +66,7 @@ impl Cache {
     pub fn temp_path(&self, digest: &str) -> Result<PathBuf, String> {
         use std::os::unix::fs::OpenOptionsExt;
         let hex = crate::oci::check_digest(digest)?;
-        let path = self.dir.join("blobs/sha256").join(format!(
-            ".tmp-{hex}-{}-{}-{}",
-            std::process::id(),
-            crate::store::random(),
-            crate::store::hostname()
-        ));
+        let path = self.dir.join("blobs/sha256").join(temp_name(hex));
         fs::File::options()
             .write(true)
             .create_new(true)
@@ -126,12 +126,27 @@ impl Cache {
                 bytes += m.len();
             }
         }
-        // Indexes go with their blobs (and any temp of a dead import with them).
+        // Indexes and decoded copies go with their blobs (and any temp of a dead import with
+        // them).
         let index = self.dir.join("index/sha256");
         for e in fs::read_dir(&index).into_iter().flatten().flatten() {
             let name = e.file_name();
             if !dir.join(&name).exists() {
                 let _ = fs::remove_file(e.path());
+            }
+        }
+        let decoded = self.dir.join("decoded/sha256");
+        for e in fs::read_dir(&decoded).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(m) = e.metadata() else { continue };
+            let stale = match name.starts_with(".tmp-") {
+                true => !temp_owner_alive(&name, &m),
+                false => !dir
+                    .join(name.split('-').next().unwrap_or_default())
+                    .is_file(),
+            };
+            if stale && fs::remove_file(e.path()).is_ok() {
+                bytes += m.len();
             }
         }
         let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700));
@@ -144,6 +159,29 @@ impl Cache {
 pub fn index_of(blob: &Path) -> Option<PathBuf> {
     let cache = blob.parent()?.parent()?.parent()?;
     Some(cache.join("index/sha256").join(blob.file_name()?))
+}
+
+/// The bytes of the decoded copies kept for the blob with digest hex `hex`.
+pub fn decoded_bytes(cache: &Path, hex: &str) -> u64 {
+    let prefix = format!("{hex}-");
+    fs::read_dir(cache.join("decoded/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// Where the decoded copy of a cached blob whose uncompressed stream has digest `diff_id`
+/// is kept: `<cache>/decoded/sha256/<blob hex>-<diff_id hex>`. Keyed by both, so that a copy
+/// is only ever read for the pair it was verified as (an image config could pair a blob with
+/// a diff_id it does not have).
+pub fn decoded_of(blob: &Path, diff_id: &str) -> Option<PathBuf> {
+    let cache = blob.parent()?.parent()?.parent()?;
+    let diff = crate::oci::check_digest(diff_id).ok()?;
+    let name = format!("{}-{diff}", blob.file_name()?.to_str()?);
+    Some(cache.join("decoded/sha256").join(name))
 }
 
 /// Store the index of a cached blob (temp name + rename); an index is only a shortcut, so a
@@ -167,6 +205,16 @@ pub fn store_index(blob: &Path, bytes: &[u8]) {
     if fs::write(&tmp, bytes).is_err() || fs::rename(&tmp, &path).is_err() {
         let _ = fs::remove_file(&tmp);
     }
+}
+
+/// A temp name for a blob or decoded copy being written: `.tmp-<hex>-<pid>-<random>-<host>`.
+pub fn temp_name(hex: &str) -> String {
+    format!(
+        ".tmp-{hex}-{}-{}-{}",
+        std::process::id(),
+        crate::store::random(),
+        crate::store::hostname()
+    )
 }
 
 /// Is the import that writes temp `name` still running? `.tmp-<hex>-<pid>-<random>-<host>`:

@@ -9,8 +9,9 @@ use crate::progress::Progress;
 use crate::registry::Client;
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 /// Where a layer's bytes are.
 pub(crate) enum Loc {
@@ -26,6 +27,9 @@ pub(crate) enum Loc {
 pub(crate) struct Layer {
     /// The digest the raw bytes must have (descriptor digest; diff_id for docker-archive).
     pub digest: String,
+    /// The digest of the uncompressed stream, from the image config, for a cached registry
+    /// layer: a decoded copy is kept and read by it.
+    pub diff_id: Option<String>,
     pub size: u64,
     pub loc: Loc,
     pub cached: bool,
@@ -58,6 +62,10 @@ pub(crate) fn read_layer<T>(
     bar: &indicatif::ProgressBar,
     f: impl FnOnce(&mut dyn Read) -> Result<T, String>,
 ) -> Result<T, String> {
+    if let Some(copy) = decoded_copy(layer).filter(|c| c.is_file()) {
+        return read_decoded(layer, &copy, bar, f);
+    }
+    let mut new_copy = NewCopy::start(layer);
     let mut hr = HashReader {
         inner: open_loc(&layer.loc)?,
         hash: Sha256::new(),
@@ -70,7 +78,7 @@ pub(crate) fn read_layer<T>(
             .fill_buf()
             .map_err(|e| fail(format!("cannot read: {e}")))?
             .to_vec();
-        let mut decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        let decoded: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
             Box::new(flate2::bufread::MultiGzDecoder::new(buf))
         } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Box::new(
@@ -79,6 +87,10 @@ pub(crate) fn read_layer<T>(
             )
         } else {
             Box::new(buf)
+        };
+        let mut decoded = Tee {
+            inner: decoded,
+            copy: new_copy.as_mut(),
         };
         // A tar stream can end before its input does: drain, so the digest covers everything.
         // Not after a refusal, and only so far through the decompressor: a bomb of zeros must
@@ -98,7 +110,144 @@ pub(crate) fn read_layer<T>(
             layer.digest
         ));
     }
+    if let Some(copy) = new_copy {
+        copy.keep();
+    }
     Ok(out)
+}
+
+/// Where the decoded copy of a cached layer is, or would be.
+fn decoded_copy(layer: &Layer) -> Option<PathBuf> {
+    match (&layer.loc, &layer.diff_id) {
+        (Loc::Cache(blob), Some(diff_id)) => crate::cache::decoded_of(blob, diff_id),
+        _ => None,
+    }
+}
+
+/// Read a layer from its decoded copy (zstd is several times faster to decompress than
+/// gzip), and verify the digest of the uncompressed stream against the config's diff_id. A
+/// copy that fails is removed: the next import reads the blob again.
+fn read_decoded<T>(
+    layer: &Layer,
+    copy: &Path,
+    bar: &indicatif::ProgressBar,
+    f: impl FnOnce(&mut dyn Read) -> Result<T, String>,
+) -> Result<T, String> {
+    let fail = |e: String| format!("layer {}: {e}", layer.digest);
+    let file =
+        File::open(copy).map_err(|e| fail(format!("cannot open {}: {e}", copy.display())))?;
+    let decoder = zstd::stream::read::Decoder::new(file).map_err(|e| fail(format!("zstd: {e}")))?;
+    let mut hr = HashReader {
+        inner: decoder,
+        hash: Sha256::new(),
+        bar: indicatif::ProgressBar::hidden(),
+    };
+    // The copy holds the whole stream that was verified, trailer included (at most
+    // TRAILER_LIMIT after the tar's end); anything more fails the digest.
+    let out = f(&mut hr);
+    let drained = io::copy(&mut (&mut hr).take(TRAILER_LIMIT), &mut io::sink());
+    let got = format!("sha256:{:x}", hr.hash.finalize());
+    let want = layer.diff_id.as_deref().unwrap_or_default();
+    if drained.is_err() || got != want {
+        let _ = std::fs::remove_file(copy);
+        return Err(format!(
+            "layer {}: its decoded copy in the layer cache failed verification (the config's diff_id is {want}); removed it, import again",
+            layer.digest
+        ));
+    }
+    bar.inc(layer.size);
+    out.map_err(fail)
+}
+
+/// A decoded copy being written while a cached layer is read: the uncompressed stream,
+/// hashed and compressed with zstd level 1 (in a thread of zstd's) into a temp file. Kept
+/// only if the stream's digest is the config's diff_id and the blob's own digest verified.
+/// A copy is a shortcut: a failure to write one only means there is none.
+struct NewCopy {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<zstd::stream::write::Encoder<'static, File>>,
+    hash: Sha256,
+    want: String,
+}
+
+impl NewCopy {
+    fn start(layer: &Layer) -> Option<NewCopy> {
+        let path = decoded_copy(layer)?;
+        let dir = path.parent()?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ok()?;
+        // Not where the copy could take the room the image needs.
+        let room = nix::sys::statvfs::statvfs(dir)
+            .ok()?
+            .blocks_available()
+            .saturating_mul(nix::sys::statvfs::statvfs(dir).ok()?.fragment_size());
+        if room < layer.size.saturating_mul(8) {
+            return None;
+        }
+        let hex = crate::oci::check_digest(&layer.digest).ok()?;
+        let tmp = dir.join(crate::cache::temp_name(hex));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .ok()?;
+        let mut out = zstd::stream::write::Encoder::new(file, 1).ok()?;
+        // The compression runs beside the inflate instead of after it.
+        let _ = out.multithread(1);
+        Some(NewCopy {
+            path,
+            tmp,
+            out: Some(out),
+            hash: Sha256::new(),
+            want: layer.diff_id.clone()?,
+        })
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.hash.update(bytes);
+        if let Some(out) = &mut self.out {
+            if out.write_all(bytes).is_err() {
+                self.out = None;
+            }
+        }
+    }
+
+    fn keep(mut self) {
+        let got = format!("sha256:{:x}", std::mem::take(&mut self.hash).finalize());
+        if let Some(out) = self.out.take().filter(|_| got == self.want) {
+            if out.finish().is_ok() {
+                let _ = std::fs::rename(&self.tmp, &self.path);
+            }
+        }
+    }
+}
+
+impl Drop for NewCopy {
+    fn drop(&mut self) {
+        // Gone after a rename; else a copy not to keep.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Passes a layer's uncompressed stream through to its new decoded copy, if it gets one.
+struct Tee<'a, R> {
+    inner: R,
+    copy: Option<&'a mut NewCopy>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(c) = &mut self.copy {
+            c.add(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 /// On an apply error, a digest mismatch is the better explanation when there is one.
@@ -181,6 +330,7 @@ pub(crate) fn fetch_layers(
     client: &Client,
     cache: &Cache,
     descs: &[Descriptor],
+    diff_ids: &[Option<String>],
     max_size: u64,
 ) -> Result<Vec<Layer>, String> {
     let total = descs.len();
@@ -221,6 +371,7 @@ pub(crate) fn fetch_layers(
                 if let (Ok(false), Ok(path)) = (&res, cache.blob_path(&l.digest)) {
                     let layer = Layer {
                         digest: l.digest.clone(),
+                        diff_id: diff_ids[i].clone(),
                         size: l.size,
                         loc: Loc::Cache(path),
                         cached: false,
@@ -240,10 +391,11 @@ pub(crate) fn fetch_layers(
         .all(|r| matches!(*r.lock().unwrap_or_else(|e| e.into_inner()), Some(Ok(_))));
     downloads.finish(ok);
     let mut layers = Vec::new();
-    for (l, res) in descs.iter().zip(results) {
+    for ((l, res), diff_id) in descs.iter().zip(results).zip(diff_ids) {
         match res.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(Ok(cached)) => layers.push(Layer {
                 digest: l.digest.clone(),
+                diff_id: diff_id.clone(),
                 size: l.size,
                 loc: Loc::Cache(cache.blob_path(&l.digest)?),
                 cached,

@@ -413,6 +413,7 @@ fn plan_resolved(
         .ok_or_else(|| format!("manifest {digest} has no config"))?;
     let config = ConfigBlob::parse(&client.small_blob(&cdesc.digest)?)?;
     check_layer_media_types(&doc)?;
+    let diff_ids = layer_diff_ids(&config, doc.layers.len());
     let mut source = BTreeMap::new();
     source.insert("reference".into(), format!("docker://{}", r.display()));
     source.insert("manifest_digest".into(), digest.clone());
@@ -426,10 +427,11 @@ fn plan_resolved(
     let config = runtime_config(&config, source);
     if output_holds(opts, &config) {
         let mut layers = Vec::new();
-        for l in &doc.layers {
+        for (l, diff_id) in doc.layers.iter().zip(diff_ids) {
             let path = cache.blob_path(&l.digest)?;
             layers.push(Layer {
                 digest: l.digest.clone(),
+                diff_id,
                 size: l.size,
                 cached: path.is_file(),
                 loc: Loc::Cache(path),
@@ -443,13 +445,33 @@ fn plan_resolved(
         });
     }
 
-    let layers = crate::fetch::fetch_layers(progress, client, &cache, &doc.layers, opts.max_size)?;
+    let layers = crate::fetch::fetch_layers(
+        progress,
+        client,
+        &cache,
+        &doc.layers,
+        &diff_ids,
+        opts.max_size,
+    )?;
     Ok(Plan {
         config,
         layers,
         manifest_digest: Some(digest),
         up_to_date: false,
     })
+}
+
+/// The config's diff_id of each layer, where the config lists one per layer (a malformed one
+/// is left out: it only names the layer's decoded copy in the cache).
+fn layer_diff_ids(config: &ConfigBlob, layers: usize) -> Vec<Option<String>> {
+    let listed = config.rootfs.clone().unwrap_or_default().diff_ids;
+    if listed.len() != layers {
+        return vec![None; layers];
+    }
+    listed
+        .into_iter()
+        .map(|d| oci::check_digest(&d).is_ok().then_some(d))
+        .collect()
 }
 
 pub(crate) fn short(d: &str) -> &str {
@@ -631,6 +653,7 @@ fn plan_oci(store: &Store, tag: Option<&str>, opts: &Options) -> Result<Plan, St
         let hex = oci::check_digest(&l.digest)?;
         layers.push(Layer {
             digest: l.digest.clone(),
+            diff_id: None,
             size: l.size,
             loc: store.locate(&format!("blobs/sha256/{hex}"))?,
             cached: false,
@@ -725,6 +748,7 @@ fn plan_docker_archive(file: &Path, opts: &Options) -> Result<Plan, String> {
         };
         layers.push(Layer {
             digest: diff_id.clone(),
+            diff_id: None,
             size,
             loc,
             cached: false,

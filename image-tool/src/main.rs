@@ -351,7 +351,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     if cli.json {
                         let v: Vec<_> = blobs
                             .iter()
-                            .map(|(d, s, _)| serde_json::json!({"digest": d, "size": s}))
+                            .map(|(d, s, _)| {
+                                let hex = d.trim_start_matches("sha256:");
+                                let decoded = cache::decoded_bytes(&c.dir, hex);
+                                serde_json::json!({"digest": d, "size": s, "decoded_size": decoded})
+                            })
                             .collect();
                         json_out(&v);
                     } else {

@@ -168,9 +168,12 @@ fn import_by_tag_and_by_digest_runs_with_berth() {
 
     let r = run(berth_image(&sb, &["cache", "list"])).expect_ok("cache list");
     assert_eq!(r.stdout.lines().count(), 2, "{}", r.stdout);
+    let decoded = sb.work.join("cache/decoded/sha256");
+    assert_eq!(dir_names(&decoded).len(), 2, "a decoded copy per layer");
     run(berth_image(&sb, &["cache", "prune"])).expect_ok("cache prune");
     let r = run(berth_image(&sb, &["cache", "list"])).expect_ok("cache list");
     assert_eq!(r.stdout, "");
+    assert!(dir_names(&decoded).is_empty(), "copies go with their blobs");
 }
 
 #[test]
@@ -1181,17 +1184,61 @@ fn cached_layers_are_indexed_and_still_verified() {
     assert_eq!(listing(&first), listing(&again));
     assert_eq!(cat_in_image(&again, "etc/motd").as_deref(), Some("indexed"));
 
-    // The blob changed behind the index: refused by its digest, no output.
-    let blob = sb
-        .work
-        .join("cache/blobs/sha256")
-        .join(indexed[0].file_name());
+    // The first read also kept a decoded copy (zstd), named by the blob and the diff_id.
+    let blob_hex = indexed[0].file_name().into_string().unwrap();
+    let decoded = sb.work.join("cache/decoded/sha256");
+    let copies = dir_names(&decoded);
+    assert_eq!(
+        copies,
+        vec![format!("{blob_hex}-{}", &sha256(&layer)[7..])],
+        "one decoded copy, by blob and diff_id"
+    );
+    let copy = decoded.join(&copies[0]);
+    let r = run(berth_image(&sb, &["cache", "list", "--json"])).expect_ok("cache list");
+    let listed: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        listed[0]["decoded_size"],
+        fs::metadata(&copy).unwrap().len(),
+        "{listed}"
+    );
+
+    // The blob changed behind the index: the import reads the decoded copy, verified against
+    // the diff_id, and builds the same image without touching the blob.
+    let blob = sb.work.join("cache/blobs/sha256").join(&blob_hex);
     fs::write(
         &blob,
         gzip(&tar_layer(&[Entry::File("etc/motd", b"evil", 0o644)])),
     )
     .unwrap();
+    let from_copy = sb.work.join("from-copy.sqsh");
+    import_ok(&sb, &src, &from_copy, &[]);
+    assert_eq!(listing(&first), listing(&from_copy));
+    assert_eq!(
+        cat_in_image(&from_copy, "etc/motd").as_deref(),
+        Some("indexed")
+    );
+
+    // The copy changed too: refused by the diff_id, no output, the copy removed.
+    fs::write(
+        &copy,
+        zstd::encode_all(
+            &tar_layer(&[Entry::File("etc/motd", b"evil", 0o644)])[..],
+            1,
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let out = sb.work.join("tampered.sqsh");
     let r = run(import_cmd(&sb, &src, &out, &[]));
+    expect_clean_failure(
+        &r,
+        &out,
+        "decoded copy in the layer cache failed verification",
+    );
+    assert!(!copy.exists(), "a copy that failed is removed");
+
+    // With no copy, the tampered blob is read: refused by its digest, no output.
+    let r = run(import_cmd(&sb, &src, &out, &[]));
     expect_clean_failure(&r, &out, "failed verification");
+    assert!(dir_names(&decoded).is_empty(), "no copy of a refused blob");
 }
