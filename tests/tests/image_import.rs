@@ -1156,7 +1156,8 @@ fn streamed_import_matches_unpacked_import() {
 }
 
 /// An import of cached layers reads their entries from the cache's index (each layer is then
-/// read once) and gives the same image; a cached blob changed since is still refused.
+/// read once) and its data from a decoded copy verified by the config's diff_id, and gives the
+/// same image; a cached blob or copy changed since is refused.
 #[test]
 fn cached_layers_are_indexed_and_still_verified() {
     let sb = Sandbox::new("img-index");
@@ -1241,4 +1242,32 @@ fn cached_layers_are_indexed_and_still_verified() {
     let r = run(import_cmd(&sb, &src, &out, &[]));
     expect_clean_failure(&r, &out, "failed verification");
     assert!(dir_names(&decoded).is_empty(), "no copy of a refused blob");
+}
+
+/// A config whose diff_id is not the digest of its layer's content: the layer is imported as
+/// its manifest pins it (no diff_id check, as before), and no decoded copy is kept for it, so
+/// that a copy is never read for a diff_id it does not have.
+#[test]
+fn a_wrong_diff_id_gets_no_decoded_copy() {
+    let sb = Sandbox::new("img-diffid");
+    let reg = Registry::start("diffid", None);
+    let layer = tar_layer(&[Entry::File("etc/motd", b"real", 0o644)]);
+    let claimed = tar_layer(&[Entry::File("etc/motd", b"claimed", 0o644)]);
+    let mut layout = Layout::new(&layout_dir(&sb, "diffid"));
+    layout.image("v1", &[(gzip(&layer), LAYER_GZIP)], &[claimed], json!({}));
+    reg.push(&layout.dir, "v1", "demo/diffid:v1", &[]);
+    let src = format!("docker://{}/demo/diffid:v1", reg.addr);
+    let (first, again) = (sb.work.join("first.sqsh"), sb.work.join("again.sqsh"));
+    import_ok(&sb, &src, &first, &[]);
+    let s = import_ok(&sb, &src, &again, &[]);
+    assert_eq!(s["layers"][0]["cached"], true);
+    for img in [&first, &again] {
+        assert_eq!(cat_in_image(img, "etc/motd").as_deref(), Some("real"));
+    }
+    let decoded = sb.work.join("cache/decoded/sha256");
+    let copies = match decoded.is_dir() {
+        true => dir_names(&decoded),
+        false => Vec::new(),
+    };
+    assert!(copies.is_empty(), "a copy under a wrong diff_id: {copies:?}");
 }
