@@ -1269,5 +1269,8 @@ fn a_wrong_diff_id_gets_no_decoded_copy() {
         true => dir_names(&decoded),
         false => Vec::new(),
     };
-    assert!(copies.is_empty(), "a copy under a wrong diff_id: {copies:?}");
+    assert!(
+        copies.is_empty(),
+        "a copy under a wrong diff_id: {copies:?}"
+    );
 }
