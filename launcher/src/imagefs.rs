@@ -69,8 +69,21 @@ pub(crate) struct ImageFs {
     blksize: u32,
     pending: Mutex<Pending>,
     /// Files to push, for the pusher thread (see `push`).
-    to_push: SyncSender<Vec<(u64, u64)>>,
+    to_push: SyncSender<Push>,
+    /// The files the warm thread decompressed ahead, pushed whole on their first READ.
+    warmed: Warmed,
 }
+
+/// What the pusher stores in the kernel's page cache.
+enum Push {
+    /// Small files (node id, size), up to PUSH_BUDGET bytes.
+    Small(Vec<(u64, u64)>),
+    /// A file decompressed ahead (node id, size), up to WARM_FILE_MAX bytes.
+    Whole(u64, u64),
+}
+
+/// The files decompressed ahead (node id, size) and not read yet.
+pub(crate) type Warmed = Arc<Mutex<Vec<(u64, u64)>>>;
 
 /// Small files of recently listed directories, not read yet. A cold walk reads every file of
 /// a directory, each a FUSE round trip; so the first READ of one of them has the files
@@ -132,7 +145,7 @@ thread_local! {
 }
 
 /// Serve `archive` on `dev`, a /dev/fuse fd already mounted, until the mount goes away.
-pub(crate) fn serve(archive: Arc<Archive>, dev: OwnedFd) -> std::io::Result<()> {
+pub(crate) fn serve(archive: Arc<Archive>, dev: OwnedFd, warmed: Warmed) -> std::io::Result<()> {
     let mut config = fuser::Config::default();
     // The kernel decides who may look (allow_other, the container's user namespace); fuser's
     // own owner check would refuse the container's uids.
@@ -147,6 +160,7 @@ pub(crate) fn serve(archive: Arc<Archive>, dev: OwnedFd) -> std::io::Result<()> 
         blksize,
         pending: Mutex::default(),
         to_push,
+        warmed,
     };
     let session = fuser::Session::from_fd(fs, dev, fuser::SessionACL::All, config)?;
     let notifier = session.notifier();
@@ -185,10 +199,14 @@ const WARM_FILE_MAX: u64 = 4 << 20;
 /// and then the loader's files into the block cache, in a thread of their own, while berth
 /// builds the container: a fresh mount's first run would otherwise wait on each of their
 /// blocks in turn, one READ at a time. Best effort.
-pub(crate) fn warm(archive: Arc<Archive>, first: Vec<std::path::PathBuf>) {
+pub(crate) fn warm(archive: Arc<Archive>, first: Vec<std::path::PathBuf>, warmed: &Warmed) {
+    let done = warmed.clone();
     let started = std::thread::Builder::new()
         .name("imagefs-warm".into())
         .spawn(move || {
+            // Behind the requests and berth's own work when they need the CPU.
+            // SAFETY: setpriority takes no pointers; who 0 is this thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
             let loader = LOADER_FILES.iter().map(std::path::Path::new);
             let mut seen = Vec::new();
             for path in first.iter().map(|p| p.as_path()).chain(loader) {
@@ -201,12 +219,21 @@ pub(crate) fn warm(archive: Arc<Archive>, first: Vec<std::path::PathBuf>) {
                 seen.push(inode.reference);
                 if let Err(e) = archive.preload(&inode, WARM_FILE_MAX) {
                     debug!("imagefs: cannot preload {}: {e}", path.display());
+                    continue;
+                }
+                let node = inode.reference.checked_add(NODE_SHIFT);
+                if let Some(node) = node.filter(|_| inode.size > PUSH_FILE_MAX) {
+                    lock(&done).push((node, inode.size));
                 }
             }
         });
     if let Err(e) = started {
         debug!("imagefs: no preload thread: {e}");
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Make the forked child a server process: its name, signals and allocator. Call it first.
@@ -290,16 +317,27 @@ pub(crate) fn set_cmdline(name: &str, env_too: bool) {
     }
 }
 
-/// The pusher thread: stores each job's files in the kernel's page cache, up to PUSH_BUDGET
-/// bytes a job. Not a request thread: a store waits for a page a READ in flight has locked,
-/// and that READ must find a request thread free. The kernel made the files' inodes when it
-/// took their listing; it ignores one it has dropped since. Best effort: an error ends the
-/// job, and the kernel READs what was not pushed.
-fn push(archive: &Archive, notifier: &fuser::Notifier, jobs: &Receiver<Vec<(u64, u64)>>) {
-    let mut buf = vec![0u8; PUSH_FILE_MAX as usize];
-    while let Ok(files) = jobs.recv() {
-        let mut budget = PUSH_BUDGET;
-        for (node, size) in files {
+/// The pusher thread: stores each job's files in the kernel's page cache, small files up to
+/// PUSH_BUDGET bytes a job. Not a request thread: a store waits for a page a READ in flight has
+/// locked, and that READ must find a request thread free. The kernel made the files' inodes
+/// when it took their listing, or it READ them; it ignores one it has dropped since. Best
+/// effort: an error ends the job, and the kernel READs what was not pushed.
+fn push(archive: &Archive, notifier: &fuser::Notifier, jobs: &Receiver<Push>) {
+    let mut buf = Vec::new();
+    while let Ok(job) = jobs.recv() {
+        let (files, budget, chunk) = match job {
+            Push::Small(files) => (files, PUSH_BUDGET, PUSH_FILE_MAX),
+            Push::Whole(node, size) => (
+                vec![(node, size.min(WARM_FILE_MAX))],
+                WARM_FILE_MAX,
+                WARM_FILE_MAX,
+            ),
+        };
+        // Whole files go in block-sized pieces, each a copy out of the block cache.
+        let chunk = chunk.min(u64::from(archive.block_size())) as usize;
+        buf.resize(chunk.max(buf.len()), 0);
+        let mut budget = budget;
+        'files: for (node, size) in files {
             let Some(left) = budget.checked_sub(size) else {
                 break;
             };
@@ -310,16 +348,21 @@ fn push(archive: &Archive, notifier: &fuser::Notifier, jobs: &Receiver<Vec<(u64,
             else {
                 break;
             };
-            let Ok(n) = archive.read_into(&inode, 0, &mut buf) else {
-                break;
-            };
-            let data = buf.get(..n).unwrap_or_default();
-            if n == 0 || n as u64 != inode.size {
-                continue;
-            }
-            if let Err(e) = notifier.store(INodeNo(node), 0, data) {
-                debug!("imagefs: cannot push node {node:#x}: {e}");
-                break;
+            let mut at = 0;
+            while at < size {
+                let piece = buf.get_mut(..chunk).unwrap_or_default();
+                let Ok(n) = archive.read_into(&inode, at, piece) else {
+                    break 'files;
+                };
+                if n == 0 {
+                    break;
+                }
+                let data = piece.get(..n).unwrap_or_default();
+                if let Err(e) = notifier.store(INodeNo(node), at, data) {
+                    debug!("imagefs: cannot push node {node:#x}: {e}");
+                    break 'files;
+                }
+                at += n as u64;
             }
         }
     }
@@ -426,7 +469,20 @@ impl ImageFs {
     fn push_siblings(&self, node: INodeNo) {
         let files = self.lock_pending().take_after(node.0);
         if !files.is_empty() {
-            let _ = self.to_push.try_send(files);
+            let _ = self.to_push.try_send(Push::Small(files));
+        }
+    }
+
+    /// After the first READ of a file decompressed ahead: have all of it pushed, so the
+    /// loader's page faults on it find the kernel's page cache filled.
+    fn push_warmed(&self, node: INodeNo) {
+        let found = {
+            let mut warmed = lock(&self.warmed);
+            let at = warmed.iter().position(|&(n, _)| n == node.0);
+            at.map(|i| warmed.swap_remove(i))
+        };
+        if let Some((node, size)) = found {
+            let _ = self.to_push.try_send(Push::Whole(node, size));
         }
     }
 
@@ -569,6 +625,8 @@ impl Filesystem for ImageFs {
                 }
                 if inode.size <= PUSH_FILE_MAX {
                     self.push_siblings(ino);
+                } else {
+                    self.push_warmed(ino);
                 }
             })
         })

@@ -351,10 +351,12 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
         }
     };
     let Mounted { dev, at, userns } = mounted;
-    // Not before: unshare(CLONE_NEWUSER) needs a single-threaded process.
     let archive = std::sync::Arc::new(archive);
-    crate::imagefs::warm(archive.clone(), crate::container::read_first(plan));
-    let server = std::thread::spawn(move || crate::imagefs::serve(archive, dev));
+    let warmed = crate::imagefs::Warmed::default();
+    let server = {
+        let (archive, warmed) = (archive.clone(), warmed.clone());
+        std::thread::spawn(move || crate::imagefs::serve(archive, dev, warmed))
+    };
     // The first look waits for the server's INIT: a server that cannot start fails the first
     // run here, with a message, not later inside it.
     if let Err(e) = std::fs::metadata(&at) {
@@ -362,6 +364,9 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
         let _ = write!(ready, "the image server did not start: {e}");
         return 1;
     }
+    // Only now: the run waiting for this keeper is on the critical path of its start-up; the
+    // loader's files are decompressed while it builds its container.
+    crate::imagefs::warm(archive, crate::container::read_first(plan), &warmed);
     let _ = ready.write_all(b"ok");
     drop(ready);
     info!("image keeper: serving; waiting for runs");

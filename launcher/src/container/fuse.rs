@@ -104,7 +104,8 @@ impl FuseServer {
                 close_other_fds(&[0, 1, 2, theirs.as_raw_fd(), image_fd]);
                 // The loader and libc are decompressed while berth builds the container.
                 let archive = std::sync::Arc::new(archive);
-                crate::imagefs::warm(archive.clone(), warm);
+                let warmed = crate::imagefs::Warmed::default();
+                crate::imagefs::warm(archive.clone(), warm, &warmed);
                 // /dev/fuse must be opened in the namespace that mounts it: berth sends it.
                 let dev_fd = receive_fd(&theirs);
                 let Some(dev_fd) = dev_fd else {
@@ -114,7 +115,7 @@ impl FuseServer {
                 drop(theirs);
                 // SAFETY: the fd just received is this process's own.
                 let dev = unsafe { OwnedFd::from_raw_fd(dev_fd) };
-                let code = match crate::imagefs::serve(archive, dev) {
+                let code = match crate::imagefs::serve(archive, dev, warmed) {
                     Ok(()) => 0,
                     Err(e) => {
                         tracing::warn!("imagefs: the server stopped: {e}");
