@@ -52,6 +52,9 @@ pub struct Args {
     /// Print the figures as JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Only the start-up rows and their targets (no I/O, burst or memory): quick iterations
+    #[arg(long)]
+    pub startup_only: bool,
 }
 
 /// The targets: ratios of medians, and the keeper's memory.
@@ -907,6 +910,10 @@ pub fn run(a: &Args) -> Result<(), String> {
         }
     }
 
+    if a.startup_only {
+        print_startup_only(a, &startup);
+        return Ok(());
+    }
     eprintln!(
         "berth-bench: I/O: 1 warm-up + {} timed rounds of {} container runs",
         a.io_runs,
@@ -970,6 +977,67 @@ pub fn run(a: &Args) -> Result<(), String> {
         report.print();
     }
     Ok(())
+}
+
+/// `--startup-only`: the start-up rows and the ratios to ch-run, as a table or JSON.
+fn print_startup_only(a: &Args, startup: &[Series]) {
+    let median_of = |side: Side| {
+        startup
+            .iter()
+            .find(|s| s.key == side.key())
+            .map_or(f64::NAN, |s| s.summary().median)
+    };
+    let ch = median_of(Side::ChRun);
+    let ratios = [
+        ("startup_warm_vs_ch_run", Side::Warm, WARM_VS_CH_RUN_MAX),
+        ("startup_fresh_vs_ch_run", Side::Fresh, FIRST_VS_CH_RUN_MAX),
+        (
+            "startup_cold_keeper_vs_ch_run",
+            Side::ColdKeeper,
+            FIRST_VS_CH_RUN_MAX,
+        ),
+    ];
+    if a.json {
+        let mut out = serde_json::Map::new();
+        for s in startup {
+            let m = s.summary();
+            out.insert(
+                s.key.clone(),
+                json!({"median": m.median, "p10": m.p10, "p90": m.p90, "samples": s.samples}),
+            );
+        }
+        for (key, side, bound) in ratios {
+            let value = median_of(side) / ch;
+            out.insert(
+                key.into(),
+                json!({"value": value, "target_max": bound, "pass": value <= bound}),
+            );
+        }
+        let text = serde_json::to_string_pretty(&Value::Object(out)).expect("plain values");
+        println!("{text}");
+        return;
+    }
+    println!(
+        "berth-bench mount-mode --startup-only ({})",
+        a.berth.display()
+    );
+    println!("Start-up of `true` (ms)                         median      p10      p90");
+    for s in startup {
+        let m = s.summary();
+        println!(
+            "  {:<42} {:>8.2} {:>8.2} {:>8.2}",
+            s.label, m.median, m.p10, m.p90
+        );
+    }
+    for (key, side, bound) in ratios {
+        let value = median_of(side) / ch;
+        println!(
+            "  {:<42} {:>8.3}   <= {bound}  {}",
+            key,
+            value,
+            verdict(value <= bound)
+        );
+    }
 }
 
 fn io_side_label(side: Side) -> &'static str {
