@@ -353,6 +353,7 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
     let Mounted { dev, at, userns } = mounted;
     let archive = std::sync::Arc::new(archive);
     let warmed = crate::imagefs::Warmed::default();
+    crate::imagefs::warm(archive.clone(), crate::container::read_first(plan), &warmed);
     let server = {
         let (archive, warmed) = (archive.clone(), warmed.clone());
         std::thread::spawn(move || crate::imagefs::serve(archive, dev, warmed))
@@ -364,9 +365,6 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
         let _ = write!(ready, "the image server did not start: {e}");
         return 1;
     }
-    // Only now: the run waiting for this keeper is on the critical path of its start-up; the
-    // loader's files are decompressed while it builds its container.
-    crate::imagefs::warm(archive, crate::container::read_first(plan), &warmed);
     let _ = ready.write_all(b"ok");
     drop(ready);
     info!("image keeper: serving; waiting for runs");
