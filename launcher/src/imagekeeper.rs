@@ -358,13 +358,9 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
         let (archive, warmed) = (archive.clone(), warmed.clone());
         std::thread::spawn(move || crate::imagefs::serve(archive, dev, warmed))
     };
-    // The first look waits for the server's INIT: a server that cannot start fails the first
-    // run here, with a message, not later inside it.
-    if let Err(e) = std::fs::metadata(&at) {
-        warn!("image keeper: the image server did not start: {e}");
-        let _ = write!(ready, "the image server did not start: {e}");
-        return 1;
-    }
+    // Ready before the server's INIT: the run that forked this keeper attaches while the server
+    // starts (its overlay mount waits for INIT). A server that cannot start ends this keeper
+    // (the loop below) and fails the runs' mounts, which say so.
     let _ = ready.write_all(b"ok");
     drop(ready);
     info!("image keeper: serving; waiting for runs");

@@ -143,7 +143,22 @@ pub fn build(plan: &Plan) -> Result<Built> {
     } else if let Some(dir) = lower_dir {
         attach_lower_dir(&kernel, &dir)?;
     }
-    mount_overlay(&kernel, persist.as_deref(), &mut fuse)?;
+    mount_overlay(&kernel, persist.as_deref(), &mut fuse).map_err(|e| match (&shared, e) {
+        // A keeper answers before its server has started: one that could not start shows here.
+        (Some(s), Error::Sys { source, .. })
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENOTCONN | libc::ECONNABORTED)
+            ) =>
+        {
+            Error::Image(format!(
+                "the image keeper {} could not serve {} ({source}); see `berth -v`, check the image with unsquashfs -s, or use --image-idle 0",
+                s.keeper,
+                plan.image.path.display()
+            ))
+        }
+        (_, e) => e,
+    })?;
     clock.done(if persist.is_some() {
         "overlay (upper layer on disk)"
     } else {
