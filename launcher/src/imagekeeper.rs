@@ -312,16 +312,6 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
     // The server's name, and deaf to the signals schedulers send to every process group of a
     // job: it serves other runs' containers too, and ends when its mount is no longer used.
     crate::imagefs::become_server_process();
-    // Found by this title (the SPANK plugin, `ps`).
-    crate::imagefs::set_cmdline(
-        format!(
-            "{} keeper {}",
-            crate::imagefs::PROCESS_NAME,
-            plan.keeper_scope
-        )
-        .trim_end(),
-        true,
-    );
     // It outlives the run that started it: it must not hold the job's stdout/stderr open.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
@@ -332,19 +322,13 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
     // other descriptors) may stay open as long as the keeper lives.
     crate::container::close_other_fds(&[&[0, 1, 2], keep].concat());
     let log_path = dir.join(format!("{name}.log"));
-    let log = crate::log::to_file(&log_path).ok();
     let idle = Duration::from_secs(plan.image_idle_secs);
-    info!(
-        "image keeper {}: {} (scope '{}'), idle {} s",
-        std::process::id(),
-        plan.image.path.display(),
-        plan.keeper_scope,
-        idle.as_secs()
-    );
     let mut ready = File::from(ready);
+    // The run that forked this keeper waits until it is ready: its title and log come after.
     let mounted = match mount_image(plan) {
         Ok(m) => m,
         Err(e) => {
+            let _log = crate::log::to_file(&log_path).ok();
             warn!("image keeper: cannot mount the image: {e}");
             let _ = write!(ready, "{e}");
             return 1;
@@ -363,6 +347,24 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
     // (the loop below) and fails the runs' mounts, which say so.
     let _ = ready.write_all(b"ok");
     drop(ready);
+    let log = crate::log::to_file(&log_path).ok();
+    // Found by this title (the SPANK plugin, `ps`).
+    crate::imagefs::set_cmdline(
+        format!(
+            "{} keeper {}",
+            crate::imagefs::PROCESS_NAME,
+            plan.keeper_scope
+        )
+        .trim_end(),
+        true,
+    );
+    info!(
+        "image keeper {}: {} (scope '{}'), idle {} s",
+        std::process::id(),
+        plan.image.path.display(),
+        plan.keeper_scope,
+        idle.as_secs()
+    );
     info!("image keeper: serving; waiting for runs");
 
     let lock_path = dir.join(format!("{name}.lock"));
