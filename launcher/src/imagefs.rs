@@ -204,19 +204,25 @@ pub(crate) fn warm(archive: Arc<Archive>, first: Vec<std::path::PathBuf>, warmed
     let started = std::thread::Builder::new()
         .name("imagefs-warm".into())
         .spawn(move || {
-            // Behind the requests and berth's own work when they need the CPU.
-            // SAFETY: setpriority takes no pointers; who 0 is this thread.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            // The paths first: a lookup holds a metadata block's cache slot while it
+            // decompresses it, and a request for that block waits on it.
             let loader = LOADER_FILES.iter().map(std::path::Path::new);
-            let mut seen = Vec::new();
+            let mut files: Vec<(&std::path::Path, Inode)> = Vec::new();
             for path in first.iter().map(|p| p.as_path()).chain(loader) {
                 let Ok(Some(inode)) = archive.resolve(path.as_os_str().as_bytes()) else {
                     continue;
                 };
-                if inode.kind != Kind::File || seen.contains(&inode.reference) {
-                    continue;
+                if inode.kind == Kind::File
+                    && files.iter().all(|(_, f)| f.reference != inode.reference)
+                {
+                    files.push((path, inode));
                 }
-                seen.push(inode.reference);
+            }
+            // The data: behind the requests and berth's own work when they need the CPU (a
+            // request never waits on a block this decompresses).
+            // SAFETY: setpriority takes no pointers; who 0 is this thread.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+            for (path, inode) in files {
                 if let Err(e) = archive.preload(&inode, WARM_FILE_MAX) {
                     debug!("imagefs: cannot preload {}: {e}", path.display());
                     continue;
