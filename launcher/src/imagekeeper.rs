@@ -337,11 +337,12 @@ fn keeper_main(plan: &Plan, start: Start, dir: &Path, name: &str, keep: &[RawFd]
     let Mounted { dev, at, userns } = mounted;
     let archive = std::sync::Arc::new(archive);
     let warmed = crate::imagefs::Warmed::default();
-    crate::imagefs::warm(archive.clone(), crate::container::read_first(plan), &warmed);
     let server = {
         let (archive, warmed) = (archive.clone(), warmed.clone());
         std::thread::spawn(move || crate::imagefs::serve(archive, dev, warmed))
     };
+    // After the server: the runs' first requests wait for its start.
+    crate::imagefs::warm(archive, crate::container::read_first(plan), &warmed);
     // Ready before the server's INIT: the run that forked this keeper attaches while the server
     // starts (its overlay mount waits for INIT). A server that cannot start ends this keeper
     // (the loop below) and fails the runs' mounts, which say so.
