@@ -49,7 +49,7 @@ pub struct Args {
 }
 
 /// The import targets.
-const IMPORT_VS_PIPELINE_MAX: f64 = 0.6;
+const IMPORT_VS_PIPELINE_MAX: f64 = 0.2;
 const REIMPORT_MAX_S: f64 = 1.0;
 const RSS_MAX_MIB: f64 = 256.0;
 /// The streamed import against the old unpack + mksquashfs path, same image and settings.

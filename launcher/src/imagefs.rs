@@ -26,7 +26,7 @@ use fuser::{
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -72,6 +72,8 @@ pub(crate) struct ImageFs {
     to_push: SyncSender<Push>,
     /// The files the warm thread decompressed ahead, pushed whole on their first READ.
     warmed: Warmed,
+    /// The session's /dev/fuse (a duplicate), for READ replies spliced from the image file.
+    dev: OwnedFd,
 }
 
 /// What the pusher stores in the kernel's page cache.
@@ -154,6 +156,7 @@ pub(crate) fn serve(archive: Arc<Archive>, dev: OwnedFd, warmed: Warmed) -> std:
     let root = archive.root();
     let blksize = archive.block_size().clamp(4096, 1 << 20);
     let (to_push, jobs) = sync_channel(PUSH_QUEUE);
+    let reply_dev = dev.try_clone()?;
     let fs = ImageFs {
         archive: archive.clone(),
         root,
@@ -161,6 +164,7 @@ pub(crate) fn serve(archive: Arc<Archive>, dev: OwnedFd, warmed: Warmed) -> std:
         pending: Mutex::default(),
         to_push,
         warmed,
+        dev: reply_dev,
     };
     let session = fuser::Session::from_fd(fs, dev, fuser::SessionACL::All, config)?;
     let notifier = session.notifier();
@@ -372,6 +376,85 @@ fn push(archive: &Archive, notifier: &fuser::Notifier, jobs: &Receiver<Push>) {
             }
         }
     }
+}
+
+thread_local! {
+    /// One pipe per server thread for spliced READ replies (see `splice_reply`).
+    static REPLY_PIPE: RefCell<Option<ReplyPipe>> = const { RefCell::new(None) };
+}
+
+struct ReplyPipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// How many buffers (pages) it holds.
+    slots: usize,
+}
+
+/// The pipe size asked for: room for the kernel's 128 KiB readahead READs (larger READs take
+/// the usual path). Pipes count against the user's pipe-user-pages-soft (64 MiB), which the
+/// user's own programs share, so not the 1 MiB an unprivileged process may ask for.
+const REPLY_PIPE_BYTES: i32 = 256 << 10;
+
+/// Answers READ `unique` with the image file's bytes `pos..pos + len`, spliced through a pipe:
+/// the kernel copies them once, from the image file's page cache into the FUSE file's, where
+/// a read into a buffer and a write to /dev/fuse copy them twice (uncompressed blocks only, as
+/// `Archive::stored_range` finds them). True when the reply went to the kernel (or the kernel
+/// dropped the request meanwhile); false when nothing was sent, and the caller answers the
+/// usual way.
+fn splice_reply(dev: BorrowedFd, image: BorrowedFd, unique: u64, pos: u64, len: usize) -> bool {
+    use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+    REPLY_PIPE.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            let Ok((read, write)) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK) else {
+                return false;
+            };
+            let _ = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(REPLY_PIPE_BYTES));
+            let bytes = fcntl(write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ).unwrap_or(0);
+            let slots = usize::try_from(bytes).unwrap_or(0) / 4096;
+            *slot = Some(ReplyPipe { read, write, slots });
+        }
+        let Some(pipe) = slot.as_ref() else {
+            return false;
+        };
+        // The header's buffer, and a page more at each end for an unaligned start.
+        let total = len + 16;
+        let (Ok(total32), true) = (u32::try_from(total), len / 4096 + 3 <= pipe.slots) else {
+            return false;
+        };
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&total32.to_le_bytes());
+        header[8..].copy_from_slice(&unique.to_le_bytes());
+        let mut filled = matches!(nix::unistd::write(&pipe.write, &header), Ok(16));
+        let mut at = i64::try_from(pos).unwrap_or(i64::MAX);
+        let mut moved = 0;
+        while filled && moved < len {
+            let step = splice(
+                image,
+                Some(&mut at),
+                &pipe.write,
+                None,
+                len - moved,
+                SpliceFFlags::SPLICE_F_NONBLOCK,
+            );
+            match step {
+                Ok(n) if n > 0 => moved += n,
+                _ => filled = false,
+            }
+        }
+        if !filled {
+            // A truncated image, or a full pipe: this pipe holds a partial reply.
+            *slot = None;
+            return false;
+        }
+        match splice(&pipe.read, None, dev, None, total, SpliceFFlags::empty()) {
+            Ok(_) | Err(nix::errno::Errno::ENOENT) => true,
+            Err(e) => {
+                debug!("imagefs: spliced reply refused: {e}");
+                *slot = None;
+                false
+            }
+        }
+    })
 }
 
 /// Run one request's handler; a panic in it is logged, and its reply (dropped while unwinding)
@@ -600,7 +683,7 @@ impl Filesystem for ImageFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -616,6 +699,20 @@ impl Filesystem for ImageFs {
                 Ok(_) => return reply.error(Errno::EINVAL),
                 Err(e) => return reply.error(e),
             };
+            let stored = self.archive.stored_range(&inode, offset, u64::from(size));
+            if let Ok(Some((pos, len))) = stored {
+                let image = self.archive.image_file().as_fd();
+                if splice_reply(self.dev.as_fd(), image, req.unique().0, pos, len as usize) {
+                    // Answered by hand (fuser has no spliced reply). Dropping fuser's reply
+                    // would send a second one (EIO); it holds only the channel's Arc, so
+                    // forgetting it costs a reference count, no memory.
+                    std::mem::forget(reply);
+                    if inode.size > PUSH_FILE_MAX {
+                        self.push_warmed(ino);
+                    }
+                    return;
+                }
+            }
             READ_BUF.with_borrow_mut(|buf| {
                 // Grown (and zeroed) once per thread, never cleared: a READ writes only the
                 // bytes it returns, so no request pays for zeroing its reply.

@@ -807,6 +807,44 @@ impl Archive {
         Ok((at - offset) as usize)
     }
 
+    /// Where the bytes `offset..offset + len` of `file` lie in the image file, when they are
+    /// stored as they are (uncompressed, not sparse, not in a fragment) and so in one
+    /// contiguous stretch: (position in the image file, length). `None` when they are not, or
+    /// when a block is malformed (`read_into` then says how).
+    pub(crate) fn stored_range(
+        &self,
+        file: &Inode,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<(u64, u64)>, SquashError> {
+        if file.kind != Kind::File || offset >= file.size || len == 0 {
+            return Ok(None);
+        }
+        let end = file.size.min(offset.saturating_add(len));
+        let bs = u64::from(self.block_size);
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        if last >= self.block_count(file) {
+            return Ok(None);
+        }
+        let (mut c, mut data) = self.seek_block(file, first)?;
+        let start = data.saturating_add(offset % bs);
+        for i in first..=last {
+            let word = c.u32()?;
+            let block_len = bs.min(file.size - i * bs);
+            if word & UNCOMPRESSED_BLOCK == 0 || self.block_len(word, data).ok() != Some(block_len)
+            {
+                return Ok(None);
+            }
+            data = next_data(data, word)?;
+        }
+        Ok(Some((self.offset + start, end - offset)))
+    }
+
+    /// The image file, for reads that bypass the reader (`stored_range`).
+    pub(crate) fn image_file(&self) -> &File {
+        &self.file
+    }
+
     /// Fragment `index`'s size word and position.
     fn fragment(&self, index: u32) -> Result<(u32, u64), SquashError> {
         let per_block = (META_SIZE / 16) as u32;

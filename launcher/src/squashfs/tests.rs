@@ -428,6 +428,7 @@ fn check_image(img: &Path, work: &Path, full: bool) {
         .output()
         .unwrap();
     let bs = a.block_size();
+    let mut stored = 0;
     for (path, inode) in &w.inodes {
         let host = out.join(OsStr::from_bytes(&path[1.min(path.len())..]));
         if inode.kind == Kind::File {
@@ -466,6 +467,32 @@ fn check_image(img: &Path, work: &Path, full: bool) {
                 img.display(),
                 String::from_utf8_lossy(path)
             );
+            // What a spliced reply sends: the image file's bytes where the reader says a
+            // range is stored as it is, at the kernel's readahead windows and unaligned.
+            let size = want.len() as u64;
+            let b = u64::from(bs);
+            let blocks = (0..size.div_ceil(b)).flat_map(|k| [(k * b, b), (k * b + 100, 4096)]);
+            let windows = [
+                (0, 128 << 10),
+                (4095, 128 << 10),
+                (size / 2, 1 << 20),
+                (0, size),
+            ];
+            for (from, len) in windows.into_iter().chain(blocks) {
+                let Some((pos, n)) = a.stored_range(inode, from, len).unwrap() else {
+                    continue;
+                };
+                let mut raw = vec![0u8; n as usize];
+                a.image_file().read_exact_at(&mut raw, pos).unwrap();
+                let end = (from + len).min(size);
+                assert!(
+                    raw == want[from as usize..end as usize],
+                    "{}: stored range {from}+{len} of {}",
+                    img.display(),
+                    String::from_utf8_lossy(path)
+                );
+                stored += 1;
+            }
             if !full {
                 continue;
             }
@@ -502,6 +529,9 @@ fn check_image(img: &Path, work: &Path, full: bool) {
             assert_eq!(a.read_link(inode).unwrap(), target.as_os_str().as_bytes());
         }
     }
+
+    // The tree's noise files are incompressible: whole blocks of them are stored as they are.
+    assert!(stored > 0, "{}: no stored range found", img.display());
 
     // Lookups find every entry, and nothing else; cookies resume after their entry.
     for (dir, entries) in &w.dirs {
@@ -1079,6 +1109,10 @@ fn exercise(bytes: &[u8]) -> usize {
             .map_err(one_line)
             .is_err() as usize;
         assert!(out.len() <= 64 << 10);
+        // A stored range never reaches past the image (a spliced reply reads it unchecked).
+        if let Ok(Some((pos, len))) = a.stored_range(inode, 0, 1 << 20) {
+            assert!(pos + len <= bytes.len() as u64, "{pos}+{len}");
+        }
         let from = inode.size.saturating_sub(5000);
         errors += a
             .read(inode, from, 10_000, &mut out)
