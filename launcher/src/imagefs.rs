@@ -427,6 +427,7 @@ fn splice_reply(dev: BorrowedFd, image: BorrowedFd, unique: u64, pos: u64, len: 
         let mut filled = matches!(nix::unistd::write(&pipe.write, &header), Ok(16));
         let mut at = i64::try_from(pos).unwrap_or(i64::MAX);
         let mut moved = 0;
+        let mut unsupported = false;
         while filled && moved < len {
             let step = splice(
                 image,
@@ -438,8 +439,17 @@ fn splice_reply(dev: BorrowedFd, image: BorrowedFd, unique: u64, pos: u64, len: 
             );
             match step {
                 Ok(n) if n > 0 => moved += n,
+                Err(nix::errno::Errno::EINVAL) => (filled, unsupported) = (false, true),
                 _ => filled = false,
             }
+        }
+        if unsupported {
+            // The image's file system cannot splice: this thread stops trying.
+            debug!("imagefs: the image file cannot be spliced; READs are copied");
+            if let Some(pipe) = slot.as_mut() {
+                pipe.slots = 0;
+            }
+            return false;
         }
         if !filled {
             // A truncated image, or a full pipe: this pipe holds a partial reply.
