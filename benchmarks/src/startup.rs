@@ -60,7 +60,7 @@ struct Subject {
     rss_target: bool,
     wall_ms: Vec<f64>,
     rss_mib: Vec<f64>,
-    /// Peak RSS of helpers the command left behind (squashfuse_ll in mount mode).
+    /// Peak RSS of helpers the command left behind (the image server in mount mode).
     helper_rss_mib: Vec<(String, f64)>,
 }
 
@@ -392,7 +392,7 @@ impl Report<'_> {
         ]
     }
 
-    /// Median peak RSS of each helper process name seen (squashfuse_ll), per subject.
+    /// Median peak RSS of each helper process name seen (berth-imagefs), per subject.
     fn helpers(&self) -> Vec<(&'static str, String, f64)> {
         let mut out = Vec::new();
         for s in self.subjects {

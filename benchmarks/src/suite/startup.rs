@@ -58,7 +58,9 @@ pub fn versus_charliecloud<'a>(a: &'a Args, ctx: &'a Ctx) -> Vec<Workload<'a>> {
         Workload {
             name: "start-up vs Charliecloud (squashfs)",
             detail: format!("`berth run --mode mount IMG -- true` (a fresh FUSE mount per run) vs `ch-run IMG.sqsh -- true` (its own fresh FUSE mount per run); each repetition the median of {n} runs"),
-            metrics: vec![Metric::new("start-up, `true`", "ms", false).target(0.5, false)],
+            // Issue 14's target for a first run on a node (a fresh mount); later runs, with the
+            // image keeper warm, are `berth-bench mount-mode`'s (<= 0.35).
+            metrics: vec![Metric::new("start-up, `true`", "ms", false).target(0.85, false)],
             native: Variant::new("ch-run IMG.sqsh", move |_| median_ms(ctx, &ch_sqsh2, n)),
             containers: vec![Variant::new("berth --mode mount", move |_| {
                 median_ms(ctx, &mount, n)
