@@ -181,10 +181,8 @@ impl NewCopy {
             .create(dir)
             .ok()?;
         // Not where the copy could take the room the image needs.
-        let room = nix::sys::statvfs::statvfs(dir)
-            .ok()?
-            .blocks_available()
-            .saturating_mul(nix::sys::statvfs::statvfs(dir).ok()?.fragment_size());
+        let fs = nix::sys::statvfs::statvfs(dir).ok()?;
+        let room = fs.blocks_available().saturating_mul(fs.fragment_size());
         if room < layer.size.saturating_mul(8) {
             return None;
         }

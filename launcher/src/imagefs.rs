@@ -561,7 +561,17 @@ impl ImageFs {
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.pending)
+    }
+
+    /// After a READ of `node` (`size` bytes) was answered, either way: push what the next
+    /// reads will want.
+    fn after_read(&self, node: INodeNo, size: u64) {
+        if size <= PUSH_FILE_MAX {
+            self.push_siblings(node);
+        } else {
+            self.push_warmed(node);
+        }
     }
 
     /// After a READ of the small file `node`: have the small files listed after it pushed.
@@ -717,10 +727,7 @@ impl Filesystem for ImageFs {
                     // would send a second one (EIO); it holds only the channel's Arc, so
                     // forgetting it costs a reference count, no memory.
                     std::mem::forget(reply);
-                    if inode.size > PUSH_FILE_MAX {
-                        self.push_warmed(ino);
-                    }
-                    return;
+                    return self.after_read(ino, inode.size);
                 }
             }
             READ_BUF.with_borrow_mut(|buf| {
@@ -736,11 +743,7 @@ impl Filesystem for ImageFs {
                     Ok(n) => reply.data(dst.get(..n).unwrap_or_default()),
                     Err(e) => return reply.error(eio("read", ino, e)),
                 }
-                if inode.size <= PUSH_FILE_MAX {
-                    self.push_siblings(ino);
-                } else {
-                    self.push_warmed(ino);
-                }
+                self.after_read(ino, inode.size);
             })
         })
     }
